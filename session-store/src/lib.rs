@@ -1,1 +1,31 @@
-//! placeholder
+//! A shared in-memory session store that speaks the Redis protocol (RESP2).
+//!
+//! Web nodes behind a load balancer keep their sessions here so that any node can serve
+//! any user. Because it speaks RESP, the same client code (the `redis` crate,
+//! `redis-cli`) works against it and against a real Redis or Valkey, chosen by URL.
+//!
+//! It implements the string subset sessions need: GET, SET (EX/PX/EXAT/PXAT, NX/XX,
+//! KEEPTTL, GET), DEL, EXISTS, EXPIRE/PEXPIRE, TTL/PTTL, the INCR family, plus the
+//! connection and server commands clients send (AUTH, HELLO 2, PING, ECHO, SELECT 0,
+//! CLIENT, INFO, DBSIZE, FLUSHDB, COMMAND, QUIT), with Redis 7's reply and error texts.
+//! Keys expire lazily on access and actively in a background cycle.
+//!
+//! Layout: [`server`] accepts connections; `connection` and `codec` frame bytes into
+//! requests; `cmd` checks and runs them against `db`, the keyspace. [`cli`] holds the
+//! flags and the `serve` entry point that binaries call.
+
+pub mod cli;
+mod client;
+mod cmd;
+mod codec;
+pub mod config;
+mod connection;
+mod db;
+pub mod error;
+mod number;
+pub mod server;
+mod shared;
+pub mod shutdown;
+
+pub use config::Config;
+pub use server::run;

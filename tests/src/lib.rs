@@ -2,6 +2,8 @@
 //! loopback ports, start processes that die with the test, and wait on conditions with a
 //! deadline instead of sleeping.
 
+pub mod topology;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -28,12 +30,18 @@ pub fn bin(name: &str) -> PathBuf {
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build for the binary under test");
+        let status = cmd
+            .status()
+            .expect("run cargo build for the binary under test");
         assert!(status.success(), "cargo build of {name} failed");
         built.push(name.to_string());
     }
     let path = profile_dir().join(name);
-    assert!(path.exists(), "binary {} not found after build", path.display());
+    assert!(
+        path.exists(),
+        "binary {} not found after build",
+        path.display()
+    );
     path
 }
 
@@ -70,7 +78,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -86,7 +97,10 @@ where
         if let Some(v) = cond().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,347 @@
+//! `demo-app up`: the whole topology on one machine — session store, app nodes and load
+//! balancer — as separate child processes of this one, so killing a node really loses what
+//! that node held. Each child is this same executable run with another subcommand, which
+//! keeps `cargo run -p demo-app -- up` a single build.
+//!
+//! Children are told to stop with SIGTERM when `up` stops, and the kernel sends them
+//! SIGTERM if `up` itself dies without a chance to (parent-death signal), so none is left
+//! behind.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::node::random_secret;
+use crate::session::SessionMode;
+
+/// How long each child gets to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long each child gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the load balancer pins clients to nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Affinity {
+    /// Every request is balanced afresh.
+    None,
+    /// A signed cookie pins each client to the node that first served it.
+    Cookie,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where the nodes keep sessions.
+    #[arg(long, env = "SESSION_MODE", value_enum, default_value_t = SessionMode::Shared)]
+    pub session_mode: SessionMode,
+
+    /// Whether the load balancer pins clients to a node.
+    #[arg(long, env = "LB_AFFINITY", value_enum, default_value_t = Affinity::None)]
+    pub affinity: Affinity,
+
+    /// Load balancer port: the one URL to open in a browser.
+    #[arg(long, env = "UP_LB_PORT", default_value_t = 8080)]
+    pub lb_port: u16,
+
+    /// App node ports, one node per port.
+    #[arg(
+        long,
+        env = "UP_NODE_PORTS",
+        value_delimiter = ',',
+        default_value = "3001,3002,3003"
+    )]
+    pub node_ports: Vec<u16>,
+
+    /// Port of the embedded session store.
+    #[arg(long, env = "UP_STORE_PORT", default_value_t = 7379)]
+    pub store_port: u16,
+
+    /// Use this store instead of starting one, e.g. a real Redis: redis://127.0.0.1:6379.
+    #[arg(long, env = "STORE_URL")]
+    pub store_url: Option<String>,
+}
+
+/// One started child process.
+struct Member {
+    name: String,
+    port: u16,
+    child: Child,
+}
+
+/// Starts the topology and runs until `shutdown` completes, then stops every child.
+pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if args.node_ports.is_empty() {
+        bail!("--node-ports needs at least one port");
+    }
+    check_ports_free(&args)?;
+    let exe = std::env::current_exe().context("locating this executable to start the children")?;
+    let secrets = shared_secrets();
+
+    let mut members = Vec::new();
+    let started = start_all(&exe, &args, &secrets, &mut members).await;
+    if let Err(err) = started {
+        stop_all(members).await;
+        return Err(err);
+    }
+    print_summary(&args, &members);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut watchers = JoinSet::new();
+    for m in members {
+        watchers.spawn(watch_member(m, stop_rx.clone()));
+    }
+    tokio::select! {
+        _ = shutdown => {}
+        _ = all_exited(&mut watchers) => {
+            tracing::warn!("every child has exited; stopping");
+        }
+    }
+    let _ = stop_tx.send(true);
+    while watchers.join_next().await.is_some() {}
+    println!("stopped every process");
+    Ok(())
+}
+
+/// Secrets every node (and LB replica) must agree on. Taken from the environment when set
+/// there, else generated for this run — children inherit them through their environment,
+/// never their command line, so `ps` does not show them.
+fn shared_secrets() -> Vec<(&'static str, String)> {
+    ["JWT_SECRET", "LB_COOKIE_KEY"]
+        .into_iter()
+        .map(|var| match std::env::var(var) {
+            Ok(v) if !v.is_empty() => (var, v),
+            _ => {
+                tracing::warn!(
+                    "{var} not set: generated a random one for this run; sessions and \
+                     affinity cookies from this run won't be valid after a restart"
+                );
+                (var, random_secret())
+            }
+        })
+        .collect()
+}
+
+fn check_ports_free(args: &UpArgs) -> anyhow::Result<()> {
+    let mut wanted = vec![(args.lb_port, "load balancer", "--lb-port")];
+    wanted.extend(
+        args.node_ports
+            .iter()
+            .map(|&p| (p, "app node", "--node-ports")),
+    );
+    if args.store_url.is_none() {
+        wanted.push((args.store_port, "session store", "--store-port"));
+    }
+    for (i, (port, what, flag)) in wanted.iter().enumerate() {
+        if wanted[..i].iter().any(|(p, ..)| p == port) {
+            bail!("port {port} is given twice; every process needs its own port");
+        }
+        if let Err(err) = StdListener::bind((Ipv4Addr::LOCALHOST, *port)) {
+            bail!(
+                "port {port} for the {what} is not free ({err}); stop what holds it, \
+                 or choose another with {flag}"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn start_all(
+    exe: &PathBuf,
+    args: &UpArgs,
+    secrets: &[(&'static str, String)],
+    members: &mut Vec<Member>,
+) -> anyhow::Result<()> {
+    let store_url = match &args.store_url {
+        Some(url) => url.clone(),
+        None => {
+            let addr = format!("127.0.0.1:{}", args.store_port);
+            start(
+                exe,
+                "store",
+                args.store_port,
+                &["store", "--bind", &addr],
+                secrets,
+                members,
+            )
+            .await?;
+            format!("redis://{addr}")
+        }
+    };
+    let mut backends = Vec::new();
+    for (i, port) in args.node_ports.iter().enumerate() {
+        let name = format!("app{}", i + 1);
+        let listen = format!("127.0.0.1:{port}");
+        let mode = args.session_mode.to_string();
+        let argv = [
+            "serve",
+            "--listen",
+            &listen,
+            "--node-id",
+            &name,
+            "--session-mode",
+            &mode,
+            "--store-url",
+            &store_url,
+        ];
+        start(exe, &name, *port, &argv, secrets, members).await?;
+        backends.push(format!("{name}=http://{listen}"));
+    }
+    let listen = format!("127.0.0.1:{}", args.lb_port);
+    let affinity = match args.affinity {
+        Affinity::None => "none",
+        Affinity::Cookie => "cookie",
+    };
+    let mut argv = vec!["lb", "--listen", &listen, "--affinity", affinity];
+    for b in &backends {
+        argv.extend(["--backend", b.as_str()]);
+    }
+    start(exe, "lb", args.lb_port, &argv, secrets, members).await
+}
+
+/// Spawns one child and waits until it accepts connections on `port`.
+async fn start(
+    exe: &PathBuf,
+    name: &str,
+    port: u16,
+    argv: &[&str],
+    secrets: &[(&'static str, String)],
+    members: &mut Vec<Member>,
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new(exe);
+    cmd.args(argv)
+        .envs(secrets.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {name} ({})", exe.display()))?;
+    members.push(Member {
+        name: name.to_string(),
+        port,
+        child,
+    });
+    let member = members.last_mut().context("the member just pushed")?;
+    wait_listening(member).await
+}
+
+/// Asks the kernel to SIGTERM the child when this process dies, however it dies.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only makes two async-signal-safe
+    // system calls (prctl, getppid) without allocating or taking locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            // The parent may have died before the call above: then nobody will signal us.
+            if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
+                return Err(std::io::Error::other("parent exited during start-up"));
+            }
+            Ok(())
+        });
+    }
+}
+
+async fn wait_listening(member: &mut Member) -> anyhow::Result<()> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, member.port));
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = member.child.try_wait()? {
+            bail!(
+                "{} exited during start-up ({status}); its log above says why",
+                member.name
+            );
+        }
+        if tokio::task::spawn_blocking(move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        })
+        .await?
+        .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not listen on {addr} within {START_TIMEOUT:?}",
+                member.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn print_summary(args: &UpArgs, members: &[Member]) {
+    let url = |m: &Member| match m.name.as_str() {
+        "store" => format!("redis://127.0.0.1:{}", m.port),
+        _ => format!("http://127.0.0.1:{}", m.port),
+    };
+    println!();
+    println!("Open http://127.0.0.1:{}/ in a browser.", args.lb_port);
+    println!(
+        "session mode: {}, balancing: round-robin, affinity: {:?}",
+        args.session_mode, args.affinity
+    );
+    if let Some(store) = &args.store_url {
+        println!("  store  {store} (external)");
+    }
+    for m in members {
+        let pid = m.child.id().map(|p| p.to_string()).unwrap_or_default();
+        println!("  {:<6} {:<24} pid {pid}", m.name, url(m));
+    }
+    println!("Kill a node (kill -9 <pid>) to see what each mode loses. Ctrl-C stops everything.");
+    println!();
+}
+
+/// Watches one child: reports if it exits on its own, stops it when told to.
+async fn watch_member(mut m: Member, mut stop: watch::Receiver<bool>) {
+    tokio::select! {
+        status = m.child.wait() => {
+            report_exit(&m.name, status);
+            return;
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    if let Some(pid) = m.child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    match tokio::time::timeout(STOP_TIMEOUT, m.child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!(
+                name = m.name,
+                "did not stop within {STOP_TIMEOUT:?}; killing it"
+            );
+            let _ = m.child.kill().await;
+        }
+    }
+}
+
+fn report_exit(name: &str, status: std::io::Result<ExitStatus>) {
+    match status {
+        Ok(s) => tracing::warn!(name, status = %s, "exited; the others keep running"),
+        Err(err) => tracing::warn!(name, %err, "lost track of it"),
+    }
+}
+
+async fn all_exited(watchers: &mut JoinSet<()>) {
+    while watchers.join_next().await.is_some() {}
+}
+
+/// Stops children started before a start-up failure.
+async fn stop_all(members: Vec<Member>) {
+    let (tx, rx) = watch::channel(true);
+    let mut set = JoinSet::new();
+    for m in members {
+        set.spawn(watch_member(m, rx.clone()));
+    }
+    drop(tx);
+    while set.join_next().await.is_some() {}
+}

@@ -1,0 +1,278 @@
+//! Commands: a table of what exists, the checks Redis makes before running any command
+//! (unknown name, arity, authentication, in that order), and one file per family.
+
+mod client;
+mod connection;
+mod expiry;
+mod keys;
+mod parse;
+mod server;
+mod string;
+
+use bytes::Bytes;
+use redis_protocol::resp2::types::BytesFrame;
+
+use crate::client::Client;
+use crate::db::Db;
+use crate::error::CommandError;
+use crate::shared::Shared;
+use parse::Parse;
+
+/// What a command may read and change.
+pub(crate) struct Context<'a> {
+    pub db: &'a Db,
+    pub shared: &'a Shared,
+    pub client: &'a mut Client,
+}
+
+/// What the connection should do after a request.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    Reply(BytesFrame),
+    /// QUIT: reply `+OK`, then close.
+    Quit,
+    /// Close at once without a reply: the peer is not a Redis client (see `attack`).
+    Drop,
+}
+
+type Run = fn(&mut Parse, &mut Context<'_>) -> Result<BytesFrame, CommandError>;
+
+enum Handler {
+    Run(Run),
+    Quit,
+    Drop,
+}
+
+struct Spec {
+    /// Lower case, as Redis names commands in its error messages.
+    name: &'static str,
+    /// Redis' convention: `n` means exactly `n` words with the name, `-n` at least `n`.
+    arity: i32,
+    /// Allowed before authentication.
+    no_auth: bool,
+    handler: Handler,
+}
+
+const fn spec(name: &'static str, arity: i32, run: Run) -> Spec {
+    Spec {
+        name,
+        arity,
+        no_auth: false,
+        handler: Handler::Run(run),
+    }
+}
+
+const COMMANDS: &[Spec] = &[
+    spec("get", 2, string::get),
+    spec("set", -3, string::set),
+    spec("setex", 4, string::setex),
+    spec("psetex", 4, string::psetex),
+    spec("setnx", 3, string::setnx),
+    spec("mget", -2, string::mget),
+    spec("getdel", 2, string::getdel),
+    spec("incr", 2, string::incr),
+    spec("decr", 2, string::decr),
+    spec("incrby", 3, string::incrby),
+    spec("decrby", 3, string::decrby),
+    spec("del", -2, keys::del),
+    spec("exists", -2, keys::exists),
+    spec("expire", -3, keys::expire),
+    spec("pexpire", -3, keys::pexpire),
+    spec("ttl", 2, keys::ttl),
+    spec("pttl", 2, keys::pttl),
+    spec("dbsize", 1, server::dbsize),
+    spec("flushdb", -1, server::flush),
+    spec("flushall", -1, server::flush),
+    spec("info", -1, server::info),
+    spec("command", -1, server::command),
+    spec("ping", -1, connection::ping),
+    spec("echo", 2, connection::echo),
+    spec("select", 2, connection::select),
+    spec("client", -2, client::client),
+    Spec {
+        no_auth: true,
+        ..spec("auth", -2, connection::auth)
+    },
+    Spec {
+        no_auth: true,
+        ..spec("hello", -1, connection::hello)
+    },
+    Spec {
+        name: "quit",
+        arity: -1,
+        no_auth: true,
+        handler: Handler::Quit,
+    },
+    // An HTTP request sent to the store arrives as inline commands `POST ...` and
+    // `Host: ...`. Redis closes such connections at once (cross-protocol scripting
+    // defence); so do we.
+    Spec {
+        name: "post",
+        arity: -1,
+        no_auth: true,
+        handler: Handler::Drop,
+    },
+    Spec {
+        name: "host:",
+        arity: -1,
+        no_auth: true,
+        handler: Handler::Drop,
+    },
+];
+
+/// Runs one request (`args[0]` is the command name) and says how to answer it.
+pub(crate) fn execute(args: Vec<Bytes>, ctx: &mut Context<'_>) -> Outcome {
+    let result = lookup(&args, ctx.client.authenticated).and_then(|spec| match spec.handler {
+        Handler::Run(run) => run(&mut Parse::new(args), ctx).map(Outcome::Reply),
+        Handler::Quit => Ok(Outcome::Quit),
+        Handler::Drop => Ok(Outcome::Drop),
+    });
+    result.unwrap_or_else(|e| Outcome::Reply(error(&e)))
+}
+
+fn lookup(args: &[Bytes], authenticated: bool) -> Result<&'static Spec, CommandError> {
+    let name = args
+        .first()
+        .map(|n| n.to_ascii_lowercase())
+        .unwrap_or_default();
+    let spec = COMMANDS
+        .iter()
+        .find(|spec| spec.name.as_bytes() == name)
+        .ok_or_else(|| unknown_command(args))?;
+    let argc = i32::try_from(args.len()).unwrap_or(i32::MAX);
+    if (spec.arity > 0 && argc != spec.arity) || argc < -spec.arity {
+        return Err(CommandError::WrongArity(spec.name));
+    }
+    if !authenticated && !spec.no_auth {
+        return Err(CommandError::NoAuth);
+    }
+    Ok(spec)
+}
+
+/// Redis' message quotes the name and the first arguments, up to 128 bytes each.
+fn unknown_command(args: &[Bytes]) -> CommandError {
+    const LIMIT: usize = 128;
+    let name = args.first().map(|n| clip(n, LIMIT)).unwrap_or_default();
+    let mut quoted = String::new();
+    for arg in args.iter().skip(1) {
+        if quoted.len() >= LIMIT {
+            break;
+        }
+        quoted.push_str(&format!("'{}' ", clip(arg, LIMIT - quoted.len())));
+    }
+    CommandError::UnknownCommand { name, args: quoted }
+}
+
+/// At most `max` bytes of `b` as text, for error messages.
+fn clip(b: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
+}
+
+/// An error reply. Line breaks would end the reply early, so they become spaces, as in
+/// Redis.
+pub(crate) fn error(e: &CommandError) -> BytesFrame {
+    BytesFrame::Error(e.to_string().replace(['\r', '\n'], " ").into())
+}
+
+fn ok() -> BytesFrame {
+    BytesFrame::SimpleString(Bytes::from_static(b"OK"))
+}
+
+fn bulk(value: impl Into<Bytes>) -> BytesFrame {
+    BytesFrame::BulkString(value.into())
+}
+
+fn integer(n: impl TryInto<i64>) -> BytesFrame {
+    BytesFrame::Integer(n.try_into().unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::db::DbDropGuard;
+
+    /// Runs `words` on a fresh server with `config` and returns the reply.
+    pub(super) struct Harness {
+        _guard: DbDropGuard,
+        db: Db,
+        shared: Shared,
+        client: Client,
+    }
+
+    impl Harness {
+        pub(super) fn new(config: Config) -> Harness {
+            let guard = DbDropGuard::new(10);
+            let authenticated = config.requirepass.is_none();
+            Harness {
+                db: guard.db(),
+                _guard: guard,
+                shared: Shared::new(config, 7379),
+                client: Client {
+                    id: 1,
+                    name: None,
+                    authenticated,
+                },
+            }
+        }
+
+        pub(super) fn run(&mut self, words: &[&str]) -> Outcome {
+            let args = words
+                .iter()
+                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+                .collect();
+            let mut ctx = Context {
+                db: &self.db,
+                shared: &self.shared,
+                client: &mut self.client,
+            };
+            execute(args, &mut ctx)
+        }
+
+        /// The reply as RESP text, for compact assertions.
+        pub(super) fn wire(&mut self, words: &[&str]) -> String {
+            match self.run(words) {
+                Outcome::Reply(frame) => {
+                    let mut out = bytes::BytesMut::new();
+                    let mut codec = crate::codec::RespCodec::new(1024, true);
+                    tokio_util::codec::Encoder::encode(&mut codec, frame, &mut out)
+                        .expect("encode reply");
+                    String::from_utf8_lossy(&out).into_owned()
+                }
+                other => format!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn checks_come_in_redis_order() {
+        let mut h = Harness::new(Config {
+            requirepass: Some("pw".into()),
+            ..Config::default()
+        });
+        assert_eq!(
+            h.wire(&["foo", "a", "b"]),
+            "-ERR unknown command 'foo', with args beginning with: 'a' 'b' \r\n"
+        );
+        assert_eq!(
+            h.wire(&["GET"]),
+            "-ERR wrong number of arguments for 'get' command\r\n"
+        );
+        assert_eq!(
+            h.wire(&["get", "k"]),
+            "-NOAUTH Authentication required.\r\n"
+        );
+        assert_eq!(h.wire(&["quit"]), "Quit");
+        assert_eq!(h.wire(&["Host:", "x"]), "Drop");
+    }
+
+    #[tokio::test]
+    async fn unknown_command_message_is_clipped_and_single_line() {
+        let mut h = Harness::new(Config::default());
+        let long = "x".repeat(300);
+        let reply = h.wire(&["nope", &long, "b\r\nc"]);
+        assert!(reply.starts_with("-ERR unknown command 'nope', with args beginning with: 'xxx"));
+        assert_eq!(reply.matches('x').count(), 128);
+        assert_eq!(reply.matches("\r\n").count(), 1);
+    }
+}
