@@ -35,9 +35,10 @@ pub struct NodeArgs {
     #[arg(long, env = "STORE_URL", default_value = "redis://127.0.0.1:7379")]
     pub store_url: String,
 
-    /// Session lifetime in seconds: idle timeout for `local` and `shared`, token lifetime for `jwt`.
-    #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 1800)]
-    pub session_ttl_secs: u64,
+    /// Session lifetime (e.g. 30m, 90s): idle timeout for `local` and `shared`, token
+    /// lifetime for `jwt`.
+    #[arg(long, env = "SESSION_TTL", default_value = "30m", value_parser = lb::config::parse_duration)]
+    pub session_ttl: Duration,
 
     /// HS256 secret for `jwt` mode, at least 32 bytes; every node behind one LB needs the
     /// same one [default: random per process, logged as a warning].
@@ -73,7 +74,7 @@ pub async fn serve(
 }
 
 fn sessions(args: &NodeArgs) -> anyhow::Result<Sessions> {
-    let ttl = Duration::from_secs(args.session_ttl_secs.max(1));
+    let ttl = args.session_ttl.max(Duration::from_secs(1));
     Ok(match args.session_mode {
         SessionMode::Local => Sessions::Local(LocalSessions::new(ttl)),
         SessionMode::Shared => Sessions::Shared(

@@ -11,8 +11,6 @@ mod jwt;
 mod local;
 mod shared;
 
-use std::time::Duration;
-
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
@@ -124,10 +122,4 @@ impl Sessions {
             _ => cookies::clear_session_id(),
         })
     }
-}
-
-/// Session lifetime shared by every mode: idle timeout for server-side sessions, token
-/// lifetime for JWTs.
-pub fn default_ttl() -> Duration {
-    Duration::from_secs(30 * 60)
 }
