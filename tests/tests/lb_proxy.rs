@@ -57,6 +57,17 @@ struct TestBackend {
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
+/// Backends `a`, `b` and `c`, and their `--backend` specs.
+async fn three_backends() -> ([TestBackend; 3], Vec<String>) {
+    let backends = [
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    ];
+    let specs = backends.iter().map(TestBackend::spec).collect();
+    (backends, specs)
+}
+
 impl TestBackend {
     async fn start(name: &str) -> TestBackend {
         TestBackend::start_on(name, free_port()).await
@@ -319,12 +330,7 @@ fn seen_header<'a>(echo: &'a Value, name: &str) -> Vec<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly_and_names_the_backend() {
     bounded(async {
-        let backends = [
-            TestBackend::start("a").await,
-            TestBackend::start("b").await,
-            TestBackend::start("c").await,
-        ];
-        let specs: Vec<String> = backends.iter().map(TestBackend::spec).collect();
+        let (backends, specs) = three_backends().await;
         let lb = Lb::start(&specs, &[]).await;
         let client = client();
         let mut counts: HashMap<String, usize> = HashMap::new();
@@ -440,12 +446,7 @@ async fn forwarded_headers_arrive_and_hop_by_hop_headers_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_affinity_pins_a_client_and_sets_the_cookie_once() {
     bounded(async {
-        let backends = [
-            TestBackend::start("a").await,
-            TestBackend::start("b").await,
-            TestBackend::start("c").await,
-        ];
-        let specs: Vec<String> = backends.iter().map(TestBackend::spec).collect();
+        let (_backends, specs) = three_backends().await;
         let lb = Lb::start(&specs, &["--affinity", "cookie"]).await;
 
         let browser = client_with_jar();
@@ -503,12 +504,7 @@ async fn cookie_affinity_pins_a_client_and_sets_the_cookie_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_cookies_are_ignored_and_replaced_never_rejected() {
     bounded(async {
-        let backends = [
-            TestBackend::start("a").await,
-            TestBackend::start("b").await,
-            TestBackend::start("c").await,
-        ];
-        let specs: Vec<String> = backends.iter().map(TestBackend::spec).collect();
+        let (backends, specs) = three_backends().await;
         let lb = Lb::start(&specs, &["--affinity", "cookie"]).await;
         let first = send(client().get(lb.url("/"))).await;
         let genuine = first.set_cookie.expect("a fresh cookie");
