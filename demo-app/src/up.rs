@@ -36,6 +36,16 @@ pub enum Affinity {
     Cookie,
 }
 
+impl Affinity {
+    /// The flag value, as the `lb` binary takes it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Affinity::None => "none",
+            Affinity::Cookie => "cookie",
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
     /// Where the nodes keep sessions.
@@ -62,6 +72,11 @@ pub struct UpArgs {
     /// Port of the embedded session store.
     #[arg(long, env = "UP_STORE_PORT", default_value_t = 7379)]
     pub store_port: u16,
+
+    /// AMQP 0-9-1 port of the broker embedded in the session store (unused with
+    /// --store-url, which starts no store).
+    #[arg(long, env = "UP_AMQP_PORT", default_value_t = 5673)]
+    pub amqp_port: u16,
 
     /// Use this store instead of starting one, e.g. a real Redis: redis://127.0.0.1:6379.
     #[arg(long, env = "STORE_URL")]
@@ -113,19 +128,22 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Res
 /// there, else generated for this run — children inherit them through their environment,
 /// never their command line, so `ps` does not show them.
 fn shared_secrets() -> Vec<(&'static str, String)> {
-    ["JWT_SECRET", "LB_COOKIE_KEY"]
-        .into_iter()
-        .map(|var| match std::env::var(var) {
-            Ok(v) if !v.is_empty() => (var, v),
-            _ => {
-                tracing::warn!(
-                    "{var} not set: generated a random one for this run; sessions and \
-                     affinity cookies from this run won't be valid after a restart"
-                );
-                (var, random_secret())
-            }
-        })
-        .collect()
+    [
+        ("JWT_SECRET", "session tokens"),
+        ("LB_COOKIE_KEY", "affinity cookies"),
+    ]
+    .into_iter()
+    .map(|(var, what)| match std::env::var(var) {
+        Ok(v) if !v.is_empty() => (var, v),
+        _ => {
+            tracing::warn!(
+                "{var} not set: generated a random one for this run; {what} issued now \
+                 won't be valid after a restart. Set {var} to keep them."
+            );
+            (var, random_secret())
+        }
+    })
+    .collect()
 }
 
 fn check_ports_free(args: &UpArgs) -> anyhow::Result<()> {
@@ -137,6 +155,7 @@ fn check_ports_free(args: &UpArgs) -> anyhow::Result<()> {
     );
     if args.store_url.is_none() {
         wanted.push((args.store_port, "session store", "--store-port"));
+        wanted.push((args.amqp_port, "AMQP broker", "--amqp-port"));
     }
     for (i, (port, what, flag)) in wanted.iter().enumerate() {
         if wanted[..i].iter().any(|(p, ..)| p == port) {
@@ -162,11 +181,12 @@ async fn start_all(
         Some(url) => url.clone(),
         None => {
             let addr = format!("127.0.0.1:{}", args.store_port);
+            let amqp = format!("127.0.0.1:{}", args.amqp_port);
             start(
                 exe,
                 "store",
                 args.store_port,
-                &["store", "--bind", &addr],
+                &["store", "--bind", &addr, "--amqp-bind", &amqp],
                 secrets,
                 members,
             )
@@ -194,11 +214,13 @@ async fn start_all(
         backends.push(format!("{name}=http://{listen}"));
     }
     let listen = format!("127.0.0.1:{}", args.lb_port);
-    let affinity = match args.affinity {
-        Affinity::None => "none",
-        Affinity::Cookie => "cookie",
-    };
-    let mut argv = vec!["lb", "--listen", &listen, "--affinity", affinity];
+    let mut argv = vec![
+        "lb",
+        "--listen",
+        &listen,
+        "--affinity",
+        args.affinity.as_str(),
+    ];
     for b in &backends {
         argv.extend(["--backend", b.as_str()]);
     }
@@ -286,8 +308,9 @@ fn print_summary(args: &UpArgs, members: &[Member]) {
     println!();
     println!("Open http://127.0.0.1:{}/ in a browser.", args.lb_port);
     println!(
-        "session mode: {}, balancing: round-robin, affinity: {:?}",
-        args.session_mode, args.affinity
+        "session mode: {}, balancing: round-robin, affinity: {}",
+        args.session_mode,
+        args.affinity.as_str()
     );
     if let Some(store) = &args.store_url {
         println!("  store  {store} (external)");
@@ -295,6 +318,10 @@ fn print_summary(args: &UpArgs, members: &[Member]) {
     for m in members {
         let pid = m.child.id().map(|p| p.to_string()).unwrap_or_default();
         println!("  {:<6} {:<24} pid {pid}", m.name, url(m));
+        if m.name == "store" {
+            let amqp = format!("amqp://127.0.0.1:{}", args.amqp_port);
+            println!("  {:<6} {amqp:<24} (same process)", "amqp");
+        }
     }
     println!("Kill a node (kill -9 <pid>) to see what each mode loses. Ctrl-C stops everything.");
     println!();

@@ -6,8 +6,10 @@ use std::future::Future;
 use anyhow::Context as _;
 use clap::builder::RangedU64ValueParser;
 use tokio::net::TcpListener;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
+use crate::amqp::AmqpConfig;
 use crate::config::Config;
 
 /// The store's flags; each can also come from a `STORE_*` environment variable.
@@ -50,6 +52,22 @@ pub struct Args {
         value_parser = clap::value_parser!(u32).range(1..=500),
     )]
     pub expiry_hz: u32,
+
+    /// Address of the embedded AMQP 0-9-1 broker (RabbitMQ-compatible; user guest/guest
+    /// from loopback). Port 0 picks a free port; the log line `amqp listening on ADDR`
+    /// names it.
+    #[arg(long, env = "STORE_AMQP_BIND", default_value = "127.0.0.1:5673")]
+    pub amqp_bind: String,
+
+    /// Bytes of queued AMQP messages above which publishing connections are blocked
+    /// (connection.blocked) until consumers drain the queues, like RabbitMQ's memory high
+    /// watermark. Default: 40% of physical memory.
+    #[arg(long, env = "STORE_AMQP_MEMORY_HIGH_WATERMARK")]
+    pub amqp_memory_high_watermark: Option<u64>,
+
+    /// Do not run the AMQP broker; serve RESP only.
+    #[arg(long, env = "STORE_NO_AMQP")]
+    pub no_amqp: bool,
 }
 
 impl Args {
@@ -70,13 +88,15 @@ impl std::fmt::Debug for Args {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Args")
             .field("bind", &self.bind)
+            .field("amqp_bind", &(!self.no_amqp).then_some(&self.amqp_bind))
             .field("config", &self.config())
             .finish()
     }
 }
 
-/// Binds `args.bind`, logs `session-store listening on ADDR` and serves until `shutdown`
-/// completes.
+/// Binds `args.bind` (and `args.amqp_bind` unless `--no-amqp`), logs
+/// `session-store listening on ADDR` and `amqp listening on ADDR`, and serves both until
+/// `shutdown` completes.
 pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.bind).await.with_context(|| {
         format!(
@@ -84,11 +104,50 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
             args.bind
         )
     })?;
+    let amqp_listener = if args.no_amqp {
+        None
+    } else {
+        Some(TcpListener::bind(&args.amqp_bind).await.with_context(|| {
+            format!(
+                "cannot listen for AMQP on {}; is another broker using it? Choose another address with --amqp-bind (or STORE_AMQP_BIND), or turn the broker off with --no-amqp",
+                args.amqp_bind
+            )
+        })?)
+    };
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
     info!("session-store listening on {addr}");
-    crate::server::run(listener, args.config(), shutdown).await?;
+    let stop = CancellationToken::new();
+    let amqp = async {
+        if let Some(listener) = amqp_listener {
+            match listener.local_addr() {
+                Ok(addr) => info!("amqp listening on {addr}"),
+                Err(e) => warn!("cannot read the AMQP listener's address: {e}"),
+            }
+            crate::amqp::run(
+                listener,
+                AmqpConfig {
+                    memory_high_watermark: args
+                        .amqp_memory_high_watermark
+                        .unwrap_or_else(crate::amqp::default_watermark),
+                    ..AmqpConfig::default()
+                },
+                stop.clone().cancelled_owned(),
+            )
+            .await;
+        }
+    };
+    let signal = async {
+        shutdown.await;
+        stop.cancel();
+    };
+    let (resp, (), ()) = tokio::join!(
+        crate::server::run(listener, args.config(), stop.clone().cancelled_owned()),
+        amqp,
+        signal
+    );
+    resp?;
     info!("session-store stopped");
     Ok(())
 }

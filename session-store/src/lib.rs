@@ -10,10 +10,14 @@
 //! CLIENT, INFO, DBSIZE, FLUSHDB, COMMAND, QUIT), with Redis 7's reply and error texts.
 //! Keys expire lazily on access and actively in a background cycle.
 //!
+//! Beside it, in the same process, runs an AMQP 0-9-1 broker ([`amqp`]) with RabbitMQ's
+//! model, for the session-change events nodes exchange.
+//!
 //! Layout: [`server`] accepts connections; `connection` and `codec` frame bytes into
 //! requests; `cmd` checks and runs them against `db`, the keyspace. [`cli`] holds the
 //! flags and the `serve` entry point that binaries call.
 
+pub mod amqp;
 pub mod cli;
 mod client;
 mod cmd;

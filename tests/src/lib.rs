@@ -2,6 +2,7 @@
 //! loopback ports, start processes that die with the test, and wait on conditions with a
 //! deadline instead of sleeping.
 
+pub mod rabbit;
 pub mod topology;
 
 use std::io::{BufRead, BufReader};

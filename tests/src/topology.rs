@@ -90,7 +90,12 @@ impl Topology {
 }
 
 pub fn start_store(port: u16) -> Proc {
-    let args = vec!["--bind".to_string(), format!("127.0.0.1:{port}")];
+    let args = vec![
+        "--bind".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--amqp-bind".to_string(),
+        "127.0.0.1:0".to_string(),
+    ];
     let proc = Proc::spawn("store", &bin("session-store"), &args, &[]);
     wait_port(port, START);
     proc

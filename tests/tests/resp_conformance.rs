@@ -27,7 +27,12 @@ struct Server {
 
 fn start_store(password: Option<&str>) -> Server {
     let port = free_port();
-    let mut args = vec!["--bind".to_string(), format!("127.0.0.1:{port}")];
+    let mut args = vec![
+        "--bind".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--amqp-bind".to_string(),
+        "127.0.0.1:0".to_string(),
+    ];
     if let Some(password) = password {
         args.extend(["--requirepass".to_string(), password.to_string()]);
     }

@@ -17,6 +17,8 @@ fn up_args(lb: u16, nodes: &[u16], store: u16) -> Vec<String> {
         nodes.join(","),
         "--store-port".into(),
         store.to_string(),
+        "--amqp-port".into(),
+        free_port().to_string(),
     ]
 }
 

@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# AMQP broker benchmark: RabbitMQ (Debian package rabbitmq-server) against the broker
+# embedded in session-store, same client (`bench amqp`, lapin), interleaved rounds.
+#
+#   benches/amqp.sh
+#
+# Builds release, starts a private RabbitMQ node (own node name, epmd port and state under a
+# temp dir) and our session-store, both on free 127.0.0.1 ports, runs REPS rounds of each
+# scenario (RabbitMQ then ours, scenario by scenario), prints a markdown table of medians and
+# stops both brokers and epmd on exit (also on Ctrl-C or failure). Raw result lines are kept
+# in target/bench/amqp-<time>.txt.
+#
+# Environment:
+#   REPS=3         rounds per scenario and broker
+#   SECONDS=10     measured seconds per run (plus 1 s warm-up)
+#   SCENARIOS="transient ack confirm-persistent fanout3 latency"
+#   SETTLE=10      seconds to let a freshly booted RabbitMQ go idle before measuring
+#   BUILD=0        use the release binaries already built instead of running cargo build
+set -euo pipefail
+
+# Bash counts SECONDS up by itself: take the caller's value, if any, before it moves.
+SECS=$(printenv SECONDS || echo 10)
+unset SECONDS
+REPS="${REPS:-3}"
+SCENARIOS="${SCENARIOS:-transient ack confirm-persistent fanout3 latency}"
+SETTLE="${SETTLE:-10}"
+[[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "REPS must be a positive integer" >&2; exit 2; }
+[[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "SECONDS must be a positive integer" >&2; exit 2; }
+for s in $SCENARIOS; do
+  case "$s" in
+    transient | ack | confirm-persistent | fanout3 | latency) ;;
+    *) echo "unknown scenario '$s' in SCENARIOS" >&2; exit 2 ;;
+  esac
+done
+RABBITMQ_SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
+[ -x "$RABBITMQ_SERVER" ] || { echo "needs $RABBITMQ_SERVER (apt-get install rabbitmq-server)" >&2; exit 2; }
+EPMD=$(command -v epmd || ls /usr/lib/erlang/erts-*/bin/epmd 2>/dev/null | head -1 || true)
+[ -n "$EPMD" ] || { echo "needs epmd (comes with rabbitmq-server's Erlang)" >&2; exit 2; }
+
+cd "$(dirname "$0")/.."
+if [ "${BUILD:-1}" != 0 ]; then
+  echo "building release binaries ..." >&2
+  cargo build --release -p session-store -p bench >&2
+fi
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+BENCH="$TARGET_DIR/release/bench"
+STORE="$TARGET_DIR/release/session-store"
+[ -x "$BENCH" ] && [ -x "$STORE" ] || { echo "no release binaries in $TARGET_DIR/release" >&2; exit 2; }
+mkdir -p "$TARGET_DIR/bench"
+RESULTS="$TARGET_DIR/bench/amqp-$(date +%Y%m%d-%H%M%S).txt"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/amqp-bench.XXXXXX")
+EPMD_PID= RABBIT_PID= OURS_PID=
+stop_pid() { # PID SECONDS: TERM, wait (bounded), then KILL
+  local pid=$1 i
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < $2 * 10; i++)); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+  stop_pid "$OURS_PID" 5
+  stop_pid "$RABBIT_PID" 30
+  stop_pid "$EPMD_PID" 5
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Four distinct free loopback ports: RabbitMQ AMQP, its distribution port, epmd, ours.
+read -r RABBIT_PORT DIST_PORT EPMD_PORT OURS_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])
+')
+
+wait_port() { # PORT PID SECONDS NAME LOG
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$2" 2>/dev/null; then
+      echo "$4 exited before listening on $1; last log lines:" >&2; tail -30 "$5" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  echo "$4 not listening on $1 after $3 s; last log lines:" >&2; tail -30 "$5" >&2; return 1
+}
+
+# RabbitMQ: our own epmd (foreground, so its PID is ours to stop), then the node with
+# `detached` set, which makes the start script exec the VM: $! is the broker process.
+R="$TMP/rabbit"
+mkdir -p "$R"/{mnesia,log,home}
+echo '[].' > "$R/enabled_plugins"
+cat > "$R/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:$RABBIT_PORT
+loopback_users.guest = true
+log.console = false
+log.file.level = warning
+CONF
+: > "$R/rabbitmq-env.conf"
+setsid "$EPMD" -port "$EPMD_PORT" -address 127.0.0.1 > "$TMP/epmd.log" 2>&1 < /dev/null &
+EPMD_PID=$!
+wait_port "$EPMD_PORT" "$EPMD_PID" 10 epmd "$TMP/epmd.log"
+echo "starting RabbitMQ on 127.0.0.1:$RABBIT_PORT ..." >&2
+(
+  cd "$R"
+  export HOME="$R/home" RABBITMQ_CONF_ENV_FILE="$R/rabbitmq-env.conf"
+  export RABBITMQ_NODENAME="benchrabbit$RABBIT_PORT@localhost"
+  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$RABBIT_PORT"
+  export RABBITMQ_DIST_PORT="$DIST_PORT" ERL_EPMD_PORT="$EPMD_PORT" ERL_EPMD_ADDRESS=127.0.0.1
+  export RABBITMQ_MNESIA_BASE="$R/mnesia" RABBITMQ_LOG_BASE="$R/log"
+  export RABBITMQ_ENABLED_PLUGINS_FILE="$R/enabled_plugins"
+  export RABBITMQ_CONFIG_FILE="$R/rabbitmq.conf" RABBITMQ_ADVANCED_CONFIG_FILE="$R/advanced.config"
+  export RABBITMQ_PID_FILE="$R/beam.pid" detached=true
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  unset NOTIFY_SOCKET
+  exec setsid "$RABBITMQ_SERVER" > "$R/stdout.log" 2>&1 < /dev/null
+) &
+RABBIT_PID=$!
+wait_port "$RABBIT_PORT" "$RABBIT_PID" 120 rabbitmq-server "$R/stdout.log"
+
+echo "starting session-store (AMQP on 127.0.0.1:$OURS_PORT) ..." >&2
+setsid "$STORE" --bind 127.0.0.1:0 --amqp-bind "127.0.0.1:$OURS_PORT" > "$TMP/ours.log" 2>&1 < /dev/null &
+OURS_PID=$!
+wait_port "$OURS_PORT" "$OURS_PID" 30 session-store "$TMP/ours.log"
+echo "letting RabbitMQ settle for $SETTLE s ..." >&2
+sleep "$SETTLE"
+
+rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+{
+  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" $(nproc) CPUs"
+  echo "# rabbitmq $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?'), ours $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- session-store 2>/dev/null || echo '+dirty')"
+  echo "target=rabbit start_rss_mb=$(rss_mb "$RABBIT_PID")"
+  echo "target=ours start_rss_mb=$(rss_mb "$OURS_PID")"
+} | tee "$RESULTS" >&2
+
+run_one() { # TARGET PORT PID SCENARIO REP
+  local line
+  echo "== rep $5/$REPS $4 on $1" >&2
+  if ! kill -0 "$3" 2>/dev/null; then
+    line="scenario=$4 error=\"broker process $3 is not running\""
+  else
+    line=$(timeout $((SECS + 90)) "$BENCH" amqp --url "amqp://guest:guest@127.0.0.1:$2/%2f" \
+      --scenario "$4" --seconds "$SECS" --broker-pid "$3" | tail -1) || true
+    [ -n "$line" ] || line="scenario=$4 error=\"bench printed nothing (exit or timeout)\""
+  fi
+  echo "target=$1 rep=$5 $line" | tee -a "$RESULTS" >&2
+}
+for rep in $(seq 1 "$REPS"); do
+  for s in $SCENARIOS; do
+    run_one rabbit "$RABBIT_PORT" "$RABBIT_PID" "$s" "$rep"
+    run_one ours "$OURS_PORT" "$OURS_PID" "$s" "$rep"
+  done
+done
+
+echo "raw results: $RESULTS" >&2
+python3 - "$RESULTS" "$SCENARIOS" "$REPS" <<'PY'
+import shlex, statistics, sys
+
+path, scenarios, reps = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
+runs, errors, start_rss = {}, [], {}
+for line in open(path):
+    if line.startswith("#"):
+        continue
+    kv = dict(t.split("=", 1) for t in shlex.split(line) if "=" in t)
+    if "start_rss_mb" in kv:
+        start_rss[kv["target"]] = kv["start_rss_mb"]
+        continue
+    if "error" in kv:
+        errors.append(f"{kv['target']} {kv['scenario']} rep {kv['rep']}: {kv['error']}")
+        continue
+    runs.setdefault((kv["target"], kv["scenario"]), []).append(kv)
+
+def med(target, scenario, key):
+    vals = [float(r[key]) for r in runs.get((target, scenario), []) if key in r]
+    return statistics.median(vals) if vals else None
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+
+def ratio(a, b):
+    return "n/a" if a is None or b is None or a == 0 else f"{b / a:.2f}"
+
+def note(target, scenario):
+    ok = len(runs.get((target, scenario), []))
+    return "" if ok == reps else f" ({ok}/{reps} ok)"
+
+metrics = [("rate msg/s ↑", "rate"), ("p50 µs ↓", "p50_us"), ("p99 µs ↓", "p99_us"),
+           ("p99.9 µs ↓", "p999_us"), ("broker CPU µs/msg ↓", "cpu_us_per_msg")]
+print()
+print("| scenario | metric | RabbitMQ median | ours median | ours/RabbitMQ |")
+print("| --- | --- | --- | --- | --- |")
+for s in scenarios:
+    for label, key in metrics:
+        if key.startswith("p") and key.endswith("_us") and s != "latency":
+            continue
+        r, o = med("rabbit", s, key), med("ours", s, key)
+        print(f"| {s} | {label} | {fmt(r)}{note('rabbit', s)} | {fmt(o)}{note('ours', s)} | {ratio(r, o)} |")
+    ri, oi = med("rabbit", s, "rss_idle_mb"), med("ours", s, "rss_idle_mb")
+    rp, op = med("rabbit", s, "rss_peak_mb"), med("ours", s, "rss_peak_mb")
+    print(f"| {s} | broker RSS MB idle / peak ↓ | {fmt(ri)} / {fmt(rp)} | {fmt(oi)} / {fmt(op)} "
+          f"| {ratio(ri, oi)} / {ratio(rp, op)} |")
+print()
+print(f"Broker RSS right after start: RabbitMQ {start_rss.get('rabbit', '?')} MB, "
+      f"ours {start_rss.get('ours', '?')} MB. Medians of {reps} interleaved reps; rate is "
+      "confirmed/s for confirm-persistent and deliveries/s otherwise; CPU is the broker's "
+      "utime+stime over the measured window per counted message.")
+if errors:
+    print()
+    print("Failed runs (n/a above):")
+    for e in errors:
+        print(f"- {e}")
+PY

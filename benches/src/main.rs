@@ -1,0 +1,40 @@
+//! `bench`: load generators for the project's benchmarks. `benches/amqp.sh` runs
+//! `bench amqp` against a private RabbitMQ and against our `session-store`, interleaved.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod amqp;
+mod proc_stats;
+
+/// Load generators that print one `key=value` result line per scenario on stdout.
+#[derive(Parser)]
+#[command(name = "bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// AMQP 0-9-1 broker throughput, latency, CPU and memory (lapin client).
+    Amqp(amqp::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Amqp(args) => amqp::run(args).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        // Every scenario printed its line; at least one of them is an `error=` line.
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1143 @@
+//! The broker's shared state: the virtual host's exchanges and queues, and per channel
+//! the deliveries awaiting acknowledgement.
+//!
+//! Everything sits behind one mutex, held only for in-memory work and never across an
+//! await: simple and correct first. Deliveries leave through each connection's bounded
+//! outbound queue with `try_reserve`; when it is full the connection is marked congested,
+//! messages stay queued, and its writer calls [`Broker::resume`] once it has drained.
+//!
+//! Messages leave a queue by delivery, expiry (checked at the head when the queue is
+//! touched and by [`Broker::tick`]), length limits or rejection; the last three
+//! dead-letter them when the queue has a dead-letter exchange.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, basic, exchange, queue};
+use amq_protocol::types::{FieldTable, ShortString};
+use base64::Engine as _;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::codec::Outbound;
+use super::dead_letter::{self, Reason, Target};
+use super::error::AmqpError;
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::flow::MemoryMonitor;
+use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
+use super::queue_args::{Overflow, QueueArgs, check_equivalent};
+
+/// Identifies a client connection inside the broker.
+pub type ConnId = u64;
+
+/// The default and only virtual host for now.
+pub const DEFAULT_VHOST: &str = "/";
+
+/// A connection as the broker core sees it: where its frames go.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub tx: mpsc::Sender<Outbound>,
+    /// Set when its outbound queue was full; cleared by its writer before `resume`.
+    pub congested: Arc<AtomicBool>,
+}
+
+/// A virtual host: its own namespace of exchanges and queues.
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Queue>,
+}
+
+impl VHost {
+    /// A virtual host with the default exchange and RabbitMQ's predeclared `amq.*` ones.
+    pub fn new(name: &str) -> Self {
+        let mut exchanges = HashMap::new();
+        for (n, kind) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            exchanges.insert(n.to_string(), Exchange::new(n, kind));
+        }
+        VHost {
+            name: name.to_string(),
+            exchanges,
+            queues: HashMap::new(),
+        }
+    }
+
+    fn exchange(&self, name: &str) -> Result<&Exchange, AmqpError> {
+        self.exchanges
+            .get(name)
+            .ok_or_else(|| AmqpError::not_found("exchange", name, &self.name))
+    }
+
+    /// A queue this connection may use: exclusive queues belong to their connection.
+    fn usable_queue(&mut self, name: &str, conn: ConnId) -> Result<&mut Queue, AmqpError> {
+        let vhost = self.name.clone();
+        let q = self
+            .queues
+            .get_mut(name)
+            .ok_or_else(|| AmqpError::not_found("queue", name, &vhost))?;
+        check_owner(q, conn, &vhost)?;
+        Ok(q)
+    }
+
+    /// Queues a message with this exchange and key reaches, each once, following
+    /// exchange-to-exchange bindings.
+    fn route(&self, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Vec<String> {
+        let mut queues = Vec::new();
+        if exchange.is_empty() {
+            if self.queues.contains_key(key) {
+                queues.push(key.to_string());
+            }
+            return queues;
+        }
+        let mut seen_exchanges = HashSet::from([exchange.to_string()]);
+        let mut pending = vec![exchange.to_string()];
+        while let Some(name) = pending.pop() {
+            let Some(x) = self.exchanges.get(&name) else {
+                continue;
+            };
+            x.route(key, headers, |d| match d {
+                Destination::Queue(q) => {
+                    if !queues.contains(q) {
+                        queues.push(q.clone());
+                    }
+                }
+                Destination::Exchange(e) => {
+                    if seen_exchanges.insert(e.clone()) {
+                        pending.push(e.clone());
+                    }
+                }
+            });
+        }
+        queues
+    }
+}
+
+fn check_owner(q: &Queue, conn: ConnId, vhost: &str) -> Result<(), AmqpError> {
+    match q.owner {
+        Some(owner) if owner != conn => Err(AmqpError::channel(
+            super::error::code::RESOURCE_LOCKED,
+            format!(
+                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                q.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A delivery awaiting ack.
+#[derive(Debug)]
+struct Unacked {
+    queue: Arc<str>,
+    consumer: Option<ShortString>,
+    message: QueuedMessage,
+}
+
+/// What a settled delivery becomes: acked, put back, or discarded (dead-lettered when its
+/// queue says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+#[derive(Debug, Default)]
+struct ChannelState {
+    /// tx.select was seen: settlements wait in `tx_settled` for tx.commit.
+    tx: bool,
+    tx_settled: Vec<(Vec<(u64, Unacked)>, Settle)>,
+    next_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    /// basic.qos global=false: the limit of consumers created from now on.
+    consumer_prefetch: u16,
+    /// basic.qos global=true: the limit across the channel.
+    channel_prefetch: u16,
+    /// (queue, tag) of this channel's consumers.
+    consumers: Vec<(String, ShortString)>,
+}
+
+#[derive(Debug)]
+struct Core {
+    vhost: VHost,
+    connections: HashMap<ConnId, ConnHandle>,
+    channels: HashMap<(ConnId, u16), ChannelState>,
+}
+
+/// What basic.get hands back.
+#[derive(Debug)]
+pub struct GetResult {
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+    pub message_count: u32,
+    pub message: Arc<Message>,
+}
+
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Some queue took it (or refused it for length): no basic.return.
+    pub routed: bool,
+    /// A full reject-publish queue refused it: basic.nack in confirm mode.
+    pub rejected: bool,
+}
+
+/// A message leaving a queue for its dead-letter exchange.
+#[derive(Debug)]
+struct Dead {
+    queue: Arc<str>,
+    dlx: String,
+    routing_key: Option<String>,
+    message: Arc<Message>,
+    reason: Reason,
+}
+
+/// Most dead letters handled for one operation, a guard against pathological loops the
+/// cycle rule does not catch (drop-head queues dead-lettering into each other).
+const DEAD_LETTER_BUDGET: usize = 100_000;
+
+/// The broker: cheap to share between connection tasks.
+#[derive(Debug)]
+pub struct Broker {
+    core: Mutex<Core>,
+    next_conn: AtomicU64,
+    memory: MemoryMonitor,
+}
+
+impl Broker {
+    /// A broker whose memory alarm goes on above `memory_high_watermark` queued bytes.
+    pub fn new(memory_high_watermark: u64) -> Self {
+        Broker {
+            core: Mutex::new(Core {
+                vhost: VHost::new(DEFAULT_VHOST),
+                connections: HashMap::new(),
+                channels: HashMap::new(),
+            }),
+            next_conn: AtomicU64::new(1),
+            memory: MemoryMonitor::new(memory_high_watermark),
+        }
+    }
+
+    /// Follows the memory alarm (true: over the watermark, publishers are blocked).
+    pub fn memory_alarm(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.memory.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // No code path leaves the core half-updated on panic in a way later calls cannot
+        // live with, so a poisoned lock is still usable.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn vhost_exists(&self, name: &str) -> bool {
+        self.lock().vhost.name == name
+    }
+
+    pub fn register_connection(&self, handle: ConnHandle) -> ConnId {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.lock().connections.insert(id, handle);
+        id
+    }
+
+    /// Forgets a connection: its channels close (unacked messages go back to their
+    /// queues) and its exclusive queues are deleted.
+    pub fn connection_closed(&self, conn: ConnId) {
+        let mut core = self.lock();
+        let channels: Vec<u16> = core
+            .channels
+            .keys()
+            .filter(|(c, _)| *c == conn)
+            .map(|(_, ch)| *ch)
+            .collect();
+        for ch in channels {
+            close_channel(&mut core, conn, ch);
+        }
+        let exclusive: Vec<String> = core
+            .vhost
+            .queues
+            .values()
+            .filter(|q| q.owner == Some(conn))
+            .map(|q| q.name.to_string())
+            .collect();
+        for name in exclusive {
+            delete_queue(&mut core, &name);
+        }
+        core.connections.remove(&conn);
+    }
+
+    pub fn open_channel(&self, conn: ConnId, channel: u16) {
+        self.lock()
+            .channels
+            .insert((conn, channel), ChannelState::default());
+    }
+
+    pub fn close_channel(&self, conn: ConnId, channel: u16) {
+        close_channel(&mut self.lock(), conn, channel);
+    }
+
+    pub fn exchange_declare(&self, d: &exchange::Declare) -> Result<(), AmqpError> {
+        let mut core = self.lock();
+        let vhost = &mut core.vhost;
+        let name = d.exchange.as_str();
+        if d.passive {
+            vhost.exchange(name)?;
+            return Ok(());
+        }
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let kind = ExchangeKind::parse(d.kind.as_str()).ok_or_else(|| {
+            AmqpError::connection(
+                super::error::code::COMMAND_INVALID,
+                format!("COMMAND_INVALID - unknown exchange type '{}'", d.kind),
+            )
+        })?;
+        if let Some(x) = vhost.exchanges.get(name) {
+            let arg = |a, r: &dyn std::fmt::Display, c: &dyn std::fmt::Display| {
+                AmqpError::inequivalent(a, "exchange", name, &vhost.name, r, c)
+            };
+            if x.kind != kind {
+                return Err(arg("type", &kind.as_str(), &x.kind.as_str()));
+            }
+            if x.durable != d.durable {
+                return Err(arg("durable", &d.durable, &x.durable));
+            }
+            if x.auto_delete != d.auto_delete {
+                return Err(arg("auto_delete", &d.auto_delete, &x.auto_delete));
+            }
+            if x.internal != d.internal {
+                return Err(arg("internal", &d.internal, &x.internal));
+            }
+            return Ok(());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let mut x = Exchange::new(name, kind);
+        x.durable = d.durable;
+        x.auto_delete = d.auto_delete;
+        x.internal = d.internal;
+        x.arguments = d.arguments.clone();
+        vhost.exchanges.insert(name.to_string(), x);
+        Ok(())
+    }
+
+    pub fn exchange_delete(&self, d: &exchange::Delete) -> Result<(), AmqpError> {
+        let mut core = self.lock();
+        let name = d.exchange.as_str();
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(default_exchange_refused());
+        }
+        let vhost = &mut core.vhost;
+        let Some(x) = vhost.exchanges.get(name) else {
+            return Ok(());
+        };
+        if d.if_unused && x.has_bindings() {
+            return Err(AmqpError::precondition(format_args!(
+                "exchange '{name}' in vhost '{}' in use",
+                vhost.name
+            )));
+        }
+        vhost.exchanges.remove(name);
+        remove_bindings_to(vhost, &Destination::Exchange(name.to_string()));
+        Ok(())
+    }
+
+    /// exchange.bind and queue.bind: `unbind` reverses them.
+    pub fn bind(
+        &self,
+        conn: ConnId,
+        source: &str,
+        destination: Destination,
+        key: &str,
+        arguments: &FieldTable,
+        unbind: bool,
+    ) -> Result<(), AmqpError> {
+        let mut core = self.lock();
+        let vhost = &mut core.vhost;
+        if source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        match &destination {
+            Destination::Queue(q) => {
+                vhost.usable_queue(q, conn)?;
+            }
+            Destination::Exchange(e) => {
+                vhost.exchange(e)?;
+            }
+        }
+        let vhost_name = vhost.name.clone();
+        let x = vhost
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| AmqpError::not_found("exchange", source, &vhost_name))?;
+        let binding = Binding {
+            destination,
+            arguments: arguments.clone(),
+        };
+        if unbind {
+            x.unbind(key, &binding);
+            if x.auto_delete && !x.has_bindings() {
+                vhost.exchanges.remove(source);
+            }
+        } else {
+            x.bind(key, binding);
+        }
+        Ok(())
+    }
+
+    /// Returns the queue's name (generated when empty), message and consumer counts.
+    pub fn queue_declare(
+        &self,
+        conn: ConnId,
+        d: &queue::Declare,
+    ) -> Result<(String, u32, u32), AmqpError> {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let requested = d.queue.as_str();
+        let now = Instant::now();
+        if core.vhost.queues.contains_key(requested) {
+            core.vhost.usable_queue(requested, conn)?;
+            expire_queue(core, requested, now);
+        }
+        let vhost = &mut core.vhost;
+        if d.passive {
+            let q = vhost.usable_queue(requested, conn)?;
+            q.last_used = now;
+            return Ok((q.name.to_string(), q.message_count(), q.consumer_count()));
+        }
+        let args = QueueArgs::parse(&d.arguments, requested, &vhost.name)?;
+        if let Some(q) = vhost.queues.get_mut(requested) {
+            q.last_used = now;
+            let arg = |a, r: &dyn std::fmt::Display, c: &dyn std::fmt::Display| {
+                AmqpError::inequivalent(a, "queue", requested, &vhost.name, r, c)
+            };
+            if q.durable != d.durable {
+                return Err(arg("durable", &d.durable, &q.durable));
+            }
+            if q.auto_delete != d.auto_delete {
+                return Err(arg("auto_delete", &d.auto_delete, &q.auto_delete));
+            }
+            if q.owner.is_some() != d.exclusive {
+                return Err(arg("exclusive", &d.exclusive, &q.owner.is_some()));
+            }
+            check_equivalent(&d.arguments, &q.arguments, requested, &vhost.name)?;
+            return Ok((q.name.to_string(), q.message_count(), q.consumer_count()));
+        }
+        if requested.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "queue name '{requested}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let name = if requested.is_empty() {
+            unique_name("amq.gen-")
+        } else {
+            requested.to_string()
+        };
+        let owner = d.exclusive.then_some(conn);
+        let args = if requested.is_empty() {
+            QueueArgs::parse(&d.arguments, &name, &vhost.name)?
+        } else {
+            args
+        };
+        vhost.queues.insert(
+            name.clone(),
+            Queue::new(
+                &name,
+                d.durable,
+                owner,
+                d.auto_delete,
+                d.arguments.clone(),
+                args,
+                self.memory.counter(),
+            ),
+        );
+        Ok((name, 0, 0))
+    }
+
+    pub fn queue_purge(&self, conn: ConnId, name: &str) -> Result<u32, AmqpError> {
+        let purged = self.lock().vhost.usable_queue(name, conn)?.purge();
+        self.memory.check();
+        Ok(purged)
+    }
+
+    pub fn queue_delete(&self, conn: ConnId, d: &queue::Delete) -> Result<u32, AmqpError> {
+        let mut core = self.lock();
+        let name = d.queue.as_str();
+        let vhost_name = core.vhost.name.clone();
+        let Some(q) = core.vhost.queues.get(name) else {
+            return Ok(0);
+        };
+        check_owner(q, conn, &vhost_name)?;
+        if d.if_unused && !q.consumers.is_empty() {
+            return Err(AmqpError::precondition(format_args!(
+                "queue '{name}' in vhost '{vhost_name}' in use"
+            )));
+        }
+        if d.if_empty && !q.is_empty() {
+            return Err(AmqpError::precondition(format_args!(
+                "queue '{name}' in vhost '{vhost_name}' not empty"
+            )));
+        }
+        let count = delete_queue(&mut core, name);
+        drop(core);
+        self.memory.check();
+        Ok(count)
+    }
+
+    /// Checks that a message may be published to `exchange` (it exists and is not
+    /// internal), as basic.publish does before routing, even inside a transaction.
+    pub fn check_publish(&self, exchange: &str) -> Result<(), AmqpError> {
+        let core = self.lock();
+        let x = core.vhost.exchange(exchange)?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format_args!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                core.vhost.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Routes a message to its queues and delivers what it can.
+    pub fn publish(&self, message: Message) -> Result<Published, AmqpError> {
+        self.check_publish(message.exchange.as_str())?;
+        let mut core = self.lock();
+        let core = &mut *core;
+        let targets = core.vhost.route(
+            message.exchange.as_str(),
+            message.routing_key.as_str(),
+            message.properties.headers().as_ref(),
+        );
+        if targets.is_empty() {
+            return Ok(Published {
+                routed: false,
+                rejected: false,
+            });
+        }
+        let mut dead = Vec::new();
+        let rejected = enqueue_all(core, Arc::new(message), &targets, &mut dead);
+        dead_letter_all(core, dead);
+        self.memory.check();
+        Ok(Published {
+            routed: true,
+            rejected,
+        })
+    }
+
+    /// Expires messages and deletes unused `x-expires` queues; run periodically.
+    pub fn tick(&self) {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let now = Instant::now();
+        let names: Vec<String> = core.vhost.queues.keys().cloned().collect();
+        for name in names {
+            expire_queue(core, &name, now);
+            if core
+                .vhost
+                .queues
+                .get(&name)
+                .is_some_and(|q| q.unused_expired(now))
+            {
+                delete_queue(core, &name);
+            }
+        }
+        self.memory.check();
+    }
+
+    /// tx.select on the broker side: acks wait for commit.
+    pub fn tx_select(&self, conn: ConnId, channel: u16) {
+        if let Some(state) = self.lock().channels.get_mut(&(conn, channel)) {
+            state.tx = true;
+        }
+    }
+
+    /// tx.commit's acks, nacks and rejects take effect; tx.rollback's return to
+    /// unacknowledged.
+    pub fn tx_end(&self, conn: ConnId, channel: u16, commit: bool) {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let Some(state) = core.channels.get_mut(&(conn, channel)) else {
+            return;
+        };
+        let held = std::mem::take(&mut state.tx_settled);
+        if commit {
+            for (settled, how) in held {
+                settle(core, conn, channel, settled, how);
+            }
+        } else {
+            for (tag, u) in held.into_iter().flat_map(|(settled, _)| settled) {
+                state.unacked.insert(tag, u);
+            }
+        }
+        self.memory.check();
+    }
+
+    /// Adds an inactive consumer; [`Broker::activate`] starts deliveries once consume-ok
+    /// is on its way. Returns the tag, generated when empty.
+    pub fn consume(
+        &self,
+        conn: ConnId,
+        channel: u16,
+        c: &basic::Consume,
+    ) -> Result<ShortString, AmqpError> {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let vhost_name = core.vhost.name.clone();
+        let state = core
+            .channels
+            .get_mut(&(conn, channel))
+            .ok_or_else(|| AmqpError::channel(super::error::code::CHANNEL_ERROR, "no channel"))?;
+        let tag = if c.consumer_tag.as_str().is_empty() {
+            ShortString::from(unique_name("amq.ctag-"))
+        } else {
+            c.consumer_tag.clone()
+        };
+        if state.consumers.iter().any(|(_, t)| *t == tag) {
+            return Err(AmqpError::connection(
+                super::error::code::NOT_ALLOWED,
+                format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        let q = core.vhost.usable_queue(c.queue.as_str(), conn)?;
+        if (c.exclusive && !q.consumers.is_empty()) || q.consumers.iter().any(|c| c.exclusive) {
+            return Err(AmqpError::access_refused(format_args!(
+                "queue '{}' in vhost '{vhost_name}' in exclusive use",
+                q.name
+            )));
+        }
+        q.consumers.push(Consumer {
+            tag: tag.clone(),
+            conn,
+            channel,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: state.consumer_prefetch,
+            unacked: 0,
+            active: false,
+        });
+        q.had_consumers = true;
+        q.last_used = Instant::now();
+        state.consumers.push((q.name.to_string(), tag.clone()));
+        Ok(tag)
+    }
+
+    pub fn activate(&self, queue: &str, conn: ConnId, channel: u16, tag: &ShortString) {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let Some(q) = core.vhost.queues.get_mut(queue) else {
+            return;
+        };
+        for c in &mut q.consumers {
+            if c.conn == conn && c.channel == channel && c.tag == *tag {
+                c.active = true;
+            }
+        }
+        dispatch_queue(core, queue);
+        self.memory.check();
+    }
+
+    /// basic.cancel; false if no such consumer.
+    pub fn cancel(&self, conn: ConnId, channel: u16, tag: &ShortString) -> bool {
+        let mut core = self.lock();
+        let Some(state) = core.channels.get_mut(&(conn, channel)) else {
+            return false;
+        };
+        let Some(pos) = state.consumers.iter().position(|(_, t)| t == tag) else {
+            return false;
+        };
+        let (queue, tag) = state.consumers.remove(pos);
+        remove_consumer(&mut core, &queue, conn, channel, &tag);
+        true
+    }
+
+    pub fn qos(&self, conn: ConnId, channel: u16, prefetch: u16, global: bool) {
+        let mut core = self.lock();
+        let core = &mut *core;
+        if let Some(state) = core.channels.get_mut(&(conn, channel)) {
+            if global {
+                state.channel_prefetch = prefetch;
+            } else {
+                state.consumer_prefetch = prefetch;
+            }
+        }
+        redispatch_for(core, |c| c.0 == conn && c.1 == channel);
+    }
+
+    /// basic.ack, and basic.nack/reject when `settle` is `Some(requeue)`.
+    pub fn ack(
+        &self,
+        conn: ConnId,
+        channel: u16,
+        tag: u64,
+        multiple: bool,
+        reject: Option<bool>,
+    ) -> Result<(), AmqpError> {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let Some(state) = core.channels.get_mut(&(conn, channel)) else {
+            return Ok(());
+        };
+        let settled: Vec<(u64, Unacked)> = if multiple {
+            if tag != 0 && !state.unacked.contains_key(&tag) {
+                return Err(unknown_tag(tag));
+            }
+            let keep = if tag == 0 {
+                BTreeMap::new()
+            } else {
+                state.unacked.split_off(&(tag + 1))
+            };
+            std::mem::replace(&mut state.unacked, keep)
+                .into_iter()
+                .collect()
+        } else {
+            let u = state.unacked.remove(&tag).ok_or_else(|| unknown_tag(tag))?;
+            vec![(tag, u)]
+        };
+        let how = match reject {
+            None => Settle::Ack,
+            Some(true) => Settle::Requeue,
+            Some(false) => Settle::Discard,
+        };
+        if state.tx {
+            state.tx_settled.push((settled, how));
+            return Ok(());
+        }
+        settle(core, conn, channel, settled, how);
+        self.memory.check();
+        Ok(())
+    }
+
+    /// basic.recover: every unacknowledged delivery of the channel goes back.
+    pub fn recover(&self, conn: ConnId, channel: u16) {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let Some(state) = core.channels.get_mut(&(conn, channel)) else {
+            return;
+        };
+        let all = std::mem::take(&mut state.unacked).into_iter().collect();
+        settle(core, conn, channel, all, Settle::Requeue);
+    }
+
+    pub fn get(
+        &self,
+        conn: ConnId,
+        channel: u16,
+        queue: &str,
+        no_ack: bool,
+    ) -> Result<Option<GetResult>, AmqpError> {
+        let mut core = self.lock();
+        let core = &mut *core;
+        core.vhost.usable_queue(queue, conn)?;
+        let now = Instant::now();
+        expire_queue(core, queue, now);
+        let q = core.vhost.usable_queue(queue, conn)?;
+        q.last_used = now;
+        let Some(m) = q.pop() else {
+            return Ok(None);
+        };
+        self.memory.check();
+        let message_count = q.message_count();
+        let queue_name = q.name.clone();
+        let Some(state) = core.channels.get_mut(&(conn, channel)) else {
+            return Ok(None);
+        };
+        state.next_tag += 1;
+        let result = GetResult {
+            delivery_tag: state.next_tag,
+            redelivered: m.redelivered,
+            message_count,
+            message: m.message.clone(),
+        };
+        if !no_ack {
+            state.unacked.insert(
+                state.next_tag,
+                Unacked {
+                    queue: queue_name,
+                    consumer: None,
+                    message: m,
+                },
+            );
+        }
+        Ok(Some(result))
+    }
+
+    /// Called by a connection's writer once its outbound queue has room again.
+    pub fn resume(&self, conn: ConnId) {
+        let mut core = self.lock();
+        redispatch_for(&mut core, |c| c.0 == conn);
+        drop(core);
+        self.memory.check();
+    }
+}
+
+fn default_exchange_refused() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+fn unknown_tag(tag: u64) -> AmqpError {
+    AmqpError::precondition(format_args!("unknown delivery tag {tag}"))
+}
+
+/// `prefix` + 22 URL-safe base64 characters of 16 random bytes, like RabbitMQ's
+/// `amq.gen-` and `amq.ctag-` names.
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Without an entropy source, a process-wide counter still keeps names unique.
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        bytes[..8].copy_from_slice(&n.to_be_bytes());
+        bytes[8..].copy_from_slice(&u64::from(std::process::id()).to_be_bytes());
+    }
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Acks, returns or discards settled deliveries, then delivers what freed prefetch
+/// allows.
+fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacked)>, how: Settle) {
+    let mut touched: Vec<Arc<str>> = Vec::new();
+    let mut dead = Vec::new();
+    for (_, u) in settled {
+        let Some(q) = core.vhost.queues.get_mut(&*u.queue) else {
+            continue;
+        };
+        release_credit(q, conn, channel, u.consumer.as_ref());
+        match how {
+            Settle::Ack => {}
+            Settle::Requeue => q.requeue(u.message),
+            Settle::Discard => dead.extend(dead_from(q, u.message.message, Reason::Rejected)),
+        }
+        if !touched.contains(&u.queue) {
+            touched.push(u.queue);
+        }
+    }
+    dead_letter_all(core, dead);
+    for name in touched {
+        dispatch_queue(core, &name);
+    }
+    // A channel-wide prefetch may have held back other queues of this channel.
+    redispatch_for(core, |c| c.0 == conn && c.1 == channel);
+}
+
+/// A dead letter from `q`, if it has a dead-letter exchange.
+fn dead_from(q: &Queue, message: Arc<Message>, reason: Reason) -> Option<Dead> {
+    let dlx = q.args.dead_letter_exchange.clone()?;
+    Some(Dead {
+        queue: q.name.clone(),
+        dlx,
+        routing_key: q.args.dead_letter_routing_key.clone(),
+        message,
+        reason,
+    })
+}
+
+/// Puts a message in each target queue under its limits, delivering at once where a
+/// consumer is ready (so a TTL of 0 still reaches a waiting consumer). Returns whether a
+/// reject-publish queue refused it; what was dropped for length or expiry goes to `dead`.
+fn enqueue_all(
+    core: &mut Core,
+    message: Arc<Message>,
+    targets: &[String],
+    dead: &mut Vec<Dead>,
+) -> bool {
+    let now = Instant::now();
+    let mut rejected = false;
+    for name in targets {
+        let Some(q) = core.vhost.queues.get_mut(name) else {
+            continue;
+        };
+        let expired = q.drop_expired(now);
+        dead.extend(
+            expired
+                .into_iter()
+                .filter_map(|m| dead_from(q, m.message, Reason::Expired)),
+        );
+        match q.enqueue(message.clone(), now) {
+            Admission::Accepted(dropped) => dead.extend(
+                dropped
+                    .into_iter()
+                    .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
+            ),
+            Admission::Rejected => {
+                rejected = true;
+                if q.args.overflow == Overflow::RejectPublishDlx {
+                    dead.extend(dead_from(q, message.clone(), Reason::MaxLen));
+                }
+            }
+        }
+        dispatch(q, &mut core.channels, &core.connections);
+        let expired = q.drop_expired(now);
+        dead.extend(
+            expired
+                .into_iter()
+                .filter_map(|m| dead_from(q, m.message, Reason::Expired)),
+        );
+    }
+    rejected
+}
+
+/// Republishes dead letters through their exchanges, and the dead letters that causes in
+/// turn. A missing exchange drops the message, as in RabbitMQ.
+fn dead_letter_all(core: &mut Core, dead: Vec<Dead>) {
+    let mut pending: std::collections::VecDeque<Dead> = dead.into();
+    let mut budget = DEAD_LETTER_BUDGET;
+    let now_secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    while let Some(d) = pending.pop_front() {
+        if budget == 0 {
+            tracing::warn!("amqp: dead-letter budget exhausted; dropping the rest");
+            return;
+        }
+        budget -= 1;
+        if !core.vhost.exchanges.contains_key(&d.dlx) {
+            continue;
+        }
+        let target = Target {
+            exchange: &d.dlx,
+            routing_key: d.routing_key.as_deref(),
+        };
+        let letter = dead_letter::dead_letter(&d.message, d.reason, &d.queue, &target, now_secs);
+        let targets: Vec<String> = core
+            .vhost
+            .route(
+                &d.dlx,
+                letter.routing_key.as_str(),
+                letter.properties.headers().as_ref(),
+            )
+            .into_iter()
+            .filter(|q| !dead_letter::is_cycle(&letter, q))
+            .collect();
+        let mut more = Vec::new();
+        enqueue_all(core, Arc::new(letter), &targets, &mut more);
+        pending.extend(more);
+    }
+}
+
+/// Drops (and dead-letters) the expired messages at the head of a queue.
+fn expire_queue(core: &mut Core, name: &str, now: Instant) {
+    let Some(q) = core.vhost.queues.get_mut(name) else {
+        return;
+    };
+    let expired = q.drop_expired(now);
+    if expired.is_empty() {
+        return;
+    }
+    let dead: Vec<Dead> = expired
+        .into_iter()
+        .filter_map(|m| dead_from(q, m.message, Reason::Expired))
+        .collect();
+    dead_letter_all(core, dead);
+}
+
+/// Expires a queue's head, then hands its messages to ready consumers.
+fn dispatch_queue(core: &mut Core, name: &str) {
+    expire_queue(core, name, Instant::now());
+    if let Some(q) = core.vhost.queues.get_mut(name) {
+        dispatch(q, &mut core.channels, &core.connections);
+    }
+}
+
+/// A settled delivery frees a place in its consumer's prefetch window.
+fn release_credit(q: &mut Queue, conn: ConnId, channel: u16, tag: Option<&ShortString>) {
+    let Some(tag) = tag else {
+        return;
+    };
+    if let Some(c) = q
+        .consumers
+        .iter_mut()
+        .find(|c| c.conn == conn && c.channel == channel && c.tag == *tag)
+    {
+        c.unacked = c.unacked.saturating_sub(1);
+    }
+}
+
+/// Dispatches every queue with a consumer on a channel `on` selects.
+fn redispatch_for(core: &mut Core, on: impl Fn((ConnId, u16)) -> bool) {
+    let queues: Vec<String> = core
+        .channels
+        .iter()
+        .filter(|(k, _)| on(**k))
+        .flat_map(|(_, s)| s.consumers.iter().map(|(q, _)| q.clone()))
+        .collect();
+    for name in queues {
+        dispatch_queue(core, &name);
+    }
+}
+
+/// Hands queued messages to consumers in turn while any has room.
+fn dispatch(
+    q: &mut Queue,
+    channels: &mut HashMap<(ConnId, u16), ChannelState>,
+    connections: &HashMap<ConnId, ConnHandle>,
+) {
+    while !q.is_empty() {
+        let n = q.consumers.len();
+        let chosen = (0..n).map(|i| (q.cursor + i) % n).find(|&i| {
+            let c = &q.consumers[i];
+            let ready =
+                c.active && (c.no_ack || c.prefetch == 0 || c.unacked < u32::from(c.prefetch));
+            ready
+                && channels.get(&(c.conn, c.channel)).is_some_and(|s| {
+                    c.no_ack
+                        || s.channel_prefetch == 0
+                        || s.unacked.len() < usize::from(s.channel_prefetch)
+                })
+                && connections
+                    .get(&c.conn)
+                    .is_some_and(|h| !h.congested.load(Ordering::Acquire))
+        });
+        let Some(i) = chosen else {
+            return;
+        };
+        let key = (q.consumers[i].conn, q.consumers[i].channel);
+        let Some(handle) = connections.get(&key.0) else {
+            return;
+        };
+        let permit = match handle.tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(TrySendError::Full(())) => {
+                handle.congested.store(true, Ordering::Release);
+                continue;
+            }
+            Err(TrySendError::Closed(())) => {
+                q.consumers[i].active = false;
+                continue;
+            }
+        };
+        if !channels.contains_key(&key) {
+            return;
+        }
+        let Some(m) = q.pop() else {
+            return;
+        };
+        let (Some(state), c) = (channels.get_mut(&key), &mut q.consumers[i]) else {
+            return;
+        };
+        state.next_tag += 1;
+        permit.send(Outbound::Content {
+            channel: c.channel,
+            method: AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: c.tag.clone(),
+                delivery_tag: state.next_tag,
+                redelivered: m.redelivered,
+                exchange: m.message.exchange.clone(),
+                routing_key: m.message.routing_key.clone(),
+            })),
+            message: m.message.clone(),
+        });
+        if !c.no_ack {
+            c.unacked += 1;
+            state.unacked.insert(
+                state.next_tag,
+                Unacked {
+                    queue: q.name.clone(),
+                    consumer: Some(c.tag.clone()),
+                    message: m,
+                },
+            );
+        }
+        q.cursor = (i + 1) % n;
+    }
+}
+
+/// Closes a channel's broker side: consumers go, unacked messages return.
+fn close_channel(core: &mut Core, conn: ConnId, channel: u16) {
+    let Some(state) = core.channels.remove(&(conn, channel)) else {
+        return;
+    };
+    let mut touched: Vec<Arc<str>> = Vec::new();
+    let in_tx = state
+        .tx_settled
+        .into_iter()
+        .flat_map(|(settled, _)| settled);
+    for u in state.unacked.into_values().chain(in_tx.map(|(_, u)| u)) {
+        if let Some(q) = core.vhost.queues.get_mut(&*u.queue) {
+            release_credit(q, conn, channel, u.consumer.as_ref());
+            q.requeue(u.message);
+            if !touched.contains(&u.queue) {
+                touched.push(u.queue);
+            }
+        }
+    }
+    for (queue, tag) in state.consumers {
+        remove_consumer(core, &queue, conn, channel, &tag);
+    }
+    for name in touched {
+        dispatch_queue(core, &name);
+    }
+}
+
+/// Drops one consumer; an auto-delete queue goes with its last consumer.
+fn remove_consumer(core: &mut Core, queue: &str, conn: ConnId, channel: u16, tag: &ShortString) {
+    let Some(q) = core.vhost.queues.get_mut(queue) else {
+        return;
+    };
+    q.consumers
+        .retain(|c| !(c.conn == conn && c.channel == channel && c.tag == *tag));
+    if q.cursor >= q.consumers.len() {
+        q.cursor = 0;
+    }
+    if q.consumers.is_empty() {
+        q.last_used = Instant::now();
+    }
+    if q.auto_delete && q.had_consumers && q.consumers.is_empty() {
+        delete_queue(core, queue);
+    }
+}
+
+/// Deletes a queue, its bindings and consumers (who are told with basic.cancel, as the
+/// client advertised consumer_cancel_notify). Returns how many messages it held.
+fn delete_queue(core: &mut Core, name: &str) -> u32 {
+    let Some(q) = core.vhost.queues.remove(name) else {
+        return 0;
+    };
+    remove_bindings_to(&mut core.vhost, &Destination::Queue(name.to_string()));
+    for c in &q.consumers {
+        if let Some(state) = core.channels.get_mut(&(c.conn, c.channel)) {
+            state.consumers.retain(|(_, t)| *t != c.tag);
+        }
+        if let Some(handle) = core.connections.get(&c.conn) {
+            let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: c.tag.clone(),
+                nowait: true,
+            }));
+            // Best effort: a client too slow to read its queue misses the notice, as its
+            // consumer is gone either way.
+            let _ = handle
+                .tx
+                .try_send(Outbound::Frame(AMQPFrame::Method(c.channel, cancel)));
+        }
+    }
+    q.message_count()
+}
+
+/// Removes every binding to `destination`; auto-delete exchanges left unbound go too.
+fn remove_bindings_to(vhost: &mut VHost, destination: &Destination) {
+    let mut emptied = Vec::new();
+    for x in vhost.exchanges.values_mut() {
+        if x.unbind_all(destination) && x.auto_delete && !x.has_bindings() {
+            emptied.push(x.name.clone());
+        }
+    }
+    for name in emptied {
+        vhost.exchanges.remove(&name);
+        remove_bindings_to(vhost, &Destination::Exchange(name));
+    }
+}

@@ -1,0 +1,378 @@
+//! Bytes ⇄ AMQP frames, on top of amq-protocol's generated parser and generator.
+//!
+//! The decoder reads the 7-byte frame header itself (type, channel, size) so that a frame
+//! announcing more than the negotiated `frame_max` is refused before its payload is
+//! buffered, and so that body frames become `Bytes` slices of the read buffer instead of
+//! the `Vec<u8>` copies `parse_frame` makes. Method, header and heartbeat frames go
+//! through `amq_protocol::frame::parse_frame` once they are complete.
+//!
+//! The encoder uses `gen_frame` for method frames. Content (a delivery, a get-ok, a
+//! return) is written as method + header + body frames: the header frame is composed from
+//! amq-protocol's generators because `gen_frame` wants an owned `AMQPContentHeader`, and
+//! body frames are framed by hand (8 bytes) so a shared `Bytes` body is never copied into
+//! a `Vec` first.
+
+use std::io;
+use std::sync::Arc;
+
+use amq_protocol::frame::{AMQPFrame, BackToTheBuffer, SerializeFn, gen_frame, parse_frame};
+use amq_protocol::protocol::AMQPClass;
+use amq_protocol::protocol::basic::{AMQPProperties, gen_properties};
+use amq_protocol::types::generation::{
+    gen_id, gen_long_long_uint, gen_short_short_uint, gen_short_uint, gen_with_len,
+};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use cookie_factory::sequence::tuple;
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::error::code;
+use super::queue::Message;
+
+/// The only protocol header accepted, and the one sent back to any other.
+pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+const FRAME_METHOD: u8 = 1;
+const FRAME_HEADER: u8 = 2;
+const FRAME_BODY: u8 = 3;
+const FRAME_HEARTBEAT: u8 = 8;
+const FRAME_END: u8 = 0xCE;
+/// Type, channel and size before the payload, plus the end octet after it.
+const FRAME_OVERHEAD: usize = 8;
+const BASIC_CLASS_ID: u16 = 60;
+
+/// What the client sent. Each value is moved once from the decoder to its handler and
+/// never stored in bulk, so the large `Frame` variant costs nothing worth a `Box` per frame.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, PartialEq)]
+pub enum Inbound {
+    /// The 8 opening bytes; `supported` is false for anything but AMQP 0-9-1.
+    ProtocolHeader { supported: bool },
+    /// A method, content header or heartbeat frame.
+    Frame(AMQPFrame),
+    /// A content body frame: channel and payload.
+    Body(u16, Bytes),
+}
+
+/// What the broker sends.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Our protocol header, sent when the client's was not AMQP 0-9-1.
+    ProtocolHeader,
+    Frame(AMQPFrame),
+    /// A content-carrying method (deliver, get-ok, return) with the message it carries.
+    Content {
+        channel: u16,
+        method: AMQPClass,
+        message: Arc<Message>,
+    },
+    /// The tune-ok outcome: bodies are split to fit `frame_max` from now on, and the
+    /// writer sends heartbeats every `heartbeat / 2` seconds of silence (0: never).
+    Tuned {
+        frame_max: u32,
+        heartbeat: u16,
+    },
+}
+
+/// Why the byte stream cannot be read or written as AMQP.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {size} bytes exceeds frame_max {max}")]
+    FrameTooLarge { size: usize, max: u32 },
+    #[error("frame end octet is {0:#04x}, not 0xce")]
+    BadFrameEnd(u8),
+    #[error("unknown frame type {0}")]
+    UnknownFrameType(u8),
+    #[error("malformed frame: {0}")]
+    Syntax(String),
+    #[error("cannot serialise a frame: {0}")]
+    Generate(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl CodecError {
+    /// The connection.close reply code this error calls for.
+    pub fn reply_code(&self) -> u16 {
+        match self {
+            CodecError::Syntax(_) => code::SYNTAX_ERROR,
+            _ => code::FRAME_ERROR,
+        }
+    }
+}
+
+/// One codec per direction of a connection.
+#[derive(Debug)]
+pub struct AmqpCodec {
+    frame_max: u32,
+    header_seen: bool,
+    /// Reused serialisation buffer: cookie-factory writes into a `Vec`.
+    scratch: Vec<u8>,
+}
+
+impl AmqpCodec {
+    pub fn new(frame_max: u32) -> Self {
+        AmqpCodec {
+            frame_max,
+            header_seen: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn set_frame_max(&mut self, frame_max: u32) {
+        self.frame_max = frame_max;
+    }
+
+    fn generate(
+        &mut self,
+        f: impl SerializeFn<Vec<u8>>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let scratch = cookie_factory::gen_simple(f, scratch)
+            .map_err(|e| CodecError::Generate(format!("{e:?}")))?;
+        dst.extend_from_slice(&scratch);
+        self.scratch = scratch;
+        Ok(())
+    }
+
+    fn body_chunk(&self) -> usize {
+        (self.frame_max as usize)
+            .saturating_sub(FRAME_OVERHEAD)
+            .max(1)
+    }
+}
+
+impl Decoder for AmqpCodec {
+    type Item = Inbound;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
+        if !self.header_seen {
+            if src.len() < PROTOCOL_HEADER.len() {
+                return Ok(None);
+            }
+            let head = src.split_to(PROTOCOL_HEADER.len());
+            self.header_seen = true;
+            return Ok(Some(Inbound::ProtocolHeader {
+                supported: head[..] == PROTOCOL_HEADER[..],
+            }));
+        }
+        if src.len() < 7 {
+            return Ok(None);
+        }
+        let kind = src[0];
+        let channel = u16::from_be_bytes([src[1], src[2]]);
+        let size = u32::from_be_bytes([src[3], src[4], src[5], src[6]]) as usize;
+        let total = size.saturating_add(FRAME_OVERHEAD);
+        if total > self.frame_max as usize {
+            return Err(CodecError::FrameTooLarge {
+                size: total,
+                max: self.frame_max,
+            });
+        }
+        if !matches!(
+            kind,
+            FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+        ) {
+            return Err(CodecError::UnknownFrameType(kind));
+        }
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        let end = src[total - 1];
+        if end != FRAME_END {
+            return Err(CodecError::BadFrameEnd(end));
+        }
+        let mut frame = src.split_to(total);
+        if kind == FRAME_BODY {
+            frame.advance(7);
+            frame.truncate(size);
+            return Ok(Some(Inbound::Body(channel, frame.freeze())));
+        }
+        match parse_frame(&frame[..]) {
+            Ok((_, parsed)) => Ok(Some(Inbound::Frame(parsed))),
+            Err(e) => Err(CodecError::Syntax(format!("{e:?}"))),
+        }
+    }
+}
+
+impl Encoder<Outbound> for AmqpCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), CodecError> {
+        match item {
+            Outbound::ProtocolHeader => dst.extend_from_slice(PROTOCOL_HEADER),
+            Outbound::Frame(frame) => self.generate(gen_frame(&frame), dst)?,
+            Outbound::Tuned { frame_max, .. } => self.frame_max = frame_max,
+            Outbound::Content {
+                channel,
+                method,
+                message,
+            } => {
+                self.generate(gen_frame(&AMQPFrame::Method(channel, method)), dst)?;
+                let body = &message.body;
+                self.generate(
+                    gen_content_header(channel, body.len() as u64, &message.properties),
+                    dst,
+                )?;
+                let chunk = self.body_chunk();
+                for part in body.chunks(chunk) {
+                    dst.reserve(part.len() + FRAME_OVERHEAD);
+                    dst.put_u8(FRAME_BODY);
+                    dst.put_u16(channel);
+                    // A chunk is at most frame_max (a u32) bytes.
+                    dst.put_u32(u32::try_from(part.len()).unwrap_or(u32::MAX));
+                    dst.extend_from_slice(part);
+                    dst.put_u8(FRAME_END);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gen_content_header<'a, W: io::Write + BackToTheBuffer + 'a>(
+    channel: u16,
+    body_size: u64,
+    properties: &'a AMQPProperties,
+) -> impl SerializeFn<W> + 'a {
+    tuple((
+        gen_short_short_uint(FRAME_HEADER),
+        gen_id(channel),
+        gen_with_len(tuple((
+            gen_id(BASIC_CLASS_ID),
+            gen_short_uint(0),
+            gen_long_long_uint(body_size),
+            gen_properties(properties),
+        ))),
+        gen_short_short_uint(FRAME_END),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use amq_protocol::frame::AMQPContentHeader;
+    use amq_protocol::protocol::basic;
+
+    use super::*;
+
+    fn opened() -> AmqpCodec {
+        let mut codec = AmqpCodec::new(4096);
+        codec.header_seen = true;
+        codec
+    }
+
+    fn encode(codec: &mut AmqpCodec, item: Outbound) -> BytesMut {
+        let mut buf = BytesMut::new();
+        codec.encode(item, &mut buf).expect("encode");
+        buf
+    }
+
+    #[test]
+    fn accepts_0_9_1_and_flags_other_headers() {
+        let mut codec = AmqpCodec::new(4096);
+        let mut buf = BytesMut::from(&b"AMQP\x00\x00\x09"[..]);
+        assert_eq!(codec.decode(&mut buf).expect("decode"), None);
+        buf.put_u8(1);
+        assert_eq!(
+            codec.decode(&mut buf).expect("decode"),
+            Some(Inbound::ProtocolHeader { supported: true })
+        );
+        let mut codec = AmqpCodec::new(4096);
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        assert_eq!(
+            codec.decode(&mut buf).expect("decode"),
+            Some(Inbound::ProtocolHeader { supported: false })
+        );
+    }
+
+    #[test]
+    fn refuses_an_oversized_frame_before_its_payload_arrives() {
+        let mut codec = opened();
+        let mut buf = BytesMut::new();
+        buf.put_u8(FRAME_BODY);
+        buf.put_u16(1);
+        buf.put_u32(1_000_000);
+        match codec.decode(&mut buf) {
+            Err(e @ CodecError::FrameTooLarge { .. }) => {
+                assert_eq!(e.reply_code(), code::FRAME_ERROR)
+            }
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_frame_end_unknown_type_and_garbage_methods() {
+        let mut codec = opened();
+        let mut buf = BytesMut::from(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, 0x00][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::BadFrameEnd(0))
+        ));
+        let mut buf = BytesMut::from(&[9, 0, 0, 0, 0, 0, 0, FRAME_END][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::UnknownFrameType(9))
+        ));
+        let mut buf = BytesMut::from(&[FRAME_METHOD, 0, 1, 0, 0, 0, 2, 0xff, 0xff, FRAME_END][..]);
+        let err = codec.decode(&mut buf).expect_err("garbage method");
+        assert_eq!(err.reply_code(), code::SYNTAX_ERROR);
+    }
+
+    #[test]
+    fn body_frames_are_split_by_frame_max_and_reassemble() {
+        let mut codec = AmqpCodec::new(4096);
+        codec.set_frame_max(4096);
+        let message = Arc::new(Message {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            properties: basic::AMQPProperties::default().with_content_type("text/plain".into()),
+            body: Bytes::from(vec![7u8; 10_000]),
+        });
+        let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+            consumer_tag: "c".into(),
+            delivery_tag: 1,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: "q".into(),
+        }));
+        let mut buf = encode(
+            &mut codec,
+            Outbound::Content {
+                channel: 3,
+                method: method.clone(),
+                message,
+            },
+        );
+        let mut reader = opened();
+        let mut frames = Vec::new();
+        while let Some(frame) = reader.decode(&mut buf).expect("decode") {
+            frames.push(frame);
+        }
+        assert_eq!(frames.len(), 2 + 3, "method, header, three bodies");
+        assert_eq!(frames[0], Inbound::Frame(AMQPFrame::Method(3, method)));
+        match &frames[1] {
+            Inbound::Frame(AMQPFrame::Header(
+                3,
+                AMQPContentHeader {
+                    class_id,
+                    body_size,
+                    ..
+                },
+            )) => assert_eq!((*class_id, *body_size), (60, 10_000)),
+            other => panic!("expected a header, got {other:?}"),
+        }
+        let total: usize = frames[2..]
+            .iter()
+            .map(|f| match f {
+                Inbound::Body(3, b) => {
+                    assert!(b.len() + FRAME_OVERHEAD <= 4096);
+                    b.len()
+                }
+                other => panic!("expected a body, got {other:?}"),
+            })
+            .sum();
+        assert_eq!(total, 10_000);
+    }
+}

@@ -1,0 +1,919 @@
+//! One client connection: a reader task that runs the handshake, then channels, content
+//! assembly and methods; and a writer task fed by a bounded queue, so the broker core
+//! never waits on a slow socket. While the broker's memory alarm is on, a connection that
+//! publishes is told with connection.blocked and its socket is not read until the alarm
+//! goes off.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{
+    AMQPClass, access, basic, channel, confirm, connection, exchange, queue, tx as tx_class,
+};
+use amq_protocol::types::ShortString;
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt as _, StreamExt as _};
+use tokio::io::AsyncRead;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::AmqpConfig;
+use super::broker::{Broker, ConnHandle, ConnId};
+use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
+use super::error::{AmqpError, ErrorKind, code, short};
+use super::exchange::Destination;
+use super::handshake::{HandshakeEnd, Tuned, handshake};
+use super::queue::Message;
+use super::queue_args::parse_expiration;
+use super::tx::{BufferedPublish, Mode};
+
+/// Frames (or whole deliveries) a connection may have waiting to be written.
+const OUTBOUND_CAPACITY: usize = 1024;
+/// How long we wait for close-ok after sending connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the writer may take to flush the last frames.
+const WRITER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one client until it leaves, errs or the broker shuts down.
+pub async fn serve(
+    socket: TcpStream,
+    broker: Arc<Broker>,
+    config: Arc<AmqpConfig>,
+    stop: CancellationToken,
+) {
+    let peer = socket.peer_addr().ok();
+    let _ = socket.set_nodelay(true);
+    let (read, write) = socket.into_split();
+    let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let congested = Arc::new(AtomicBool::new(false));
+    let id = broker.register_connection(ConnHandle {
+        tx: tx.clone(),
+        congested: congested.clone(),
+    });
+    let writer = tokio::spawn(write_loop(
+        write,
+        rx,
+        broker.clone(),
+        id,
+        congested,
+        config.frame_max,
+    ));
+    let mut frames = FramedRead::new(read, AmqpCodec::new(config.frame_max));
+    let mut conn = Conn {
+        id,
+        broker: broker.clone(),
+        tx,
+        channels: HashMap::new(),
+        channel_max: config.channel_max,
+        alarm: broker.memory_alarm(),
+        publisher: false,
+        blocked_capable: false,
+    };
+    match handshake(&mut frames, &conn.tx, &config, &broker, peer).await {
+        Ok(tuned) => conn.run(&mut frames, tuned, &stop).await,
+        Err(HandshakeEnd::Refuse(e)) => conn.close_with(&mut frames, &e).await,
+        Err(HandshakeEnd::Codec(e)) => conn.codec_failed(&e).await,
+        Err(HandshakeEnd::Gone) => {}
+    }
+    broker.connection_closed(id);
+    drop(conn);
+    if tokio::time::timeout(WRITER_TIMEOUT, writer).await.is_err() {
+        debug!(?peer, "writer did not finish in time");
+    }
+    debug!(?peer, id, "amqp connection ended");
+}
+
+async fn write_loop(
+    write: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outbound>,
+    broker: Arc<Broker>,
+    id: ConnId,
+    congested: Arc<AtomicBool>,
+    frame_max: u32,
+) {
+    let mut sink = FramedWrite::new(write, AmqpCodec::new(frame_max));
+    let mut heartbeat: Option<Duration> = None;
+    loop {
+        let item = match heartbeat {
+            Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    let beat = Outbound::Frame(AMQPFrame::Heartbeat);
+                    if sink.send(beat).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(mut item) = item else {
+            let _ = sink.flush().await;
+            return;
+        };
+        // Write what is queued in one go, then flush once.
+        loop {
+            if let Outbound::Tuned {
+                heartbeat: secs, ..
+            } = item
+            {
+                heartbeat = (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 500));
+            }
+            if sink.feed(item).await.is_err() {
+                return;
+            }
+            match rx.try_recv() {
+                Ok(next) => item = next,
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        if congested.swap(false, Ordering::AcqRel) {
+            broker.resume(id);
+        }
+    }
+}
+
+/// A publish waiting for its header and body frames.
+#[derive(Debug)]
+struct Pending {
+    publish: basic::Publish,
+    header: Option<AMQPContentHeader>,
+    parts: Vec<Bytes>,
+    received: u64,
+}
+
+#[derive(Debug, Default)]
+struct Chan {
+    /// We sent channel.close and wait for close-ok.
+    closing: bool,
+    pending: Option<Pending>,
+    mode: Mode,
+    /// Publishes seen in confirm mode: the next delivery tag to confirm.
+    published: u64,
+    /// The queue an empty queue name stands for, as in RabbitMQ.
+    last_queue: Option<String>,
+}
+
+struct Conn {
+    id: ConnId,
+    broker: Arc<Broker>,
+    tx: mpsc::Sender<Outbound>,
+    channels: HashMap<u16, Chan>,
+    channel_max: u16,
+    /// The broker's memory alarm.
+    alarm: watch::Receiver<bool>,
+    /// Whether the client ever published: only publishers are blocked.
+    publisher: bool,
+    /// The client understands connection.blocked.
+    blocked_capable: bool,
+}
+
+/// What to do after a frame.
+enum Flow {
+    Continue,
+    /// The client closed the connection and has its close-ok.
+    Closed,
+}
+
+impl Conn {
+    async fn send(&self, item: Outbound) {
+        // A failed send means the writer is gone; the reader notices on its next read.
+        let _ = self.tx.send(item).await;
+    }
+
+    async fn method(&self, channel: u16, method: AMQPClass) {
+        self.send(Outbound::Frame(AMQPFrame::Method(channel, method)))
+            .await;
+    }
+
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        frames: &mut FramedRead<R, AmqpCodec>,
+        tuned: Tuned,
+        stop: &CancellationToken,
+    ) {
+        self.channel_max = tuned.channel_max;
+        self.blocked_capable = tuned.blocked_capable;
+        let silence =
+            (tuned.heartbeat > 0).then(|| Duration::from_secs(u64::from(tuned.heartbeat) * 2));
+        loop {
+            if self.publisher && *self.alarm.borrow() && !self.wait_for_memory(stop).await {
+                let e = AmqpError::connection(
+                    code::CONNECTION_FORCED,
+                    "CONNECTION_FORCED - broker shutdown",
+                );
+                self.close_with(frames, &e).await;
+                return;
+            }
+            let next = tokio::select! {
+                next = read(frames, silence) => next,
+                () = stop.cancelled() => {
+                    let e = AmqpError::connection(code::CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown");
+                    self.close_with(frames, &e).await;
+                    return;
+                }
+            };
+            let inbound = match next {
+                Ok(Some(inbound)) => inbound,
+                Ok(None) => return,
+                Err(e) => {
+                    self.codec_failed(&e).await;
+                    return;
+                }
+            };
+            match self.handle(inbound).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Closed) => return,
+                Err(e) => {
+                    self.close_with(frames, &e).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Blocks this publisher while the memory alarm is on: connection.blocked (if the
+    /// client understands it), no reads, then connection.unblocked. False if the broker
+    /// is shutting down meanwhile.
+    async fn wait_for_memory(&mut self, stop: &CancellationToken) -> bool {
+        debug!(id = self.id, "memory alarm: blocking publisher");
+        if self.blocked_capable {
+            let blocked = connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            });
+            self.method(0, AMQPClass::Connection(blocked)).await;
+        }
+        let cleared = tokio::select! {
+            r = self.alarm.wait_for(|on| !*on) => r.is_ok(),
+            () = stop.cancelled() => false,
+        };
+        if cleared && self.blocked_capable {
+            let unblocked = connection::AMQPMethod::Unblocked(connection::Unblocked {});
+            self.method(0, AMQPClass::Connection(unblocked)).await;
+        }
+        cleared
+    }
+
+    /// Sends connection.close for a broken stream; nothing more can be read.
+    async fn codec_failed(&self, e: &CodecError) {
+        if matches!(e, CodecError::Io(_)) {
+            return;
+        }
+        debug!(id = self.id, "closing on bad input: {e}");
+        let text = match e.reply_code() {
+            code::SYNTAX_ERROR => format!("SYNTAX_ERROR - {e}"),
+            _ => format!("FRAME_ERROR - {e}"),
+        };
+        self.send_close(&AmqpError::connection(e.reply_code(), text))
+            .await;
+    }
+
+    async fn send_close(&self, e: &AmqpError) {
+        let close = connection::Close {
+            reply_code: e.code,
+            reply_text: e.reply_text(),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        };
+        self.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+        )
+        .await;
+    }
+
+    /// Sends connection.close, then ignores everything but close(-ok) for a while.
+    async fn close_with<R: AsyncRead + Unpin>(
+        &self,
+        frames: &mut FramedRead<R, AmqpCodec>,
+        e: &AmqpError,
+    ) {
+        self.send_close(e).await;
+        let linger = async {
+            while let Some(Ok(inbound)) = frames.next().await {
+                match inbound {
+                    Inbound::Frame(AMQPFrame::Method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
+                    )) => return,
+                    Inbound::Frame(AMQPFrame::Method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::Close(_)),
+                    )) => {
+                        self.method(0, close_ok()).await;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, linger).await;
+    }
+
+    async fn handle(&mut self, inbound: Inbound) -> Result<Flow, AmqpError> {
+        let frame = match inbound {
+            Inbound::Body(ch, body) => {
+                self.body(ch, body).await?;
+                return Ok(Flow::Continue);
+            }
+            Inbound::ProtocolHeader { .. } => return Err(unexpected_frame()),
+            Inbound::Frame(frame) => frame,
+        };
+        match frame {
+            AMQPFrame::Heartbeat => Ok(Flow::Continue),
+            AMQPFrame::InvalidHeartbeat(ch) => Err(AmqpError::connection(
+                code::FRAME_ERROR,
+                format!("FRAME_ERROR - heartbeat on channel {ch}"),
+            )),
+            AMQPFrame::ProtocolHeader(_) => Err(unexpected_frame()),
+            AMQPFrame::Method(0, AMQPClass::Connection(m)) => match m {
+                connection::AMQPMethod::Close(_) => {
+                    self.method(0, close_ok()).await;
+                    Ok(Flow::Closed)
+                }
+                _ => Err(AmqpError::connection(
+                    code::COMMAND_INVALID,
+                    "COMMAND_INVALID - unexpected connection method",
+                )),
+            },
+            AMQPFrame::Method(0, m) => Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "COMMAND_INVALID - only connection methods may use channel 0",
+            )
+            .during(&m)),
+            AMQPFrame::Method(ch, m) => {
+                self.channel_method(ch, m).await?;
+                Ok(Flow::Continue)
+            }
+            AMQPFrame::Header(ch, header) => {
+                self.header(ch, header).await?;
+                Ok(Flow::Continue)
+            }
+            AMQPFrame::Body(ch, body) => {
+                self.body(ch, Bytes::from(body)).await?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    async fn channel_method(&mut self, ch: u16, m: AMQPClass) -> Result<(), AmqpError> {
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            return match m {
+                AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                    let open = self.channels.len();
+                    if self.channel_max != 0 && open >= usize::from(self.channel_max) {
+                        // RabbitMQ counts open channels and answers 530, not the 504
+                        // the spec suggests.
+                        return Err(AmqpError::connection(
+                            code::NOT_ALLOWED,
+                            format!(
+                                "NOT_ALLOWED - number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                                self.channel_max
+                            ),
+                        )
+                        .during(&m));
+                    }
+                    self.channels.insert(ch, Chan::default());
+                    self.broker.open_channel(self.id, ch);
+                    let ok = channel::AMQPMethod::OpenOk(channel::OpenOk {});
+                    self.method(ch, AMQPClass::Channel(ok)).await;
+                    Ok(())
+                }
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => Ok(()),
+                _ => Err(AmqpError::connection(
+                    code::CHANNEL_ERROR,
+                    format!("CHANNEL_ERROR - expected 'channel.open' on channel {ch}"),
+                )
+                .during(&m)),
+            };
+        };
+        if chan.closing {
+            match m {
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
+                    self.channels.remove(&ch);
+                }
+                AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                    let ok = channel::AMQPMethod::CloseOk(channel::CloseOk {});
+                    self.method(ch, AMQPClass::Channel(ok)).await;
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        if chan.pending.is_some() {
+            return Err(unexpected_frame().during(&m));
+        }
+        match &m {
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                return Err(AmqpError::connection(
+                    code::CHANNEL_ERROR,
+                    "CHANNEL_ERROR - second 'channel.open' seen",
+                )
+                .during(&m));
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                self.broker.close_channel(self.id, ch);
+                self.channels.remove(&ch);
+                let ok = channel::AMQPMethod::CloseOk(channel::CloseOk {});
+                self.method(ch, AMQPClass::Channel(ok)).await;
+                return Ok(());
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
+                self.publisher = true;
+                chan.pending = Some(Pending {
+                    publish: p.clone(),
+                    header: None,
+                    parts: Vec::new(),
+                    received: 0,
+                });
+                return Ok(());
+            }
+            _ => {}
+        }
+        match self.apply(ch, &m).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(ch, e.during(&m)).await,
+        }
+    }
+
+    /// A channel error closes the channel; a connection error is passed up.
+    async fn fail(&mut self, ch: u16, e: AmqpError) -> Result<(), AmqpError> {
+        if e.kind == ErrorKind::Connection {
+            return Err(e);
+        }
+        debug!(id = self.id, ch, "channel error: {e}");
+        self.broker.close_channel(self.id, ch);
+        if let Some(chan) = self.channels.get_mut(&ch) {
+            chan.closing = true;
+            chan.pending = None;
+        }
+        let close = channel::Close {
+            reply_code: e.code,
+            reply_text: e.reply_text(),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        };
+        self.method(ch, AMQPClass::Channel(channel::AMQPMethod::Close(close)))
+            .await;
+        Ok(())
+    }
+
+    /// An empty queue name means the channel's last declared queue.
+    fn queue_name(&self, ch: u16, name: &ShortString) -> Result<String, AmqpError> {
+        if !name.as_str().is_empty() {
+            return Ok(name.to_string());
+        }
+        self.channels
+            .get(&ch)
+            .and_then(|c| c.last_queue.clone())
+            .ok_or_else(|| AmqpError::not_found("queue", "", super::broker::DEFAULT_VHOST))
+    }
+
+    async fn apply(&mut self, ch: u16, m: &AMQPClass) -> Result<(), AmqpError> {
+        let id = self.id;
+        let broker = self.broker.clone();
+        let reply = match m {
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => Some(AMQPClass::Channel(
+                channel::AMQPMethod::FlowOk(channel::FlowOk { active: f.active }),
+            )),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => Some(AMQPClass::Access(
+                access::AMQPMethod::RequestOk(access::RequestOk {}),
+            )),
+            AMQPClass::Exchange(x) => self.exchange(x)?,
+            AMQPClass::Queue(q) => self.queue(ch, q)?,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                if let Some(chan) = self.channels.get_mut(&ch) {
+                    chan.mode.select_confirm()?;
+                }
+                (!s.nowait).then_some(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
+                    confirm::SelectOk {},
+                )))
+            }
+            AMQPClass::Tx(t) => Some(AMQPClass::Tx(self.tx(ch, t).await?)),
+            AMQPClass::Basic(b) => match b {
+                basic::AMQPMethod::Qos(q) => {
+                    broker.qos(id, ch, q.prefetch_count, q.global);
+                    Some(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})))
+                }
+                basic::AMQPMethod::Consume(c) => {
+                    let queue = self.queue_name(ch, &c.queue)?;
+                    let mut c = c.clone();
+                    c.queue = short(&queue);
+                    let tag = broker.consume(id, ch, &c)?;
+                    if !c.nowait {
+                        let ok = basic::ConsumeOk {
+                            consumer_tag: tag.clone(),
+                        };
+                        self.method(ch, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)))
+                            .await;
+                    }
+                    broker.activate(&queue, id, ch, &tag);
+                    None
+                }
+                basic::AMQPMethod::Cancel(c) => {
+                    broker.cancel(id, ch, &c.consumer_tag);
+                    (!c.nowait).then(|| {
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: c.consumer_tag.clone(),
+                        }))
+                    })
+                }
+                basic::AMQPMethod::Get(g) => {
+                    let queue = self.queue_name(ch, &g.queue)?;
+                    match broker.get(id, ch, &queue, g.no_ack)? {
+                        Some(got) => {
+                            let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                                delivery_tag: got.delivery_tag,
+                                redelivered: got.redelivered,
+                                exchange: got.message.exchange.clone(),
+                                routing_key: got.message.routing_key.clone(),
+                                message_count: got.message_count,
+                            }));
+                            self.send(Outbound::Content {
+                                channel: ch,
+                                method,
+                                message: got.message,
+                            })
+                            .await;
+                            None
+                        }
+                        None => Some(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
+                            basic::GetEmpty {},
+                        ))),
+                    }
+                }
+                basic::AMQPMethod::Ack(a) => {
+                    broker.ack(id, ch, a.delivery_tag, a.multiple, None)?;
+                    None
+                }
+                basic::AMQPMethod::Nack(n) => {
+                    broker.ack(id, ch, n.delivery_tag, n.multiple, Some(n.requeue))?;
+                    None
+                }
+                basic::AMQPMethod::Reject(r) => {
+                    broker.ack(id, ch, r.delivery_tag, false, Some(r.requeue))?;
+                    None
+                }
+                basic::AMQPMethod::Recover(_) => {
+                    broker.recover(id, ch);
+                    Some(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(
+                        basic::RecoverOk {},
+                    )))
+                }
+                basic::AMQPMethod::RecoverAsync(_) => {
+                    broker.recover(id, ch);
+                    None
+                }
+                _ => return Err(not_implemented()),
+            },
+            _ => return Err(not_implemented()),
+        };
+        if let Some(reply) = reply {
+            self.method(ch, reply).await;
+        }
+        Ok(())
+    }
+
+    fn exchange(&self, m: &exchange::AMQPMethod) -> Result<Option<AMQPClass>, AmqpError> {
+        let broker = &self.broker;
+        let (nowait, ok) = match m {
+            exchange::AMQPMethod::Declare(d) => {
+                broker.exchange_declare(d)?;
+                (
+                    d.nowait,
+                    exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}),
+                )
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                broker.exchange_delete(d)?;
+                (
+                    d.nowait,
+                    exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}),
+                )
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                let dest = Destination::Exchange(b.destination.to_string());
+                broker.bind(
+                    self.id,
+                    b.source.as_str(),
+                    dest,
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                    false,
+                )?;
+                (b.nowait, exchange::AMQPMethod::BindOk(exchange::BindOk {}))
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                let dest = Destination::Exchange(b.destination.to_string());
+                broker.bind(
+                    self.id,
+                    b.source.as_str(),
+                    dest,
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                    true,
+                )?;
+                (
+                    b.nowait,
+                    exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}),
+                )
+            }
+            _ => return Err(not_implemented()),
+        };
+        Ok((!nowait).then_some(AMQPClass::Exchange(ok)))
+    }
+
+    fn queue(&mut self, ch: u16, m: &queue::AMQPMethod) -> Result<Option<AMQPClass>, AmqpError> {
+        let broker = self.broker.clone();
+        let (nowait, ok) = match m {
+            queue::AMQPMethod::Declare(d) => {
+                let (name, message_count, consumer_count) = broker.queue_declare(self.id, d)?;
+                if let Some(chan) = self.channels.get_mut(&ch) {
+                    chan.last_queue = Some(name.clone());
+                }
+                let ok = queue::DeclareOk {
+                    queue: short(&name),
+                    message_count,
+                    consumer_count,
+                };
+                (d.nowait, queue::AMQPMethod::DeclareOk(ok))
+            }
+            queue::AMQPMethod::Bind(b) => {
+                let dest = Destination::Queue(self.queue_name(ch, &b.queue)?);
+                broker.bind(
+                    self.id,
+                    b.exchange.as_str(),
+                    dest,
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                    false,
+                )?;
+                (b.nowait, queue::AMQPMethod::BindOk(queue::BindOk {}))
+            }
+            queue::AMQPMethod::Unbind(b) => {
+                let dest = Destination::Queue(self.queue_name(ch, &b.queue)?);
+                broker.bind(
+                    self.id,
+                    b.exchange.as_str(),
+                    dest,
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                    true,
+                )?;
+                (false, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}))
+            }
+            queue::AMQPMethod::Purge(p) => {
+                let message_count = broker.queue_purge(self.id, &self.queue_name(ch, &p.queue)?)?;
+                (
+                    p.nowait,
+                    queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count }),
+                )
+            }
+            queue::AMQPMethod::Delete(d) => {
+                let mut d = d.clone();
+                d.queue = short(&self.queue_name(ch, &d.queue)?);
+                let message_count = broker.queue_delete(self.id, &d)?;
+                (
+                    d.nowait,
+                    queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count }),
+                )
+            }
+            _ => return Err(not_implemented()),
+        };
+        Ok((!nowait).then_some(AMQPClass::Queue(ok)))
+    }
+
+    async fn header(&mut self, ch: u16, header: AMQPContentHeader) -> Result<(), AmqpError> {
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            return Err(unexpected_frame());
+        };
+        if chan.closing {
+            return Ok(());
+        }
+        let Some(pending) = chan.pending.as_mut().filter(|p| p.header.is_none()) else {
+            return Err(unexpected_frame());
+        };
+        let done = header.body_size == 0;
+        pending.header = Some(header);
+        if done {
+            self.complete(ch).await?;
+        }
+        Ok(())
+    }
+
+    async fn body(&mut self, ch: u16, body: Bytes) -> Result<(), AmqpError> {
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            return Err(unexpected_frame());
+        };
+        if chan.closing {
+            return Ok(());
+        }
+        let Some(pending) = chan.pending.as_mut() else {
+            return Err(unexpected_frame());
+        };
+        let Some(size) = pending.header.as_ref().map(|h| h.body_size) else {
+            return Err(unexpected_frame());
+        };
+        pending.received += body.len() as u64;
+        if pending.received > size {
+            return Err(unexpected_frame());
+        }
+        pending.parts.push(body);
+        if pending.received == size {
+            self.complete(ch).await?;
+        }
+        Ok(())
+    }
+
+    /// A whole message has arrived: route it, return it if unroutable and mandatory,
+    /// confirm it in confirm mode.
+    async fn complete(&mut self, ch: u16) -> Result<(), AmqpError> {
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            return Ok(());
+        };
+        let Some(Pending {
+            publish,
+            header: Some(header),
+            parts,
+            received,
+        }) = chan.pending.take()
+        else {
+            return Ok(());
+        };
+        let body = match <[Bytes; 1]>::try_from(parts) {
+            Ok([one]) => one,
+            Err(parts) => {
+                let mut all = BytesMut::with_capacity(usize::try_from(received).unwrap_or(0));
+                for p in parts {
+                    all.extend_from_slice(&p);
+                }
+                all.freeze()
+            }
+        };
+        let message = Message {
+            exchange: publish.exchange.clone(),
+            routing_key: publish.routing_key.clone(),
+            properties: header.properties,
+            body,
+        };
+        let method = AMQPClass::Basic(basic::AMQPMethod::Publish(publish.clone()));
+        if let Some(expiration) = message.properties.expiration()
+            && let Err(reason) = parse_expiration(expiration.as_str())
+        {
+            let e = AmqpError::precondition(format_args!(
+                "invalid expiration '{expiration}': {reason}"
+            ));
+            return self.fail(ch, e.during(&method)).await;
+        }
+        let p = BufferedPublish { publish, message };
+        let Some(p) = chan.mode.buffer(p) else {
+            // Inside a transaction: only the exchange is checked now, as RabbitMQ does.
+            let exchange = self.channels.get(&ch).and_then(|c| match &c.mode {
+                Mode::Tx(buffered) => buffered.last().map(|b| b.message.exchange.clone()),
+                _ => None,
+            });
+            if let Some(exchange) = exchange
+                && let Err(e) = self.broker.check_publish(exchange.as_str())
+            {
+                return self.fail(ch, e.during(&method)).await;
+            }
+            return Ok(());
+        };
+        let confirm = chan.mode.is_confirm();
+        if confirm {
+            chan.published += 1;
+        }
+        let seq = chan.published;
+        let rejected = match self.route(ch, p).await {
+            Ok(rejected) => rejected,
+            Err(e) => return self.fail(ch, e.during(&method)).await,
+        };
+        if confirm {
+            let tag = seq;
+            let method = if rejected {
+                basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: tag,
+                    multiple: false,
+                    requeue: false,
+                })
+            } else {
+                basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: tag,
+                    multiple: false,
+                })
+            };
+            self.method(ch, AMQPClass::Basic(method)).await;
+        }
+        Ok(())
+    }
+
+    /// Routes a publish, returning it if unroutable and mandatory. Returns whether a full
+    /// queue refused it.
+    async fn route(&self, ch: u16, p: BufferedPublish) -> Result<bool, AmqpError> {
+        let BufferedPublish { publish, message } = p;
+        let returned = publish.mandatory.then(|| {
+            Arc::new(Message {
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                properties: message.properties.clone(),
+                body: message.body.clone(),
+            })
+        });
+        let published = self.broker.publish(message)?;
+        if let (false, Some(message)) = (published.routed, returned) {
+            let ret = basic::Return {
+                reply_code: code::NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+            };
+            self.send(Outbound::Content {
+                channel: ch,
+                method: AMQPClass::Basic(basic::AMQPMethod::Return(ret)),
+                message,
+            })
+            .await;
+        }
+        Ok(published.rejected)
+    }
+
+    /// tx.select, tx.commit and tx.rollback; returns the reply.
+    async fn tx(
+        &mut self,
+        ch: u16,
+        m: &tx_class::AMQPMethod,
+    ) -> Result<tx_class::AMQPMethod, AmqpError> {
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            return Err(not_implemented());
+        };
+        match m {
+            tx_class::AMQPMethod::Select(_) => {
+                chan.mode.select_tx()?;
+                self.broker.tx_select(self.id, ch);
+                Ok(tx_class::AMQPMethod::SelectOk(tx_class::SelectOk {}))
+            }
+            tx_class::AMQPMethod::Commit(_) => {
+                let buffered = chan.mode.take_buffered()?;
+                for p in buffered {
+                    self.route(ch, p).await?;
+                }
+                self.broker.tx_end(self.id, ch, true);
+                Ok(tx_class::AMQPMethod::CommitOk(tx_class::CommitOk {}))
+            }
+            tx_class::AMQPMethod::Rollback(_) => {
+                chan.mode.take_buffered()?;
+                self.broker.tx_end(self.id, ch, false);
+                Ok(tx_class::AMQPMethod::RollbackOk(tx_class::RollbackOk {}))
+            }
+            _ => Err(not_implemented()),
+        }
+    }
+}
+
+/// Reads the next frame, failing if the client stays silent past two heartbeats.
+async fn read<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, AmqpCodec>,
+    silence: Option<Duration>,
+) -> Result<Option<Inbound>, CodecError> {
+    let next = match silence {
+        Some(limit) => match tokio::time::timeout(limit, frames.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                return Err(CodecError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "missed heartbeats",
+                )));
+            }
+        },
+        None => frames.next().await,
+    };
+    next.transpose()
+}
+
+fn close_ok() -> AMQPClass {
+    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}))
+}
+
+fn unexpected_frame() -> AmqpError {
+    AmqpError::connection(
+        code::UNEXPECTED_FRAME,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
+    )
+}
+
+fn not_implemented() -> AmqpError {
+    AmqpError::connection(
+        code::NOT_IMPLEMENTED,
+        "NOT_IMPLEMENTED - method not supported",
+    )
+}

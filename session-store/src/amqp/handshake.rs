@@ -1,0 +1,390 @@
+//! The opening of a connection: protocol header, then Start → StartOk (authentication) →
+//! Tune → TuneOk → Open → OpenOk, as RabbitMQ runs it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::parsing::parse_field_table;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use futures::StreamExt as _;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use super::AmqpConfig;
+use super::broker::Broker;
+use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
+use super::error::{AmqpError, code};
+
+/// How long a client has to complete the handshake (RabbitMQ's `handshake_timeout`).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// RabbitMQ's smallest frame_max (amq-protocol's constant says 8192, the spec's 4096).
+const FRAME_MIN_SIZE: u32 = 4096;
+
+/// Limits both sides agreed on.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuned {
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat: u16,
+    /// The client understands connection.blocked / unblocked.
+    pub blocked_capable: bool,
+}
+
+/// Why a handshake did not end with an open connection.
+#[derive(Debug)]
+pub enum HandshakeEnd {
+    /// Refuse with connection.close and this error.
+    Refuse(AmqpError),
+    /// The stream is unusable (bad bytes); close with this code.
+    Codec(CodecError),
+    /// The client went away, closed politely, sent a foreign protocol header (already
+    /// answered) or ran out of time: just drop the socket.
+    Gone,
+}
+
+pub async fn handshake<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, AmqpCodec>,
+    tx: &mpsc::Sender<Outbound>,
+    config: &AmqpConfig,
+    broker: &Broker,
+    peer: Option<SocketAddr>,
+) -> Result<Tuned, HandshakeEnd> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, steps(frames, tx, config, broker, peer))
+        .await
+        .unwrap_or(Err(HandshakeEnd::Gone))
+}
+
+async fn steps<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, AmqpCodec>,
+    tx: &mpsc::Sender<Outbound>,
+    config: &AmqpConfig,
+    broker: &Broker,
+    peer: Option<SocketAddr>,
+) -> Result<Tuned, HandshakeEnd> {
+    match next(frames).await? {
+        Inbound::ProtocolHeader { supported: true } => {}
+        Inbound::ProtocolHeader { supported: false } => {
+            let _ = tx.send(Outbound::ProtocolHeader).await;
+            return Err(HandshakeEnd::Gone);
+        }
+        _ => return Err(HandshakeEnd::Gone),
+    }
+    send(tx, connection::AMQPMethod::Start(start())).await;
+    let start_ok = match expect(frames, tx).await? {
+        connection::AMQPMethod::StartOk(s) => s,
+        _ => return Err(unexpected()),
+    };
+    authenticate(&start_ok, config, peer).map_err(HandshakeEnd::Refuse)?;
+    send(
+        tx,
+        connection::AMQPMethod::Tune(connection::Tune {
+            channel_max: config.channel_max,
+            frame_max: config.frame_max,
+            heartbeat: config.heartbeat,
+        }),
+    )
+    .await;
+    let tune_ok = match expect(frames, tx).await? {
+        connection::AMQPMethod::TuneOk(t) => t,
+        _ => return Err(unexpected()),
+    };
+    check_tune_ok(&tune_ok, config).map_err(HandshakeEnd::Refuse)?;
+    let tuned = Tuned {
+        channel_max: tune_ok.channel_max,
+        frame_max: tune_ok.frame_max,
+        // The client has the last word on heartbeats: 0 in tune-ok turns them off.
+        heartbeat: tune_ok.heartbeat,
+        blocked_capable: client_capability(&start_ok.client_properties, "connection.blocked"),
+    };
+    frames.decoder_mut().set_frame_max(tuned.frame_max);
+    let _ = tx
+        .send(Outbound::Tuned {
+            frame_max: tuned.frame_max,
+            heartbeat: tuned.heartbeat,
+        })
+        .await;
+    let open = match expect(frames, tx).await? {
+        connection::AMQPMethod::Open(o) => o,
+        _ => return Err(unexpected()),
+    };
+    if !broker.vhost_exists(open.virtual_host.as_str()) {
+        return Err(HandshakeEnd::Refuse(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("NOT_ALLOWED - vhost {} not found", open.virtual_host),
+        )));
+    }
+    send(tx, connection::AMQPMethod::OpenOk(connection::OpenOk {})).await;
+    Ok(tuned)
+}
+
+/// RabbitMQ's check of tune-ok: the client may lower our limits but not raise them, and
+/// 0 ("no limit") is above any limit we offered; frame_max may not go below 4096. A
+/// violation is 530 NOT_ALLOWED, reported against connection.tune.
+fn check_tune_ok(tune_ok: &connection::TuneOk, config: &AmqpConfig) -> Result<(), AmqpError> {
+    check_limit(
+        "frame_max",
+        FRAME_MIN_SIZE,
+        config.frame_max,
+        tune_ok.frame_max,
+    )?;
+    check_limit(
+        "channel_max",
+        1,
+        config.channel_max.into(),
+        tune_ok.channel_max.into(),
+    )
+}
+
+fn check_limit(field: &str, min: u32, server: u32, client: u32) -> Result<(), AmqpError> {
+    let detail = if field == "channel_max" && client == 0 {
+        " (no limit)"
+    } else {
+        ""
+    };
+    let (direction, bound, limit) = if client != 0 && client < min {
+        ("lower", "minimum", min)
+    } else if server != 0 && (client == 0 || client > server) {
+        ("higher", "maximum", server)
+    } else {
+        return Ok(());
+    };
+    let tune = AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+        channel_max: 0,
+        frame_max: 0,
+        heartbeat: 0,
+    }));
+    Err(AmqpError::connection(
+        code::NOT_ALLOWED,
+        format!(
+            "NOT_ALLOWED - negotiated {field} = {client}{detail} is {direction} than the {bound} allowed value ({limit})"
+        ),
+    )
+    .during(&tune))
+}
+
+/// Whether the client's `capabilities` table says yes to `name`.
+fn client_capability(properties: &FieldTable, name: &str) -> bool {
+    match properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => {
+            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
+    }
+}
+
+fn unexpected() -> HandshakeEnd {
+    HandshakeEnd::Refuse(AmqpError::connection(
+        code::COMMAND_INVALID,
+        "COMMAND_INVALID - unexpected method during connection handshake",
+    ))
+}
+
+async fn send(tx: &mpsc::Sender<Outbound>, method: connection::AMQPMethod) {
+    let _ = tx
+        .send(Outbound::Frame(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(method),
+        )))
+        .await;
+}
+
+async fn next<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, AmqpCodec>,
+) -> Result<Inbound, HandshakeEnd> {
+    match frames.next().await {
+        Some(Ok(inbound)) => Ok(inbound),
+        Some(Err(CodecError::Io(_))) | None => Err(HandshakeEnd::Gone),
+        Some(Err(e)) => Err(HandshakeEnd::Codec(e)),
+    }
+}
+
+/// The next connection method on channel 0, skipping heartbeats. A client close is
+/// answered here.
+async fn expect<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, AmqpCodec>,
+    tx: &mpsc::Sender<Outbound>,
+) -> Result<connection::AMQPMethod, HandshakeEnd> {
+    loop {
+        match next(frames).await? {
+            Inbound::Frame(AMQPFrame::Heartbeat) => continue,
+            Inbound::Frame(AMQPFrame::Method(0, AMQPClass::Connection(m))) => {
+                if let connection::AMQPMethod::Close(_) = m {
+                    send(tx, connection::AMQPMethod::CloseOk(connection::CloseOk {})).await;
+                    return Err(HandshakeEnd::Gone);
+                }
+                return Ok(m);
+            }
+            _ => return Err(unexpected()),
+        }
+    }
+}
+
+fn start() -> connection::Start {
+    let mut capabilities = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        capabilities.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    props.insert("product".into(), long("session-store"));
+    props.insert("version".into(), long(env!("CARGO_PKG_VERSION")));
+    props.insert("platform".into(), long("Rust"));
+    props.insert(
+        "information".into(),
+        long("An AMQP 0-9-1 broker embedded in session-store, RabbitMQ-compatible"),
+    );
+    connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: props,
+        mechanisms: "PLAIN AMQPLAIN".into(),
+        locales: "en_US".into(),
+    }
+}
+
+fn long(text: &str) -> AMQPValue {
+    AMQPValue::LongString(text.into())
+}
+
+/// Checks StartOk's credentials. The default guest user may only log in from loopback,
+/// as in RabbitMQ.
+fn authenticate(
+    start_ok: &connection::StartOk,
+    config: &AmqpConfig,
+    peer: Option<SocketAddr>,
+) -> Result<(), AmqpError> {
+    let mechanism = start_ok.mechanism.as_str();
+    let credentials = match mechanism {
+        "PLAIN" => plain(start_ok.response.as_bytes()),
+        "AMQPLAIN" => amqplain(start_ok.response.as_bytes()),
+        other => {
+            return Err(AmqpError::connection(
+                code::ACCESS_REFUSED,
+                format!(
+                    "ACCESS_REFUSED - unsupported authentication mechanism '{other}', supported: PLAIN AMQPLAIN"
+                ),
+            ));
+        }
+    };
+    let loopback = peer.is_some_and(|p| p.ip().is_loopback());
+    let accepted = credentials.is_some_and(|(user, pass)| {
+        user == config.user.as_bytes()
+            && pass == config.password.as_bytes()
+            && (config.user != "guest" || loopback)
+    });
+    if accepted {
+        Ok(())
+    } else {
+        Err(AmqpError::connection(
+            code::ACCESS_REFUSED,
+            format!(
+                "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            ),
+        ))
+    }
+}
+
+/// SASL PLAIN: `authzid \0 user \0 password`.
+fn plain(response: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut parts = response.split(|b| *b == 0);
+    let _authzid = parts.next()?;
+    let user = parts.next()?;
+    let pass = parts.next()?;
+    parts
+        .next()
+        .is_none()
+        .then(|| (user.to_vec(), pass.to_vec()))
+}
+
+/// AMQPLAIN: a field table without its length prefix, with LOGIN and PASSWORD.
+fn amqplain(response: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let len = u32::try_from(response.len()).ok()?;
+    let mut framed = len.to_be_bytes().to_vec();
+    framed.extend_from_slice(response);
+    let (_, table) = parse_field_table(&framed[..]).ok()?;
+    let text = |key: &str| match table.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(s.as_bytes().to_vec()),
+        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes().to_vec()),
+        _ => None,
+    };
+    Some((text("LOGIN")?, text("PASSWORD")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use amq_protocol::auth::{Credentials, SASLMechanism};
+    use amq_protocol::types::LongString;
+
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_amqplain_responses() {
+        let creds = Credentials::new("u".into(), "p".into());
+        for mechanism in [SASLMechanism::Plain, SASLMechanism::AMQPlain] {
+            let response: LongString = creds.sasl_auth_string(mechanism);
+            let parsed = match mechanism {
+                SASLMechanism::Plain => plain(response.as_bytes()),
+                _ => amqplain(response.as_bytes()),
+            };
+            assert_eq!(parsed, Some((b"u".to_vec(), b"p".to_vec())));
+        }
+        assert_eq!(plain(b"no separators"), None);
+        assert_eq!(amqplain(b"\xff\xff"), None);
+    }
+
+    #[test]
+    fn guest_only_from_loopback() {
+        let config = AmqpConfig::default();
+        let start_ok = connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0guest".into(),
+            locale: "en_US".into(),
+        };
+        let local = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let remote = Some(SocketAddr::from(([10, 0, 0, 1], 1)));
+        assert!(authenticate(&start_ok, &config, local).is_ok());
+        assert_eq!(
+            authenticate(&start_ok, &config, remote).map_err(|e| e.code),
+            Err(code::ACCESS_REFUSED)
+        );
+    }
+
+    #[test]
+    fn tune_ok_may_lower_limits_but_not_raise_them() {
+        let config = AmqpConfig::default();
+        let tune_ok = |channel_max, frame_max| connection::TuneOk {
+            channel_max,
+            frame_max,
+            heartbeat: 0,
+        };
+        assert!(check_tune_ok(&tune_ok(10, 4096), &config).is_ok());
+        assert!(check_tune_ok(&tune_ok(2047, 131_072), &config).is_ok());
+        let refused = |t| check_tune_ok(&t, &config).map_err(|e| (e.code, e.text));
+        assert_eq!(
+            refused(tune_ok(0, 131_072)),
+            Err((
+                code::NOT_ALLOWED,
+                "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)".into()
+            ))
+        );
+        assert!(refused(tune_ok(2048, 131_072)).is_err());
+        assert!(refused(tune_ok(1, 4095)).is_err());
+        assert!(refused(tune_ok(1, 0)).is_err());
+        assert!(refused(tune_ok(1, 131_073)).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! An embedded AMQP 0-9-1 broker with RabbitMQ's model and wire behaviour, so `lapin`
+//! code written for it works unchanged against a real RabbitMQ, chosen by URL.
+//!
+//! Layout: [`run`] accepts connections; `connection` runs each one (with `handshake` for
+//! its opening and `codec` for its bytes); `broker` holds the virtual host's `exchange`s
+//! and `queue`s; `error` maps failures to channel.close / connection.close. Messages live
+//! in memory only. Queue arguments (`queue_args`) bring TTLs, length limits and
+//! `dead_letter`ing; `tx` holds transactions; `flow` the memory watermark that blocks
+//! publishers.
+
+mod broker;
+mod codec;
+mod connection;
+mod dead_letter;
+pub mod error;
+mod exchange;
+mod flow;
+mod handshake;
+mod queue;
+mod queue_args;
+mod tx;
+
+pub use flow::default_watermark;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use broker::Broker;
+
+/// How long shutdown waits for clients to acknowledge connection.close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound of the pause after a failed accept.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How often expired messages and unused `x-expires` queues are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Broker settings; the defaults are RabbitMQ's.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpConfig {
+    /// The one user; `guest` may only connect from loopback, as in RabbitMQ.
+    pub user: String,
+    pub password: String,
+    /// Largest frame offered in connection.tune, in bytes.
+    pub frame_max: u32,
+    /// Most channels per connection offered in connection.tune.
+    pub channel_max: u16,
+    /// Heartbeat interval offered in connection.tune, in seconds (0: none).
+    pub heartbeat: u16,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Queued message bytes above which publishers are blocked (RabbitMQ's memory high
+    /// watermark); by default 40 % of physical memory.
+    pub memory_high_watermark: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            user: "guest".into(),
+            password: "guest".into(),
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_connections: 10_000,
+            memory_high_watermark: default_watermark(),
+        }
+    }
+}
+
+/// Shows everything but the password.
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("user", &self.user)
+            .field("frame_max", &self.frame_max)
+            .field("channel_max", &self.channel_max)
+            .field("heartbeat", &self.heartbeat)
+            .field("max_connections", &self.max_connections)
+            .field("memory_high_watermark", &self.memory_high_watermark)
+            .finish()
+    }
+}
+
+/// Serves AMQP clients on `listener` until `shutdown` completes; then stops accepting,
+/// sends every client connection.close 320 CONNECTION_FORCED "broker shutdown" and waits
+/// (at most 5 s) for the connections to end.
+pub async fn run(listener: TcpListener, config: AmqpConfig, shutdown: impl Future<Output = ()>) {
+    let broker = Arc::new(Broker::new(config.memory_high_watermark));
+    let config = Arc::new(config);
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let stop = CancellationToken::new();
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let accept = async {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let socket = match listener.accept().await {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    warn!("amqp accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(10);
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                warn!(
+                    "amqp connection refused: {} connections open",
+                    config.max_connections
+                );
+                continue;
+            };
+            let (broker, config, stop, done) = (
+                broker.clone(),
+                config.clone(),
+                stop.clone(),
+                done_tx.clone(),
+            );
+            tokio::spawn(async move {
+                connection::serve(socket, broker, config, stop).await;
+                drop(permit);
+                drop(done);
+            });
+        }
+    };
+    let sweep = async {
+        let mut every = tokio::time::interval(SWEEP_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            broker.tick();
+        }
+    };
+    tokio::select! {
+        () = accept => {}
+        () = sweep => {}
+        () = shutdown => info!("amqp: shutting down, closing connections"),
+    }
+    drop(done_tx);
+    stop.cancel();
+    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv())
+        .await
+        .is_err()
+    {
+        warn!("amqp connections still open after {DRAIN_TIMEOUT:?}; dropping them");
+    }
+}

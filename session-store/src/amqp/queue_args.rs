@@ -1,0 +1,356 @@
+//! The `x-` arguments of queue.declare that change how a queue behaves, parsed and checked
+//! the way RabbitMQ 3.10 does: a wrong type or value is 406 PRECONDITION_FAILED with
+//! RabbitMQ's Erlang-flavoured reason (`{unacceptable_type,longstr}`), so users see the
+//! same words whichever broker they run. Unknown arguments are kept but ignored.
+
+use std::time::Duration;
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+use super::error::AmqpError;
+
+/// RabbitMQ's largest TTL or expiry, in milliseconds.
+const MAX_EXPIRY_MS: i64 = 4_294_967_295;
+
+/// What a full queue does with one more message (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (and dead-letter) the oldest messages to make room.
+    #[default]
+    DropHead,
+    /// Refuse the new message: basic.nack in confirm mode, else silently dropped.
+    RejectPublish,
+    /// Like `RejectPublish`, and dead-letter the refused message.
+    RejectPublishDlx,
+}
+
+/// The behaviour-changing arguments of a queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueArgs {
+    /// `x-message-ttl`: how long a message may wait in the queue.
+    pub message_ttl: Option<Duration>,
+    /// `x-expires`: the queue is deleted after being unused this long.
+    pub expires: Option<Duration>,
+    /// `x-max-length`: most ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`: most bytes of ready message bodies.
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`: replaces the message's keys when dead-lettering.
+    pub dead_letter_routing_key: Option<String>,
+}
+
+impl QueueArgs {
+    /// Parses and checks `table` for the queue `name` in `vhost`.
+    pub fn parse(table: &FieldTable, name: &str, vhost: &str) -> Result<Self, AmqpError> {
+        let mut args = QueueArgs::default();
+        let fail = |key: &str, reason: String| {
+            AmqpError::precondition(format_args!(
+                "invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {reason}"
+            ))
+        };
+        let get = |key: &str| table.inner().get(key);
+        if let Some(v) = get("x-message-ttl") {
+            let ms = int(v)
+                .and_then(non_negative)
+                .and_then(at_most_max)
+                .map_err(|r| fail("x-message-ttl", r))?;
+            args.message_ttl = Some(Duration::from_millis(ms));
+        }
+        if let Some(v) = get("x-expires") {
+            let ms = int(v)
+                .and_then(|n| {
+                    if n == 0 {
+                        Err("{value_zero,0}".to_string())
+                    } else {
+                        non_negative(n)
+                    }
+                })
+                .and_then(at_most_max)
+                .map_err(|r| fail("x-expires", r))?;
+            args.expires = Some(Duration::from_millis(ms));
+        }
+        if let Some(v) = get("x-max-length") {
+            let n = int(v)
+                .and_then(non_negative)
+                .map_err(|r| fail("x-max-length", r))?;
+            args.max_length = Some(n);
+        }
+        if let Some(v) = get("x-max-length-bytes") {
+            let n = int(v)
+                .and_then(non_negative)
+                .map_err(|r| fail("x-max-length-bytes", r))?;
+            args.max_length_bytes = Some(n);
+        }
+        if let Some(v) = get("x-overflow") {
+            args.overflow = match text(v).map_err(|r| fail("x-overflow", r))?.as_str() {
+                "drop-head" => Overflow::DropHead,
+                "reject-publish" => Overflow::RejectPublish,
+                "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                _ => return Err(fail("x-overflow", "invalid_overflow".into())),
+            };
+        }
+        if let Some(v) = get("x-dead-letter-exchange") {
+            args.dead_letter_exchange =
+                Some(text(v).map_err(|r| fail("x-dead-letter-exchange", r))?);
+        }
+        if let Some(v) = get("x-dead-letter-routing-key") {
+            let key = text(v).map_err(|r| fail("x-dead-letter-routing-key", r))?;
+            if args.dead_letter_exchange.is_none() {
+                return Err(fail(
+                    "x-dead-letter-routing-key",
+                    "routing_key_but_no_dlx_defined".into(),
+                ));
+            }
+            args.dead_letter_routing_key = Some(key);
+        }
+        Ok(args)
+    }
+
+    /// Whether a queue holding `len` messages of `bytes` bytes is over its limits.
+    pub fn over_limit(&self, len: usize, bytes: u64) -> bool {
+        self.max_length.is_some_and(|max| len as u64 > max)
+            || self.max_length_bytes.is_some_and(|max| bytes > max)
+    }
+}
+
+/// The arguments RabbitMQ compares when a queue is declared again; others may differ.
+const EQUIVALENCE_KEYS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+/// RabbitMQ's check that a redeclaration asks for the same queue: each argument that
+/// matters must be absent from both or equal in type and value.
+pub fn check_equivalent(
+    received: &FieldTable,
+    current: &FieldTable,
+    name: &str,
+    vhost: &str,
+) -> Result<(), AmqpError> {
+    let describe = |v: Option<&AMQPValue>| match v {
+        None => "none".to_string(),
+        Some(v) => format!("the value '{}' of type '{}'", display(v), type_name(v)),
+    };
+    for key in EQUIVALENCE_KEYS {
+        let (r, c) = (received.inner().get(*key), current.inner().get(*key));
+        if r != c {
+            return Err(AmqpError::precondition(format_args!(
+                "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
+                describe(r),
+                describe(c)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A value as RabbitMQ prints it in errors: numbers and strings plainly.
+fn display(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        other => int(other).map_or_else(|_| format!("{other:?}"), |n| n.to_string()),
+    }
+}
+
+/// The name RabbitMQ gives a field's AMQP type in its error reasons.
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+fn unacceptable(v: &AMQPValue) -> String {
+    format!("{{unacceptable_type,{}}}", type_name(v))
+}
+
+fn int(v: &AMQPValue) -> Result<i64, String> {
+    match v {
+        AMQPValue::ShortShortInt(n) => Ok(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Ok(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Ok(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Ok(i64::from(*n)),
+        AMQPValue::LongInt(n) => Ok(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Ok(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Ok(*n),
+        other => Err(unacceptable(other)),
+    }
+}
+
+fn non_negative(n: i64) -> Result<u64, String> {
+    u64::try_from(n).map_err(|_| format!("{{value_negative,{n}}}"))
+}
+
+fn at_most_max(n: u64) -> Result<u64, String> {
+    if n > MAX_EXPIRY_MS as u64 {
+        Err(format!("{{value_too_large,{n},{MAX_EXPIRY_MS}}}"))
+    } else {
+        Ok(n)
+    }
+}
+
+fn text(v: &AMQPValue) -> Result<String, String> {
+    match v {
+        AMQPValue::LongString(s) => Ok(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => Err(unacceptable(other)),
+    }
+}
+
+/// A message's `expiration` property as RabbitMQ reads it: a decimal count of
+/// milliseconds. The error is the reason for 406 "invalid expiration".
+pub fn parse_expiration(expiration: &str) -> Result<Duration, String> {
+    let digits_end = expiration
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
+        .map_or(expiration.len(), |(i, _)| i);
+    let (number, rest) = expiration.split_at(digits_end);
+    let n: i64 = number.parse().map_err(|_| "no_integer".to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{{leftover_string,\"{rest}\"}}"));
+    }
+    let ms = non_negative(n).and_then(at_most_max)?;
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
+
+    fn s(v: &str) -> AMQPValue {
+        AMQPValue::LongString(v.into())
+    }
+
+    #[test]
+    fn parses_every_supported_argument() {
+        let args = QueueArgs::parse(
+            &table(&[
+                ("x-message-ttl", AMQPValue::LongInt(200)),
+                ("x-expires", AMQPValue::LongLongInt(1000)),
+                ("x-max-length", AMQPValue::ShortInt(2)),
+                ("x-max-length-bytes", AMQPValue::LongUInt(10)),
+                ("x-overflow", s("reject-publish-dlx")),
+                ("x-dead-letter-exchange", s("dlx")),
+                ("x-dead-letter-routing-key", s("k")),
+                ("x-unknown", s("kept, ignored")),
+            ]),
+            "q",
+            "/",
+        )
+        .expect("valid");
+        assert_eq!(args.message_ttl, Some(Duration::from_millis(200)));
+        assert_eq!(args.expires, Some(Duration::from_secs(1)));
+        assert_eq!(args.max_length, Some(2));
+        assert_eq!(args.overflow, Overflow::RejectPublishDlx);
+        assert_eq!(args.dead_letter_routing_key.as_deref(), Some("k"));
+        assert!(!args.over_limit(2, 10));
+        assert!(args.over_limit(3, 0));
+        assert!(args.over_limit(1, 11));
+    }
+
+    #[test]
+    fn refuses_bad_types_and_values_with_rabbitmq_texts() {
+        let err = |entries: &[(&str, AMQPValue)]| {
+            QueueArgs::parse(&table(entries), "q", "/")
+                .map_err(|e| (e.code, e.text))
+                .expect_err("invalid")
+        };
+        assert_eq!(
+            err(&[("x-max-length", s("2"))]),
+            (
+                406,
+                "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': {unacceptable_type,longstr}".into()
+            )
+        );
+        assert!(
+            err(&[("x-message-ttl", AMQPValue::LongInt(-1))])
+                .1
+                .ends_with("{value_negative,-1}")
+        );
+        assert!(
+            err(&[("x-expires", AMQPValue::LongInt(0))])
+                .1
+                .ends_with("{value_zero,0}")
+        );
+        assert!(
+            err(&[("x-overflow", s("nope"))])
+                .1
+                .ends_with("invalid_overflow")
+        );
+        assert!(
+            err(&[("x-dead-letter-routing-key", s("k"))])
+                .1
+                .ends_with("routing_key_but_no_dlx_defined")
+        );
+    }
+
+    #[test]
+    fn redeclare_compares_only_known_arguments() {
+        let current = table(&[
+            ("x-message-ttl", AMQPValue::LongInt(100)),
+            ("custom", s("a")),
+        ]);
+        let same = table(&[
+            ("x-message-ttl", AMQPValue::LongInt(100)),
+            ("custom", s("b")),
+        ]);
+        assert!(check_equivalent(&same, &current, "q", "/").is_ok());
+        let e = check_equivalent(&FieldTable::default(), &current, "q", "/").expect_err("differs");
+        assert_eq!(
+            e.text,
+            "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received none but current is the value '100' of type 'signedint'"
+        );
+        let other = table(&[("x-message-ttl", AMQPValue::LongInt(5))]);
+        assert!(check_equivalent(&other, &current, "q", "/").is_err());
+    }
+
+    #[test]
+    fn reads_expiration_like_rabbitmq() {
+        assert_eq!(parse_expiration("100"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_expiration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_expiration("soon"), Err("no_integer".into()));
+        assert_eq!(parse_expiration(""), Err("no_integer".into()));
+        assert_eq!(parse_expiration("-5"), Err("{value_negative,-5}".into()));
+        assert_eq!(
+            parse_expiration("10s"),
+            Err("{leftover_string,\"s\"}".into())
+        );
+    }
+}

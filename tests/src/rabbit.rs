@@ -1,0 +1,372 @@
+//! The AMQP brokers the conformance tests compare: a private, real RabbitMQ node (the
+//! reference, Debian package `rabbitmq-server`) and the broker embedded in `session-store`.
+//!
+//! The RabbitMQ node runs on free loopback ports (AMQP, Erlang distribution and its own
+//! epmd), keeps all its state in a temporary directory, and can never outlive the test
+//! process: epmd and the Erlang VM are started with `PR_SET_PDEATHSIG` from a thread that
+//! lives as long as the node, so the kernel kills both when the test binary exits, panics
+//! or is killed, even when the handle sits in a `static` that is never dropped.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::{Proc, bin, engines_required, free_port, wait_port};
+
+/// The Debian package's server script.
+const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+/// Bound on the node's start-up (a cold start on 2 cores takes 5 to 20 s).
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A private RabbitMQ node. Dropping it kills the node and its epmd and removes its state.
+pub struct RabbitMq {
+    port: u16,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    keeper: Option<JoinHandle<()>>,
+}
+
+impl RabbitMq {
+    /// The AMQP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`
+    pub fn url(&self) -> String {
+        amqp_url(self.port)
+    }
+
+    /// The directory holding the node's configuration, logs and database.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The URL of a broker on 127.0.0.1 with the default guest account and vhost.
+pub fn amqp_url(port: u16) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+}
+
+/// Starts a private `rabbitmq-server` and waits until it accepts AMQP connections (a real
+/// AMQP handshake, not only the TCP port). None when RabbitMQ is not installed and this run
+/// does not require the reference engines (see [`engines_required`]); panics when it is
+/// installed but does not come up.
+pub fn start_rabbitmq() -> Option<RabbitMq> {
+    let epmd = crate::which("epmd");
+    if !Path::new(RABBITMQ_SERVER).is_file() || epmd.is_none() {
+        assert!(
+            !engines_required(),
+            "rabbitmq-server is required in CI (apt-get install rabbitmq-server) but \
+             {RABBITMQ_SERVER} or epmd is missing"
+        );
+        eprintln!("rabbitmq-server not installed: RabbitMQ half of this test skipped");
+        return None;
+    }
+    let epmd = epmd.expect("checked above");
+    remove_stale_dirs();
+
+    let port = free_port();
+    let dist_port = free_port();
+    let epmd_port = free_port();
+    let dir = std::env::temp_dir().join(format!("e2e-rabbit-{}-{port}", std::process::id()));
+    write_config(&dir, port).expect("write the RabbitMQ node's configuration");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
+    let keeper = {
+        let dir = dir.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("rabbitmq-{port}"))
+            .spawn(move || {
+                keep_node(&epmd, &dir, port, dist_port, epmd_port, &stop, &started_tx);
+            })
+            .expect("spawn the RabbitMQ keeper thread")
+    };
+    let rabbit = RabbitMq {
+        port,
+        dir,
+        stop,
+        keeper: Some(keeper),
+    };
+    match started_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let log = tail_logs(rabbit.dir());
+            panic!("RabbitMQ did not start: {e}\n{log}");
+        }
+        Err(_) => panic!("RabbitMQ keeper thread ended during start-up"),
+    }
+    // The handshake runs on a runtime of its own in a plain thread: this function may be
+    // called from inside a test's tokio runtime, where blocking on another one is refused.
+    let url = rabbit.url();
+    let ready = std::thread::spawn(move || wait_amqp_ready(&url, START_TIMEOUT))
+        .join()
+        .expect("readiness probe thread");
+    if let Err(e) = ready {
+        let log = tail_logs(rabbit.dir());
+        panic!("RabbitMQ on port {port} never accepted an AMQP connection: {e}\n{log}");
+    }
+    Some(rabbit)
+}
+
+/// Runs on the keeper thread for the node's whole life: starts epmd and the node with
+/// `PR_SET_PDEATHSIG` (which fires when *this thread* ends, hence the dedicated thread),
+/// reports start-up, then kills both when asked to stop or when the node exits.
+fn keep_node(
+    epmd: &Path,
+    dir: &Path,
+    port: u16,
+    dist_port: u16,
+    epmd_port: u16,
+    stop: &AtomicBool,
+    started: &mpsc::Sender<Result<(), String>>,
+) {
+    let log = |name: &str| {
+        std::fs::File::create(dir.join(name))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null())
+    };
+    // Our own epmd, in the foreground, so it is a child of ours and dies with us. The node
+    // finds it on ERL_EPMD_PORT and does not start a daemon of its own.
+    let mut epmd_cmd = Command::new(epmd);
+    epmd_cmd
+        .args(["-port", &epmd_port.to_string(), "-address", "127.0.0.1"])
+        .env("ERL_EPMD_PORT", epmd_port.to_string())
+        .stdin(Stdio::null())
+        .stdout(log("epmd.log"))
+        .stderr(log("epmd.err"));
+    die_with_this_thread(&mut epmd_cmd);
+    let mut epmd_child = match epmd_cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = started.send(Err(format!("start epmd: {e}")));
+            return;
+        }
+    };
+    if let Err(e) = wait_port_checked(epmd_port, &mut epmd_child, Duration::from_secs(10)) {
+        reap(&mut epmd_child);
+        let _ = started.send(Err(format!("epmd: {e}")));
+        return;
+    }
+
+    let mut node_cmd = Command::new(RABBITMQ_SERVER);
+    let home = dir.join("home");
+    node_cmd
+        .env("HOME", &home)
+        .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
+        .env("RABBITMQ_NODENAME", format!("e2erabbit{port}@localhost"))
+        .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+        .env("RABBITMQ_NODE_PORT", port.to_string())
+        .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+        .env("ERL_EPMD_PORT", epmd_port.to_string())
+        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", dir.join("log"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+        .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+        .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
+        .env("RABBITMQ_PID_FILE", dir.join("beam.pid"))
+        .env(
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+            "-kernel inet_dist_use_interface {127,0,0,1}",
+        )
+        // The script's foreground mode forks the VM and proxies signals from a shell; with
+        // `detached` set it execs the VM instead, so the VM is our direct child and keeps
+        // the death signal (PR_SET_PDEATHSIG survives execve).
+        .env("detached", "true")
+        .env_remove("NOTIFY_SOCKET")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log("stdout.log"))
+        .stderr(log("stderr.log"));
+    die_with_this_thread(&mut node_cmd);
+    let mut node = match node_cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            reap(&mut epmd_child);
+            let _ = started.send(Err(format!("start {RABBITMQ_SERVER}: {e}")));
+            return;
+        }
+    };
+    let _ = started.send(Ok(()));
+
+    // Poll, bounded by the node's life: stop when asked or when the node exits by itself.
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if !matches!(node.try_wait(), Ok(None)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    reap(&mut node);
+    // `epmd -kill` refuses while nodes are registered unless relaxed; killing our own
+    // child by its pid is exact.
+    reap(&mut epmd_child);
+}
+
+/// Asks the kernel to SIGKILL the child when the spawning thread (the keeper) ends, which
+/// includes every way the test process can end.
+fn die_with_this_thread(cmd: &mut Command) {
+    let parent = std::process::id();
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only makes two async-signal-safe
+    // system calls (prctl, getppid) without allocating or taking locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The parent may have died before the call above: then nobody will signal us.
+            if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
+                return Err(std::io::Error::other("parent exited during start-up"));
+            }
+            Ok(())
+        });
+    }
+}
+
+fn reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn wait_port_checked(port: u16, child: &mut Child, timeout: Duration) -> Result<(), String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status} before listening on {port}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not listening on {port} after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls with real AMQP handshakes (lapin) until one succeeds, bounded by `timeout`.
+fn wait_amqp_ready(url: &str, timeout: Duration) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("build a runtime: {e}"))?;
+    rt.block_on(async {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(5),
+                lapin::Connection::connect(url, lapin::ConnectionProperties::default()),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(conn)) => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        conn.close(200, "ready".into()),
+                    )
+                    .await;
+                    return Ok(());
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "handshake timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!("last error: {last}"))
+    })
+}
+
+fn write_config(dir: &Path, port: u16) -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    for sub in ["mnesia", "log", "home"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
+    std::fs::write(
+        dir.join("rabbitmq.conf"),
+        format!(
+            "listeners.tcp.default = 127.0.0.1:{port}\n\
+             loopback_users.guest = true\n\
+             log.console = false\n\
+             log.file.level = warning\n"
+        ),
+    )?;
+    std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
+    Ok(())
+}
+
+/// Removes node directories left by earlier test processes that no longer exist (their
+/// nodes died with them; only the files remain).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("e2e-rabbit-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn tail_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut files = vec![dir.join("stdout.log"), dir.join("stderr.log")];
+    if let Ok(entries) = std::fs::read_dir(dir.join("log")) {
+        files.extend(entries.flatten().map(|e| e.path()));
+    }
+    for file in files {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines.len().saturating_sub(30);
+            out.push_str(&format!("--- {} ---\n", file.display()));
+            out.push_str(&lines[start..].join("\n"));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Our broker: `session-store` with its AMQP listener on a free loopback port (the RESP
+/// listener on an ephemeral one). Killed when the returned [`Proc`] is dropped.
+pub fn start_embedded() -> (Proc, u16) {
+    let port = free_port();
+    let args = vec![
+        "--bind".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--amqp-bind".to_string(),
+        format!("127.0.0.1:{port}"),
+    ];
+    let proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
+    wait_port(port, Duration::from_secs(20));
+    (proc, port)
+}

@@ -1,0 +1,2707 @@
+//! AMQP 0-9-1 conformance: every scenario runs unchanged against a real RabbitMQ node (the
+//! reference) and against the broker embedded in `session-store`; `<scenario>::rabbitmq`
+//! defines the behaviour and `<scenario>::embedded` must show the same.
+//!
+//! One RabbitMQ node serves the whole binary (started on first use); each scenario uses
+//! names of its own, so they run in parallel. Each embedded test starts its own
+//! `session-store`. Every await is bounded, every loop counted, and all traffic stays on
+//! 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, connection as conn_methods};
+use e2e::rabbit::{RabbitMq, amqp_url, start_embedded, start_rabbitmq};
+use e2e::{engines_required, which};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Bound on any single network step.
+const STEP: Duration = Duration::from_secs(5);
+/// Bound on a whole scenario.
+const SCENARIO: Duration = Duration::from_secs(40);
+/// How long "nothing more arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(300);
+
+static RABBIT: LazyLock<Option<RabbitMq>> = LazyLock::new(start_rabbitmq);
+
+/// Generates `mod <name> { rabbitmq, embedded }` tests running `<name>(url)` on each broker.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rabbitmq() {
+                super::on_rabbitmq(stringify!($name), super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::on_embedded(stringify!($name), super::$name).await;
+            }
+        }
+    )*};
+}
+
+conformance!(
+    handshake_and_capabilities,
+    auth_wrong_password_refused_guest_allowed,
+    wrong_protocol_header,
+    garbage_frame_after_handshake,
+    oversize_frame_after_handshake,
+    channel_max_negotiated_and_enforced,
+    many_channels_on_one_connection,
+    default_exchange_routes_by_queue_name,
+    direct_exchange,
+    fanout_exchange,
+    topic_exchange,
+    headers_exchange,
+    predeclared_exchanges,
+    exchange_redeclare_other_type,
+    passive_declare_missing,
+    publish_to_missing_exchange,
+    exchange_to_exchange_binding,
+    mandatory_unroutable_returned,
+    server_named_queue,
+    queue_declare_counts,
+    exclusive_queue_other_connection,
+    purge_returns_count,
+    delete_if_empty_if_unused,
+    auto_delete_queue,
+    consume_manual_ack,
+    prefetch_limits_unacked,
+    nack_reject_requeue_redelivers,
+    reject_without_requeue_drops,
+    unacked_requeued_on_channel_close,
+    ack_unknown_delivery_tag,
+    basic_get_and_get_empty,
+    exclusive_consume_conflict,
+    consumer_cancel_notify_on_queue_delete,
+    round_robin_two_consumers,
+    publisher_confirms,
+    large_body_split_and_reassembled,
+    queue_message_ttl,
+    max_length_drop_head,
+    max_length_reject_publish,
+    dead_letter_on_reject,
+    dead_letter_on_expiry,
+    per_message_expiration,
+    transactions,
+    pika_client,
+);
+
+async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let rabbit =
+        tokio::task::spawn_blocking(|| LazyLock::force(&RABBIT).as_ref().map(RabbitMq::url))
+            .await
+            .expect("start RabbitMQ");
+    let Some(url) = rabbit else {
+        eprintln!("{name}: RabbitMQ not installed, skipped");
+        return;
+    };
+    timeout(SCENARIO, scenario(url))
+        .await
+        .unwrap_or_else(|_| panic!("{name} on RabbitMQ took longer than {SCENARIO:?}"));
+}
+
+async fn on_embedded<F, Fut>(name: &str, scenario: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let (proc, port) = tokio::task::spawn_blocking(start_embedded)
+        .await
+        .expect("start session-store");
+    timeout(SCENARIO, scenario(amqp_url(port)))
+        .await
+        .unwrap_or_else(|_| panic!("{name} on the embedded broker took longer than {SCENARIO:?}"));
+    drop(proc);
+}
+
+// ---------------------------------------------------------------------------------------
+// helpers
+
+/// A name no other scenario (or earlier run against the same node) uses.
+fn uniq(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "conf.{prefix}.{}.{}.{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn step<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {STEP:?}: {what}"))
+}
+
+async fn connect(url: &str) -> Connection {
+    step(
+        "connect",
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+async fn channel(conn: &Connection) -> Channel {
+    step("channel.open", conn.create_channel())
+        .await
+        .expect("channel.open")
+}
+
+/// A channel in confirm mode: [`publish`] on it returns once the broker has the message,
+/// so what follows sees it in its queues.
+async fn confirmed(conn: &Connection) -> Channel {
+    let ch = channel(conn).await;
+    step(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    ch
+}
+
+async fn close(conn: Connection) {
+    let _ = step("connection.close", conn.close(200, "bye".into())).await;
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn lstr(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+async fn declare_queue(
+    ch: &Channel,
+    name: &str,
+    opts: QueueDeclareOptions,
+    a: FieldTable,
+) -> lapin::Queue {
+    step(
+        &format!("queue.declare {name}"),
+        ch.queue_declare(name.into(), opts, a),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("queue.declare {name}: {e}"))
+}
+
+async fn plain_queue(ch: &Channel, name: &str) {
+    declare_queue(
+        ch,
+        name,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+}
+
+async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) {
+    step(
+        &format!("exchange.declare {name}"),
+        ch.exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exchange.declare {name}: {e}"));
+}
+
+async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str, a: FieldTable) {
+    step(
+        "queue.bind",
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            a,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("queue.bind {queue} {exchange} {key}: {e}"));
+}
+
+async fn publish_props(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    let confirm = step(
+        "basic.publish",
+        ch.basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.publish to {exchange:?}/{key:?}: {e}"));
+    // On a confirm-mode channel this waits for the broker's ack (the message is then in its
+    // queues); otherwise it resolves at once.
+    let confirmation = step("publisher confirm", confirm)
+        .await
+        .unwrap_or_else(|e| panic!("confirm of publish to {exchange:?}/{key:?}: {e}"));
+    assert!(
+        !confirmation.is_nack(),
+        "publish to {exchange:?}/{key:?} nacked"
+    );
+}
+
+async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    publish_props(ch, exchange, key, body, BasicProperties::default()).await;
+}
+
+/// Messages ready in `queue` (queue.declare passive on a fresh channel, so a failure does
+/// not close the caller's channel).
+async fn ready_count(conn: &Connection, queue: &str) -> u32 {
+    let ch = channel(conn).await;
+    let q = step(
+        "queue.declare passive",
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("passive declare {queue}: {e}"));
+    let _ = step("channel.close", ch.close(200, "ok".into())).await;
+    q.message_count()
+}
+
+/// Bodies of all messages currently in `queue`, fetched with basic.get (auto-ack).
+async fn drain(ch: &Channel, queue: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        let got = step(
+            "basic.get",
+            ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"));
+        match got {
+            Some(m) => out.push(String::from_utf8_lossy(&m.delivery.data).into_owned()),
+            None => return out,
+        }
+    }
+    panic!("{queue} did not run empty after 1000 gets");
+}
+
+async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {
+    step(
+        "basic.consume",
+        ch.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.consume {queue}: {e}"))
+}
+
+async fn next(consumer: &mut Consumer) -> Delivery {
+    step("a delivery", consumer.next())
+        .await
+        .expect("consumer stream ended")
+        .expect("delivery error")
+}
+
+/// Asserts nothing is delivered for [`QUIET`].
+async fn nothing_more(consumer: &mut Consumer) {
+    if let Ok(Some(d)) = timeout(QUIET, consumer.next()).await {
+        panic!(
+            "unexpected delivery: {:?}",
+            d.map(|d| String::from_utf8_lossy(&d.data).into_owned())
+        );
+    }
+}
+
+fn body(d: &Delivery) -> String {
+    String::from_utf8_lossy(&d.data).into_owned()
+}
+
+/// The AMQP reply code carried by a lapin error (channel.close / connection.close).
+fn reply_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+fn expect_code<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<T, lapin::Error>,
+    code: u16,
+) -> lapin::Error {
+    match r {
+        Ok(v) => panic!("{what}: expected reply code {code}, got success {v:?}"),
+        Err(e) => {
+            assert_eq!(
+                reply_code(&e),
+                Some(code),
+                "{what}: expected reply code {code}, got {e:?}"
+            );
+            e
+        }
+    }
+}
+
+fn expect_text(e: &lapin::Error, prefix: &str) {
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+        panic!("not a protocol error: {e:?}");
+    };
+    assert!(
+        amqp.get_message().as_str().starts_with(prefix),
+        "reply text {:?} should start with {prefix:?}",
+        amqp.get_message().as_str()
+    );
+}
+
+/// Waits for the channel's close from the broker, triggered by an earlier asynchronous
+/// method (basic.publish, basic.ack): the next synchronous method on the channel fails
+/// with the broker's reply code.
+async fn channel_closed_with(ch: &Channel, code: u16, text_prefix: &str) {
+    let r = step(
+        "basic.qos after the faulty method",
+        ch.basic_qos(10, BasicQosOptions::default()),
+    )
+    .await;
+    let e = expect_code("channel close after the faulty method", r, code);
+    expect_text(&e, text_prefix);
+}
+
+fn header<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
+    props.headers().as_ref()?.inner().get(key)
+}
+
+// ---------------------------------------------------------------------------------------
+// raw protocol access for what a well-behaved client never sends
+
+struct Raw {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(url: &str) -> Raw {
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("port in url");
+        let sock = step("tcp connect", TcpStream::connect(("127.0.0.1", port)))
+            .await
+            .expect("tcp connect");
+        Raw {
+            sock,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        step("write", self.sock.write_all(bytes))
+            .await
+            .expect("write");
+    }
+
+    async fn send(&mut self, frame: &AMQPFrame) {
+        let ctx = gen_frame(frame)(WriteContext::from(Vec::new())).expect("serialise frame");
+        let bytes = ctx.write;
+        self.send_bytes(&bytes).await;
+    }
+
+    /// Reads whatever arrives until the peer closes (bounded), returning all bytes.
+    async fn read_to_eof(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        let deadline = Instant::now() + STEP;
+        let mut chunk = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.sock.read(&mut chunk)).await {
+                Err(_) => panic!("peer did not close within {STEP:?}; got {out:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => return out,
+                Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next frame; None when the peer closed.
+    async fn frame(&mut self) -> Option<AMQPFrame> {
+        let mut chunk = [0u8; 65536];
+        for _ in 0..10_000 {
+            if !self.buf.is_empty() {
+                match parse_frame(self.buf.as_slice()) {
+                    Ok((rest, frame)) => {
+                        let used = self.buf.len() - rest.len();
+                        self.buf.drain(..used);
+                        return Some(frame);
+                    }
+                    Err(e) if e.is_incomplete() => {}
+                    Err(e) => panic!("unparsable frame from broker: {e:?} in {:?}", self.buf),
+                }
+            }
+            match step("read a frame", self.sock.read(&mut chunk)).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        panic!("no complete frame after 10000 reads");
+    }
+
+    async fn method(&mut self) -> AMQPClass {
+        for _ in 0..100 {
+            match self.frame().await {
+                Some(AMQPFrame::Method(_, m)) => return m,
+                Some(AMQPFrame::Heartbeat) => continue,
+                other => panic!("expected a method frame, got {other:?}"),
+            }
+        }
+        panic!("only heartbeats");
+    }
+
+    /// connection.start .. open-ok as guest; returns the negotiated frame_max.
+    async fn handshake(&mut self, channel_max: Option<u16>) -> u32 {
+        self.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+        let AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)) = self.method().await else {
+            panic!("expected connection.start");
+        };
+        self.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(conn_methods::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: LongString::from("\0guest\0guest"),
+                locale: "en_US".into(),
+            })),
+        ))
+        .await;
+        let AMQPClass::Connection(conn_methods::AMQPMethod::Tune(tune)) = self.method().await
+        else {
+            panic!("expected connection.tune");
+        };
+        self.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(conn_methods::TuneOk {
+                channel_max: channel_max.unwrap_or(tune.channel_max),
+                frame_max: tune.frame_max,
+                heartbeat: 0,
+            })),
+        ))
+        .await;
+        self.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::Open(conn_methods::Open {
+                virtual_host: "/".into(),
+            })),
+        ))
+        .await;
+        let AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)) = self.method().await else {
+            panic!("expected connection.open-ok");
+        };
+        tune.frame_max
+    }
+
+    /// Expects connection.close with `code`, answers close-ok, and expects the socket to close.
+    async fn expect_connection_close(&mut self, code: u16) {
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            match self.frame().await {
+                Some(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(conn_methods::AMQPMethod::Close(c)),
+                )) => {
+                    assert_eq!(
+                        c.reply_code, code,
+                        "connection.close reply code ({})",
+                        c.reply_text
+                    );
+                    self.send(&AMQPFrame::Method(
+                        0,
+                        AMQPClass::Connection(conn_methods::AMQPMethod::CloseOk(
+                            conn_methods::CloseOk {},
+                        )),
+                    ))
+                    .await;
+                    let rest = self.read_to_eof().await;
+                    assert!(
+                        rest.is_empty() || rest.len() < 64,
+                        "data after close: {rest:?}"
+                    );
+                    return;
+                }
+                Some(other) => seen.push(format!("{other:?}")),
+                None => {
+                    panic!("socket closed without connection.close {code}; frames seen: {seen:?}")
+                }
+            }
+        }
+        panic!("no connection.close after 100 frames: {seen:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// connection level
+
+async fn handshake_and_capabilities(url: String) {
+    let mut raw = Raw::connect(&url).await;
+    raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+    let AMQPClass::Connection(conn_methods::AMQPMethod::Start(start)) = raw.method().await else {
+        panic!("expected connection.start");
+    };
+    assert_eq!((start.version_major, start.version_minor), (0, 9));
+    let mechanisms = start.mechanisms.to_string();
+    assert!(
+        mechanisms.split(' ').any(|m| m == "PLAIN"),
+        "mechanisms {mechanisms:?}"
+    );
+    assert!(
+        mechanisms.split(' ').any(|m| m == "AMQPLAIN"),
+        "mechanisms {mechanisms:?}"
+    );
+    let locales = start.locales.to_string();
+    assert!(
+        locales.split(' ').any(|l| l == "en_US"),
+        "locales {locales:?}"
+    );
+    let props = start.server_properties.inner();
+    for key in ["product", "version", "platform", "capabilities"] {
+        assert!(
+            props.contains_key(key),
+            "server property {key} missing: {props:?}"
+        );
+    }
+    let Some(AMQPValue::FieldTable(caps)) = props.get("capabilities") else {
+        panic!("capabilities is not a table: {props:?}");
+    };
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        assert_eq!(
+            caps.inner().get(cap),
+            Some(&AMQPValue::Boolean(true)),
+            "capability {cap}: {caps:?}"
+        );
+    }
+    drop(raw);
+
+    // Through a real client: RabbitMQ's defaults are frame_max 128 KiB, 2047 channels,
+    // 60 s heartbeat.
+    let conn = connect(&url).await;
+    let cfg = conn.configuration();
+    assert_eq!(cfg.frame_max(), 131_072, "negotiated frame_max");
+    assert_eq!(cfg.channel_max(), 2047, "negotiated channel_max");
+    assert_eq!(cfg.heartbeat(), 60, "negotiated heartbeat");
+    assert!(conn.status().connected());
+    close(conn).await;
+}
+
+async fn auth_wrong_password_refused_guest_allowed(url: String) {
+    let bad = url.replace("guest:guest", "guest:wrong");
+    let r = step(
+        "connect with a wrong password",
+        Connection::connect(&bad, ConnectionProperties::default()),
+    )
+    .await;
+    let e = expect_code("wrong password", r, 403);
+    expect_text(&e, "ACCESS_REFUSED");
+    // RabbitMQ answers with connection.close 403 (lapin files 403 under soft errors by code).
+
+    let unknown = url.replace("guest:guest", "nobody:guest");
+    let r = step(
+        "connect as an unknown user",
+        Connection::connect(&unknown, ConnectionProperties::default()),
+    )
+    .await;
+    expect_code("unknown user", r, 403);
+
+    // An unknown vhost: connection.close 530 NOT_ALLOWED.
+    let vhost = url.replace("/%2f", "/no-such-vhost");
+    let r = step(
+        "connect to an unknown vhost",
+        Connection::connect(&vhost, ConnectionProperties::default()),
+    )
+    .await;
+    let e = expect_code("unknown vhost", r, 530);
+    expect_text(&e, "NOT_ALLOWED");
+
+    // guest is allowed from loopback, and the broker still serves after the refusals.
+    let conn = connect(&url).await;
+    assert_eq!(conn.status().username(), "guest");
+    let ch = channel(&conn).await;
+    let q = uniq("auth");
+    plain_queue(&ch, &q).await;
+    close(conn).await;
+}
+
+async fn wrong_protocol_header(url: String) {
+    for header in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"AMQP\x00\x01\x00\x00",
+        b"AMQP\x00\x00\x0a\x00",
+    ] {
+        let mut raw = Raw::connect(&url).await;
+        raw.send_bytes(header).await;
+        let got = raw.read_to_eof().await;
+        assert_eq!(got, b"AMQP\x00\x00\x09\x01", "reply to header {header:?}");
+    }
+    // Still serving.
+    let conn = connect(&url).await;
+    close(conn).await;
+}
+
+async fn garbage_frame_after_handshake(url: String) {
+    let mut raw = Raw::connect(&url).await;
+    raw.handshake(None).await;
+    // Frame type 9 does not exist; the frame-end octet is also wrong.
+    raw.send_bytes(b"\x09\x00\x00\x00\x00\x00\x04abcd\x00")
+        .await;
+    raw.expect_connection_close(501).await;
+
+    // A well-formed frame header with a bad frame-end octet.
+    let mut raw = Raw::connect(&url).await;
+    raw.handshake(None).await;
+    raw.send_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x55").await;
+    raw.expect_connection_close(501).await;
+
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    plain_queue(&ch, &uniq("after-garbage")).await;
+    close(conn).await;
+}
+
+async fn oversize_frame_after_handshake(url: String) {
+    let mut raw = Raw::connect(&url).await;
+    let frame_max = raw.handshake(None).await;
+    // A method frame announcing a payload far above the negotiated frame_max.
+    let size = frame_max * 8;
+    let mut bytes = vec![1u8, 0, 1];
+    bytes.extend_from_slice(&size.to_be_bytes());
+    bytes.extend_from_slice(&[0u8; 64]);
+    raw.send_bytes(&bytes).await;
+    raw.expect_connection_close(501).await;
+
+    let conn = connect(&url).await;
+    close(conn).await;
+}
+
+async fn channel_max_negotiated_and_enforced(url: String) {
+    // The client asks for fewer channels than the server offers: the smaller wins, and the
+    // client refuses to open more.
+    let conn = connect(&format!("{url}?channel_max=3")).await;
+    assert_eq!(conn.configuration().channel_max(), 3);
+    let mut chans = Vec::new();
+    for _ in 0..3 {
+        chans.push(channel(&conn).await);
+    }
+    let r = step("4th channel", conn.create_channel()).await;
+    assert!(
+        matches!(
+            r.as_ref().map_err(lapin::Error::kind),
+            Err(lapin::ErrorKind::ChannelsLimitReached)
+        ),
+        "{r:?}"
+    );
+    close(conn).await;
+
+    // The server enforces it too: RabbitMQ counts open channels, and opening one more than
+    // the negotiated channel_max is a connection error 530 NOT_ALLOWED ("number of channels
+    // opened (2) has reached the negotiated channel_max (2)").
+    let mut raw = Raw::connect(&url).await;
+    raw.handshake(Some(2)).await;
+    for id in [1u16, 2, 3] {
+        raw.send(&AMQPFrame::Method(
+            id,
+            AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(
+                amq_protocol::protocol::channel::Open {},
+            )),
+        ))
+        .await;
+        if id < 3 {
+            let m = raw.method().await;
+            assert!(
+                matches!(
+                    m,
+                    AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::OpenOk(_))
+                ),
+                "channel.open {id}: {m:?}"
+            );
+        }
+    }
+    raw.expect_connection_close(530).await;
+
+    // tune-ok may not ask for more channels than connection.tune offered: channel_max 0
+    // ("no limit") against RabbitMQ's 2047 is refused during the handshake, before
+    // connection.open-ok (RabbitMQ simply closes the socket).
+    let mut raw = Raw::connect(&url).await;
+    raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+    raw.method().await;
+    raw.send(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(conn_methods::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "PLAIN".into(),
+            response: LongString::from("\0guest\0guest"),
+            locale: "en_US".into(),
+        })),
+    ))
+    .await;
+    let AMQPClass::Connection(conn_methods::AMQPMethod::Tune(tune)) = raw.method().await else {
+        panic!("expected connection.tune");
+    };
+    assert_eq!(tune.channel_max, 2047);
+    raw.send(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(conn_methods::TuneOk {
+            channel_max: 0,
+            frame_max: tune.frame_max,
+            heartbeat: 0,
+        })),
+    ))
+    .await;
+    raw.send(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(conn_methods::AMQPMethod::Open(conn_methods::Open {
+            virtual_host: "/".into(),
+        })),
+    ))
+    .await;
+    for _ in 0..10 {
+        match raw.frame().await {
+            None => break,
+            Some(AMQPFrame::Method(
+                _,
+                AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)),
+            )) => {
+                panic!("connection opened despite tune-ok channel_max 0 above the offered 2047")
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+async fn many_channels_on_one_connection(url: String) {
+    let conn = connect(&url).await;
+    let q = uniq("many-ch");
+    let first = channel(&conn).await;
+    plain_queue(&first, &q).await;
+    let mut chans = Vec::new();
+    for i in 0..200u32 {
+        let ch = channel(&conn).await;
+        publish(&ch, "", &q, i.to_string().as_bytes()).await;
+        chans.push(ch);
+    }
+    let ids: std::collections::HashSet<u16> = chans.iter().map(Channel::id).collect();
+    assert_eq!(ids.len(), 200, "channel ids are distinct");
+    // Close half of them and check the rest still work.
+    for ch in chans.iter().step_by(2) {
+        step("channel.close", ch.close(200, "ok".into()))
+            .await
+            .expect("channel.close");
+    }
+    for ch in chans.iter().skip(1).step_by(2).take(10) {
+        plain_queue(ch, &q).await;
+    }
+    e2e::wait_for_async("200 messages in the queue", Duration::from_secs(10), || {
+        let conn = &conn;
+        let q = &q;
+        async move { (ready_count(conn, q).await == 200).then_some(()) }
+    })
+    .await;
+    let got = drain(&first, &q).await;
+    assert_eq!(got.len(), 200);
+    close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// exchanges and routing
+
+async fn default_exchange_routes_by_queue_name(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("default");
+    plain_queue(&ch, &q).await;
+    publish(&ch, "", &q, b"hello").await;
+    publish(&ch, "", &format!("{q}.nope"), b"lost").await;
+    assert_eq!(drain(&ch, &q).await, vec!["hello"]);
+    // Binding to the default exchange is refused: 403 ACCESS_REFUSED.
+    let r = step(
+        "bind to default exchange",
+        ch.queue_bind(
+            q.as_str().into(),
+            "".into(),
+            "x".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("queue.bind to the default exchange", r, 403);
+    close(conn).await;
+}
+
+async fn direct_exchange(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let x = uniq("direct-x");
+    let (qa, qb) = (uniq("direct-a"), uniq("direct-b"));
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    plain_queue(&ch, &qa).await;
+    plain_queue(&ch, &qb).await;
+    bind(&ch, &qa, &x, "red", FieldTable::default()).await;
+    bind(&ch, &qb, &x, "blue", FieldTable::default()).await;
+    bind(&ch, &qb, &x, "red", FieldTable::default()).await;
+    publish(&ch, &x, "red", b"r").await;
+    publish(&ch, &x, "blue", b"b").await;
+    publish(&ch, &x, "green", b"g").await;
+    publish(&ch, &x, "RED", b"R").await;
+    assert_eq!(drain(&ch, &qa).await, vec!["r"]);
+    assert_eq!(drain(&ch, &qb).await, vec!["r", "b"]);
+    // Unbind stops routing.
+    step(
+        "queue.unbind",
+        ch.queue_unbind(
+            qb.as_str().into(),
+            x.as_str().into(),
+            "red".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("unbind");
+    publish(&ch, &x, "red", b"r2").await;
+    assert_eq!(drain(&ch, &qa).await, vec!["r2"]);
+    assert!(drain(&ch, &qb).await.is_empty());
+    close(conn).await;
+}
+
+async fn fanout_exchange(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let x = uniq("fanout-x");
+    declare_exchange(&ch, &x, ExchangeKind::Fanout).await;
+    let queues: Vec<String> = (0..3).map(|i| uniq(&format!("fanout-{i}"))).collect();
+    for q in &queues {
+        plain_queue(&ch, q).await;
+        bind(&ch, q, &x, "ignored", FieldTable::default()).await;
+    }
+    publish(&ch, &x, "any.key", b"m1").await;
+    publish(&ch, &x, "", b"m2").await;
+    for q in &queues {
+        assert_eq!(drain(&ch, q).await, vec!["m1", "m2"], "queue {q}");
+    }
+    close(conn).await;
+}
+
+async fn topic_exchange(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let x = uniq("topic-x");
+    declare_exchange(&ch, &x, ExchangeKind::Topic).await;
+    let star = uniq("topic-star");
+    let hash = uniq("topic-hash");
+    let both = uniq("topic-both");
+    let all = uniq("topic-all");
+    for q in [&star, &hash, &both, &all] {
+        plain_queue(&ch, q).await;
+    }
+    bind(&ch, &star, &x, "a.*.c", FieldTable::default()).await;
+    bind(&ch, &hash, &x, "a.#", FieldTable::default()).await;
+    // Two bindings of one queue that both match: delivered once.
+    bind(&ch, &both, &x, "*.b.*", FieldTable::default()).await;
+    bind(&ch, &both, &x, "#.c", FieldTable::default()).await;
+    bind(&ch, &all, &x, "#", FieldTable::default()).await;
+    for key in ["a.b.c", "a", "a.b", "a.b.b.c", "x.b.c", "b.c", ""] {
+        publish(&ch, &x, key, key.as_bytes()).await;
+    }
+    assert_eq!(drain(&ch, &star).await, vec!["a.b.c"]);
+    // `#` matches zero words: "a.#" takes "a".
+    assert_eq!(
+        drain(&ch, &hash).await,
+        vec!["a.b.c", "a", "a.b", "a.b.b.c"]
+    );
+    assert_eq!(
+        drain(&ch, &both).await,
+        vec!["a.b.c", "a.b.b.c", "x.b.c", "b.c"]
+    );
+    assert_eq!(
+        drain(&ch, &all).await,
+        vec!["a.b.c", "a", "a.b", "a.b.b.c", "x.b.c", "b.c", ""]
+    );
+    close(conn).await;
+}
+
+async fn headers_exchange(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let x = uniq("headers-x");
+    declare_exchange(&ch, &x, ExchangeKind::Headers).await;
+    let (q_all, q_any) = (uniq("headers-all"), uniq("headers-any"));
+    plain_queue(&ch, &q_all).await;
+    plain_queue(&ch, &q_any).await;
+    bind(
+        &ch,
+        &q_all,
+        &x,
+        "",
+        args(&[
+            ("x-match", lstr("all")),
+            ("format", lstr("pdf")),
+            ("type", lstr("report")),
+        ]),
+    )
+    .await;
+    bind(
+        &ch,
+        &q_any,
+        &x,
+        "",
+        args(&[
+            ("x-match", lstr("any")),
+            ("format", lstr("pdf")),
+            ("type", lstr("report")),
+        ]),
+    )
+    .await;
+    let send = |h: FieldTable, b: &'static str| {
+        let ch = ch.clone();
+        let x = x.clone();
+        async move {
+            publish_props(
+                &ch,
+                &x,
+                "rk-ignored",
+                b.as_bytes(),
+                BasicProperties::default().with_headers(h),
+            )
+            .await
+        }
+    };
+    send(
+        args(&[("format", lstr("pdf")), ("type", lstr("report"))]),
+        "both",
+    )
+    .await;
+    send(
+        args(&[("format", lstr("pdf")), ("type", lstr("log"))]),
+        "format-only",
+    )
+    .await;
+    send(args(&[("format", lstr("zip"))]), "none").await;
+    send(
+        args(&[
+            ("format", lstr("pdf")),
+            ("type", lstr("report")),
+            ("extra", lstr("1")),
+        ]),
+        "superset",
+    )
+    .await;
+    send(FieldTable::default(), "empty").await;
+    assert_eq!(drain(&ch, &q_all).await, vec!["both", "superset"]);
+    assert_eq!(
+        drain(&ch, &q_any).await,
+        vec!["both", "format-only", "superset"]
+    );
+    close(conn).await;
+}
+
+async fn predeclared_exchanges(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    for (name, kind) in [
+        ("amq.direct", ExchangeKind::Direct),
+        ("amq.fanout", ExchangeKind::Fanout),
+        ("amq.topic", ExchangeKind::Topic),
+        ("amq.headers", ExchangeKind::Headers),
+        ("amq.match", ExchangeKind::Headers),
+    ] {
+        step(
+            name,
+            ch.exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("passive declare {name}: {e}"));
+    }
+    // Routing through a predeclared exchange works like any other.
+    let q = uniq("amq-direct");
+    plain_queue(&ch, &q).await;
+    bind(&ch, &q, "amq.direct", &q, FieldTable::default()).await;
+    publish(&ch, "amq.direct", &q, b"via amq.direct").await;
+    assert_eq!(drain(&ch, &q).await, vec!["via amq.direct"]);
+    // The amq. prefix is reserved: 403 ACCESS_REFUSED.
+    let r = step(
+        "declare amq.custom",
+        ch.exchange_declare(
+            uniq("amq.custom").replacen("conf.", "amq.", 1).into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("exchange.declare with the amq. prefix", r, 403);
+    expect_text(&e, "ACCESS_REFUSED");
+    close(conn).await;
+}
+
+async fn exchange_redeclare_other_type(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let x = uniq("redeclare-x");
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    // The same declaration again is fine.
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    let r = step(
+        "redeclare as fanout",
+        ch.exchange_declare(
+            x.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("exchange redeclared with another type", r, 406);
+    expect_text(&e, "PRECONDITION_FAILED");
+    assert!(e.is_amqp_soft_error(), "a channel error: {e:?}");
+    // The channel is closed, the connection is not.
+    assert!(!ch.status().connected());
+    let ch2 = channel(&conn).await;
+    declare_exchange(&ch2, &x, ExchangeKind::Direct).await;
+    // Queues too: redeclaring with other flags is 406.
+    let q = uniq("redeclare-q");
+    plain_queue(&ch2, &q).await;
+    let r = step(
+        "redeclare queue durable",
+        ch2.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("queue redeclared with other flags", r, 406);
+    close(conn).await;
+}
+
+async fn passive_declare_missing(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let r = step(
+        "passive exchange",
+        ch.exchange_declare(
+            uniq("missing-x").into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("passive declare of a missing exchange", r, 404);
+    expect_text(&e, "NOT_FOUND");
+    let ch = channel(&conn).await;
+    let r = step(
+        "passive queue",
+        ch.queue_declare(
+            uniq("missing-q").into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("passive declare of a missing queue", r, 404);
+    expect_text(&e, "NOT_FOUND");
+    // Binding to a missing exchange, consuming from a missing queue: 404 as well.
+    let ch = channel(&conn).await;
+    let q = uniq("bind-missing");
+    plain_queue(&ch, &q).await;
+    let r = step(
+        "bind to missing",
+        ch.queue_bind(
+            q.as_str().into(),
+            uniq("missing-x").into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("queue.bind to a missing exchange", r, 404);
+    let ch = channel(&conn).await;
+    let r = step(
+        "consume missing",
+        ch.basic_consume(
+            uniq("missing-q").into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("basic.consume from a missing queue", r.map(|_| ()), 404);
+    close(conn).await;
+}
+
+async fn publish_to_missing_exchange(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    publish(&ch, &uniq("missing-x"), "k", b"lost").await;
+    channel_closed_with(&ch, 404, "NOT_FOUND").await;
+    // The connection survives.
+    let ch2 = channel(&conn).await;
+    plain_queue(&ch2, &uniq("after-404")).await;
+    close(conn).await;
+}
+
+async fn exchange_to_exchange_binding(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let (src, dst) = (uniq("e2e-src"), uniq("e2e-dst"));
+    // Not auto-delete: an auto-delete exchange goes away with its last binding (checked
+    // at the end), which would take the source with it on unbind.
+    for (x, kind) in [(&src, ExchangeKind::Topic), (&dst, ExchangeKind::Fanout)] {
+        step(
+            "exchange.declare",
+            ch.exchange_declare(
+                x.as_str().into(),
+                kind,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("exchange.declare");
+    }
+    step(
+        "exchange.bind",
+        ch.exchange_bind(
+            dst.as_str().into(),
+            src.as_str().into(),
+            "news.*".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange.bind");
+    let q = uniq("e2e-q");
+    plain_queue(&ch, &q).await;
+    bind(&ch, &q, &dst, "", FieldTable::default()).await;
+    publish(&ch, &src, "news.today", b"yes").await;
+    publish(&ch, &src, "sport.today", b"no").await;
+    assert_eq!(drain(&ch, &q).await, vec!["yes"]);
+    step(
+        "exchange.unbind",
+        ch.exchange_unbind(
+            dst.as_str().into(),
+            src.as_str().into(),
+            "news.*".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange.unbind");
+    publish(&ch, &src, "news.today", b"after unbind").await;
+    assert!(drain(&ch, &q).await.is_empty());
+    for x in [&src, &dst] {
+        step(
+            "exchange.delete",
+            ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()),
+        )
+        .await
+        .expect("exchange.delete");
+    }
+    // An auto-delete exchange is deleted when its last binding is removed.
+    let ad = uniq("auto-delete-x");
+    declare_exchange(&ch, &ad, ExchangeKind::Direct).await;
+    bind(&ch, &q, &ad, "k", FieldTable::default()).await;
+    step(
+        "queue.unbind",
+        ch.queue_unbind(
+            q.as_str().into(),
+            ad.as_str().into(),
+            "k".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.unbind");
+    let r = step(
+        "passive declare of the auto-delete exchange",
+        ch.exchange_declare(
+            ad.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("auto-delete exchange after its last unbind", r, 404);
+    close(conn).await;
+}
+
+async fn mandatory_unroutable_returned(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    step(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    let x = uniq("mandatory-x");
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    let confirm = step(
+        "publish mandatory",
+        ch.basic_publish(
+            x.as_str().into(),
+            "nobody".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"bounce",
+            BasicProperties::default().with_message_id("m1".into()),
+        ),
+    )
+    .await
+    .expect("publish");
+    let confirmation = step("confirm", confirm).await.expect("confirm");
+    // Unroutable but accepted: basic.return, then basic.ack.
+    assert!(confirmation.is_ack(), "{confirmation:?}");
+    let ret = confirmation.take_message().expect("a basic.return");
+    assert_eq!(ret.reply_code, 312);
+    assert_eq!(ret.reply_text.as_str(), "NO_ROUTE");
+    assert_eq!(ret.delivery.exchange.as_str(), x);
+    assert_eq!(ret.delivery.routing_key.as_str(), "nobody");
+    assert_eq!(ret.delivery.data, b"bounce");
+    assert_eq!(
+        ret.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("m1")
+    );
+    // Not mandatory: silently dropped, no return.
+    let confirm = step(
+        "publish",
+        ch.basic_publish(
+            x.as_str().into(),
+            "nobody".into(),
+            BasicPublishOptions::default(),
+            b"drop",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("publish");
+    let confirmation = step("confirm", confirm).await.expect("confirm");
+    assert!(confirmation.is_ack());
+    assert!(confirmation.take_message().is_none());
+    close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// queues
+
+async fn server_named_queue(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = declare_queue(
+        &ch,
+        "",
+        QueueDeclareOptions::exclusive(),
+        FieldTable::default(),
+    )
+    .await;
+    let name = q.name().as_str().to_string();
+    assert!(name.starts_with("amq.gen-"), "server-named queue {name:?}");
+    let q2 = declare_queue(
+        &ch,
+        "",
+        QueueDeclareOptions::exclusive(),
+        FieldTable::default(),
+    )
+    .await;
+    assert_ne!(q2.name().as_str(), name);
+    // Usable by name through the default exchange.
+    publish(&ch, "", &name, b"to-gen").await;
+    assert_eq!(drain(&ch, &name).await, vec!["to-gen"]);
+    // Declaring an amq.* name yourself is refused: 403.
+    let r = step(
+        "declare amq.x",
+        ch.queue_declare(
+            "amq.mine".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("queue.declare amq.mine", r, 403);
+    close(conn).await;
+}
+
+async fn queue_declare_counts(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("counts");
+    let first = declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!((first.message_count(), first.consumer_count()), (0, 0));
+    for i in 0..3 {
+        publish(&ch, "", &q, format!("{i}").as_bytes()).await;
+    }
+    let again = declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!((again.message_count(), again.consumer_count()), (3, 0));
+    // A consumer takes the messages (unacked, so not ready) and counts as a consumer.
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, &q, false).await;
+    for _ in 0..3 {
+        next(&mut c).await;
+    }
+    let passive = declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default().passive(),
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!((passive.message_count(), passive.consumer_count()), (0, 1));
+    close(conn).await;
+}
+
+async fn exclusive_queue_other_connection(url: String) {
+    let owner = connect(&url).await;
+    let ch = channel(&owner).await;
+    let q = uniq("exclusive");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::exclusive(),
+        FieldTable::default(),
+    )
+    .await;
+    let other = connect(&url).await;
+    let och = channel(&other).await;
+    let r = step(
+        "declare from another connection",
+        och.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::exclusive(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("exclusive queue from another connection", r, 405);
+    expect_text(&e, "RESOURCE_LOCKED");
+    let och = channel(&other).await;
+    let r = step(
+        "consume from another connection",
+        och.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code(
+        "consume an exclusive queue from another connection",
+        r.map(|_| ()),
+        405,
+    );
+    // When the owner goes, the queue goes.
+    close(owner).await;
+    let och = channel(&other).await;
+    let r = step(
+        "passive after owner closed",
+        och.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("exclusive queue after its owner closed", r, 404);
+    close(other).await;
+}
+
+async fn purge_returns_count(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("purge");
+    plain_queue(&ch, &q).await;
+    for i in 0..5 {
+        publish(&ch, "", &q, format!("{i}").as_bytes()).await;
+    }
+    // Sync point: basic.get sees the first, so all five are in the queue.
+    let got = step(
+        "basic.get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("get")
+    .expect("a message");
+    assert_eq!(got.message_count, 4);
+    let purged = step(
+        "queue.purge",
+        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default()),
+    )
+    .await
+    .expect("purge");
+    assert_eq!(purged, 4);
+    let purged = step(
+        "queue.purge",
+        ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default()),
+    )
+    .await
+    .expect("purge");
+    assert_eq!(purged, 0);
+    close(conn).await;
+}
+
+async fn delete_if_empty_if_unused(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("delete-if");
+    plain_queue(&ch, &q).await;
+    publish(&ch, "", &q, b"x").await;
+    assert_eq!(ready_count(&conn, &q).await, 1);
+    let r = step(
+        "delete if-empty",
+        ch.queue_delete(
+            q.as_str().into(),
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let e = expect_code("queue.delete if-empty of a non-empty queue", r, 406);
+    expect_text(&e, "PRECONDITION_FAILED");
+
+    let ch = channel(&conn).await;
+    let cch = channel(&conn).await;
+    let _c = consume(&cch, &q, true).await;
+    let r = step(
+        "delete if-unused",
+        ch.queue_delete(
+            q.as_str().into(),
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let e = expect_code("queue.delete if-unused of a consumed queue", r, 406);
+    expect_text(&e, "PRECONDITION_FAILED");
+
+    // Plain delete returns the number of messages deleted.
+    let q2 = uniq("delete-count");
+    let ch = channel(&conn).await;
+    plain_queue(&ch, &q2).await;
+    for _ in 0..3 {
+        publish(&ch, "", &q2, b"m").await;
+    }
+    assert_eq!(ready_count(&conn, &q2).await, 3);
+    let n = step(
+        "queue.delete",
+        ch.queue_delete(q2.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete");
+    assert_eq!(n, 3);
+    // Deleting a missing queue is not an error in RabbitMQ (returns 0).
+    let n = step(
+        "queue.delete missing",
+        ch.queue_delete(q2.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete missing");
+    assert_eq!(n, 0);
+    close(conn).await;
+}
+
+async fn auto_delete_queue(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let q = uniq("auto-delete");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default().auto_delete(),
+        FieldTable::default(),
+    )
+    .await;
+    let c1 = consume(&ch, &q, true).await;
+    let c2 = consume(&ch, &q, true).await;
+    step(
+        "cancel 1",
+        ch.basic_cancel(c1.tag(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("cancel");
+    // One consumer left: still there.
+    assert_eq!(ready_count(&conn, &q).await, 0);
+    step(
+        "cancel 2",
+        ch.basic_cancel(c2.tag(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("cancel");
+    let probe = channel(&conn).await;
+    let r = step(
+        "passive after last cancel",
+        probe.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("auto-delete queue after its last consumer", r, 404);
+    close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// consuming and acknowledging
+
+async fn consume_manual_ack(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("manual-ack");
+    plain_queue(&ch, &q).await;
+    let props = BasicProperties::default()
+        .with_content_type("text/plain".into())
+        .with_correlation_id("c-1".into())
+        .with_delivery_mode(2)
+        .with_headers(args(&[("k", lstr("v")), ("n", AMQPValue::LongInt(7))]));
+    publish_props(&ch, "", &q, b"one", props.clone()).await;
+    publish(&ch, "", &q, b"two").await;
+    let mut c = consume(&ch, &q, false).await;
+    let d1 = next(&mut c).await;
+    let d2 = next(&mut c).await;
+    assert_eq!((body(&d1), body(&d2)), ("one".into(), "two".into()));
+    assert_eq!((d1.delivery_tag, d2.delivery_tag), (1, 2));
+    assert!(!d1.redelivered);
+    assert_eq!(d1.exchange.as_str(), "");
+    assert_eq!(d1.routing_key.as_str(), q);
+    assert_eq!(d1.properties.content_type(), props.content_type());
+    assert_eq!(d1.properties.correlation_id(), props.correlation_id());
+    assert_eq!(d1.properties.delivery_mode(), &Some(2));
+    assert_eq!(header(&d1.properties, "k"), Some(&lstr("v")));
+    assert_eq!(header(&d1.properties, "n"), Some(&AMQPValue::LongInt(7)));
+    // Multiple ack of both.
+    step(
+        "ack multiple",
+        d2.acker.ack(BasicAckOptions { multiple: true }),
+    )
+    .await
+    .expect("ack");
+    let passive = declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default().passive(),
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!(passive.message_count(), 0);
+    // Closing the channel must not bring them back.
+    step("channel.close", ch.close(200, "ok".into()))
+        .await
+        .expect("close");
+    assert_eq!(ready_count(&conn, &q).await, 0);
+    close(conn).await;
+}
+
+async fn prefetch_limits_unacked(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("prefetch");
+    plain_queue(&ch, &q).await;
+    for i in 0..5 {
+        publish(&ch, "", &q, format!("{i}").as_bytes()).await;
+    }
+    step("basic.qos", ch.basic_qos(2, BasicQosOptions::default()))
+        .await
+        .expect("qos");
+    let mut c = consume(&ch, &q, false).await;
+    let d0 = next(&mut c).await;
+    let _d1 = next(&mut c).await;
+    nothing_more(&mut c).await;
+    assert_eq!(ready_count(&conn, &q).await, 3);
+    step("ack", d0.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    let d2 = next(&mut c).await;
+    assert_eq!(body(&d2), "2");
+    nothing_more(&mut c).await;
+    assert_eq!(ready_count(&conn, &q).await, 2);
+    close(conn).await;
+}
+
+async fn nack_reject_requeue_redelivers(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("requeue");
+    plain_queue(&ch, &q).await;
+    publish(&ch, "", &q, b"a").await;
+    publish(&ch, "", &q, b"b").await;
+    step("basic.qos", ch.basic_qos(1, BasicQosOptions::default()))
+        .await
+        .expect("qos");
+    let mut c = consume(&ch, &q, false).await;
+    let d = next(&mut c).await;
+    assert_eq!((body(&d), d.redelivered), ("a".into(), false));
+    step(
+        "nack requeue",
+        d.acker.nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        }),
+    )
+    .await
+    .expect("nack");
+    // Requeued to its original position (head): redelivered before "b".
+    let d = next(&mut c).await;
+    assert_eq!((body(&d), d.redelivered), ("a".into(), true));
+    step(
+        "reject requeue",
+        d.acker.reject(BasicRejectOptions { requeue: true }),
+    )
+    .await
+    .expect("reject");
+    let d = next(&mut c).await;
+    assert_eq!((body(&d), d.redelivered), ("a".into(), true));
+    step("ack", d.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    let d = next(&mut c).await;
+    assert_eq!((body(&d), d.redelivered), ("b".into(), false));
+    step("ack", d.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    close(conn).await;
+}
+
+async fn reject_without_requeue_drops(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("reject-drop");
+    plain_queue(&ch, &q).await;
+    publish(&ch, "", &q, b"a").await;
+    publish(&ch, "", &q, b"b").await;
+    let mut c = consume(&ch, &q, false).await;
+    let a = next(&mut c).await;
+    let b = next(&mut c).await;
+    step(
+        "reject",
+        a.acker.reject(BasicRejectOptions { requeue: false }),
+    )
+    .await
+    .expect("reject");
+    step(
+        "nack",
+        b.acker.nack(BasicNackOptions {
+            requeue: false,
+            multiple: false,
+        }),
+    )
+    .await
+    .expect("nack");
+    nothing_more(&mut c).await;
+    step("channel.close", ch.close(200, "ok".into()))
+        .await
+        .expect("close");
+    assert_eq!(ready_count(&conn, &q).await, 0);
+    close(conn).await;
+}
+
+async fn unacked_requeued_on_channel_close(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("requeue-close");
+    plain_queue(&ch, &q).await;
+    for b in ["a", "b", "c"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, &q, false).await;
+    for _ in 0..3 {
+        next(&mut c).await;
+    }
+    assert_eq!(ready_count(&conn, &q).await, 0);
+    step("channel.close", cch.close(200, "ok".into()))
+        .await
+        .expect("close");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = step(
+            "basic.get",
+            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("get")
+        .expect("a requeued message");
+        assert!(
+            m.delivery.redelivered,
+            "requeued messages are flagged redelivered"
+        );
+        got.push(body(&m.delivery));
+    }
+    assert_eq!(got, vec!["a", "b", "c"], "requeued in their original order");
+    // Same when the whole connection drops.
+    let other = connect(&url).await;
+    let och = channel(&other).await;
+    publish(&ch, "", &q, b"d").await;
+    let mut c = consume(&och, &q, false).await;
+    next(&mut c).await;
+    drop(c);
+    close(other).await;
+    let m = step(
+        "basic.get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("get")
+    .expect("requeued after connection close");
+    assert_eq!(
+        (body(&m.delivery), m.delivery.redelivered),
+        ("d".into(), true)
+    );
+    close(conn).await;
+}
+
+async fn ack_unknown_delivery_tag(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    step("ack 999", ch.basic_ack(999, BasicAckOptions::default()))
+        .await
+        .expect("send ack");
+    channel_closed_with(&ch, 406, "PRECONDITION_FAILED - unknown delivery tag 999").await;
+    // Acking twice is the same error.
+    let ch = channel(&conn).await;
+    let q = uniq("double-ack");
+    plain_queue(&ch, &q).await;
+    publish(&ch, "", &q, b"x").await;
+    let m = step(
+        "get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("get")
+    .expect("msg");
+    step(
+        "ack",
+        ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()),
+    )
+    .await
+    .expect("ack");
+    step(
+        "ack again",
+        ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()),
+    )
+    .await
+    .expect("send ack");
+    channel_closed_with(&ch, 406, "PRECONDITION_FAILED - unknown delivery tag").await;
+    close(conn).await;
+}
+
+async fn basic_get_and_get_empty(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("get");
+    plain_queue(&ch, &q).await;
+    let none = step(
+        "get empty",
+        ch.basic_get(q.as_str().into(), BasicGetOptions::default()),
+    )
+    .await
+    .expect("get");
+    assert!(none.is_none(), "basic.get-empty");
+    publish(&ch, "", &q, b"1").await;
+    publish(&ch, "", &q, b"2").await;
+    let m = step(
+        "get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("get")
+    .expect("msg");
+    assert_eq!(
+        (body(&m.delivery), m.message_count, m.delivery.delivery_tag),
+        ("1".into(), 1, 1)
+    );
+    assert_eq!(m.delivery.routing_key.as_str(), q);
+    let m2 = step(
+        "get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("get")
+    .expect("msg");
+    assert_eq!(
+        (
+            body(&m2.delivery),
+            m2.message_count,
+            m2.delivery.delivery_tag
+        ),
+        ("2".into(), 0, 2)
+    );
+    // Reject the first with requeue: get sees it again, redelivered.
+    step(
+        "reject",
+        ch.basic_reject(1, BasicRejectOptions { requeue: true }),
+    )
+    .await
+    .expect("reject");
+    let m3 = step(
+        "get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("get")
+    .expect("msg");
+    assert_eq!(
+        (
+            body(&m3.delivery),
+            m3.delivery.redelivered,
+            m3.delivery.delivery_tag
+        ),
+        ("1".into(), true, 3)
+    );
+    step("ack", ch.basic_ack(2, BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    let none = step(
+        "get empty",
+        ch.basic_get(q.as_str().into(), BasicGetOptions::default()),
+    )
+    .await
+    .expect("get");
+    assert!(none.is_none());
+    // basic.get on a missing queue: 404.
+    let r = step(
+        "get missing",
+        ch.basic_get(uniq("missing").into(), BasicGetOptions::default()),
+    )
+    .await;
+    expect_code(
+        "basic.get from a missing queue",
+        r.map(|m| m.is_some()),
+        404,
+    );
+    close(conn).await;
+}
+
+async fn exclusive_consume_conflict(url: String) {
+    let conn = connect(&url).await;
+    let q = uniq("excl-consume");
+    let ch = channel(&conn).await;
+    plain_queue(&ch, &q).await;
+    let _c = step(
+        "exclusive consume",
+        ch.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exclusive consume");
+    let ch2 = channel(&conn).await;
+    let r = step(
+        "second consume",
+        ch2.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code(
+        "consume on an exclusively consumed queue",
+        r.map(|_| ()),
+        403,
+    );
+    expect_text(&e, "ACCESS_REFUSED");
+    // And an exclusive consume on a queue that already has a consumer: 403 too.
+    let q2 = uniq("excl-consume2");
+    let ch3 = channel(&conn).await;
+    plain_queue(&ch3, &q2).await;
+    let _c2 = consume(&ch3, &q2, true).await;
+    let ch4 = channel(&conn).await;
+    let r = step(
+        "exclusive after plain",
+        ch4.basic_consume(
+            q2.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("exclusive consume on a consumed queue", r.map(|_| ()), 403);
+    close(conn).await;
+}
+
+async fn consumer_cancel_notify_on_queue_delete(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("cancel-notify");
+    plain_queue(&ch, &q).await;
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, &q, true).await;
+    publish(&ch, "", &q, b"before").await;
+    assert_eq!(body(&next(&mut c).await), "before");
+    step(
+        "queue.delete",
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete");
+    // The broker sends basic.cancel: the consumer stream ends; its channel stays open.
+    let end = step("consumer end after basic.cancel", c.next()).await;
+    assert!(
+        end.is_none(),
+        "consumer should end, got {:?}",
+        end.map(|r| r.map(|d| body(&d)))
+    );
+    assert!(
+        cch.status().connected(),
+        "the consumer's channel stays open"
+    );
+    plain_queue(&cch, &uniq("cancel-after")).await;
+    close(conn).await;
+}
+
+async fn round_robin_two_consumers(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("round-robin");
+    plain_queue(&ch, &q).await;
+    let (ch1, ch2) = (channel(&conn).await, channel(&conn).await);
+    let mut c1 = consume(&ch1, &q, true).await;
+    let mut c2 = consume(&ch2, &q, true).await;
+    for i in 0..10 {
+        publish(&ch, "", &q, format!("{i}").as_bytes()).await;
+    }
+    let mut got1 = Vec::new();
+    let mut got2 = Vec::new();
+    for _ in 0..5 {
+        got1.push(body(&next(&mut c1).await));
+        got2.push(body(&next(&mut c2).await));
+    }
+    nothing_more(&mut c1).await;
+    nothing_more(&mut c2).await;
+    assert_eq!(got1, vec!["0", "2", "4", "6", "8"]);
+    assert_eq!(got2, vec!["1", "3", "5", "7", "9"]);
+    close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// publishing
+
+async fn publisher_confirms(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let q = uniq("confirms");
+    plain_queue(&ch, &q).await;
+    step(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    assert!(ch.status().confirm());
+    let one = step(
+        "publish",
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"1",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("publish");
+    assert!(step("confirm", one).await.expect("confirm").is_ack());
+    // Many outstanding; RabbitMQ may ack them with `multiple`, lapin resolves all.
+    let mut pending = Vec::new();
+    for i in 0..50 {
+        pending.push(
+            step(
+                "publish",
+                ch.basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    BasicPublishOptions::default(),
+                    format!("{i}").as_bytes(),
+                    BasicProperties::default(),
+                ),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    for p in pending {
+        assert!(step("confirm", p).await.expect("confirm").is_ack());
+    }
+    let returned = step("wait_for_confirms", ch.wait_for_confirms())
+        .await
+        .expect("wait_for_confirms");
+    assert!(returned.is_empty());
+    assert_eq!(ready_count(&conn, &q).await, 51);
+    // Publishing to a missing exchange in confirm mode still closes the channel with 404.
+    let r = step("publish missing", async {
+        let p = ch
+            .basic_publish(
+                uniq("nox").into(),
+                "k".into(),
+                BasicPublishOptions::default(),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await?;
+        p.await
+    })
+    .await;
+    expect_code("confirm of a publish to a missing exchange", r, 404);
+    // confirm.select on a transactional channel: 406.
+    let tch = channel(&conn).await;
+    step("tx.select", tch.tx_select()).await.expect("tx.select");
+    let r = step(
+        "confirm.select after tx.select",
+        tch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await;
+    expect_code("confirm.select on a tx channel", r, 406);
+    close(conn).await;
+}
+
+async fn large_body_split_and_reassembled(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("large");
+    plain_queue(&ch, &q).await;
+    let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 31 % 251) as u8).collect();
+    publish(&ch, "", &q, &big).await;
+    publish(&ch, "", &q, b"").await;
+    // Exactly frame_max - 8 bytes: one full body frame.
+    let edge = vec![7u8; 131_072 - 8];
+    publish(&ch, "", &q, &edge).await;
+    let mut c = consume(&ch, &q, true).await;
+    let d = next(&mut c).await;
+    assert_eq!(d.data.len(), big.len());
+    assert!(d.data == big, "1 MiB body differs after the round trip");
+    let empty = next(&mut c).await;
+    assert!(empty.data.is_empty());
+    let e = next(&mut c).await;
+    assert!(e.data == edge);
+    // With a small negotiated frame_max too.
+    let small = connect(&format!("{url}?frame_max=4096")).await;
+    assert_eq!(small.configuration().frame_max(), 4096);
+    let sch = channel(&small).await;
+    publish(&sch, "", &q, &big[..100_000]).await;
+    let d = next(&mut c).await;
+    assert!(d.data == big[..100_000]);
+    close(small).await;
+    close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// queue arguments, TTL and dead-lettering
+
+async fn queue_message_ttl(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("ttl");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[("x-message-ttl", AMQPValue::LongInt(200))]),
+    )
+    .await;
+    publish(&ch, "", &q, b"short-lived").await;
+    e2e::wait_for_async("the message to expire", Duration::from_secs(5), || {
+        let conn = &conn;
+        let q = &q;
+        async move { (ready_count(conn, q).await == 0).then_some(()) }
+    })
+    .await;
+    assert!(drain(&ch, &q).await.is_empty());
+    // A TTL of 0 with no consumer: gone at once.
+    let q0 = uniq("ttl0");
+    declare_queue(
+        &ch,
+        &q0,
+        QueueDeclareOptions::default(),
+        args(&[("x-message-ttl", AMQPValue::LongInt(0))]),
+    )
+    .await;
+    publish(&ch, "", &q0, b"instant").await;
+    assert!(drain(&ch, &q0).await.is_empty());
+    // Invalid argument types are refused: 406.
+    let r = step(
+        "bad ttl",
+        ch.queue_declare(
+            uniq("ttl-bad").into(),
+            QueueDeclareOptions::default(),
+            args(&[("x-message-ttl", lstr("soon"))]),
+        ),
+    )
+    .await;
+    expect_code("x-message-ttl as a string", r, 406);
+    close(conn).await;
+}
+
+async fn max_length_drop_head(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("maxlen-drop");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[("x-max-length", AMQPValue::LongInt(2))]),
+    )
+    .await;
+    for b in ["1", "2", "3", "4"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    assert_eq!(drain(&ch, &q).await, vec!["3", "4"]);
+    // Explicit drop-head behaves the same.
+    let q2 = uniq("maxlen-drop2");
+    declare_queue(
+        &ch,
+        &q2,
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-max-length", AMQPValue::LongInt(1)),
+            ("x-overflow", lstr("drop-head")),
+        ]),
+    )
+    .await;
+    for b in ["a", "b"] {
+        publish(&ch, "", &q2, b.as_bytes()).await;
+    }
+    assert_eq!(drain(&ch, &q2).await, vec!["b"]);
+    close(conn).await;
+}
+
+async fn max_length_reject_publish(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let q = uniq("maxlen-reject");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-max-length", AMQPValue::LongInt(2)),
+            ("x-overflow", lstr("reject-publish")),
+        ]),
+    )
+    .await;
+    step(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    let mut results = Vec::new();
+    for b in ["1", "2", "3"] {
+        let p = step(
+            "publish",
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                b.as_bytes(),
+                BasicProperties::default(),
+            ),
+        )
+        .await
+        .expect("publish");
+        results.push(step("confirm", p).await.expect("confirm"));
+    }
+    assert!(results[0].is_ack() && results[1].is_ack(), "{results:?}");
+    assert!(
+        results[2].is_nack(),
+        "the third publish is nacked: {results:?}"
+    );
+    assert_eq!(drain(&ch, &q).await, vec!["1", "2"]);
+    close(conn).await;
+}
+
+/// The first entry of the `x-death` header as a map.
+fn x_death(d: &Delivery) -> BTreeMap<String, AMQPValue> {
+    let Some(AMQPValue::FieldArray(deaths)) = header(&d.properties, "x-death") else {
+        panic!("no x-death array in {:?}", d.properties.headers());
+    };
+    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else {
+        panic!("x-death is empty or not tables: {deaths:?}");
+    };
+    first
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+        .collect()
+}
+
+fn str_of(v: Option<&AMQPValue>) -> String {
+    match v {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_string(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+fn int_of(v: Option<&AMQPValue>) -> i64 {
+    match v {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+/// A fanout DLX with one queue behind it; returns (exchange, queue).
+async fn dead_letter_target(ch: &Channel) -> (String, String) {
+    let dlx = uniq("dlx");
+    let dlq = uniq("dlq");
+    declare_exchange(ch, &dlx, ExchangeKind::Fanout).await;
+    plain_queue(ch, &dlq).await;
+    bind(ch, &dlq, &dlx, "", FieldTable::default()).await;
+    (dlx, dlq)
+}
+
+async fn dead_letter_on_reject(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let (dlx, dlq) = dead_letter_target(&ch).await;
+    let q = uniq("dl-src");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[("x-dead-letter-exchange", lstr(&dlx))]),
+    )
+    .await;
+    publish(&ch, "", &q, b"doomed").await;
+    let m = step(
+        "get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("get")
+    .expect("msg");
+    step(
+        "reject",
+        ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        ),
+    )
+    .await
+    .expect("reject");
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, &dlq, true).await;
+    let d = next(&mut c).await;
+    assert_eq!(body(&d), "doomed");
+    // Dead-lettered with the original routing key, through the DLX.
+    assert_eq!(d.exchange.as_str(), dlx);
+    assert_eq!(d.routing_key.as_str(), q);
+    let death = x_death(&d);
+    assert_eq!(str_of(death.get("reason")), "rejected");
+    assert_eq!(str_of(death.get("queue")), q);
+    assert_eq!(str_of(death.get("exchange")), "");
+    assert_eq!(int_of(death.get("count")), 1);
+    let Some(AMQPValue::FieldArray(keys)) = death.get("routing-keys") else {
+        panic!("routing-keys: {death:?}");
+    };
+    assert_eq!(keys.as_slice().len(), 1);
+    assert_eq!(str_of(keys.as_slice().first()), q);
+    assert!(
+        matches!(death.get("time"), Some(AMQPValue::Timestamp(_))),
+        "time: {death:?}"
+    );
+    assert_eq!(
+        str_of(header(&d.properties, "x-first-death-reason")),
+        "rejected"
+    );
+    assert_eq!(str_of(header(&d.properties, "x-first-death-queue")), q);
+    // x-dead-letter-routing-key replaces the key.
+    let q2 = uniq("dl-src-rk");
+    declare_queue(
+        &ch,
+        &q2,
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-dead-letter-exchange", lstr(&dlx)),
+            ("x-dead-letter-routing-key", lstr("new-key")),
+        ]),
+    )
+    .await;
+    publish(&ch, "", &q2, b"rekeyed").await;
+    let m = step(
+        "get",
+        ch.basic_get(q2.as_str().into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("get")
+    .expect("msg");
+    step(
+        "nack",
+        ch.basic_nack(
+            m.delivery.delivery_tag,
+            BasicNackOptions {
+                requeue: false,
+                multiple: false,
+            },
+        ),
+    )
+    .await
+    .expect("nack");
+    let d = next(&mut c).await;
+    assert_eq!(
+        (body(&d), d.routing_key.as_str()),
+        ("rekeyed".into(), "new-key")
+    );
+    close(conn).await;
+}
+
+async fn dead_letter_on_expiry(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let (dlx, dlq) = dead_letter_target(&ch).await;
+    let q = uniq("dl-ttl");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-dead-letter-exchange", lstr(&dlx)),
+            ("x-message-ttl", AMQPValue::LongInt(100)),
+        ]),
+    )
+    .await;
+    publish_props(
+        &ch,
+        "",
+        &q,
+        b"expires",
+        BasicProperties::default().with_message_id("e1".into()),
+    )
+    .await;
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, &dlq, true).await;
+    let d = next(&mut c).await;
+    assert_eq!(body(&d), "expires");
+    assert_eq!(
+        d.properties.message_id().as_ref().map(|s| s.as_str()),
+        Some("e1")
+    );
+    let death = x_death(&d);
+    assert_eq!(str_of(death.get("reason")), "expired");
+    assert_eq!(str_of(death.get("queue")), q);
+    assert_eq!(int_of(death.get("count")), 1);
+    // Per-message expiration also dead-letters, and x-death keeps the original expiration.
+    let q2 = uniq("dl-msg-ttl");
+    declare_queue(
+        &ch,
+        &q2,
+        QueueDeclareOptions::default(),
+        args(&[("x-dead-letter-exchange", lstr(&dlx))]),
+    )
+    .await;
+    publish_props(
+        &ch,
+        "",
+        &q2,
+        b"msg-ttl",
+        BasicProperties::default().with_expiration("50".into()),
+    )
+    .await;
+    let d = next(&mut c).await;
+    assert_eq!(body(&d), "msg-ttl");
+    let death = x_death(&d);
+    assert_eq!(str_of(death.get("reason")), "expired");
+    assert_eq!(str_of(death.get("original-expiration")), "50");
+    assert!(
+        d.properties.expiration().is_none(),
+        "expiration is removed when dead-lettered"
+    );
+    close(conn).await;
+}
+
+async fn per_message_expiration(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let q = uniq("msg-ttl");
+    plain_queue(&ch, &q).await;
+    publish_props(
+        &ch,
+        "",
+        &q,
+        b"short",
+        BasicProperties::default().with_expiration("100".into()),
+    )
+    .await;
+    e2e::wait_for_async("the message to expire", Duration::from_secs(5), || {
+        let conn = &conn;
+        let q = &q;
+        async move { (ready_count(conn, q).await == 0).then_some(()) }
+    })
+    .await;
+    publish_props(
+        &ch,
+        "",
+        &q,
+        b"long",
+        BasicProperties::default().with_expiration("60000".into()),
+    )
+    .await;
+    let m = step(
+        "get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("get")
+    .expect("unexpired message");
+    assert_eq!(body(&m.delivery), "long");
+    // The expiration property is delivered as sent.
+    assert_eq!(
+        m.delivery
+            .properties
+            .expiration()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("60000")
+    );
+    // An invalid expiration closes the channel: 406 PRECONDITION_FAILED.
+    publish_props(
+        &ch,
+        "",
+        &q,
+        b"bad",
+        BasicProperties::default().with_expiration("soon".into()),
+    )
+    .await;
+    channel_closed_with(&ch, 406, "PRECONDITION_FAILED").await;
+    close(conn).await;
+}
+
+async fn transactions(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let q = uniq("tx");
+    plain_queue(&ch, &q).await;
+    step("tx.select", ch.tx_select()).await.expect("tx.select");
+    publish(&ch, "", &q, b"rolled-back").await;
+    assert_eq!(
+        ready_count(&conn, &q).await,
+        0,
+        "uncommitted publish is invisible"
+    );
+    step("tx.rollback", ch.tx_rollback())
+        .await
+        .expect("tx.rollback");
+    assert_eq!(ready_count(&conn, &q).await, 0);
+    publish(&ch, "", &q, b"committed-1").await;
+    publish(&ch, "", &q, b"committed-2").await;
+    step("tx.commit", ch.tx_commit()).await.expect("tx.commit");
+    assert_eq!(ready_count(&conn, &q).await, 2);
+    // Acks are transactional too.
+    let m = step(
+        "get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("get")
+    .expect("msg");
+    assert_eq!(body(&m.delivery), "committed-1");
+    step(
+        "ack",
+        ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()),
+    )
+    .await
+    .expect("ack");
+    step("tx.commit", ch.tx_commit()).await.expect("tx.commit");
+    step("channel.close", ch.close(200, "ok".into()))
+        .await
+        .expect("close");
+    let ch = channel(&conn).await;
+    assert_eq!(drain(&ch, &q).await, vec!["committed-2"]);
+    // tx.commit without tx.select: 406 PRECONDITION_FAILED.
+    let r = step("commit without select", ch.tx_commit()).await;
+    let e = expect_code("tx.commit on a non-transactional channel", r, 406);
+    expect_text(&e, "PRECONDITION_FAILED");
+    close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// another language's client
+
+async fn pika_client(url: String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/amqp_py/test_pika.py");
+    let Some(python) = which("python3") else {
+        assert!(!engines_required(), "python3 is required in CI");
+        eprintln!("python3 not installed: pika scenario skipped");
+        return;
+    };
+    let has_pika = Command::new(&python)
+        .args(["-c", "import pika"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_pika {
+        assert!(
+            !engines_required(),
+            "python3 pika is required in CI (python3 -m pip install pika)"
+        );
+        eprintln!("python3 pika not installed: pika scenario skipped");
+        return;
+    }
+    let prefix = uniq("pika");
+    let out = tokio::task::spawn_blocking(move || {
+        run_with_timeout(&python, &[script, &url, &prefix], Duration::from_secs(30))
+    })
+    .await
+    .expect("run the pika script");
+    assert!(out.0, "pika script failed:\n{}", out.1);
+}
+
+/// Runs a program, killing it after `limit`; returns (success, stdout+stderr).
+fn run_with_timeout(program: &std::path::Path, args: &[&str], limit: Duration) -> (bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        })
+    };
+    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!(
+        "{}{}",
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default()
+    );
+    match status {
+        Some(status) => (status.success(), text),
+        None => (false, format!("killed after {limit:?}\n{text}")),
+    }
+}
