@@ -2,6 +2,7 @@
 //! `demo-app up`, which runs the store in-process under its own `store` subcommand.
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::builder::RangedU64ValueParser;
@@ -9,8 +10,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::amqp::AmqpConfig;
+use crate::amqp::{AmqpConfig, Definitions, DefinitionsError, Node};
 use crate::config::Config;
+
+/// Where the management API listens unless told otherwise.
+const DEFAULT_MANAGEMENT_BIND: &str = "127.0.0.1:15673";
 
 /// The store's flags; each can also come from a `STORE_*` environment variable.
 /// Derives `clap::Args` so other binaries can embed it with `#[command(flatten)]`.
@@ -65,6 +69,35 @@ pub struct Args {
     #[arg(long, env = "STORE_AMQP_MEMORY_HIGH_WATERMARK")]
     pub amqp_memory_high_watermark: Option<u64>,
 
+    /// RabbitMQ definitions JSON (as `rabbitmqctl export_definitions` writes it) with the
+    /// broker's users, vhosts and permissions, and exchanges, queues and bindings to
+    /// declare at start. Without it and without --amqp-user: guest/guest on `/`, from
+    /// loopback only.
+    #[arg(long, env = "STORE_AMQP_DEFINITIONS", value_name = "FILE")]
+    pub amqp_definitions: Option<PathBuf>,
+
+    /// An administrator with every permission on vhost `/` (repeatable; in the
+    /// environment, comma-separated).
+    #[arg(
+        long,
+        env = "STORE_AMQP_USERS",
+        value_name = "NAME:PASSWORD",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub amqp_user: Vec<String>,
+
+    /// Address of the broker's management HTTP API and page (RabbitMQ's management
+    /// plugin, for users tagged administrator or management). Default 127.0.0.1:15673,
+    /// served only if free (several stores on one machine cannot all have it); an
+    /// address given here must bind.
+    #[arg(long, env = "STORE_AMQP_MANAGEMENT_BIND", value_name = "ADDR")]
+    pub amqp_management_bind: Option<String>,
+
+    /// Do not serve the management HTTP API.
+    #[arg(long, env = "STORE_NO_AMQP_MANAGEMENT")]
+    pub no_amqp_management: bool,
+
     /// Do not run the AMQP broker; serve RESP only.
     #[arg(long, env = "STORE_NO_AMQP")]
     pub no_amqp: bool,
@@ -81,6 +114,20 @@ impl Args {
             expiry_hz: self.expiry_hz,
         }
     }
+
+    /// The broker's users and vhosts: the definitions file, plus each --amqp-user; the
+    /// default guest account only when neither is given.
+    pub fn amqp_definitions(&self) -> Result<Definitions, DefinitionsError> {
+        let mut definitions = match &self.amqp_definitions {
+            Some(path) => Definitions::load(path)?,
+            None if self.amqp_user.is_empty() => return Ok(Definitions::default()),
+            None => Definitions::empty(),
+        };
+        for spec in &self.amqp_user {
+            definitions.add_admin_spec(spec)?;
+        }
+        Ok(definitions)
+    }
 }
 
 /// Shows everything but the password, so logging the flags cannot leak it.
@@ -89,22 +136,52 @@ impl std::fmt::Debug for Args {
         f.debug_struct("Args")
             .field("bind", &self.bind)
             .field("amqp_bind", &(!self.no_amqp).then_some(&self.amqp_bind))
+            .field("amqp_definitions", &self.amqp_definitions)
+            .field(
+                "amqp_users",
+                &self
+                    .amqp_user
+                    .iter()
+                    .map(|u| u.split(':').next().unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "amqp_management_bind",
+                &(!self.no_amqp && !self.no_amqp_management).then(|| {
+                    self.amqp_management_bind
+                        .as_deref()
+                        .unwrap_or(DEFAULT_MANAGEMENT_BIND)
+                }),
+            )
             .field("config", &self.config())
             .finish()
     }
 }
 
-/// Binds `args.bind` (and `args.amqp_bind` unless `--no-amqp`), logs
-/// `session-store listening on ADDR` and `amqp listening on ADDR`, and serves both until
-/// `shutdown` completes.
+/// Binds `args.bind` (and unless `--no-amqp`, `args.amqp_bind` and the management
+/// API's `args.amqp_management_bind`), logs `session-store listening on ADDR`,
+/// `amqp listening on ADDR` and `amqp management listening on ADDR`, and serves them
+/// until `shutdown` completes.
 pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = if args.no_amqp {
+        None
+    } else {
+        let definitions = args.amqp_definitions()?;
+        Some(Node::new(AmqpConfig {
+            definitions,
+            memory_high_watermark: args
+                .amqp_memory_high_watermark
+                .unwrap_or_else(crate::amqp::default_watermark),
+            ..AmqpConfig::default()
+        })?)
+    };
     let listener = TcpListener::bind(&args.bind).await.with_context(|| {
         format!(
             "cannot listen on {}; is another server using it? Choose another address with --bind (or STORE_BIND)",
             args.bind
         )
     })?;
-    let amqp_listener = if args.no_amqp {
+    let amqp_listener = if node.is_none() {
         None
     } else {
         Some(TcpListener::bind(&args.amqp_bind).await.with_context(|| {
@@ -114,37 +191,54 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
             )
         })?)
     };
+    let management_listener = match &args.amqp_management_bind {
+        _ if node.is_none() || args.no_amqp_management => None,
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen for the AMQP management API on {addr}; is RabbitMQ's management plugin using it? Choose another address with --amqp-management-bind (or STORE_AMQP_MANAGEMENT_BIND), or turn it off with --no-amqp-management"
+            )
+        })?),
+        None => match TcpListener::bind(DEFAULT_MANAGEMENT_BIND).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                warn!(
+                    "amqp management API not served: cannot listen on {DEFAULT_MANAGEMENT_BIND} ({e}); choose an address with --amqp-management-bind"
+                );
+                None
+            }
+        },
+    };
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
     info!("session-store listening on {addr}");
     let stop = CancellationToken::new();
     let amqp = async {
-        if let Some(listener) = amqp_listener {
+        if let (Some(listener), Some(node)) = (amqp_listener, node.clone()) {
             match listener.local_addr() {
                 Ok(addr) => info!("amqp listening on {addr}"),
                 Err(e) => warn!("cannot read the AMQP listener's address: {e}"),
             }
-            crate::amqp::run(
-                listener,
-                AmqpConfig {
-                    memory_high_watermark: args
-                        .amqp_memory_high_watermark
-                        .unwrap_or_else(crate::amqp::default_watermark),
-                    ..AmqpConfig::default()
-                },
-                stop.clone().cancelled_owned(),
-            )
-            .await;
+            crate::amqp::serve(listener, node, stop.clone().cancelled_owned()).await;
+        }
+    };
+    let management = async {
+        if let (Some(listener), Some(node)) = (management_listener, node.clone()) {
+            match listener.local_addr() {
+                Ok(addr) => info!("amqp management listening on {addr}"),
+                Err(e) => warn!("cannot read the management listener's address: {e}"),
+            }
+            crate::amqp::management::serve(listener, node, stop.clone().cancelled_owned()).await;
         }
     };
     let signal = async {
         shutdown.await;
         stop.cancel();
     };
-    let (resp, (), ()) = tokio::join!(
+    let (resp, (), (), ()) = tokio::join!(
         crate::server::run(listener, args.config(), stop.clone().cancelled_owned()),
         amqp,
+        management,
         signal
     );
     resp?;

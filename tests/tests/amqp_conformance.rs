@@ -96,6 +96,12 @@ conformance!(
     per_message_expiration,
     transactions,
     pika_client,
+    second_protocol_header_after_handshake,
+    queue_expires_when_unused,
+    max_length_bytes,
+    reject_publish_dlx_overflow,
+    basic_recover_requeues,
+    qos_global_vs_per_consumer,
 );
 
 async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -2628,6 +2634,333 @@ async fn transactions(url: String) {
     let r = step("commit without select", ch.tx_commit()).await;
     let e = expect_code("tx.commit on a non-transactional channel", r, 406);
     expect_text(&e, "PRECONDITION_FAILED");
+    close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// robustness and queue limits
+
+/// The 8 protocol-header bytes again after the handshake: read as a frame of type 'A'
+/// whose size ("P\0\0\x09") is far above frame_max, so the connection closes with 501.
+async fn second_protocol_header_after_handshake(url: String) {
+    let mut raw = Raw::connect(&url).await;
+    raw.handshake(None).await;
+    raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+    raw.expect_connection_close(501).await;
+    let conn = connect(&url).await;
+    close(conn).await;
+}
+
+/// Whether `queue` exists: passive declare on a fresh channel (404 closes only that one).
+async fn queue_exists(conn: &Connection, queue: &str) -> bool {
+    let ch = channel(conn).await;
+    let r = step(
+        "queue.declare passive",
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    match r {
+        Ok(_) => {
+            let _ = step("channel.close", ch.close(200, "ok".into())).await;
+            true
+        }
+        Err(e) => {
+            assert_eq!(reply_code(&e), Some(404), "passive declare {queue}: {e:?}");
+            false
+        }
+    }
+}
+
+/// Polls until `queue` is gone, bounded by `limit`. A passive declare counts as a use of
+/// the queue (it restarts `x-expires` in RabbitMQ), so the polls are spaced by `every`,
+/// longer than the queue's expiry.
+async fn wait_queue_gone(
+    conn: &Connection,
+    queue: &str,
+    every: Duration,
+    limit: Duration,
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..1000 {
+        tokio::time::sleep(every).await;
+        if !queue_exists(conn, queue).await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{queue} still exists after {limit:?}"
+        );
+    }
+    panic!("{queue} still exists after 1000 polls");
+}
+
+async fn queue_expires_when_unused(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let expires = |ms: i32| args(&[("x-expires", AMQPValue::LongInt(ms))]);
+    let every = Duration::from_millis(800);
+    let limit = Duration::from_secs(10);
+    // An unused queue goes after x-expires (and not before: it is there right away).
+    let q = uniq("expires");
+    declare_queue(&ch, &q, QueueDeclareOptions::default(), expires(300)).await;
+    assert!(queue_exists(&conn, &q).await, "{q} right after declare");
+    wait_queue_gone(&conn, &q, every, limit).await;
+    // A queue with a consumer is in use and stays; once the consumer is cancelled it goes.
+    let q2 = uniq("expires-used");
+    declare_queue(&ch, &q2, QueueDeclareOptions::default(), expires(300)).await;
+    let c = consume(&ch, &q2, true).await;
+    // Watched without touching the queue for four times its expiry.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        queue_exists(&conn, &q2).await,
+        "{q2} expired with a consumer"
+    );
+    step(
+        "basic.cancel",
+        ch.basic_cancel(c.tag(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("basic.cancel");
+    wait_queue_gone(&conn, &q2, every, limit).await;
+    // Redeclaring an expired queue makes a new, empty one.
+    declare_queue(&ch, &q, QueueDeclareOptions::default(), expires(60_000)).await;
+    assert_eq!(ready_count(&conn, &q).await, 0);
+    step(
+        "queue.delete",
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("queue.delete");
+    close(conn).await;
+}
+
+async fn max_length_bytes(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("maxbytes");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[("x-max-length-bytes", AMQPValue::LongInt(10))]),
+    )
+    .await;
+    // 5 + 3 bytes fit; 4 more make 12 > 10, so the head (5 bytes) is dropped.
+    for b in ["12345", "678", "9012"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    assert_eq!(ready_count(&conn, &q).await, 2);
+    assert_eq!(drain(&ch, &q).await, vec!["678", "9012"]);
+    // A message larger than the limit does not stay either.
+    publish(&ch, "", &q, b"abcdefghijklmnop").await;
+    assert_eq!(drain(&ch, &q).await, Vec::<String>::new());
+    // Only bodies count: headers do not.
+    let props = BasicProperties::default().with_headers(args(&[("pad", lstr(&"x".repeat(100)))]));
+    publish_props(&ch, "", &q, b"0123456789", props).await;
+    assert_eq!(drain(&ch, &q).await, vec!["0123456789"]);
+    // With reject-publish, a publish that would exceed the limit is nacked instead.
+    let q2 = uniq("maxbytes-reject");
+    declare_queue(
+        &ch,
+        &q2,
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-max-length-bytes", AMQPValue::LongInt(10)),
+            ("x-overflow", lstr("reject-publish")),
+        ]),
+    )
+    .await;
+    let mut acked = Vec::new();
+    for b in ["12345", "678", "9012", "ab"] {
+        let p = step(
+            "publish",
+            ch.basic_publish(
+                "".into(),
+                q2.as_str().into(),
+                BasicPublishOptions::default(),
+                b.as_bytes(),
+                BasicProperties::default(),
+            ),
+        )
+        .await
+        .expect("publish");
+        acked.push(step("confirm", p).await.expect("confirm").is_ack());
+    }
+    assert_eq!(acked, vec![true, true, false, true]);
+    assert_eq!(drain(&ch, &q2).await, vec!["12345", "678", "ab"]);
+    close(conn).await;
+}
+
+async fn reject_publish_dlx_overflow(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let (dlx, dlq) = dead_letter_target(&ch).await;
+    let q = uniq("overflow-dlx");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-max-length", AMQPValue::LongInt(1)),
+            ("x-overflow", lstr("reject-publish-dlx")),
+            ("x-dead-letter-exchange", lstr(&dlx)),
+        ]),
+    )
+    .await;
+    let mut acked = Vec::new();
+    for b in ["kept", "overflowed"] {
+        let p = step(
+            "publish",
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                b.as_bytes(),
+                BasicProperties::default(),
+            ),
+        )
+        .await
+        .expect("publish");
+        acked.push(step("confirm", p).await.expect("confirm").is_ack());
+    }
+    assert_eq!(
+        acked,
+        vec![true, false],
+        "the overflowing publish is nacked"
+    );
+    // ... and dead-lettered, with reason maxlen.
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, &dlq, true).await;
+    let d = next(&mut c).await;
+    assert_eq!(body(&d), "overflowed");
+    assert_eq!(d.exchange.as_str(), dlx);
+    assert_eq!(d.routing_key.as_str(), q);
+    let death = x_death(&d);
+    assert_eq!(str_of(death.get("reason")), "maxlen");
+    assert_eq!(str_of(death.get("queue")), q);
+    nothing_more(&mut c).await;
+    assert_eq!(drain(&ch, &q).await, vec!["kept"]);
+    close(conn).await;
+}
+
+async fn basic_recover_requeues(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("recover");
+    plain_queue(&ch, &q).await;
+    for b in ["a", "b"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    let mut c = consume(&ch, &q, false).await;
+    let first: Vec<(String, bool)> = [next(&mut c).await, next(&mut c).await]
+        .iter()
+        .map(|d| (body(d), d.redelivered))
+        .collect();
+    assert_eq!(first, vec![("a".into(), false), ("b".into(), false)]);
+    nothing_more(&mut c).await;
+    // basic.recover requeue=true: both come again, flagged redelivered.
+    step(
+        "basic.recover",
+        ch.basic_recover(BasicRecoverOptions { requeue: true }),
+    )
+    .await
+    .expect("basic.recover");
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut c).await;
+        again.push((body(&d), d.redelivered));
+        step("ack", d.acker.ack(BasicAckOptions::default()))
+            .await
+            .expect("ack");
+    }
+    again.sort();
+    assert_eq!(again, vec![("a".into(), true), ("b".into(), true)]);
+    nothing_more(&mut c).await;
+    // Acked after the recovery: nothing is left.
+    step(
+        "basic.cancel",
+        ch.basic_cancel(c.tag(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("basic.cancel");
+    assert_eq!(ready_count(&conn, &q).await, 0);
+    close(conn).await;
+}
+
+/// Counts what `consumers` receive (manual ack, never acked) until all are quiet.
+async fn unacked_deliveries(consumers: &mut [Consumer]) -> Vec<usize> {
+    let mut counts = vec![0; consumers.len()];
+    for (c, n) in consumers.iter_mut().zip(counts.iter_mut()) {
+        for _ in 0..100 {
+            match timeout(QUIET, c.next()).await {
+                Ok(Some(d)) => {
+                    d.expect("delivery");
+                    *n += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+    counts
+}
+
+/// basic.qos global=false limits each consumer created after it; global=true limits the
+/// channel as a whole (RabbitMQ's reinterpretation of the spec); both can apply at once.
+async fn qos_global_vs_per_consumer(url: String) {
+    let conn = connect(&url).await;
+    let pch = confirmed(&conn).await;
+    let queues: Vec<String> = (0..4).map(|i| uniq(&format!("qos{i}"))).collect();
+    for q in &queues {
+        plain_queue(&pch, q).await;
+        for i in 0..5 {
+            publish(&pch, "", q, format!("{i}").as_bytes()).await;
+        }
+    }
+    let qos = |ch: &Channel, n: u16, global: bool| {
+        let ch = ch.clone();
+        async move {
+            step("basic.qos", ch.basic_qos(n, BasicQosOptions { global }))
+                .await
+                .expect("basic.qos");
+        }
+    };
+    // Per consumer: 2 each, 4 in all.
+    let ch = channel(&conn).await;
+    qos(&ch, 2, false).await;
+    let mut cs = vec![
+        consume(&ch, &queues[0], false).await,
+        consume(&ch, &queues[1], false).await,
+    ];
+    assert_eq!(unacked_deliveries(&mut cs).await, vec![2, 2]);
+    // Per channel: 3 across both consumers.
+    let ch2 = channel(&conn).await;
+    qos(&ch2, 3, true).await;
+    let mut cs2 = vec![
+        consume(&ch2, &queues[2], false).await,
+        consume(&ch2, &queues[3], false).await,
+    ];
+    let counts = unacked_deliveries(&mut cs2).await;
+    assert_eq!(counts.iter().sum::<usize>(), 3, "{counts:?}");
+    assert_eq!(
+        ready_count(&conn, &queues[2]).await + ready_count(&conn, &queues[3]).await,
+        7
+    );
+    step("channel.close", ch2.close(200, "ok".into()))
+        .await
+        .expect("close");
+    // Both: the channel allows 3, each new consumer 1.
+    let ch3 = channel(&conn).await;
+    qos(&ch3, 3, true).await;
+    qos(&ch3, 1, false).await;
+    let mut cs3 = vec![
+        consume(&ch3, &queues[2], false).await,
+        consume(&ch3, &queues[3], false).await,
+    ];
+    assert_eq!(unacked_deliveries(&mut cs3).await, vec![1, 1]);
     close(conn).await;
 }
 

@@ -1,5 +1,6 @@
-//! The broker's shared state: the virtual host's exchanges and queues, and per channel
-//! the deliveries awaiting acknowledgement.
+//! One virtual host's shared state: its exchanges and queues, its connections, and per
+//! channel the deliveries awaiting acknowledgement. Each vhost is a `Broker` of its own
+//! (see `node`), so vhosts share nothing but the memory watermark.
 //!
 //! Everything sits behind one mutex, held only for in-memory work and never across an
 //! await: simple and correct first. Deliveries leave through each connection's bounded
@@ -21,6 +22,10 @@ use amq_protocol::types::{FieldTable, ShortString};
 use base64::Engine as _;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+mod inspect;
+
+pub use inspect::VHostInfo;
+
 use super::codec::Outbound;
 use super::dead_letter::{self, Reason, Target};
 use super::error::AmqpError;
@@ -28,12 +33,10 @@ use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::flow::MemoryMonitor;
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
 use super::queue_args::{Overflow, QueueArgs, check_equivalent};
+use super::stats::MessageStats;
 
 /// Identifies a client connection inside the broker.
 pub type ConnId = u64;
-
-/// The default and only virtual host for now.
-pub const DEFAULT_VHOST: &str = "/";
 
 /// A connection as the broker core sees it: where its frames go.
 #[derive(Debug, Clone)]
@@ -172,6 +175,11 @@ struct Core {
     vhost: VHost,
     connections: HashMap<ConnId, ConnHandle>,
     channels: HashMap<(ConnId, u16), ChannelState>,
+    /// Messages published to the vhost, and those no queue took.
+    published: u64,
+    unroutable: u64,
+    /// The counters of deleted queues, so vhost totals do not shrink.
+    retired: MessageStats,
 }
 
 /// What basic.get hands back.
@@ -209,23 +217,37 @@ const DEAD_LETTER_BUDGET: usize = 100_000;
 /// The broker: cheap to share between connection tasks.
 #[derive(Debug)]
 pub struct Broker {
+    name: String,
     core: Mutex<Core>,
-    next_conn: AtomicU64,
-    memory: MemoryMonitor,
+    memory: Arc<MemoryMonitor>,
+    /// Publisher confirms sent and mandatory messages returned, counted outside the
+    /// lock by the connections.
+    confirms: AtomicU64,
+    returns: AtomicU64,
 }
 
 impl Broker {
-    /// A broker whose memory alarm goes on above `memory_high_watermark` queued bytes.
-    pub fn new(memory_high_watermark: u64) -> Self {
+    /// The vhost `name`, its queued bytes counted by the node-wide `memory` monitor.
+    pub fn new(name: &str, memory: Arc<MemoryMonitor>) -> Self {
         Broker {
+            name: name.to_string(),
             core: Mutex::new(Core {
-                vhost: VHost::new(DEFAULT_VHOST),
+                vhost: VHost::new(name),
                 connections: HashMap::new(),
                 channels: HashMap::new(),
+                published: 0,
+                unroutable: 0,
+                retired: MessageStats::default(),
             }),
-            next_conn: AtomicU64::new(1),
-            memory: MemoryMonitor::new(memory_high_watermark),
+            memory,
+            confirms: AtomicU64::new(0),
+            returns: AtomicU64::new(0),
         }
+    }
+
+    /// The vhost's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Follows the memory alarm (true: over the watermark, publishers are blocked).
@@ -239,14 +261,19 @@ impl Broker {
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn vhost_exists(&self, name: &str) -> bool {
-        self.lock().vhost.name == name
+    /// Admits a connection (its id unique across the node) once it opened this vhost.
+    pub fn register_connection(&self, id: ConnId, handle: ConnHandle) {
+        self.lock().connections.insert(id, handle);
     }
 
-    pub fn register_connection(&self, handle: ConnHandle) -> ConnId {
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.lock().connections.insert(id, handle);
-        id
+    /// Counts a publisher confirm.
+    pub fn confirmed(&self) {
+        self.confirms.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a mandatory message returned as unroutable.
+    pub fn returned(&self) {
+        self.returns.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Forgets a connection: its channels close (unacked messages go back to their
@@ -398,15 +425,25 @@ impl Broker {
         Ok(())
     }
 
-    /// Returns the queue's name (generated when empty), message and consumer counts.
+    /// Returns the queue's name (generated when empty), message and consumer counts. A
+    /// non-passive declaration is first submitted to `authorize` with the final name,
+    /// as RabbitMQ checks permissions on the generated name.
     pub fn queue_declare(
         &self,
         conn: ConnId,
         d: &queue::Declare,
+        authorize: impl FnOnce(&str) -> Result<(), AmqpError>,
     ) -> Result<(String, u32, u32), AmqpError> {
         let mut core = self.lock();
         let core = &mut *core;
         let requested = d.queue.as_str();
+        let mut authorize = Some(authorize);
+        if !d.passive
+            && !requested.is_empty()
+            && let Some(check) = authorize.take()
+        {
+            check(requested)?;
+        }
         let now = Instant::now();
         if core.vhost.queues.contains_key(requested) {
             core.vhost.usable_queue(requested, conn)?;
@@ -446,6 +483,9 @@ impl Broker {
         } else {
             requested.to_string()
         };
+        if let Some(check) = authorize.take() {
+            check(&name)?;
+        }
         let owner = d.exclusive.then_some(conn);
         let args = if requested.is_empty() {
             QueueArgs::parse(&d.arguments, &name, &vhost.name)?
@@ -521,7 +561,9 @@ impl Broker {
             message.routing_key.as_str(),
             message.properties.headers().as_ref(),
         );
+        core.published += 1;
         if targets.is_empty() {
+            core.unroutable += 1;
             return Ok(Published {
                 routed: false,
                 rejected: false,
@@ -748,6 +790,7 @@ impl Broker {
         let Some(m) = q.pop() else {
             return Ok(None);
         };
+        q.stats.delivered(true, no_ack, m.redelivered);
         self.memory.check();
         let message_count = q.message_count();
         let queue_name = q.name.clone();
@@ -819,7 +862,7 @@ fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacke
         };
         release_credit(q, conn, channel, u.consumer.as_ref());
         match how {
-            Settle::Ack => {}
+            Settle::Ack => q.stats.ack += 1,
             Settle::Requeue => q.requeue(u.message),
             Settle::Discard => dead.extend(dead_from(q, u.message.message, Reason::Rejected)),
         }
@@ -869,11 +912,14 @@ fn enqueue_all(
                 .filter_map(|m| dead_from(q, m.message, Reason::Expired)),
         );
         match q.enqueue(message.clone(), now) {
-            Admission::Accepted(dropped) => dead.extend(
-                dropped
-                    .into_iter()
-                    .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
-            ),
+            Admission::Accepted(dropped) => {
+                q.stats.publish += 1;
+                dead.extend(
+                    dropped
+                        .into_iter()
+                        .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
+                );
+            }
             Admission::Rejected => {
                 rejected = true;
                 if q.args.overflow == Overflow::RejectPublishDlx {
@@ -1042,6 +1088,7 @@ fn dispatch(
             })),
             message: m.message.clone(),
         });
+        q.stats.delivered(false, c.no_ack, m.redelivered);
         if !c.no_ack {
             c.unacked += 1;
             state.unacked.insert(
@@ -1108,6 +1155,7 @@ fn delete_queue(core: &mut Core, name: &str) -> u32 {
     let Some(q) = core.vhost.queues.remove(name) else {
         return 0;
     };
+    core.retired.add(&q.stats);
     remove_bindings_to(&mut core.vhost, &Destination::Queue(name.to_string()));
     for c in &q.consumers {
         if let Some(state) = core.channels.get_mut(&(c.conn, c.channel)) {

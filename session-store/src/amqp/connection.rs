@@ -5,15 +5,15 @@
 //! goes off.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{
     AMQPClass, access, basic, channel, confirm, connection, exchange, queue, tx as tx_class,
 };
-use amq_protocol::types::ShortString;
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::io::AsyncRead;
@@ -24,15 +24,17 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::AmqpConfig;
 use super::broker::{Broker, ConnHandle, ConnId};
 use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, ErrorKind, code, short};
 use super::exchange::Destination;
-use super::handshake::{HandshakeEnd, Tuned, handshake};
+use super::handshake::{HandshakeEnd, Opened, Tuned, handshake};
+use super::node::{ConnInfo, Node, now_millis};
+use super::permissions::{Perm, Permissions, Resource};
 use super::queue::Message;
 use super::queue_args::parse_expiration;
 use super::tx::{BufferedPublish, Mode};
+use super::users::User;
 
 /// Frames (or whole deliveries) a connection may have waiting to be written.
 const OUTBOUND_CAPACITY: usize = 1024;
@@ -42,58 +44,85 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const WRITER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one client until it leaves, errs or the broker shuts down.
-pub async fn serve(
-    socket: TcpStream,
-    broker: Arc<Broker>,
-    config: Arc<AmqpConfig>,
-    stop: CancellationToken,
-) {
+pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) {
     let peer = socket.peer_addr().ok();
+    let local = socket.local_addr().ok();
     let _ = socket.set_nodelay(true);
     let (read, write) = socket.into_split();
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let congested = Arc::new(AtomicBool::new(false));
-    let id = broker.register_connection(ConnHandle {
-        tx: tx.clone(),
-        congested: congested.clone(),
-    });
+    let id = node.next_conn_id();
+    let vhost = Arc::new(OnceLock::new());
+    let config = node.config();
     let writer = tokio::spawn(write_loop(
         write,
         rx,
-        broker.clone(),
+        vhost.clone(),
         id,
-        congested,
+        congested.clone(),
         config.frame_max,
     ));
     let mut frames = FramedRead::new(read, AmqpCodec::new(config.frame_max));
-    let mut conn = Conn {
-        id,
-        broker: broker.clone(),
-        tx,
-        channels: HashMap::new(),
-        channel_max: config.channel_max,
-        alarm: broker.memory_alarm(),
-        publisher: false,
-        blocked_capable: false,
-    };
-    match handshake(&mut frames, &conn.tx, &config, &broker, peer).await {
-        Ok(tuned) => conn.run(&mut frames, tuned, &stop).await,
-        Err(HandshakeEnd::Refuse(e)) => conn.close_with(&mut frames, &e).await,
-        Err(HandshakeEnd::Codec(e)) => conn.codec_failed(&e).await,
+    match handshake(&mut frames, &tx, &node, peer).await {
+        Ok(Opened {
+            tuned,
+            user,
+            vhost: broker,
+            permissions,
+            client,
+        }) => {
+            broker.register_connection(
+                id,
+                ConnHandle {
+                    tx: tx.clone(),
+                    congested,
+                },
+            );
+            let _ = vhost.set(broker.clone());
+            node.connection_opened(ConnInfo {
+                id,
+                user: user.name.clone(),
+                vhost: broker.name().to_string(),
+                peer,
+                local,
+                connected_at: now_millis(),
+                client,
+                channel_max: tuned.channel_max,
+                frame_max: tuned.frame_max,
+                heartbeat: tuned.heartbeat,
+            });
+            let mut conn = Conn {
+                id,
+                broker: broker.clone(),
+                tx,
+                channels: HashMap::new(),
+                channel_max: config.channel_max,
+                alarm: broker.memory_alarm(),
+                publisher: false,
+                blocked_capable: false,
+                user,
+                permissions,
+            };
+            conn.run(&mut frames, tuned, &stop).await;
+            broker.connection_closed(id);
+            node.connection_closed(id);
+        }
+        Err(HandshakeEnd::Refuse(e)) => close_with(&mut frames, &tx, &e).await,
+        Err(HandshakeEnd::Codec(e)) => codec_failed(&tx, id, &e).await,
         Err(HandshakeEnd::Gone) => {}
     }
-    broker.connection_closed(id);
-    drop(conn);
     if tokio::time::timeout(WRITER_TIMEOUT, writer).await.is_err() {
         debug!(?peer, "writer did not finish in time");
     }
     debug!(?peer, id, "amqp connection ended");
 }
 
+/// Writes what `rx` brings; once the connection has opened `vhost`, tells its broker
+/// when a congested queue has drained.
 async fn write_loop(
     write: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outbound>,
-    broker: Arc<Broker>,
+    vhost: Arc<OnceLock<Arc<Broker>>>,
     id: ConnId,
     congested: Arc<AtomicBool>,
     frame_max: u32,
@@ -137,7 +166,9 @@ async fn write_loop(
         if sink.flush().await.is_err() {
             return;
         }
-        if congested.swap(false, Ordering::AcqRel) {
+        if congested.swap(false, Ordering::AcqRel)
+            && let Some(broker) = vhost.get()
+        {
             broker.resume(id);
         }
     }
@@ -162,6 +193,9 @@ struct Chan {
     published: u64,
     /// The queue an empty queue name stands for, as in RabbitMQ.
     last_queue: Option<String>,
+    /// The last exchange a publish was allowed to write to: permissions do not change
+    /// during a connection, so a steady publisher pays for one regex match.
+    writable: Option<ShortString>,
 }
 
 struct Conn {
@@ -176,6 +210,9 @@ struct Conn {
     publisher: bool,
     /// The client understands connection.blocked.
     blocked_capable: bool,
+    user: Arc<User>,
+    /// The user's permissions in this vhost.
+    permissions: Arc<Permissions>,
 }
 
 /// What to do after a frame.
@@ -212,14 +249,14 @@ impl Conn {
                     code::CONNECTION_FORCED,
                     "CONNECTION_FORCED - broker shutdown",
                 );
-                self.close_with(frames, &e).await;
+                close_with(frames, &self.tx, &e).await;
                 return;
             }
             let next = tokio::select! {
                 next = read(frames, silence) => next,
                 () = stop.cancelled() => {
                     let e = AmqpError::connection(code::CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown");
-                    self.close_with(frames, &e).await;
+                    close_with(frames, &self.tx, &e).await;
                     return;
                 }
             };
@@ -227,7 +264,7 @@ impl Conn {
                 Ok(Some(inbound)) => inbound,
                 Ok(None) => return,
                 Err(e) => {
-                    self.codec_failed(&e).await;
+                    codec_failed(&self.tx, self.id, &e).await;
                     return;
                 }
             };
@@ -235,7 +272,7 @@ impl Conn {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Closed) => return,
                 Err(e) => {
-                    self.close_with(frames, &e).await;
+                    close_with(frames, &self.tx, &e).await;
                     return;
                 }
             }
@@ -262,62 +299,6 @@ impl Conn {
             self.method(0, AMQPClass::Connection(unblocked)).await;
         }
         cleared
-    }
-
-    /// Sends connection.close for a broken stream; nothing more can be read.
-    async fn codec_failed(&self, e: &CodecError) {
-        if matches!(e, CodecError::Io(_)) {
-            return;
-        }
-        debug!(id = self.id, "closing on bad input: {e}");
-        let text = match e.reply_code() {
-            code::SYNTAX_ERROR => format!("SYNTAX_ERROR - {e}"),
-            _ => format!("FRAME_ERROR - {e}"),
-        };
-        self.send_close(&AmqpError::connection(e.reply_code(), text))
-            .await;
-    }
-
-    async fn send_close(&self, e: &AmqpError) {
-        let close = connection::Close {
-            reply_code: e.code,
-            reply_text: e.reply_text(),
-            class_id: e.class_id,
-            method_id: e.method_id,
-        };
-        self.method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
-        )
-        .await;
-    }
-
-    /// Sends connection.close, then ignores everything but close(-ok) for a while.
-    async fn close_with<R: AsyncRead + Unpin>(
-        &self,
-        frames: &mut FramedRead<R, AmqpCodec>,
-        e: &AmqpError,
-    ) {
-        self.send_close(e).await;
-        let linger = async {
-            while let Some(Ok(inbound)) = frames.next().await {
-                match inbound {
-                    Inbound::Frame(AMQPFrame::Method(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
-                    )) => return,
-                    Inbound::Frame(AMQPFrame::Method(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::Close(_)),
-                    )) => {
-                        self.method(0, close_ok()).await;
-                        return;
-                    }
-                    _ => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, linger).await;
     }
 
     async fn handle(&mut self, inbound: Inbound) -> Result<Flow, AmqpError> {
@@ -476,7 +457,50 @@ impl Conn {
         self.channels
             .get(&ch)
             .and_then(|c| c.last_queue.clone())
-            .ok_or_else(|| AmqpError::not_found("queue", "", super::broker::DEFAULT_VHOST))
+            .ok_or_else(|| AmqpError::not_found("queue", "", self.broker.name()))
+    }
+
+    /// Checks that this connection's user has `perm` on a resource of its vhost.
+    fn allow(&self, perm: Perm, resource: Resource, name: &str) -> Result<(), AmqpError> {
+        self.permissions
+            .check(perm, resource, name, self.broker.name(), &self.user.name)
+    }
+
+    /// queue.declare's permissions, on the final (perhaps generated) name: configure, and
+    /// with a dead-letter exchange read on the queue and write on that exchange.
+    fn allow_declare(&self, queue: &str, arguments: &FieldTable) -> Result<(), AmqpError> {
+        self.allow(Perm::Configure, Resource::Queue, queue)?;
+        if let Some(AMQPValue::LongString(dlx)) = arguments.inner().get("x-dead-letter-exchange") {
+            self.allow(Perm::Read, Resource::Queue, queue)?;
+            let dlx = String::from_utf8_lossy(dlx.as_bytes());
+            self.allow(Perm::Write, Resource::Exchange, &dlx)?;
+        }
+        Ok(())
+    }
+
+    /// bind and unbind: write on the destination, read on the source exchange (whose
+    /// being the default exchange the broker refuses first).
+    fn allow_bind(&self, source: &str, destination: &Destination) -> Result<(), AmqpError> {
+        match destination {
+            Destination::Queue(q) => self.allow(Perm::Write, Resource::Queue, q)?,
+            Destination::Exchange(x) => self.allow(Perm::Write, Resource::Exchange, x)?,
+        }
+        if source.is_empty() {
+            return Ok(());
+        }
+        self.allow(Perm::Read, Resource::Exchange, source)
+    }
+
+    /// basic.publish needs write on the exchange.
+    fn allow_publish(&mut self, ch: u16, exchange: &ShortString) -> Result<(), AmqpError> {
+        if self.channels.get(&ch).and_then(|c| c.writable.as_ref()) == Some(exchange) {
+            return Ok(());
+        }
+        self.allow(Perm::Write, Resource::Exchange, exchange.as_str())?;
+        if let Some(chan) = self.channels.get_mut(&ch) {
+            chan.writable = Some(exchange.clone());
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, ch: u16, m: &AMQPClass) -> Result<(), AmqpError> {
@@ -507,6 +531,7 @@ impl Conn {
                 }
                 basic::AMQPMethod::Consume(c) => {
                     let queue = self.queue_name(ch, &c.queue)?;
+                    self.allow(Perm::Read, Resource::Queue, &queue)?;
                     let mut c = c.clone();
                     c.queue = short(&queue);
                     let tag = broker.consume(id, ch, &c)?;
@@ -530,6 +555,7 @@ impl Conn {
                 }
                 basic::AMQPMethod::Get(g) => {
                     let queue = self.queue_name(ch, &g.queue)?;
+                    self.allow(Perm::Read, Resource::Queue, &queue)?;
                     match broker.get(id, ch, &queue, g.no_ack)? {
                         Some(got) => {
                             let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
@@ -565,10 +591,12 @@ impl Conn {
                     None
                 }
                 basic::AMQPMethod::Recover(_) => {
+                    // recover-ok goes out before the redeliveries, as RabbitMQ sends it:
+                    // clients (lapin among them) drop deliveries buffered before recover-ok.
+                    let ok = AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {}));
+                    self.method(ch, ok).await;
                     broker.recover(id, ch);
-                    Some(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(
-                        basic::RecoverOk {},
-                    )))
+                    None
                 }
                 basic::AMQPMethod::RecoverAsync(_) => {
                     broker.recover(id, ch);
@@ -588,6 +616,9 @@ impl Conn {
         let broker = &self.broker;
         let (nowait, ok) = match m {
             exchange::AMQPMethod::Declare(d) => {
+                if !d.passive && !d.exchange.as_str().is_empty() {
+                    self.allow(Perm::Configure, Resource::Exchange, d.exchange.as_str())?;
+                }
                 broker.exchange_declare(d)?;
                 (
                     d.nowait,
@@ -595,6 +626,9 @@ impl Conn {
                 )
             }
             exchange::AMQPMethod::Delete(d) => {
+                if !d.exchange.as_str().is_empty() {
+                    self.allow(Perm::Configure, Resource::Exchange, d.exchange.as_str())?;
+                }
                 broker.exchange_delete(d)?;
                 (
                     d.nowait,
@@ -603,6 +637,7 @@ impl Conn {
             }
             exchange::AMQPMethod::Bind(b) => {
                 let dest = Destination::Exchange(b.destination.to_string());
+                self.allow_bind(b.source.as_str(), &dest)?;
                 broker.bind(
                     self.id,
                     b.source.as_str(),
@@ -615,6 +650,7 @@ impl Conn {
             }
             exchange::AMQPMethod::Unbind(b) => {
                 let dest = Destination::Exchange(b.destination.to_string());
+                self.allow_bind(b.source.as_str(), &dest)?;
                 broker.bind(
                     self.id,
                     b.source.as_str(),
@@ -637,7 +673,9 @@ impl Conn {
         let broker = self.broker.clone();
         let (nowait, ok) = match m {
             queue::AMQPMethod::Declare(d) => {
-                let (name, message_count, consumer_count) = broker.queue_declare(self.id, d)?;
+                let (name, message_count, consumer_count) =
+                    broker
+                        .queue_declare(self.id, d, |name| self.allow_declare(name, &d.arguments))?;
                 if let Some(chan) = self.channels.get_mut(&ch) {
                     chan.last_queue = Some(name.clone());
                 }
@@ -650,6 +688,7 @@ impl Conn {
             }
             queue::AMQPMethod::Bind(b) => {
                 let dest = Destination::Queue(self.queue_name(ch, &b.queue)?);
+                self.allow_bind(b.exchange.as_str(), &dest)?;
                 broker.bind(
                     self.id,
                     b.exchange.as_str(),
@@ -662,6 +701,7 @@ impl Conn {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let dest = Destination::Queue(self.queue_name(ch, &b.queue)?);
+                self.allow_bind(b.exchange.as_str(), &dest)?;
                 broker.bind(
                     self.id,
                     b.exchange.as_str(),
@@ -673,7 +713,9 @@ impl Conn {
                 (false, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}))
             }
             queue::AMQPMethod::Purge(p) => {
-                let message_count = broker.queue_purge(self.id, &self.queue_name(ch, &p.queue)?)?;
+                let queue = self.queue_name(ch, &p.queue)?;
+                self.allow(Perm::Read, Resource::Queue, &queue)?;
+                let message_count = broker.queue_purge(self.id, &queue)?;
                 (
                     p.nowait,
                     queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count }),
@@ -682,6 +724,7 @@ impl Conn {
             queue::AMQPMethod::Delete(d) => {
                 let mut d = d.clone();
                 d.queue = short(&self.queue_name(ch, &d.queue)?);
+                self.allow(Perm::Configure, Resource::Queue, d.queue.as_str())?;
                 let message_count = broker.queue_delete(self.id, &d)?;
                 (
                     d.nowait,
@@ -767,6 +810,9 @@ impl Conn {
             body,
         };
         let method = AMQPClass::Basic(basic::AMQPMethod::Publish(publish.clone()));
+        if let Err(e) = self.allow_publish(ch, &publish.exchange) {
+            return self.fail(ch, e.during(&method)).await;
+        }
         if let Some(expiration) = message.properties.expiration()
             && let Err(reason) = parse_expiration(expiration.as_str())
         {
@@ -776,6 +822,9 @@ impl Conn {
             return self.fail(ch, e.during(&method)).await;
         }
         let p = BufferedPublish { publish, message };
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            return Ok(());
+        };
         let Some(p) = chan.mode.buffer(p) else {
             // Inside a transaction: only the exchange is checked now, as RabbitMQ does.
             let exchange = self.channels.get(&ch).and_then(|c| match &c.mode {
@@ -813,6 +862,7 @@ impl Conn {
                 })
             };
             self.method(ch, AMQPClass::Basic(method)).await;
+            self.broker.confirmed();
         }
         Ok(())
     }
@@ -837,6 +887,7 @@ impl Conn {
                 exchange: message.exchange.clone(),
                 routing_key: message.routing_key.clone(),
             };
+            self.broker.returned();
             self.send(Outbound::Content {
                 channel: ch,
                 method: AMQPClass::Basic(basic::AMQPMethod::Return(ret)),
@@ -878,6 +929,61 @@ impl Conn {
             _ => Err(not_implemented()),
         }
     }
+}
+
+/// Sends connection.close for a broken stream; nothing more can be read.
+async fn codec_failed(tx: &mpsc::Sender<Outbound>, id: ConnId, e: &CodecError) {
+    if matches!(e, CodecError::Io(_)) {
+        return;
+    }
+    debug!(id, "closing on bad input: {e}");
+    let text = match e.reply_code() {
+        code::SYNTAX_ERROR => format!("SYNTAX_ERROR - {e}"),
+        _ => format!("FRAME_ERROR - {e}"),
+    };
+    send_close(tx, &AmqpError::connection(e.reply_code(), text)).await;
+}
+
+async fn send_close(tx: &mpsc::Sender<Outbound>, e: &AmqpError) {
+    let close = connection::Close {
+        reply_code: e.code,
+        reply_text: e.reply_text(),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    };
+    let method = AMQPClass::Connection(connection::AMQPMethod::Close(close));
+    // A failed send means the writer is gone: nothing left to tell.
+    let _ = tx.send(Outbound::Frame(AMQPFrame::Method(0, method))).await;
+}
+
+/// Sends connection.close, then ignores everything but close(-ok) for a while.
+async fn close_with<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, AmqpCodec>,
+    tx: &mpsc::Sender<Outbound>,
+    e: &AmqpError,
+) {
+    send_close(tx, e).await;
+    let linger = async {
+        while let Some(Ok(inbound)) = frames.next().await {
+            match inbound {
+                Inbound::Frame(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
+                )) => return,
+                Inbound::Frame(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(_)),
+                )) => {
+                    let _ = tx
+                        .send(Outbound::Frame(AMQPFrame::Method(0, close_ok())))
+                        .await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, linger).await;
 }
 
 /// Reads the next frame, failing if the client stays silent past two heartbeats.

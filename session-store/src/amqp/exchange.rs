@@ -76,6 +76,13 @@ impl Exchange {
         }
     }
 
+    /// Every binding with its routing key.
+    pub fn bindings(&self) -> impl Iterator<Item = (&str, &Binding)> {
+        self.bindings
+            .iter()
+            .flat_map(|(key, list)| list.iter().map(move |b| (key.as_str(), b)))
+    }
+
     pub fn has_bindings(&self) -> bool {
         !self.bindings.is_empty()
     }

@@ -1,7 +1,9 @@
 //! The opening of a connection: protocol header, then Start → StartOk (authentication) →
-//! Tune → TuneOk → Open → OpenOk, as RabbitMQ runs it.
+//! Tune → TuneOk → Open → OpenOk, as RabbitMQ runs it: the user is authenticated at
+//! StartOk, and at Open the vhost must exist and the user have permissions on it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
@@ -17,6 +19,9 @@ use super::AmqpConfig;
 use super::broker::Broker;
 use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, code};
+use super::node::Node;
+use super::permissions::Permissions;
+use super::users::{User, Users};
 
 /// How long a client has to complete the handshake (RabbitMQ's `handshake_timeout`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +39,17 @@ pub struct Tuned {
     pub blocked_capable: bool,
 }
 
+/// Who opened which vhost, with what permissions there.
+#[derive(Debug)]
+pub struct Opened {
+    pub tuned: Tuned,
+    pub user: Arc<User>,
+    pub vhost: Arc<Broker>,
+    pub permissions: Arc<Permissions>,
+    /// The client's `product` property, if any.
+    pub client: String,
+}
+
 /// Why a handshake did not end with an open connection.
 #[derive(Debug)]
 pub enum HandshakeEnd {
@@ -49,11 +65,10 @@ pub enum HandshakeEnd {
 pub async fn handshake<R: AsyncRead + Unpin>(
     frames: &mut FramedRead<R, AmqpCodec>,
     tx: &mpsc::Sender<Outbound>,
-    config: &AmqpConfig,
-    broker: &Broker,
+    node: &Node,
     peer: Option<SocketAddr>,
-) -> Result<Tuned, HandshakeEnd> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, steps(frames, tx, config, broker, peer))
+) -> Result<Opened, HandshakeEnd> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, steps(frames, tx, node, peer))
         .await
         .unwrap_or(Err(HandshakeEnd::Gone))
 }
@@ -61,10 +76,10 @@ pub async fn handshake<R: AsyncRead + Unpin>(
 async fn steps<R: AsyncRead + Unpin>(
     frames: &mut FramedRead<R, AmqpCodec>,
     tx: &mpsc::Sender<Outbound>,
-    config: &AmqpConfig,
-    broker: &Broker,
+    node: &Node,
     peer: Option<SocketAddr>,
-) -> Result<Tuned, HandshakeEnd> {
+) -> Result<Opened, HandshakeEnd> {
+    let config = node.config();
     match next(frames).await? {
         Inbound::ProtocolHeader { supported: true } => {}
         Inbound::ProtocolHeader { supported: false } => {
@@ -78,7 +93,7 @@ async fn steps<R: AsyncRead + Unpin>(
         connection::AMQPMethod::StartOk(s) => s,
         _ => return Err(unexpected()),
     };
-    authenticate(&start_ok, config, peer).map_err(HandshakeEnd::Refuse)?;
+    let user = authenticate(&start_ok, node.users(), peer).map_err(HandshakeEnd::Refuse)?;
     send(
         tx,
         connection::AMQPMethod::Tune(connection::Tune {
@@ -111,14 +126,46 @@ async fn steps<R: AsyncRead + Unpin>(
         connection::AMQPMethod::Open(o) => o,
         _ => return Err(unexpected()),
     };
-    if !broker.vhost_exists(open.virtual_host.as_str()) {
-        return Err(HandshakeEnd::Refuse(AmqpError::connection(
-            code::NOT_ALLOWED,
-            format!("NOT_ALLOWED - vhost {} not found", open.virtual_host),
-        )));
-    }
+    let (vhost, permissions) =
+        open_vhost(node, &user, open.virtual_host.as_str()).map_err(HandshakeEnd::Refuse)?;
     send(tx, connection::AMQPMethod::OpenOk(connection::OpenOk {})).await;
-    Ok(tuned)
+    let client = match start_ok.client_properties.inner().get("product") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        _ => String::new(),
+    };
+    Ok(Opened {
+        tuned,
+        user,
+        vhost,
+        permissions,
+        client,
+    })
+}
+
+/// connection.open's checks, with RabbitMQ's 530 texts: the vhost exists and the user
+/// has permissions on it.
+fn open_vhost(
+    node: &Node,
+    user: &User,
+    name: &str,
+) -> Result<(Arc<Broker>, Arc<Permissions>), AmqpError> {
+    let Some(vhost) = node.vhost(name) else {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!("NOT_ALLOWED - vhost {name} not found"),
+        ));
+    };
+    let Some(permissions) = node.users().permissions(&user.name, name) else {
+        return Err(AmqpError::connection(
+            code::NOT_ALLOWED,
+            format!(
+                "NOT_ALLOWED - access to vhost '{name}' refused for user '{}'",
+                user.name
+            ),
+        ));
+    };
+    Ok((vhost, permissions))
 }
 
 /// RabbitMQ's check of tune-ok: the client may lower our limits but not raise them, and
@@ -260,13 +307,13 @@ fn long(text: &str) -> AMQPValue {
     AMQPValue::LongString(text.into())
 }
 
-/// Checks StartOk's credentials. The default guest user may only log in from loopback,
-/// as in RabbitMQ.
+/// Checks StartOk's credentials. The guest user may only log in from loopback, as in
+/// RabbitMQ.
 fn authenticate(
     start_ok: &connection::StartOk,
-    config: &AmqpConfig,
+    users: &Users,
     peer: Option<SocketAddr>,
-) -> Result<(), AmqpError> {
+) -> Result<Arc<User>, AmqpError> {
     let mechanism = start_ok.mechanism.as_str();
     let credentials = match mechanism {
         "PLAIN" => plain(start_ok.response.as_bytes()),
@@ -280,21 +327,14 @@ fn authenticate(
             ));
         }
     };
-    let loopback = peer.is_some_and(|p| p.ip().is_loopback());
-    let accepted = credentials.is_some_and(|(user, pass)| {
-        user == config.user.as_bytes()
-            && pass == config.password.as_bytes()
-            && (config.user != "guest" || loopback)
-    });
-    if accepted {
-        Ok(())
-    } else {
-        Err(AmqpError::connection(
+    match credentials.and_then(|(user, pass)| users.login(&user, &pass, peer)) {
+        Some(user) => Ok(user),
+        None => Err(AmqpError::connection(
             code::ACCESS_REFUSED,
             format!(
                 "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ),
-        ))
+        )),
     }
 }
 
@@ -348,7 +388,7 @@ mod tests {
 
     #[test]
     fn guest_only_from_loopback() {
-        let config = AmqpConfig::default();
+        let users = AmqpConfig::default().definitions.users;
         let start_ok = connection::StartOk {
             client_properties: FieldTable::default(),
             mechanism: "PLAIN".into(),
@@ -357,9 +397,11 @@ mod tests {
         };
         let local = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
         let remote = Some(SocketAddr::from(([10, 0, 0, 1], 1)));
-        assert!(authenticate(&start_ok, &config, local).is_ok());
+        assert!(authenticate(&start_ok, &users, local).is_ok());
         assert_eq!(
-            authenticate(&start_ok, &config, remote).map_err(|e| e.code),
+            authenticate(&start_ok, &users, remote)
+                .map(|u| u.name.clone())
+                .map_err(|e| e.code),
             Err(code::ACCESS_REFUSED)
         );
     }

@@ -1,26 +1,38 @@
 //! An embedded AMQP 0-9-1 broker with RabbitMQ's model and wire behaviour, so `lapin`
 //! code written for it works unchanged against a real RabbitMQ, chosen by URL.
 //!
-//! Layout: [`run`] accepts connections; `connection` runs each one (with `handshake` for
-//! its opening and `codec` for its bytes); `broker` holds the virtual host's `exchange`s
-//! and `queue`s; `error` maps failures to channel.close / connection.close. Messages live
-//! in memory only. Queue arguments (`queue_args`) bring TTLs, length limits and
-//! `dead_letter`ing; `tx` holds transactions; `flow` the memory watermark that blocks
-//! publishers.
+//! Layout: [`serve`] accepts connections; `connection` runs each one (with `handshake` for
+//! its opening and `codec` for its bytes); the [`Node`] holds the vhosts, each a `broker`
+//! with its `exchange`s and `queue`s; `error` maps failures to channel.close /
+//! connection.close. Messages live in memory only. Queue arguments (`queue_args`) bring
+//! TTLs, length limits and `dead_letter`ing; `tx` holds transactions; `flow` the memory
+//! watermark that blocks publishers. `users` and `permissions` decide who may do what,
+//! as configured by [`Definitions`] (RabbitMQ's definitions JSON); `stats` counts
+//! messages for the [`management`] HTTP API.
 
 mod broker;
 mod codec;
 mod connection;
 mod dead_letter;
+pub mod definitions;
 pub mod error;
 mod exchange;
 mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
+pub mod management;
+mod node;
+pub mod permissions;
 mod queue;
 mod queue_args;
+mod stats;
 mod tx;
+pub mod users;
 
+pub use definitions::{Definitions, DefinitionsError};
 pub use flow::default_watermark;
+pub use node::Node;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,21 +43,22 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use broker::Broker;
-
 /// How long shutdown waits for clients to acknowledge connection.close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound of the pause after a failed accept.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// How often expired messages and unused `x-expires` queues are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+/// How often message counters are sampled for rates (RabbitMQ's management plugin
+/// samples every 5 s).
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Broker settings; the defaults are RabbitMQ's.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AmqpConfig {
-    /// The one user; `guest` may only connect from loopback, as in RabbitMQ.
-    pub user: String,
-    pub password: String,
+    /// Users, vhosts, permissions and the topology to start with; by default RabbitMQ's
+    /// `guest`/`guest` on `/`, from loopback only.
+    pub definitions: Definitions,
     /// Largest frame offered in connection.tune, in bytes.
     pub frame_max: u32,
     /// Most channels per connection offered in connection.tune.
@@ -62,8 +75,7 @@ pub struct AmqpConfig {
 impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
-            user: "guest".into(),
-            password: "guest".into(),
+            definitions: Definitions::default(),
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat: 60,
@@ -73,11 +85,19 @@ impl Default for AmqpConfig {
     }
 }
 
-/// Shows everything but the password.
+/// Shows everything but password hashes.
 impl std::fmt::Debug for AmqpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut users: Vec<&str> = self
+            .definitions
+            .users
+            .all()
+            .map(|u| u.name.as_str())
+            .collect();
+        users.sort_unstable();
         f.debug_struct("AmqpConfig")
-            .field("user", &self.user)
+            .field("users", &users)
+            .field("vhosts", &self.definitions.vhosts)
             .field("frame_max", &self.frame_max)
             .field("channel_max", &self.channel_max)
             .field("heartbeat", &self.heartbeat)
@@ -87,12 +107,22 @@ impl std::fmt::Debug for AmqpConfig {
     }
 }
 
+/// [`serve`] with a [`Node`] made from `config`; fails only if its definitions cannot be
+/// declared.
+pub async fn run(
+    listener: TcpListener,
+    config: AmqpConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DefinitionsError> {
+    serve(listener, Node::new(config)?, shutdown).await;
+    Ok(())
+}
+
 /// Serves AMQP clients on `listener` until `shutdown` completes; then stops accepting,
 /// sends every client connection.close 320 CONNECTION_FORCED "broker shutdown" and waits
 /// (at most 5 s) for the connections to end.
-pub async fn run(listener: TcpListener, config: AmqpConfig, shutdown: impl Future<Output = ()>) {
-    let broker = Arc::new(Broker::new(config.memory_high_watermark));
-    let config = Arc::new(config);
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    let config = node.config();
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let stop = CancellationToken::new();
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -116,14 +146,9 @@ pub async fn run(listener: TcpListener, config: AmqpConfig, shutdown: impl Futur
                 );
                 continue;
             };
-            let (broker, config, stop, done) = (
-                broker.clone(),
-                config.clone(),
-                stop.clone(),
-                done_tx.clone(),
-            );
+            let (node, stop, done) = (node.clone(), stop.clone(), done_tx.clone());
             tokio::spawn(async move {
-                connection::serve(socket, broker, config, stop).await;
+                connection::serve(socket, node, stop).await;
                 drop(permit);
                 drop(done);
             });
@@ -134,12 +159,20 @@ pub async fn run(listener: TcpListener, config: AmqpConfig, shutdown: impl Futur
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            broker.tick();
+            node.tick();
+        }
+    };
+    let sample = async {
+        let mut every = tokio::time::interval(SAMPLE_INTERVAL);
+        loop {
+            every.tick().await;
+            node.sample();
         }
     };
     tokio::select! {
         () = accept => {}
         () = sweep => {}
+        () = sample => {}
         () = shutdown => info!("amqp: shutting down, closing connections"),
     }
     drop(done_tx);

@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::broker::ConnId;
 use super::queue_args::{Overflow, QueueArgs, parse_expiration};
+use super::stats::MessageStats;
 
 /// A published message. Shared by every queue it was routed to, so a fanout to N queues
 /// stores one body.
@@ -93,6 +94,8 @@ pub struct Queue {
     pub had_consumers: bool,
     /// Last declare, basic.get or consumer activity, for `x-expires`.
     pub last_used: Instant,
+    /// Messages routed in, delivered and acknowledged, for the management API.
+    pub stats: MessageStats,
 }
 
 impl Queue {
@@ -120,6 +123,7 @@ impl Queue {
             cursor: 0,
             had_consumers: false,
             last_used: Instant::now(),
+            stats: MessageStats::default(),
         }
     }
 
@@ -198,6 +202,11 @@ impl Queue {
 
     pub fn message_count(&self) -> u32 {
         u32::try_from(self.messages.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Body bytes of the ready messages.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     pub fn consumer_count(&self) -> u32 {

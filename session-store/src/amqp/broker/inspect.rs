@@ -1,0 +1,217 @@
+//! Read-only snapshots of a vhost for the management API: totals, queues, exchanges,
+//! bindings and channels, copied out under the lock so no caller holds it while
+//! rendering.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use amq_protocol::types::FieldTable;
+
+use super::{Broker, ConnId, Destination};
+use crate::amqp::stats::MessageStats;
+
+/// A vhost's totals.
+#[derive(Debug, Clone, Default)]
+pub struct VHostInfo {
+    pub name: String,
+    pub connections: usize,
+    pub channels: usize,
+    pub exchanges: usize,
+    pub queues: usize,
+    pub consumers: usize,
+    pub messages_ready: u64,
+    pub messages_unacknowledged: u64,
+    pub stats: MessageStats,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueInfo {
+    pub name: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub exclusive: bool,
+    pub arguments: FieldTable,
+    pub messages_ready: u64,
+    pub messages_unacknowledged: u64,
+    pub message_bytes_ready: u64,
+    pub consumers: usize,
+    pub stats: MessageStats,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExchangeInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone)]
+pub struct BindingInfo {
+    pub source: String,
+    pub destination: String,
+    /// `queue` or `exchange`.
+    pub destination_type: &'static str,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
+    pub conn: ConnId,
+    pub number: u16,
+    pub consumers: usize,
+    pub messages_unacknowledged: usize,
+    pub prefetch_count: u16,
+    pub global_prefetch_count: u16,
+    pub transactional: bool,
+}
+
+impl Broker {
+    /// The vhost's totals; deliveries and acks include those of deleted queues.
+    pub fn info(&self) -> VHostInfo {
+        let core = self.lock();
+        let mut stats = core.retired;
+        let (mut consumers, mut ready) = (0, 0);
+        for q in core.vhost.queues.values() {
+            stats.add(&q.stats);
+            consumers += q.consumers.len();
+            ready += u64::from(q.message_count());
+        }
+        let returns = self.returns.load(Ordering::Relaxed);
+        stats.publish = core.published;
+        stats.confirm = self.confirms.load(Ordering::Relaxed);
+        stats.return_unroutable = returns;
+        stats.drop_unroutable = core.unroutable.saturating_sub(returns);
+        VHostInfo {
+            name: self.name.clone(),
+            connections: core.connections.len(),
+            channels: core.channels.len(),
+            exchanges: core.vhost.exchanges.len(),
+            queues: core.vhost.queues.len(),
+            consumers,
+            messages_ready: ready,
+            messages_unacknowledged: core.channels.values().map(|c| c.unacked.len() as u64).sum(),
+            stats,
+        }
+    }
+
+    /// Every queue, sorted by name.
+    pub fn queues(&self) -> Vec<QueueInfo> {
+        let core = self.lock();
+        let mut unacked: HashMap<&str, u64> = HashMap::new();
+        for state in core.channels.values() {
+            for u in state.unacked.values() {
+                *unacked.entry(&*u.queue).or_default() += 1;
+            }
+        }
+        let mut list: Vec<QueueInfo> = core
+            .vhost
+            .queues
+            .values()
+            .map(|q| QueueInfo {
+                name: q.name.to_string(),
+                durable: q.durable,
+                auto_delete: q.auto_delete,
+                exclusive: q.owner.is_some(),
+                arguments: q.arguments.clone(),
+                messages_ready: u64::from(q.message_count()),
+                messages_unacknowledged: unacked.get(&*q.name).copied().unwrap_or(0),
+                message_bytes_ready: q.bytes(),
+                consumers: q.consumers.len(),
+                stats: q.stats,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Every exchange, the default one included (as `""`), sorted by name.
+    pub fn exchanges(&self) -> Vec<ExchangeInfo> {
+        let core = self.lock();
+        let mut list: Vec<ExchangeInfo> = core
+            .vhost
+            .exchanges
+            .values()
+            .map(|x| ExchangeInfo {
+                name: x.name.clone(),
+                kind: x.kind.as_str(),
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Every binding, with the default exchange's implicit one to each queue first, as
+    /// RabbitMQ lists them.
+    pub fn bindings(&self) -> Vec<BindingInfo> {
+        let core = self.lock();
+        let mut queues: Vec<&str> = core.vhost.queues.keys().map(String::as_str).collect();
+        queues.sort_unstable();
+        let mut list: Vec<BindingInfo> = queues
+            .into_iter()
+            .map(|q| BindingInfo {
+                source: String::new(),
+                destination: q.to_string(),
+                destination_type: "queue",
+                routing_key: q.to_string(),
+                arguments: FieldTable::default(),
+            })
+            .collect();
+        let mut explicit: Vec<BindingInfo> = core
+            .vhost
+            .exchanges
+            .values()
+            .flat_map(|x| {
+                x.bindings().map(|(key, b)| {
+                    let (destination, destination_type) = match &b.destination {
+                        Destination::Queue(q) => (q.clone(), "queue"),
+                        Destination::Exchange(e) => (e.clone(), "exchange"),
+                    };
+                    BindingInfo {
+                        source: x.name.clone(),
+                        destination,
+                        destination_type,
+                        routing_key: key.to_string(),
+                        arguments: b.arguments.clone(),
+                    }
+                })
+            })
+            .collect();
+        explicit.sort_by(|a, b| {
+            (&a.source, &a.destination, &a.routing_key).cmp(&(
+                &b.source,
+                &b.destination,
+                &b.routing_key,
+            ))
+        });
+        list.extend(explicit);
+        list
+    }
+
+    /// Every open channel, by connection and number.
+    pub fn channels(&self) -> Vec<ChannelInfo> {
+        let core = self.lock();
+        let mut list: Vec<ChannelInfo> = core
+            .channels
+            .iter()
+            .map(|(&(conn, number), s)| ChannelInfo {
+                conn,
+                number,
+                consumers: s.consumers.len(),
+                messages_unacknowledged: s.unacked.len(),
+                prefetch_count: s.consumer_prefetch,
+                global_prefetch_count: s.channel_prefetch,
+                transactional: s.tx,
+            })
+            .collect();
+        list.sort_by_key(|c| (c.conn, c.number));
+        list
+    }
+}

@@ -1,0 +1,505 @@
+//! RabbitMQ definitions: the JSON `rabbitmqctl export_definitions` writes and
+//! `load_definitions` reads. The `users`, `vhosts` and `permissions` sections configure
+//! who may connect where; `exchanges`, `queues` and `bindings` are declared at start-up.
+//! Everything is checked while loading (hashes, regexes, exchange types, queue arguments,
+//! that every vhost and user named exists), so a bad file stops the broker before it
+//! serves anyone, with the file and the problem in the message.
+
+use std::path::Path;
+
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::exchange::ExchangeKind;
+use super::permissions::Permissions;
+use super::queue_args::QueueArgs;
+use super::users::{GUEST, Hashing, PasswordHash, User, Users};
+
+/// The vhost every broker has unless definitions say otherwise.
+pub const DEFAULT_VHOST: &str = "/";
+
+/// Why a definitions file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionsError {
+    // The underlying errors are part of the message, not `source`s, so a chained report
+    // (anyhow's `{:#}`) does not print them twice.
+    #[error("cannot read AMQP definitions file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("AMQP definitions file {path} is not valid definitions JSON: {error}")]
+    Json {
+        path: String,
+        error: serde_json::Error,
+    },
+    #[error("AMQP definitions file {path}: {problem}")]
+    Invalid { path: String, problem: String },
+    #[error("--amqp-user {0}: expected NAME:PASSWORD")]
+    BadUser(String),
+    #[error("cannot declare the AMQP definitions: {0}")]
+    Apply(String),
+}
+
+/// An exchange to declare at start-up.
+#[derive(Debug, Clone)]
+pub struct ExchangeDef {
+    pub vhost: String,
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// A queue to declare at start-up.
+#[derive(Debug, Clone)]
+pub struct QueueDef {
+    pub vhost: String,
+    pub name: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// A binding to add at start-up.
+#[derive(Debug, Clone)]
+pub struct BindingDef {
+    pub vhost: String,
+    pub source: String,
+    pub destination: String,
+    /// True for an exchange-to-exchange binding.
+    pub to_exchange: bool,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+/// Users, vhosts and the topology to start with.
+#[derive(Debug, Clone)]
+pub struct Definitions {
+    pub users: Users,
+    pub vhosts: Vec<String>,
+    pub exchanges: Vec<ExchangeDef>,
+    pub queues: Vec<QueueDef>,
+    pub bindings: Vec<BindingDef>,
+}
+
+/// RabbitMQ's fresh node: vhost `/` and `guest`/`guest`, an administrator with every
+/// permission on `/`, allowed from loopback only.
+impl Default for Definitions {
+    fn default() -> Self {
+        let mut d = Definitions::empty();
+        d.vhosts.push(DEFAULT_VHOST.to_string());
+        d.add_admin(GUEST, "guest");
+        d
+    }
+}
+
+impl Definitions {
+    /// No users, no vhosts.
+    pub fn empty() -> Self {
+        Definitions {
+            users: Users::new(),
+            vhosts: Vec::new(),
+            exchanges: Vec::new(),
+            queues: Vec::new(),
+            bindings: Vec::new(),
+        }
+    }
+
+    /// Adds (or replaces) an administrator with every permission on `/`, creating `/`
+    /// if needed: what `--amqp-user` does.
+    pub fn add_admin(&mut self, name: &str, password: &str) {
+        if !self.vhosts.iter().any(|v| v == DEFAULT_VHOST) {
+            self.vhosts.push(DEFAULT_VHOST.to_string());
+        }
+        self.users.add(User {
+            name: name.to_string(),
+            password: PasswordHash::new(password),
+            tags: vec!["administrator".to_string()],
+        });
+        self.users.grant(name, DEFAULT_VHOST, Permissions::all());
+    }
+
+    /// Adds a `NAME:PASSWORD` administrator.
+    pub fn add_admin_spec(&mut self, spec: &str) -> Result<(), DefinitionsError> {
+        match spec.split_once(':') {
+            Some((name, password)) if !name.is_empty() => {
+                self.add_admin(name, password);
+                Ok(())
+            }
+            _ => Err(DefinitionsError::BadUser(spec.to_string())),
+        }
+    }
+
+    /// Reads and checks a definitions file.
+    pub fn load(path: &Path) -> Result<Self, DefinitionsError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| DefinitionsError::Read {
+            path: shown.clone(),
+            error,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ParseError::Json(error) => DefinitionsError::Json {
+                path: shown.clone(),
+                error,
+            },
+            ParseError::Invalid(problem) => DefinitionsError::Invalid {
+                path: shown.clone(),
+                problem,
+            },
+        })
+    }
+
+    fn parse(text: &str) -> Result<Self, ParseError> {
+        let file: File = serde_json::from_str(text).map_err(ParseError::Json)?;
+        let mut d = Definitions::empty();
+        d.vhosts = match file.vhosts {
+            Some(vhosts) => vhosts.into_iter().map(|v| v.name).collect(),
+            None => vec![DEFAULT_VHOST.to_string()],
+        };
+        d.vhosts.dedup();
+        for u in file.users {
+            d.users.add(u.into_user()?);
+        }
+        for p in file.permissions {
+            d.known_vhost(&p.vhost, || format!("permissions of user '{}'", p.user))?;
+            if d.users.get(&p.user).is_none() {
+                return Err(invalid(format!(
+                    "permissions for unknown user '{}' in vhost '{}'",
+                    p.user, p.vhost
+                )));
+            }
+            let perms = Permissions::new(&p.configure, &p.write, &p.read).map_err(|e| {
+                invalid(format!(
+                    "permissions of user '{}' in vhost '{}': bad regular expression: {e}",
+                    p.user, p.vhost
+                ))
+            })?;
+            d.users.grant(&p.user, &p.vhost, perms);
+        }
+        for x in file.exchanges {
+            d.known_vhost(&x.vhost, || format!("exchange '{}'", x.name))?;
+            let kind = ExchangeKind::parse(&x.kind).ok_or_else(|| {
+                invalid(format!(
+                    "exchange '{}' in vhost '{}' has unknown type '{}'",
+                    x.name, x.vhost, x.kind
+                ))
+            })?;
+            d.exchanges.push(ExchangeDef {
+                kind,
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: table(&x.arguments),
+                vhost: x.vhost,
+                name: x.name,
+            });
+        }
+        for q in file.queues {
+            d.known_vhost(&q.vhost, || format!("queue '{}'", q.name))?;
+            let arguments = table(&q.arguments);
+            QueueArgs::parse(&arguments, &q.name, &q.vhost).map_err(|e| invalid(e.text))?;
+            d.queues.push(QueueDef {
+                durable: q.durable,
+                auto_delete: q.auto_delete,
+                arguments,
+                vhost: q.vhost,
+                name: q.name,
+            });
+        }
+        for b in file.bindings {
+            d.known_vhost(&b.vhost, || format!("binding from '{}'", b.source))?;
+            let to_exchange = match b.destination_type.as_str() {
+                "queue" => false,
+                "exchange" => true,
+                other => {
+                    return Err(invalid(format!(
+                        "binding from '{}' has unknown destination_type '{other}'",
+                        b.source
+                    )));
+                }
+            };
+            d.bindings.push(BindingDef {
+                arguments: table(&b.arguments),
+                vhost: b.vhost,
+                source: b.source,
+                destination: b.destination,
+                to_exchange,
+                routing_key: b.routing_key,
+            });
+        }
+        Ok(d)
+    }
+
+    fn known_vhost(&self, vhost: &str, what: impl FnOnce() -> String) -> Result<(), ParseError> {
+        if self.vhosts.iter().any(|v| v == vhost) {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "{} names vhost '{vhost}', which the file does not define",
+                what()
+            )))
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ParseError {
+    Json(serde_json::Error),
+    Invalid(String),
+}
+
+fn invalid(problem: String) -> ParseError {
+    ParseError::Invalid(problem)
+}
+
+/// The sections read; others (`parameters`, `policies`, ...) are ignored.
+#[derive(Deserialize)]
+struct File {
+    #[serde(default)]
+    users: Vec<UserJson>,
+    vhosts: Option<Vec<VHostJson>>,
+    #[serde(default)]
+    permissions: Vec<PermissionJson>,
+    #[serde(default)]
+    exchanges: Vec<ExchangeJson>,
+    #[serde(default)]
+    queues: Vec<QueueJson>,
+    #[serde(default)]
+    bindings: Vec<BindingJson>,
+}
+
+#[derive(Deserialize)]
+struct VHostJson {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct UserJson {
+    name: String,
+    #[serde(default)]
+    password_hash: Option<String>,
+    /// Hand-written files may give the password itself, as RabbitMQ allows.
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    hashing_algorithm: Option<String>,
+    #[serde(default)]
+    tags: Tags,
+}
+
+/// `"administrator,management"` before RabbitMQ 3.10, a list since.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Tags {
+    #[default]
+    None,
+    Text(String),
+    List(Vec<String>),
+}
+
+impl UserJson {
+    fn into_user(self) -> Result<User, ParseError> {
+        let algorithm = self
+            .hashing_algorithm
+            .as_deref()
+            .unwrap_or(Hashing::Sha256.as_str());
+        let hashing = Hashing::parse(algorithm).ok_or_else(|| {
+            invalid(format!(
+                "user '{}' uses hashing_algorithm '{algorithm}'; supported: rabbit_password_hashing_sha256, rabbit_password_hashing_sha512",
+                self.name
+            ))
+        })?;
+        let password = match (self.password_hash, self.password) {
+            (Some(hash), _) => PasswordHash::decode(hashing, &hash)
+                .map_err(|e| invalid(format!("user '{}': {e}", self.name)))?,
+            (None, Some(plain)) => PasswordHash::new(&plain),
+            (None, None) => PasswordHash::decode(hashing, "")
+                .map_err(|e| invalid(format!("user '{}': {e}", self.name)))?,
+        };
+        let tags = match self.tags {
+            Tags::None => Vec::new(),
+            Tags::Text(t) => t
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect(),
+            Tags::List(list) => list,
+        };
+        Ok(User {
+            name: self.name,
+            password,
+            tags,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct PermissionJson {
+    user: String,
+    vhost: String,
+    configure: String,
+    write: String,
+    read: String,
+}
+
+#[derive(Deserialize)]
+struct ExchangeJson {
+    name: String,
+    vhost: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    internal: bool,
+    #[serde(default)]
+    arguments: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct QueueJson {
+    name: String,
+    vhost: String,
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct BindingJson {
+    source: String,
+    vhost: String,
+    destination: String,
+    destination_type: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: serde_json::Map<String, Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// JSON arguments as RabbitMQ turns them into an AMQP table: integers are `long`s,
+/// strings `longstr`s.
+fn table(map: &serde_json::Map<String, Value>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in map {
+        t.insert(k.as_str().into(), value(v));
+    }
+    t
+}
+
+fn value(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+        Value::Array(a) => {
+            AMQPValue::FieldArray(FieldArray::from(a.iter().map(value).collect::<Vec<_>>()))
+        }
+        Value::Object(o) => AMQPValue::FieldTable(table(o)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPORT: &str = r#"{
+        "rabbit_version": "3.12.1",
+        "users": [
+            {"name": "app", "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR",
+             "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["management"], "limits": {}},
+            {"name": "old", "password_hash": "", "tags": "administrator,monitoring"}
+        ],
+        "vhosts": [{"name": "/"}, {"name": "events", "metadata": {}}],
+        "permissions": [{"user": "app", "vhost": "events", "configure": "^app\\.", "write": ".*", "read": ".*"}],
+        "policies": [],
+        "exchanges": [{"name": "x", "vhost": "events", "type": "fanout", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "q", "vhost": "events", "durable": true, "auto_delete": false,
+                    "arguments": {"x-message-ttl": 1000, "x-queue-type": "classic"}}],
+        "bindings": [{"source": "x", "vhost": "events", "destination": "q",
+                      "destination_type": "queue", "routing_key": "", "arguments": {}}]
+    }"#;
+
+    fn problem(text: &str) -> String {
+        match Definitions::parse(text) {
+            Err(ParseError::Invalid(p)) => p,
+            Err(ParseError::Json(e)) => format!("json: {e}"),
+            Ok(_) => "accepted".into(),
+        }
+    }
+
+    #[test]
+    fn reads_a_rabbitmq_export() {
+        let d = Definitions::parse(EXPORT).expect("valid");
+        assert_eq!(d.vhosts, vec!["/", "events"]);
+        let app = d.users.get("app").expect("app");
+        assert!(app.password.verify(b"test12"));
+        assert_eq!(app.tags, vec!["management"]);
+        let old = d.users.get("old").expect("old");
+        assert_eq!(old.tags, vec!["administrator", "monitoring"]);
+        assert!(!old.password.verify(b""));
+        assert!(d.users.permissions("app", "events").is_some());
+        assert!(d.users.permissions("app", "/").is_none());
+        assert_eq!(d.exchanges[0].kind, ExchangeKind::Fanout);
+        assert_eq!(
+            d.queues[0].arguments.inner().get("x-message-ttl"),
+            Some(&AMQPValue::LongLongInt(1000))
+        );
+        assert!(!d.bindings[0].to_exchange);
+    }
+
+    #[test]
+    fn refuses_what_rabbitmq_would_not_load() {
+        assert!(problem("{").starts_with("json"));
+        assert!(
+            problem(r#"{"vhosts": [{"name": "/"}], "users": [{"name": "u"}], "permissions": [{"user": "u", "vhost": "nope", "configure": "", "write": "", "read": ""}]}"#)
+                .contains("vhost 'nope'")
+        );
+        assert!(
+            problem(r#"{"users": [{"name": "u"}], "permissions": [{"user": "u", "vhost": "/", "configure": "(", "write": "", "read": ""}]}"#)
+                .contains("bad regular expression")
+        );
+        assert!(
+            problem(r#"{"users": [{"name": "u", "password_hash": "x", "hashing_algorithm": "rabbit_password_hashing_md5"}]}"#)
+                .contains("md5")
+        );
+        assert!(
+            problem(r#"{"exchanges": [{"name": "x", "vhost": "/", "type": "x-delayed"}]}"#)
+                .contains("unknown type")
+        );
+        assert!(
+            problem(
+                r#"{"queues": [{"name": "q", "vhost": "/", "arguments": {"x-max-length": "2"}}]}"#
+            )
+            .contains("x-max-length")
+        );
+        assert!(problem(r#"{"permissions": [{"user": "ghost", "vhost": "/", "configure": "", "write": "", "read": ""}]}"#).contains("unknown user"));
+    }
+
+    #[test]
+    fn amqp_user_specs() {
+        let mut d = Definitions::empty();
+        d.add_admin_spec("ops:s3:cret").expect("valid");
+        assert_eq!(d.vhosts, vec!["/"]);
+        assert!(d.users.get("ops").expect("ops").password.verify(b"s3:cret"));
+        assert!(d.users.permissions("ops", "/").is_some());
+        assert!(d.add_admin_spec("nopassword").is_err());
+        assert!(d.add_admin_spec(":pw").is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! The whole broker process: its vhosts (each a [`Broker`] of its own, sharing only the
+//! memory watermark), the users who may open them, the open connections and the
+//! sampled message rates the management API reports.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use amq_protocol::protocol::{exchange, queue};
+
+use super::AmqpConfig;
+use super::broker::{Broker, ConnId, VHostInfo};
+use super::definitions::{Definitions, DefinitionsError};
+use super::error::short;
+use super::exchange::Destination;
+use super::flow::MemoryMonitor;
+use super::stats::{MessageStats, Rates, Sampler};
+use super::users::Users;
+
+/// An open connection as the management API lists it.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub id: ConnId,
+    pub user: String,
+    pub vhost: String,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: u64,
+    /// The client's `product` property, if it sent one.
+    pub client: String,
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat: u16,
+}
+
+impl ConnInfo {
+    /// RabbitMQ's connection name: `peer -> local`.
+    pub fn name(&self) -> String {
+        let addr = |a: Option<SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
+        format!("{} -> {}", addr(self.peer), addr(self.local))
+    }
+}
+
+/// The vhosts, users, connections and rates of one broker.
+#[derive(Debug)]
+pub struct Node {
+    config: AmqpConfig,
+    vhosts: BTreeMap<String, Arc<Broker>>,
+    next_conn: AtomicU64,
+    connections: Mutex<BTreeMap<ConnId, ConnInfo>>,
+    rates: Mutex<Sampler>,
+}
+
+/// The sampler's key for the node's totals.
+const OVERVIEW: &str = "overview";
+
+impl Node {
+    /// Creates the configured vhosts and declares the definitions' exchanges, queues and
+    /// bindings in them.
+    pub fn new(config: AmqpConfig) -> Result<Arc<Self>, DefinitionsError> {
+        let memory = Arc::new(MemoryMonitor::new(config.memory_high_watermark));
+        let vhosts = config
+            .definitions
+            .vhosts
+            .iter()
+            .map(|name| (name.clone(), Arc::new(Broker::new(name, memory.clone()))))
+            .collect();
+        let node = Node {
+            vhosts,
+            next_conn: AtomicU64::new(1),
+            connections: Mutex::new(BTreeMap::new()),
+            rates: Mutex::new(Sampler::default()),
+            config,
+        };
+        node.declare(&node.config.definitions)?;
+        Ok(Arc::new(node))
+    }
+
+    fn declare(&self, d: &Definitions) -> Result<(), DefinitionsError> {
+        let fail = |what: String, e: super::error::AmqpError| {
+            DefinitionsError::Apply(format!("{what}: {}", e.text))
+        };
+        let broker = |vhost: &str| {
+            self.vhost(vhost)
+                .ok_or_else(|| DefinitionsError::Apply(format!("vhost '{vhost}' is not defined")))
+        };
+        for x in &d.exchanges {
+            let declare = exchange::Declare {
+                exchange: short(&x.name),
+                kind: short(x.kind.as_str()),
+                passive: false,
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                nowait: false,
+                arguments: x.arguments.clone(),
+            };
+            broker(&x.vhost)?
+                .exchange_declare(&declare)
+                .map_err(|e| fail(format!("exchange '{}'", x.name), e))?;
+        }
+        for q in &d.queues {
+            let declare = queue::Declare {
+                queue: short(&q.name),
+                passive: false,
+                durable: q.durable,
+                exclusive: false,
+                auto_delete: q.auto_delete,
+                nowait: false,
+                arguments: q.arguments.clone(),
+            };
+            broker(&q.vhost)?
+                .queue_declare(0, &declare, |_| Ok(()))
+                .map_err(|e| fail(format!("queue '{}'", q.name), e))?;
+        }
+        for b in &d.bindings {
+            let destination = if b.to_exchange {
+                Destination::Exchange(b.destination.clone())
+            } else {
+                Destination::Queue(b.destination.clone())
+            };
+            broker(&b.vhost)?
+                .bind(
+                    0,
+                    &b.source,
+                    destination,
+                    &b.routing_key,
+                    &b.arguments,
+                    false,
+                )
+                .map_err(|e| {
+                    fail(
+                        format!("binding from '{}' to '{}'", b.source, b.destination),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &AmqpConfig {
+        &self.config
+    }
+
+    pub fn users(&self) -> &Users {
+        &self.config.definitions.users
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<Broker>> {
+        self.vhosts.get(name).cloned()
+    }
+
+    /// Every vhost, by name.
+    pub fn vhosts(&self) -> impl Iterator<Item = &Arc<Broker>> {
+        self.vhosts.values()
+    }
+
+    /// A connection id unique across the node's vhosts.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn conns(&self) -> MutexGuard<'_, BTreeMap<ConnId, ConnInfo>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lists a connection that opened its vhost.
+    pub fn connection_opened(&self, info: ConnInfo) {
+        self.conns().insert(info.id, info);
+    }
+
+    pub fn connection_closed(&self, id: ConnId) {
+        self.conns().remove(&id);
+    }
+
+    /// The open connections, oldest first.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        self.conns().values().cloned().collect()
+    }
+
+    /// Expires messages and unused queues in every vhost.
+    pub fn tick(&self) {
+        for broker in self.vhosts.values() {
+            broker.tick();
+        }
+    }
+
+    /// Samples every counter for the rates; run every few seconds.
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let mut samples = Vec::new();
+        let mut total = MessageStats::default();
+        for broker in self.vhosts.values() {
+            let info = broker.info();
+            total.add(&info.stats);
+            for q in broker.queues() {
+                samples.push((queue_key(broker.name(), &q.name), q.stats));
+            }
+            samples.push((vhost_key(broker.name()), info.stats));
+        }
+        samples.push((OVERVIEW.to_string(), total));
+        let mut rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, stats) in samples {
+            rates.record(key, stats, now);
+        }
+        rates.end_round();
+    }
+
+    /// The node's totals over all vhosts.
+    pub fn overview(&self) -> (VHostInfo, Rates) {
+        let mut total = VHostInfo::default();
+        for broker in self.vhosts.values() {
+            let info = broker.info();
+            total.connections += info.connections;
+            total.channels += info.channels;
+            total.exchanges += info.exchanges;
+            total.queues += info.queues;
+            total.consumers += info.consumers;
+            total.messages_ready += info.messages_ready;
+            total.messages_unacknowledged += info.messages_unacknowledged;
+            total.stats.add(&info.stats);
+        }
+        (total, self.rates_of(OVERVIEW))
+    }
+
+    pub fn vhost_rates(&self, vhost: &str) -> Rates {
+        self.rates_of(&vhost_key(vhost))
+    }
+
+    pub fn queue_rates(&self, vhost: &str, queue: &str) -> Rates {
+        self.rates_of(&queue_key(vhost, queue))
+    }
+
+    fn rates_of(&self, key: &str) -> Rates {
+        self.rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rates(key)
+    }
+}
+
+fn vhost_key(vhost: &str) -> String {
+    format!("vhost\0{vhost}")
+}
+
+fn queue_key(vhost: &str, queue: &str) -> String {
+    format!("queue\0{vhost}\0{queue}")
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

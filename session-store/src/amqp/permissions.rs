@@ -1,0 +1,158 @@
+//! A user's permissions in one vhost: three regular expressions, matched (unanchored, as
+//! RabbitMQ's `re:run` does) against the names of the queues and exchanges an operation
+//! configures, writes to or reads from. Which operation needs which is RabbitMQ's table:
+//!
+//! | operation | configure | write | read |
+//! | --- | --- | --- | --- |
+//! | exchange.declare, exchange.delete | exchange | | |
+//! | queue.declare, queue.delete | queue | | |
+//! | queue.declare with a dead-letter exchange | queue | exchange (DLX) | queue |
+//! | exchange.bind / unbind | | destination exchange | source exchange |
+//! | queue.bind / unbind | | queue | exchange |
+//! | basic.publish | | exchange | |
+//! | basic.get, basic.consume, queue.purge | | | queue |
+//!
+//! Passive declarations need no permission.
+
+use regex::Regex;
+
+use super::error::AmqpError;
+
+/// Which of the three permissions an operation needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    Configure,
+    Write,
+    Read,
+}
+
+/// The kind of resource a permission is checked on, for error texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Queue,
+    Exchange,
+}
+
+impl Resource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Resource::Queue => "queue",
+            Resource::Exchange => "exchange",
+        }
+    }
+}
+
+/// The configure, write and read expressions, as given (for listing) and compiled.
+#[derive(Debug, Clone)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+    compiled: [Regex; 3],
+}
+
+impl Permissions {
+    /// Compiles the three expressions; an empty one matches nothing (RabbitMQ reads it as
+    /// `^$`).
+    pub fn new(configure: &str, write: &str, read: &str) -> Result<Self, regex::Error> {
+        let compile = |re: &str| Regex::new(if re.is_empty() { "^$" } else { re });
+        Ok(Permissions {
+            compiled: [compile(configure)?, compile(write)?, compile(read)?],
+            configure: configure.to_string(),
+            write: write.to_string(),
+            read: read.to_string(),
+        })
+    }
+
+    /// Everything: `.*` for all three.
+    pub fn all() -> Self {
+        let any = Regex::new(".*").unwrap_or_else(|_| unreachable!("a valid expression"));
+        Permissions {
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+            compiled: [any.clone(), any.clone(), any],
+        }
+    }
+
+    /// Whether `perm` is granted on the resource called `name`. The default exchange is
+    /// checked under its RabbitMQ name, `amq.default`.
+    pub fn allows(&self, perm: Perm, resource: Resource, name: &str) -> bool {
+        let re = match perm {
+            Perm::Configure => &self.compiled[0],
+            Perm::Write => &self.compiled[1],
+            Perm::Read => &self.compiled[2],
+        };
+        re.is_match(resource_name(resource, name))
+    }
+
+    /// [`Permissions::allows`] as RabbitMQ reports a refusal: 403 ACCESS_REFUSED, closing
+    /// the channel.
+    pub fn check(
+        &self,
+        perm: Perm,
+        resource: Resource,
+        name: &str,
+        vhost: &str,
+        user: &str,
+    ) -> Result<(), AmqpError> {
+        if self.allows(perm, resource, name) {
+            return Ok(());
+        }
+        Err(AmqpError::access_refused(format_args!(
+            "access to {} '{}' in vhost '{vhost}' refused for user '{user}'",
+            resource.as_str(),
+            resource_name(resource, name)
+        )))
+    }
+}
+
+fn resource_name(resource: Resource, name: &str) -> &str {
+    if resource == Resource::Exchange && name.is_empty() {
+        "amq.default"
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expressions_match_unanchored_and_empty_matches_nothing() {
+        let p = Permissions::new("^app\\.", "", "events").expect("valid");
+        assert!(p.allows(Perm::Configure, Resource::Queue, "app.q"));
+        assert!(!p.allows(Perm::Configure, Resource::Queue, "other.app.q"));
+        assert!(!p.allows(Perm::Write, Resource::Exchange, ""));
+        assert!(!p.allows(Perm::Write, Resource::Exchange, "x"));
+        assert!(p.allows(Perm::Read, Resource::Queue, "my-events-1"));
+        assert!(Permissions::all().allows(Perm::Write, Resource::Exchange, ""));
+        assert!(Permissions::new("(", "", "").is_err());
+    }
+
+    #[test]
+    fn refusals_use_rabbitmq_texts() {
+        let p = Permissions::new("", "^amq\\.default$", "").expect("valid");
+        assert!(
+            p.check(Perm::Write, Resource::Exchange, "", "/", "u")
+                .is_ok()
+        );
+        let e = p
+            .check(Perm::Read, Resource::Queue, "q", "/", "u")
+            .expect_err("refused");
+        assert_eq!(e.code, 403);
+        assert_eq!(
+            e.text,
+            "ACCESS_REFUSED - access to queue 'q' in vhost '/' refused for user 'u'"
+        );
+        let e = Permissions::new("", "", "")
+            .expect("valid")
+            .check(Perm::Write, Resource::Exchange, "", "v", "u")
+            .expect_err("refused");
+        assert_eq!(
+            e.text,
+            "ACCESS_REFUSED - access to exchange 'amq.default' in vhost 'v' refused for user 'u'"
+        );
+    }
+}
