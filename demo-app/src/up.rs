@@ -321,6 +321,10 @@ fn print_summary(args: &UpArgs, members: &[Member]) {
         if m.name == "store" {
             let amqp = format!("amqp://127.0.0.1:{}", args.amqp_port);
             println!("  {:<6} {amqp:<24} (same process)", "amqp");
+            println!(
+                "  {:<6} {:<24} (broker management, guest/guest)",
+                "", "http://127.0.0.1:15673/"
+            );
         }
     }
     println!("Kill a node (kill -9 <pid>) to see what each mode loses. Ctrl-C stops everything.");
