@@ -125,7 +125,8 @@ RABBIT_PID=$!
 wait_port "$RABBIT_PORT" "$RABBIT_PID" 120 rabbitmq-server "$R/stdout.log"
 
 echo "starting session-store (AMQP on 127.0.0.1:$OURS_PORT) ..." >&2
-setsid "$STORE" --bind 127.0.0.1:0 --amqp-bind "127.0.0.1:$OURS_PORT" > "$TMP/ours.log" 2>&1 < /dev/null &
+setsid "$STORE" --bind 127.0.0.1:0 --amqp-bind "127.0.0.1:$OURS_PORT" --amqp-data-dir "$TMP/ours-data" \
+  > "$TMP/ours.log" 2>&1 < /dev/null &
 OURS_PID=$!
 wait_port "$OURS_PORT" "$OURS_PID" 30 session-store "$TMP/ours.log"
 echo "letting RabbitMQ settle for $SETTLE s ..." >&2

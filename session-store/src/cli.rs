@@ -63,9 +63,9 @@ pub struct Args {
     #[arg(long, env = "STORE_AMQP_BIND", default_value = "127.0.0.1:5673")]
     pub amqp_bind: String,
 
-    /// Bytes of queued AMQP messages above which publishing connections are blocked
-    /// (connection.blocked) until consumers drain the queues, like RabbitMQ's memory high
-    /// watermark. Default: 40% of physical memory.
+    /// Bytes of AMQP message bodies held (queued, being delivered or awaiting acks) above
+    /// which publishing connections are blocked (connection.blocked) until consumers catch
+    /// up, like RabbitMQ's memory high watermark. Default: 40% of physical memory.
     #[arg(long, env = "STORE_AMQP_MEMORY_HIGH_WATERMARK")]
     pub amqp_memory_high_watermark: Option<u64>,
 
@@ -97,6 +97,18 @@ pub struct Args {
     /// Do not serve the management HTTP API.
     #[arg(long, env = "STORE_NO_AMQP_MANAGEMENT")]
     pub no_amqp_management: bool,
+
+    /// Directory where the AMQP broker keeps durable exchanges, queues and bindings and the
+    /// persistent messages in durable queues, one subdirectory per vhost (created if
+    /// missing; relative paths start at the working directory). A restart with the same
+    /// directory brings them back. One process at a time may use a directory.
+    #[arg(long, env = "STORE_AMQP_DATA_DIR", default_value = "data/amqp")]
+    pub amqp_data_dir: PathBuf,
+
+    /// Keep all AMQP state in memory: nothing is written to disk and nothing survives a
+    /// restart.
+    #[arg(long, env = "STORE_AMQP_NO_PERSIST")]
+    pub amqp_no_persist: bool,
 
     /// Do not run the AMQP broker; serve RESP only.
     #[arg(long, env = "STORE_NO_AMQP")]
@@ -138,6 +150,10 @@ impl std::fmt::Debug for Args {
             .field("amqp_bind", &(!self.no_amqp).then_some(&self.amqp_bind))
             .field("amqp_definitions", &self.amqp_definitions)
             .field(
+                "amqp_data_dir",
+                &(!self.no_amqp && !self.amqp_no_persist).then_some(&self.amqp_data_dir),
+            )
+            .field(
                 "amqp_users",
                 &self
                     .amqp_user
@@ -167,13 +183,15 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
         None
     } else {
         let definitions = args.amqp_definitions()?;
-        Some(Node::new(AmqpConfig {
+        let config = AmqpConfig {
             definitions,
             memory_high_watermark: args
                 .amqp_memory_high_watermark
                 .unwrap_or_else(crate::amqp::default_watermark),
+            data_dir: (!args.amqp_no_persist).then(|| args.amqp_data_dir.clone()),
             ..AmqpConfig::default()
-        })?)
+        };
+        Some(Node::open(config).await?)
     };
     let listener = TcpListener::bind(&args.bind).await.with_context(|| {
         format!(

@@ -326,7 +326,10 @@ fn remove_stale_dirs() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("e2e-rabbit-")) else {
+        let Some(rest) = name.to_str().and_then(|n| {
+            n.strip_prefix("e2e-rabbit-")
+                .or_else(|| n.strip_prefix("e2e-amqp-"))
+        }) else {
             continue;
         };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
@@ -359,12 +362,17 @@ fn tail_logs(dir: &Path) -> String {
 /// Our broker: `session-store` with its AMQP listener on a free loopback port (the RESP
 /// listener on an ephemeral one). Killed when the returned [`Proc`] is dropped.
 pub fn start_embedded() -> (Proc, u16) {
+    remove_stale_dirs();
     let port = free_port();
+    // Its own empty data directory, so durable queues of earlier runs cannot leak in.
+    let data = std::env::temp_dir().join(format!("e2e-amqp-{}-{port}", std::process::id()));
     let args = vec![
         "--bind".to_string(),
         "127.0.0.1:0".to_string(),
         "--amqp-bind".to_string(),
         format!("127.0.0.1:{port}"),
+        "--amqp-data-dir".to_string(),
+        data.display().to_string(),
     ];
     let proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
     wait_port(port, Duration::from_secs(20));

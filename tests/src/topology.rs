@@ -95,6 +95,7 @@ pub fn start_store(port: u16) -> Proc {
         format!("127.0.0.1:{port}"),
         "--amqp-bind".to_string(),
         "127.0.0.1:0".to_string(),
+        "--amqp-no-persist".to_string(),
     ];
     let proc = Proc::spawn("store", &bin("session-store"), &args, &[]);
     wait_port(port, START);

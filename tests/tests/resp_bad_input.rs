@@ -29,6 +29,7 @@ fn start_store() -> (Proc, u16) {
         MAX_FRAME_BYTES.to_string(),
         "--amqp-bind".to_string(),
         "127.0.0.1:0".to_string(),
+        "--amqp-no-persist".to_string(),
     ];
     let proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
     wait_port(port, Duration::from_secs(20));

@@ -32,6 +32,7 @@ fn start_store(password: Option<&str>) -> Server {
         format!("127.0.0.1:{port}"),
         "--amqp-bind".to_string(),
         "127.0.0.1:0".to_string(),
+        "--amqp-no-persist".to_string(),
     ];
     if let Some(password) = password {
         args.extend(["--requirepass".to_string(), password.to_string()]);

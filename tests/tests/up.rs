@@ -50,7 +50,10 @@ fn alive(pid: u32) -> bool {
 fn start_up() -> (Proc, Vec<u32>, u16) {
     let (lb, store) = (free_port(), free_port());
     let nodes = [free_port(), free_port(), free_port()];
-    let up = Proc::spawn("up", &bin("demo-app"), &up_args(lb, &nodes, store), &[]);
+    // The tests start several topologies at once from the same directory; they cannot all
+    // lock the default AMQP data directory, and need nothing on disk.
+    let env = [("STORE_AMQP_NO_PERSIST", "true")];
+    let up = Proc::spawn("up", &bin("demo-app"), &up_args(lb, &nodes, store), &env);
     wait_port(lb, Duration::from_secs(30));
     let children = wait_for(
         "store, three nodes and the LB",

@@ -10,6 +10,9 @@
 //! Messages leave a queue by delivery, expiry (checked at the head when the queue is
 //! touched and by [`Broker::tick`]), length limits or rejection; the last three
 //! dead-letter them when the queue has a dead-letter exchange.
+//!
+//! With a journal, changes to durable things are also appended to it (see `store`), in
+//! the same critical section as the change itself, so the log's order is the broker's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +37,7 @@ use super::flow::MemoryMonitor;
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
 use super::queue_args::{Overflow, QueueArgs, check_equivalent};
 use super::stats::MessageStats;
+use super::store::{self, BindingRecord, Journal, Record};
 
 /// Identifies a client connection inside the broker.
 pub type ConnId = u64;
@@ -50,8 +54,10 @@ pub struct ConnHandle {
 #[derive(Debug)]
 pub struct VHost {
     pub name: String,
-    exchanges: HashMap<String, Exchange>,
-    queues: HashMap<String, Queue>,
+    pub(super) exchanges: HashMap<String, Exchange>,
+    pub(super) queues: HashMap<String, Queue>,
+    /// Where durable changes are logged; none when nothing persists.
+    journal: Option<Journal>,
 }
 
 impl VHost {
@@ -72,6 +78,14 @@ impl VHost {
             name: name.to_string(),
             exchanges,
             queues: HashMap::new(),
+            journal: None,
+        }
+    }
+
+    /// Appends a record to the journal, if there is one.
+    fn log(&self, record: impl FnOnce() -> Record) {
+        if let Some(journal) = &self.journal {
+            journal.append(record());
         }
     }
 
@@ -180,6 +194,8 @@ struct Core {
     unroutable: u64,
     /// The counters of deleted queues, so vhost totals do not shrink.
     retired: MessageStats,
+    /// The node-wide count of held message bytes, which dead letters are charged to.
+    memory: Arc<AtomicU64>,
 }
 
 /// What basic.get hands back.
@@ -198,6 +214,9 @@ pub struct Published {
     pub routed: bool,
     /// A full reject-publish queue refused it: basic.nack in confirm mode.
     pub rejected: bool,
+    /// The journal position that must be on disk before the publish is confirmed:
+    /// set for a persistent message that reached a durable queue.
+    pub synced_at: Option<u64>,
 }
 
 /// A message leaving a queue for its dead-letter exchange.
@@ -214,6 +233,9 @@ struct Dead {
 /// cycle rule does not catch (drop-head queues dead-lettering into each other).
 const DEAD_LETTER_BUDGET: usize = 100_000;
 
+/// delivery_mode of a persistent message.
+const PERSISTENT: u8 = 2;
+
 /// The broker: cheap to share between connection tasks.
 #[derive(Debug)]
 pub struct Broker {
@@ -227,7 +249,7 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// The vhost `name`, its queued bytes counted by the node-wide `memory` monitor.
+    /// The vhost `name`, its messages' bytes counted by the node-wide `memory` monitor.
     pub fn new(name: &str, memory: Arc<MemoryMonitor>) -> Self {
         Broker {
             name: name.to_string(),
@@ -238,6 +260,7 @@ impl Broker {
                 published: 0,
                 unroutable: 0,
                 retired: MessageStats::default(),
+                memory: memory.counter(),
             }),
             memory,
             confirms: AtomicU64::new(0),
@@ -248,6 +271,21 @@ impl Broker {
     /// The vhost's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Rebuilds the durable state recovered from `journal`'s log and logs to it from now
+    /// on. Called once, before any connection.
+    pub fn restore_durable(&self, journal: Journal, state: store::State) {
+        let mut core = self.lock();
+        store::restore(&mut core.vhost, state, &journal);
+        core.vhost.journal = Some(journal);
+        drop(core);
+        self.memory.check();
+    }
+
+    /// Follows how far the journal is on disk; none without a journal.
+    pub fn journal_synced(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.lock().vhost.journal.as_ref().map(Journal::synced)
     }
 
     /// Follows the memory alarm (true: over the watermark, publishers are blocked).
@@ -357,6 +395,15 @@ impl Broker {
         x.auto_delete = d.auto_delete;
         x.internal = d.internal;
         x.arguments = d.arguments.clone();
+        if x.durable {
+            vhost.log(|| Record::DeclareExchange {
+                name: name.to_string(),
+                kind: kind.as_str().to_string(),
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments.clone(),
+            });
+        }
         vhost.exchanges.insert(name.to_string(), x);
         Ok(())
     }
@@ -376,6 +423,11 @@ impl Broker {
                 "exchange '{name}' in vhost '{}' in use",
                 vhost.name
             )));
+        }
+        if x.durable {
+            vhost.log(|| Record::DeleteExchange {
+                name: name.to_string(),
+            });
         }
         vhost.exchanges.remove(name);
         remove_bindings_to(vhost, &Destination::Exchange(name.to_string()));
@@ -397,30 +449,49 @@ impl Broker {
         if source.is_empty() {
             return Err(default_exchange_refused());
         }
-        match &destination {
-            Destination::Queue(q) => {
-                vhost.usable_queue(q, conn)?;
-            }
-            Destination::Exchange(e) => {
-                vhost.exchange(e)?;
-            }
-        }
+        let durable_destination = match &destination {
+            Destination::Queue(q) => vhost.usable_queue(q, conn)?.journal.is_some(),
+            Destination::Exchange(e) => vhost.exchange(e)?.durable,
+        };
         let vhost_name = vhost.name.clone();
         let x = vhost
             .exchanges
             .get_mut(source)
             .ok_or_else(|| AmqpError::not_found("exchange", source, &vhost_name))?;
+        // As in RabbitMQ, a binding is durable when both its ends are.
+        let record = (durable_destination && x.durable).then(|| BindingRecord {
+            source: source.to_string(),
+            destination: destination.clone(),
+            key: key.to_string(),
+            arguments: arguments.clone(),
+        });
         let binding = Binding {
             destination,
             arguments: arguments.clone(),
         };
+        let mut emptied = None;
         if unbind {
             x.unbind(key, &binding);
             if x.auto_delete && !x.has_bindings() {
+                emptied = Some(x.durable);
                 vhost.exchanges.remove(source);
             }
         } else {
             x.bind(key, binding);
+        }
+        if let Some(r) = record {
+            vhost.log(|| {
+                if unbind {
+                    Record::Unbind(r)
+                } else {
+                    Record::Bind(r)
+                }
+            });
+        }
+        if emptied == Some(true) {
+            vhost.log(|| Record::DeleteExchange {
+                name: source.to_string(),
+            });
         }
         Ok(())
     }
@@ -492,18 +563,24 @@ impl Broker {
         } else {
             args
         };
-        vhost.queues.insert(
-            name.clone(),
-            Queue::new(
-                &name,
-                d.durable,
-                owner,
-                d.auto_delete,
-                d.arguments.clone(),
-                args,
-                self.memory.counter(),
-            ),
+        let mut q = Queue::new(
+            &name,
+            d.durable,
+            owner,
+            d.auto_delete,
+            d.arguments.clone(),
+            args,
         );
+        // Exclusive queues die with their connection, so they are never logged.
+        if d.durable && owner.is_none() && vhost.journal.is_some() {
+            q.journal = vhost.journal.clone();
+            vhost.log(|| Record::DeclareQueue {
+                name: q.name.clone(),
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+            });
+        }
+        vhost.queues.insert(name.clone(), q);
         Ok((name, 0, 0))
     }
 
@@ -551,9 +628,11 @@ impl Broker {
         Ok(())
     }
 
-    /// Routes a message to its queues and delivers what it can.
-    pub fn publish(&self, message: Message) -> Result<Published, AmqpError> {
+    /// Routes a message to its queues and delivers what it can. From here on its body
+    /// counts towards the memory watermark for as long as anything holds it.
+    pub fn publish(&self, mut message: Message) -> Result<Published, AmqpError> {
         self.check_publish(message.exchange.as_str())?;
+        message.charge(&self.memory.counter());
         let mut core = self.lock();
         let core = &mut *core;
         let targets = core.vhost.route(
@@ -567,15 +646,17 @@ impl Broker {
             return Ok(Published {
                 routed: false,
                 rejected: false,
+                synced_at: None,
             });
         }
         let mut dead = Vec::new();
-        let rejected = enqueue_all(core, Arc::new(message), &targets, &mut dead);
+        let (rejected, synced_at) = enqueue_all(core, Arc::new(message), &targets, &mut dead);
         dead_letter_all(core, dead);
         self.memory.check();
         Ok(Published {
             routed: true,
             rejected,
+            synced_at,
         })
     }
 
@@ -791,6 +872,7 @@ impl Broker {
             return Ok(None);
         };
         q.stats.delivered(true, no_ack, m.redelivered);
+        q.delivered(&m, no_ack);
         self.memory.check();
         let message_count = q.message_count();
         let queue_name = q.name.clone();
@@ -862,9 +944,15 @@ fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacke
         };
         release_credit(q, conn, channel, u.consumer.as_ref());
         match how {
-            Settle::Ack => q.stats.ack += 1,
+            Settle::Ack => {
+                q.stats.ack += 1;
+                q.settled(&u.message);
+            }
             Settle::Requeue => q.requeue(u.message),
-            Settle::Discard => dead.extend(dead_from(q, u.message.message, Reason::Rejected)),
+            Settle::Discard => {
+                q.settled(&u.message);
+                dead.extend(dead_from(q, u.message.message, Reason::Rejected));
+            }
         }
         if !touched.contains(&u.queue) {
             touched.push(u.queue);
@@ -892,15 +980,17 @@ fn dead_from(q: &Queue, message: Arc<Message>, reason: Reason) -> Option<Dead> {
 
 /// Puts a message in each target queue under its limits, delivering at once where a
 /// consumer is ready (so a TTL of 0 still reaches a waiting consumer). Returns whether a
-/// reject-publish queue refused it; what was dropped for length or expiry goes to `dead`.
+/// reject-publish queue refused it, and the journal position of its publish record if it
+/// was logged; what was dropped for length or expiry goes to `dead`.
 fn enqueue_all(
     core: &mut Core,
     message: Arc<Message>,
     targets: &[String],
     dead: &mut Vec<Dead>,
-) -> bool {
+) -> (bool, Option<u64>) {
     let now = Instant::now();
     let mut rejected = false;
+    let logged = log_publish(&core.vhost, &message, targets);
     for name in targets {
         let Some(q) = core.vhost.queues.get_mut(name) else {
             continue;
@@ -911,7 +1001,7 @@ fn enqueue_all(
                 .into_iter()
                 .filter_map(|m| dead_from(q, m.message, Reason::Expired)),
         );
-        match q.enqueue(message.clone(), now) {
+        match q.enqueue(message.clone(), now, logged.map(|(id, _)| id)) {
             Admission::Accepted(dropped) => {
                 q.stats.publish += 1;
                 dead.extend(
@@ -935,7 +1025,33 @@ fn enqueue_all(
                 .filter_map(|m| dead_from(q, m.message, Reason::Expired)),
         );
     }
-    rejected
+    (rejected, logged.map(|(_, seq)| seq))
+}
+
+/// Logs a persistent message bound for durable queues; returns its id and the record's
+/// sequence number. Transient messages and non-durable queues cost nothing here.
+fn log_publish(vhost: &VHost, message: &Arc<Message>, targets: &[String]) -> Option<(u64, u64)> {
+    let journal = vhost.journal.as_ref()?;
+    if *message.properties.delivery_mode() != Some(PERSISTENT) {
+        return None;
+    }
+    let queues: Vec<Arc<str>> = targets
+        .iter()
+        .filter_map(|t| vhost.queues.get(t))
+        .filter(|q| q.journal.is_some())
+        .map(|q| q.name.clone())
+        .collect();
+    if queues.is_empty() {
+        return None;
+    }
+    let id = journal.next_id();
+    let seq = journal.append(Record::Publish {
+        id,
+        published_ms: store::unix_ms(SystemTime::now()),
+        queues,
+        message: message.clone(),
+    });
+    Some((id, seq))
 }
 
 /// Republishes dead letters through their exchanges, and the dead letters that causes in
@@ -959,7 +1075,9 @@ fn dead_letter_all(core: &mut Core, dead: Vec<Dead>) {
             exchange: &d.dlx,
             routing_key: d.routing_key.as_deref(),
         };
-        let letter = dead_letter::dead_letter(&d.message, d.reason, &d.queue, &target, now_secs);
+        let mut letter =
+            dead_letter::dead_letter(&d.message, d.reason, &d.queue, &target, now_secs);
+        letter.charge(&core.memory);
         let targets: Vec<String> = core
             .vhost
             .route(
@@ -971,6 +1089,7 @@ fn dead_letter_all(core: &mut Core, dead: Vec<Dead>) {
             .filter(|q| !dead_letter::is_cycle(&letter, q))
             .collect();
         let mut more = Vec::new();
+        // Dead-lettering is at most once, as RabbitMQ's default: nothing waits for the disk.
         enqueue_all(core, Arc::new(letter), &targets, &mut more);
         pending.extend(more);
     }
@@ -1073,6 +1192,7 @@ fn dispatch(
         let Some(m) = q.pop() else {
             return;
         };
+        q.delivered(&m, q.consumers[i].no_ack);
         let (Some(state), c) = (channels.get_mut(&key), &mut q.consumers[i]) else {
             return;
         };
@@ -1156,6 +1276,11 @@ fn delete_queue(core: &mut Core, name: &str) -> u32 {
         return 0;
     };
     core.retired.add(&q.stats);
+    if q.journal.is_some() {
+        core.vhost.log(|| Record::DeleteQueue {
+            name: q.name.clone(),
+        });
+    }
     remove_bindings_to(&mut core.vhost, &Destination::Queue(name.to_string()));
     for c in &q.consumers {
         if let Some(state) = core.channels.get_mut(&(c.conn, c.channel)) {
@@ -1181,10 +1306,13 @@ fn remove_bindings_to(vhost: &mut VHost, destination: &Destination) {
     let mut emptied = Vec::new();
     for x in vhost.exchanges.values_mut() {
         if x.unbind_all(destination) && x.auto_delete && !x.has_bindings() {
-            emptied.push(x.name.clone());
+            emptied.push((x.name.clone(), x.durable));
         }
     }
-    for name in emptied {
+    for (name, durable) in emptied {
+        if durable {
+            vhost.log(|| Record::DeleteExchange { name: name.clone() });
+        }
         vhost.exchanges.remove(&name);
         remove_bindings_to(vhost, &Destination::Exchange(name));
     }

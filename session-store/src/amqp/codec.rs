@@ -324,12 +324,12 @@ mod tests {
     fn body_frames_are_split_by_frame_max_and_reassemble() {
         let mut codec = AmqpCodec::new(4096);
         codec.set_frame_max(4096);
-        let message = Arc::new(Message {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            properties: basic::AMQPProperties::default().with_content_type("text/plain".into()),
-            body: Bytes::from(vec![7u8; 10_000]),
-        });
+        let message = Arc::new(Message::new(
+            "".into(),
+            "q".into(),
+            basic::AMQPProperties::default().with_content_type("text/plain".into()),
+            Bytes::from(vec![7u8; 10_000]),
+        ));
         let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
             consumer_tag: "c".into(),
             delivery_tag: 1,

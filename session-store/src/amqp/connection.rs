@@ -3,8 +3,13 @@
 //! never waits on a slow socket. While the broker's memory alarm is on, a connection that
 //! publishes is told with connection.blocked and its socket is not read until the alarm
 //! goes off.
+//!
+//! In confirm mode, a persistent message that reached a durable queue is confirmed only
+//! once its journal record is on disk: its confirm waits in `confirms` while the reader
+//! goes on reading, and leaves when the journal's synced position passes it. Confirms
+//! may thus overtake each other, which AMQP allows (each acks one delivery tag).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -24,7 +29,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::broker::{Broker, ConnHandle, ConnId};
+use super::broker::{Broker, ConnHandle, ConnId, Published};
 use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, ErrorKind, code, short};
 use super::exchange::Destination;
@@ -102,6 +107,8 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 blocked_capable: false,
                 user,
                 permissions,
+                synced: broker.journal_synced(),
+                confirms: VecDeque::new(),
             };
             conn.run(&mut frames, tuned, &stop).await;
             broker.connection_closed(id);
@@ -213,6 +220,19 @@ struct Conn {
     user: Arc<User>,
     /// The user's permissions in this vhost.
     permissions: Arc<Permissions>,
+    /// How far the broker's journal is on disk; none when nothing persists.
+    synced: Option<watch::Receiver<u64>>,
+    /// Confirms waiting for the journal, in journal order: position, channel, ack/nack.
+    confirms: VecDeque<(u64, u16, AMQPClass)>,
+}
+
+/// What woke the reader. Each value is handled at once and never stored, so the large
+/// `Read` variant costs nothing worth a `Box` per frame.
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Read(Result<Option<Inbound>, CodecError>),
+    Synced,
+    Stop,
 }
 
 /// What to do after a frame.
@@ -252,10 +272,23 @@ impl Conn {
                 close_with(frames, &self.tx, &e).await;
                 return;
             }
-            let next = tokio::select! {
-                next = read(frames, silence) => next,
-                () = stop.cancelled() => {
-                    let e = AmqpError::connection(code::CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown");
+            let waiting = self.confirms.front().map(|c| c.0);
+            let event = tokio::select! {
+                next = read(frames, silence) => Event::Read(next),
+                () = synced_past(&mut self.synced, waiting) => Event::Synced,
+                () = stop.cancelled() => Event::Stop,
+            };
+            let next = match event {
+                Event::Read(next) => next,
+                Event::Synced => {
+                    self.send_synced_confirms().await;
+                    continue;
+                }
+                Event::Stop => {
+                    let e = AmqpError::connection(
+                        code::CONNECTION_FORCED,
+                        "CONNECTION_FORCED - broker shutdown",
+                    );
                     close_with(frames, &self.tx, &e).await;
                     return;
                 }
@@ -279,6 +312,24 @@ impl Conn {
         }
     }
 
+    /// Sends the waiting confirms whose journal records are on disk.
+    async fn send_synced_confirms(&mut self) {
+        let Some(synced) = self.synced.as_ref().map(|s| *s.borrow()) else {
+            return;
+        };
+        while self.confirms.front().is_some_and(|c| c.0 <= synced) {
+            if let Some((_, ch, method)) = self.confirms.pop_front() {
+                self.method(ch, method).await;
+                self.broker.confirmed();
+            }
+        }
+    }
+
+    /// Waits until the journal has `position` on disk.
+    async fn wait_synced(&mut self, position: u64) {
+        synced_past(&mut self.synced, Some(position)).await;
+    }
+
     /// Blocks this publisher while the memory alarm is on: connection.blocked (if the
     /// client understands it), no reads, then connection.unblocked. False if the broker
     /// is shutting down meanwhile.
@@ -290,9 +341,19 @@ impl Conn {
             });
             self.method(0, AMQPClass::Connection(blocked)).await;
         }
-        let cleared = tokio::select! {
-            r = self.alarm.wait_for(|on| !*on) => r.is_ok(),
-            () = stop.cancelled() => false,
+        // Confirms that were waiting for the disk still go out meanwhile: holding them would
+        // stall a publisher's window for no memory gained.
+        let cleared = loop {
+            let waiting = self.confirms.front().map(|c| c.0);
+            let cleared = tokio::select! {
+                r = self.alarm.wait_for(|on| !*on) => Some(r.is_ok()),
+                () = synced_past(&mut self.synced, waiting) => None,
+                () = stop.cancelled() => Some(false),
+            };
+            match cleared {
+                Some(cleared) => break cleared,
+                None => self.send_synced_confirms().await,
+            }
         };
         if cleared && self.blocked_capable {
             let unblocked = connection::AMQPMethod::Unblocked(connection::Unblocked {});
@@ -405,6 +466,7 @@ impl Conn {
             AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                 self.broker.close_channel(self.id, ch);
                 self.channels.remove(&ch);
+                self.confirms.retain(|c| c.1 != ch);
                 let ok = channel::AMQPMethod::CloseOk(channel::CloseOk {});
                 self.method(ch, AMQPClass::Channel(ok)).await;
                 return Ok(());
@@ -434,6 +496,7 @@ impl Conn {
         }
         debug!(id = self.id, ch, "channel error: {e}");
         self.broker.close_channel(self.id, ch);
+        self.confirms.retain(|c| c.1 != ch);
         if let Some(chan) = self.channels.get_mut(&ch) {
             chan.closing = true;
             chan.pending = None;
@@ -803,12 +866,12 @@ impl Conn {
                 all.freeze()
             }
         };
-        let message = Message {
-            exchange: publish.exchange.clone(),
-            routing_key: publish.routing_key.clone(),
-            properties: header.properties,
+        let message = Message::new(
+            publish.exchange.clone(),
+            publish.routing_key.clone(),
+            header.properties,
             body,
-        };
+        );
         let method = AMQPClass::Basic(basic::AMQPMethod::Publish(publish.clone()));
         if let Err(e) = self.allow_publish(ch, &publish.exchange) {
             return self.fail(ch, e.during(&method)).await;
@@ -843,13 +906,13 @@ impl Conn {
             chan.published += 1;
         }
         let seq = chan.published;
-        let rejected = match self.route(ch, p).await {
-            Ok(rejected) => rejected,
+        let published = match self.route(ch, p).await {
+            Ok(published) => published,
             Err(e) => return self.fail(ch, e.during(&method)).await,
         };
         if confirm {
             let tag = seq;
-            let method = if rejected {
+            let method = if published.rejected {
                 basic::AMQPMethod::Nack(basic::Nack {
                     delivery_tag: tag,
                     multiple: false,
@@ -861,23 +924,30 @@ impl Conn {
                     multiple: false,
                 })
             };
-            self.method(ch, AMQPClass::Basic(method)).await;
-            self.broker.confirmed();
+            let method = AMQPClass::Basic(method);
+            match published.synced_at {
+                Some(position) if self.synced.is_some() => {
+                    self.confirms.push_back((position, ch, method));
+                }
+                _ => {
+                    self.method(ch, method).await;
+                    self.broker.confirmed();
+                }
+            }
         }
         Ok(())
     }
 
-    /// Routes a publish, returning it if unroutable and mandatory. Returns whether a full
-    /// queue refused it.
-    async fn route(&self, ch: u16, p: BufferedPublish) -> Result<bool, AmqpError> {
+    /// Routes a publish, returning it if unroutable and mandatory.
+    async fn route(&self, ch: u16, p: BufferedPublish) -> Result<Published, AmqpError> {
         let BufferedPublish { publish, message } = p;
         let returned = publish.mandatory.then(|| {
-            Arc::new(Message {
-                exchange: message.exchange.clone(),
-                routing_key: message.routing_key.clone(),
-                properties: message.properties.clone(),
-                body: message.body.clone(),
-            })
+            Arc::new(Message::new(
+                message.exchange.clone(),
+                message.routing_key.clone(),
+                message.properties.clone(),
+                message.body.clone(),
+            ))
         });
         let published = self.broker.publish(message)?;
         if let (false, Some(message)) = (published.routed, returned) {
@@ -895,7 +965,7 @@ impl Conn {
             })
             .await;
         }
-        Ok(published.rejected)
+        Ok(published)
     }
 
     /// tx.select, tx.commit and tx.rollback; returns the reply.
@@ -915,10 +985,15 @@ impl Conn {
             }
             tx_class::AMQPMethod::Commit(_) => {
                 let buffered = chan.mode.take_buffered()?;
+                let mut durable_at = None;
                 for p in buffered {
-                    self.route(ch, p).await?;
+                    durable_at = durable_at.max(self.route(ch, p).await?.synced_at);
                 }
                 self.broker.tx_end(self.id, ch, true);
+                // As in RabbitMQ, commit-ok means the persistent messages are on disk.
+                if let Some(position) = durable_at {
+                    self.wait_synced(position).await;
+                }
                 Ok(tx_class::AMQPMethod::CommitOk(tx_class::CommitOk {}))
             }
             tx_class::AMQPMethod::Rollback(_) => {
@@ -984,6 +1059,19 @@ async fn close_with<R: AsyncRead + Unpin>(
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, linger).await;
+}
+
+/// Completes once the journal has `position` on disk; never without a journal, a
+/// position, or a writer.
+async fn synced_past(synced: &mut Option<watch::Receiver<u64>>, position: Option<u64>) {
+    match (synced, position) {
+        (Some(synced), Some(position)) => {
+            if synced.wait_for(|s| *s >= position).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// Reads the next frame, failing if the client stays silent past two heartbeats.

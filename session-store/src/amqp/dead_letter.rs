@@ -67,12 +67,12 @@ pub fn dead_letter(
     let routing_key = target
         .routing_key
         .map_or_else(|| message.routing_key.clone(), ShortString::from);
-    Message {
-        exchange: target.exchange.into(),
+    Message::new(
+        target.exchange.into(),
         routing_key,
-        properties: without_expiration(&message.properties).with_headers(headers),
-        body: message.body.clone(),
-    }
+        without_expiration(&message.properties).with_headers(headers),
+        message.body.clone(),
+    )
 }
 
 /// Adds a death to `x-death`: the entry for the same queue and reason counts one more and
@@ -214,12 +214,12 @@ mod tests {
         if let Some(e) = expiration {
             properties = properties.with_expiration(e.into());
         }
-        Message {
-            exchange: "".into(),
-            routing_key: "src".into(),
+        Message::new(
+            "".into(),
+            "src".into(),
             properties,
-            body: Bytes::from_static(b"x"),
-        }
+            Bytes::from_static(b"x"),
+        )
     }
 
     fn deaths(m: &Message) -> Vec<FieldTable> {

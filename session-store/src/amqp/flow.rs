@@ -1,7 +1,14 @@
 //! Memory-based flow control, after RabbitMQ's memory high watermark: when the bytes of
-//! messages waiting in queues pass the watermark the alarm goes on, and connections that
-//! publish are told with connection.blocked and not read from until it goes off again, so
-//! a fast publisher cannot grow the broker without bound while consumers catch up.
+//! message bodies the broker holds pass the watermark the alarm goes on, and connections
+//! that publish are told with connection.blocked and not read from until it goes off
+//! again, so a fast publisher cannot grow the broker without bound while consumers catch
+//! up.
+//!
+//! A body is charged once, when its message is made (published, dead-lettered, recovered
+//! from disk), and released when the last reference to the message goes: a message held
+//! by several queues, waiting in a connection's outbound queue, delivered and awaiting
+//! its ack, or kept by the journal's writer counts exactly as long as it takes memory.
+//! The alarm itself is re-evaluated by broker operations and the periodic sweep.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +20,7 @@ const DEFAULT_FRACTION_PERCENT: u64 = 40;
 /// The watermark when physical memory cannot be read (1 GiB).
 const FALLBACK_WATERMARK: u64 = 1 << 30;
 
-/// The broker-wide count of queued message bytes and the alarm derived from it.
+/// The broker-wide count of held message bytes and the alarm derived from it.
 #[derive(Debug)]
 pub struct MemoryMonitor {
     used: Arc<AtomicU64>,
@@ -30,7 +37,7 @@ impl MemoryMonitor {
         }
     }
 
-    /// The counter queues add their message bytes to and take them from.
+    /// The counter [`Charge`]s add message bytes to and take them from.
     pub fn counter(&self) -> Arc<AtomicU64> {
         self.used.clone()
     }
@@ -53,6 +60,32 @@ impl MemoryMonitor {
     /// Follows the alarm: true while memory is over the watermark.
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.alarm.subscribe()
+    }
+}
+
+/// Bytes counted in a [`MemoryMonitor`] for as long as this value lives: a message holds
+/// one for its body, so the body is released with the last reference to the message.
+/// The default charges nothing (a message not yet made the broker's).
+#[derive(Debug, Default)]
+pub struct Charge {
+    counted: Option<(Arc<AtomicU64>, u64)>,
+}
+
+impl Charge {
+    /// Adds `bytes` to `counter` until dropped.
+    pub fn new(counter: &Arc<AtomicU64>, bytes: u64) -> Self {
+        counter.fetch_add(bytes, Ordering::Relaxed);
+        Charge {
+            counted: Some((counter.clone(), bytes)),
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some((counter, bytes)) = self.counted.take() {
+            counter.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 }
 
@@ -103,5 +136,18 @@ mod tests {
         m.counter().fetch_sub(1, Ordering::Relaxed);
         m.check();
         assert!(!*alarm.borrow_and_update());
+    }
+
+    #[test]
+    fn a_charge_lasts_as_long_as_its_value() {
+        let m = MemoryMonitor::new(100);
+        let charge = Charge::new(&m.counter(), 40);
+        let other = Charge::new(&m.counter(), 2);
+        assert_eq!(m.used(), 42);
+        drop(charge);
+        assert_eq!(m.used(), 2);
+        drop(other);
+        drop(Charge::default());
+        assert_eq!(m.used(), 0);
     }
 }

@@ -4,11 +4,13 @@
 //! Layout: [`serve`] accepts connections; `connection` runs each one (with `handshake` for
 //! its opening and `codec` for its bytes); the [`Node`] holds the vhosts, each a `broker`
 //! with its `exchange`s and `queue`s; `error` maps failures to channel.close /
-//! connection.close. Messages live in memory only. Queue arguments (`queue_args`) bring
-//! TTLs, length limits and `dead_letter`ing; `tx` holds transactions; `flow` the memory
-//! watermark that blocks publishers. `users` and `permissions` decide who may do what,
-//! as configured by [`Definitions`] (RabbitMQ's definitions JSON); `stats` counts
-//! messages for the [`management`] HTTP API.
+//! connection.close. Messages live in memory; with a data directory, each vhost's durable
+//! exchanges, queues and bindings and its persistent messages are also logged to disk by
+//! `store` and recovered on start. Queue arguments (`queue_args`) bring TTLs, length
+//! limits and `dead_letter`ing; `tx` holds transactions; `flow` the memory watermark that
+//! blocks publishers. `users` and `permissions` decide who may do what, as configured by
+//! [`Definitions`] (RabbitMQ's definitions JSON); `stats` counts messages for the
+//! [`management`] HTTP API.
 
 mod broker;
 mod codec;
@@ -27,14 +29,17 @@ pub mod permissions;
 mod queue;
 mod queue_args;
 mod stats;
+mod store;
 mod tx;
 pub mod users;
 
 pub use definitions::{Definitions, DefinitionsError};
 pub use flow::default_watermark;
-pub use node::Node;
+pub use node::{Node, NodeError};
+pub use store::StoreError;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,9 +72,13 @@ pub struct AmqpConfig {
     pub heartbeat: u16,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
-    /// Queued message bytes above which publishers are blocked (RabbitMQ's memory high
-    /// watermark); by default 40 % of physical memory.
+    /// Bytes of message bodies held (queued, on their way to consumers, or awaiting acks)
+    /// above which publishers are blocked (RabbitMQ's memory high watermark); by default
+    /// 40 % of physical memory.
     pub memory_high_watermark: u64,
+    /// Where durable exchanges, queues, bindings and persistent messages are kept, one
+    /// subdirectory per vhost; none keeps everything in memory only.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for AmqpConfig {
@@ -81,6 +90,7 @@ impl Default for AmqpConfig {
             heartbeat: 60,
             max_connections: 10_000,
             memory_high_watermark: default_watermark(),
+            data_dir: None,
         }
     }
 }
@@ -103,24 +113,26 @@ impl std::fmt::Debug for AmqpConfig {
             .field("heartbeat", &self.heartbeat)
             .field("max_connections", &self.max_connections)
             .field("memory_high_watermark", &self.memory_high_watermark)
+            .field("data_dir", &self.data_dir)
             .finish()
     }
 }
 
-/// [`serve`] with a [`Node`] made from `config`; fails only if its definitions cannot be
-/// declared.
+/// [`serve`] with a [`Node`] made from `config` (see [`Node::open`]); fails before
+/// serving anyone if its data directory or definitions cannot be used.
 pub async fn run(
     listener: TcpListener,
     config: AmqpConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DefinitionsError> {
-    serve(listener, Node::new(config)?, shutdown).await;
+) -> Result<(), NodeError> {
+    serve(listener, Node::open(config).await?, shutdown).await;
     Ok(())
 }
 
 /// Serves AMQP clients on `listener` until `shutdown` completes; then stops accepting,
 /// sends every client connection.close 320 CONNECTION_FORCED "broker shutdown" and waits
-/// (at most 5 s) for the connections to end.
+/// (at most 5 s) for the connections to end. Last, the vhosts' journals write out what
+/// they hold and stop.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
     let config = node.config();
     let limit = Arc::new(Semaphore::new(config.max_connections));
@@ -183,4 +195,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     {
         warn!("amqp connections still open after {DRAIN_TIMEOUT:?}; dropping them");
     }
+    let closing = node.clone();
+    // A panicked writer has already been reported by `close_journals`.
+    let _ = tokio::task::spawn_blocking(move || closing.close_journals()).await;
 }

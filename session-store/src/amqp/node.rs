@@ -1,6 +1,7 @@
 //! The whole broker process: its vhosts (each a [`Broker`] of its own, sharing only the
 //! memory watermark), the users who may open them, the open connections and the
-//! sampled message rates the management API reports.
+//! sampled message rates the management API reports. With a data directory, it holds
+//! the directory's lock and each vhost's journal.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +18,17 @@ use super::error::short;
 use super::exchange::Destination;
 use super::flow::MemoryMonitor;
 use super::stats::{MessageStats, Rates, Sampler};
+use super::store::{self, DataDir, Journal, StoreError};
 use super::users::Users;
+
+/// Why a node cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Definitions(#[from] DefinitionsError),
+}
 
 /// An open connection as the management API lists it.
 #[derive(Debug, Clone)]
@@ -49,6 +60,10 @@ impl ConnInfo {
 pub struct Node {
     config: AmqpConfig,
     vhosts: BTreeMap<String, Arc<Broker>>,
+    /// The data directory's lock, held for the node's life; none without persistence.
+    data: Option<DataDir>,
+    /// Every vhost's journal, to be closed on shutdown.
+    journals: Vec<Journal>,
     next_conn: AtomicU64,
     connections: Mutex<BTreeMap<ConnId, ConnInfo>>,
     rates: Mutex<Sampler>,
@@ -58,25 +73,73 @@ pub struct Node {
 const OVERVIEW: &str = "overview";
 
 impl Node {
-    /// Creates the configured vhosts and declares the definitions' exchanges, queues and
-    /// bindings in them.
-    pub fn new(config: AmqpConfig) -> Result<Arc<Self>, DefinitionsError> {
+    /// Creates the configured vhosts, recovers the durable state of each from its journal
+    /// in the data directory (locking the directory first), then declares the
+    /// definitions' exchanges, queues and bindings, which are journaled like any others.
+    /// Reads the disk: in async code, prefer [`Node::open`].
+    pub fn new(config: AmqpConfig) -> Result<Arc<Self>, NodeError> {
         let memory = Arc::new(MemoryMonitor::new(config.memory_high_watermark));
-        let vhosts = config
-            .definitions
-            .vhosts
-            .iter()
-            .map(|name| (name.clone(), Arc::new(Broker::new(name, memory.clone()))))
-            .collect();
+        let data = config.data_dir.as_deref().map(DataDir::lock).transpose()?;
+        let mut vhosts = BTreeMap::new();
+        let mut journals = Vec::new();
+        for name in &config.definitions.vhosts {
+            let broker = Broker::new(name, memory.clone());
+            if let Some(data) = &data {
+                match store::open(&data.vhost(name), &memory.counter()) {
+                    Ok((journal, state)) => {
+                        broker.restore_durable(journal.clone(), state);
+                        journals.push(journal);
+                    }
+                    Err(e) => {
+                        journals.iter().for_each(Journal::close);
+                        return Err(e.into());
+                    }
+                }
+            }
+            vhosts.insert(name.clone(), Arc::new(broker));
+        }
         let node = Node {
             vhosts,
+            data,
+            journals,
             next_conn: AtomicU64::new(1),
             connections: Mutex::new(BTreeMap::new()),
             rates: Mutex::new(Sampler::default()),
             config,
         };
-        node.declare(&node.config.definitions)?;
+        if let Err(e) = node.settle_definitions() {
+            node.close_journals();
+            return Err(e);
+        }
         Ok(Arc::new(node))
+    }
+
+    /// Reports data of vhosts no longer defined, then declares the definitions' topology.
+    fn settle_definitions(&self) -> Result<(), NodeError> {
+        if let Some(data) = &self.data {
+            data.warn_unknown(&self.config.definitions.vhosts)?;
+        }
+        self.declare(&self.config.definitions)?;
+        Ok(())
+    }
+
+    /// [`Node::new`] on a blocking thread, as recovering a large log takes a while.
+    pub async fn open(config: AmqpConfig) -> Result<Arc<Self>, NodeError> {
+        let dir = config.data_dir.clone().unwrap_or_default();
+        tokio::task::spawn_blocking(move || Node::new(config))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: dir,
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// Writes out what the journals hold and stops their writers; anything logged after
+    /// this is lost. Blocks: call it from a blocking context.
+    pub fn close_journals(&self) {
+        for journal in &self.journals {
+            journal.close();
+        }
     }
 
     fn declare(&self, d: &Definitions) -> Result<(), DefinitionsError> {

@@ -1,11 +1,13 @@
 //! Queues: the messages waiting in order, and the consumers they are handed to in turn;
 //! with the limits of their arguments: message TTL (checked at the head, as RabbitMQ
-//! does), maximum length and bytes, and the bytes they hold counted towards the broker's
-//! memory watermark.
+//! does), maximum length and bytes (of the ready messages only, as RabbitMQ counts
+//! them). The memory watermark counts message bodies through the messages themselves
+//! (see `flow`), wherever they are held. A durable queue also tells the journal what becomes of its persistent
+//! messages (delivered, settled, purged), so the log can tell which are still live.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::basic::AMQPProperties;
@@ -13,17 +15,55 @@ use amq_protocol::types::{FieldTable, ShortString};
 use bytes::Bytes;
 
 use super::broker::ConnId;
+use super::flow::Charge;
 use super::queue_args::{Overflow, QueueArgs, parse_expiration};
 use super::stats::MessageStats;
+use super::store::{Journal, Record};
 
 /// A published message. Shared by every queue it was routed to, so a fanout to N queues
-/// stores one body.
+/// stores one body, counted once towards the memory watermark.
 #[derive(Debug)]
 pub struct Message {
     pub exchange: ShortString,
     pub routing_key: ShortString,
     pub properties: AMQPProperties,
     pub body: Bytes,
+    /// The body's bytes in the memory watermark, released with the message.
+    charge: Charge,
+}
+
+impl Message {
+    /// A message not yet counted towards the memory watermark.
+    pub fn new(
+        exchange: ShortString,
+        routing_key: ShortString,
+        properties: AMQPProperties,
+        body: Bytes,
+    ) -> Self {
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            charge: Charge::default(),
+        }
+    }
+
+    /// Counts the body in `memory` until the message is dropped; done once, by the
+    /// broker, when the message becomes its own.
+    pub fn charge(&mut self, memory: &Arc<AtomicU64>) {
+        self.charge = Charge::new(memory, self.body.len() as u64);
+    }
+}
+
+/// Equal content; what the message is charged to is bookkeeping.
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.exchange == other.exchange
+            && self.routing_key == other.routing_key
+            && self.properties == other.properties
+            && self.body == other.body
+    }
 }
 
 /// A message in one queue. `seq` is its place in the queue, kept so a requeued message
@@ -35,6 +75,8 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// When the message expires (the queue's TTL or its own `expiration`, the sooner).
     pub expires_at: Option<Instant>,
+    /// Its id in the journal, when it is persistent and the queue durable.
+    pub stored: Option<u64>,
 }
 
 impl QueuedMessage {
@@ -82,10 +124,8 @@ pub struct Queue {
     pub arguments: FieldTable,
     pub args: QueueArgs,
     messages: VecDeque<QueuedMessage>,
-    /// Body bytes of `messages`.
+    /// Body bytes of `messages`, for `x-max-length-bytes`.
     bytes: u64,
-    /// The broker-wide count of queued bytes, kept in step with `bytes`.
-    memory: Arc<AtomicU64>,
     next_seq: u64,
     pub consumers: Vec<Consumer>,
     /// Index of the consumer to try first, for round-robin.
@@ -96,6 +136,8 @@ pub struct Queue {
     pub last_used: Instant,
     /// Messages routed in, delivered and acknowledged, for the management API.
     pub stats: MessageStats,
+    /// Where a durable queue records the fate of its persistent messages.
+    pub journal: Option<Journal>,
 }
 
 impl Queue {
@@ -106,7 +148,6 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
         args: QueueArgs,
-        memory: Arc<AtomicU64>,
     ) -> Self {
         Queue {
             name: Arc::from(name),
@@ -117,18 +158,24 @@ impl Queue {
             args,
             messages: VecDeque::new(),
             bytes: 0,
-            memory,
             next_seq: 0,
             consumers: Vec::new(),
             cursor: 0,
             had_consumers: false,
             last_used: Instant::now(),
             stats: MessageStats::default(),
+            journal: None,
         }
     }
 
-    /// Queues a message at `now`, applying the length limits.
-    pub fn enqueue(&mut self, message: Arc<Message>, now: Instant) -> Admission {
+    /// Queues a message at `now`, applying the length limits. `stored` is its journal id
+    /// when it was logged for this queue.
+    pub fn enqueue(
+        &mut self,
+        message: Arc<Message>,
+        now: Instant,
+        stored: Option<u64>,
+    ) -> Admission {
         let own_ttl = message
             .properties
             .expiration()
@@ -146,6 +193,7 @@ impl Queue {
                 now.checked_add(t)
                     .unwrap_or(now + Duration::from_secs(1 << 32))
             }),
+            stored: stored.filter(|_| self.journal.is_some()),
         };
         let size = m.size();
         if self.args.overflow != Overflow::DropHead
@@ -153,6 +201,7 @@ impl Queue {
                 .args
                 .over_limit(self.messages.len() + 1, self.bytes + size)
         {
+            self.settled(&m);
             return Admission::Rejected;
         }
         self.next_seq += 1;
@@ -161,11 +210,51 @@ impl Queue {
         let mut dropped = Vec::new();
         while self.args.over_limit(self.messages.len(), self.bytes) {
             match self.pop() {
-                Some(m) => dropped.push(m),
+                Some(m) => {
+                    self.settled(&m);
+                    dropped.push(m);
+                }
                 None => break,
             }
         }
         Admission::Accepted(dropped)
+    }
+
+    /// Puts back a message recovered from the journal, at the tail, as published at
+    /// `published` (so its TTL keeps counting from then), redelivered if it had been
+    /// delivered.
+    pub fn restore(&mut self, message: Arc<Message>, id: u64, delivered: bool, published: Instant) {
+        if let Admission::Accepted(_) = self.enqueue(message, published, Some(id))
+            && let Some(m) = self.messages.back_mut()
+        {
+            m.redelivered = delivered;
+        }
+    }
+
+    /// Records that a message left the queue for a consumer: one that must ack it is
+    /// remembered as delivered (redelivered after a restart); for one that will not, the
+    /// message is gone.
+    pub fn delivered(&self, m: &QueuedMessage, no_ack: bool) {
+        if no_ack {
+            self.settled(m);
+        } else if !m.redelivered
+            && let (Some(journal), Some(id)) = (&self.journal, m.stored)
+        {
+            journal.append(Record::Delivered {
+                queue: self.name.clone(),
+                id,
+            });
+        }
+    }
+
+    /// Records that a message left the queue for good (acked, rejected, expired, dropped).
+    pub fn settled(&self, m: &QueuedMessage) {
+        if let (Some(journal), Some(id)) = (&self.journal, m.stored) {
+            journal.append(Record::Settle {
+                queue: self.name.clone(),
+                id,
+            });
+        }
     }
 
     /// Takes the message at the head.
@@ -181,6 +270,7 @@ impl Queue {
         let mut expired = Vec::new();
         while self.messages.front().is_some_and(|m| m.expired(now)) {
             if let Some(m) = self.pop() {
+                self.settled(&m);
                 expired.push(m);
             }
         }
@@ -215,6 +305,13 @@ impl Queue {
 
     pub fn purge(&mut self) -> u32 {
         let count = self.message_count();
+        if let Some(journal) = &self.journal
+            && self.messages.iter().any(|m| m.stored.is_some())
+        {
+            journal.append(Record::Purge {
+                queue: self.name.clone(),
+            });
+        }
         self.messages.clear();
         self.sub(self.bytes);
         count
@@ -230,19 +327,10 @@ impl Queue {
 
     fn add(&mut self, size: u64) {
         self.bytes += size;
-        self.memory.fetch_add(size, Ordering::Relaxed);
     }
 
     fn sub(&mut self, size: u64) {
         self.bytes -= size;
-        self.memory.fetch_sub(size, Ordering::Relaxed);
-    }
-}
-
-/// A deleted queue's messages no longer count towards the memory watermark.
-impl Drop for Queue {
-    fn drop(&mut self) {
-        self.memory.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -255,26 +343,16 @@ mod tests {
         if let Some(e) = expiration {
             properties = properties.with_expiration(e.into());
         }
-        Arc::new(Message {
-            exchange: "".into(),
-            routing_key: "q".into(),
+        Arc::new(Message::new(
+            "".into(),
+            "q".into(),
             properties,
-            body: Bytes::from_static(body),
-        })
+            Bytes::from_static(body),
+        ))
     }
 
-    fn queue(args: QueueArgs) -> (Queue, Arc<AtomicU64>) {
-        let memory = Arc::new(AtomicU64::new(0));
-        let q = Queue::new(
-            "q",
-            false,
-            None,
-            false,
-            FieldTable::default(),
-            args,
-            memory.clone(),
-        );
-        (q, memory)
+    fn queue(args: QueueArgs) -> Queue {
+        Queue::new("q", false, None, false, FieldTable::default(), args)
     }
 
     fn accepted(a: Admission) -> Vec<QueuedMessage> {
@@ -286,28 +364,48 @@ mod tests {
 
     #[test]
     fn requeued_messages_return_to_their_place() {
-        let (mut q, memory) = queue(QueueArgs::default());
+        let mut q = queue(QueueArgs::default());
         let now = Instant::now();
         for _ in 0..4 {
-            accepted(q.enqueue(message(b"ab", None), now));
+            accepted(q.enqueue(message(b"ab", None), now, None));
         }
-        assert_eq!(memory.load(Ordering::Relaxed), 8);
+        assert_eq!(q.bytes(), 8);
         let first = q.pop().expect("1");
         let second = q.pop().expect("2");
-        assert_eq!(memory.load(Ordering::Relaxed), 4);
+        assert_eq!(
+            q.bytes(),
+            4,
+            "only ready messages count for x-max-length-bytes"
+        );
         q.requeue(second);
         q.requeue(first);
         let order: Vec<(u64, bool)> = q.messages.iter().map(|m| (m.seq, m.redelivered)).collect();
         assert_eq!(order, vec![(1, true), (2, true), (3, false), (4, false)]);
         assert_eq!(q.purge(), 4);
-        assert_eq!(memory.load(Ordering::Relaxed), 0);
-        accepted(q.enqueue(message(b"abc", None), now));
-        drop(q);
-        assert_eq!(
-            memory.load(Ordering::Relaxed),
-            0,
-            "a deleted queue frees its bytes"
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn a_body_counts_towards_memory_until_its_last_holder_lets_go() {
+        let memory = Arc::new(AtomicU64::new(0));
+        let used = || memory.load(std::sync::atomic::Ordering::Relaxed);
+        let mut m = Message::new(
+            "".into(),
+            "q".into(),
+            AMQPProperties::default(),
+            "abcd".into(),
         );
+        m.charge(&memory);
+        let m = Arc::new(m);
+        let (mut a, mut b) = (queue(QueueArgs::default()), queue(QueueArgs::default()));
+        accepted(a.enqueue(m.clone(), Instant::now(), None));
+        accepted(b.enqueue(m, Instant::now(), None));
+        assert_eq!(used(), 4, "one body, however many queues hold it");
+        let delivered = a.pop().expect("delivered");
+        drop(b);
+        assert_eq!(used(), 4, "delivered but not acked: still held");
+        drop(delivered);
+        assert_eq!(used(), 0);
     }
 
     #[test]
@@ -316,11 +414,11 @@ mod tests {
             message_ttl: Some(Duration::from_millis(100)),
             ..QueueArgs::default()
         };
-        let (mut q, _) = queue(ttl);
+        let mut q = queue(ttl);
         let t0 = Instant::now();
-        accepted(q.enqueue(message(b"long", Some("60000")), t0));
-        accepted(q.enqueue(message(b"short", Some("10")), t0));
-        accepted(q.enqueue(message(b"queue-ttl", None), t0));
+        accepted(q.enqueue(message(b"long", Some("60000")), t0, None));
+        accepted(q.enqueue(message(b"short", Some("10")), t0, None));
+        accepted(q.enqueue(message(b"queue-ttl", None), t0, None));
         let later = t0 + Duration::from_millis(50);
         assert!(q.drop_expired(later).is_empty(), "head not yet expired");
         let first = q.pop().expect("head");
@@ -340,35 +438,35 @@ mod tests {
     #[test]
     fn overflow_drops_the_head_or_rejects_the_publish() {
         let now = Instant::now();
-        let (mut q, _) = queue(QueueArgs {
+        let mut q = queue(QueueArgs {
             max_length: Some(2),
             ..QueueArgs::default()
         });
         for b in [&b"1"[..], b"2", b"3"] {
-            let dropped = accepted(q.enqueue(message(b, None), now));
+            let dropped = accepted(q.enqueue(message(b, None), now, None));
             if b == b"3" {
                 assert_eq!(dropped.len(), 1);
                 assert_eq!(dropped[0].message.body.as_ref(), b"1");
             }
         }
         assert_eq!(q.message_count(), 2);
-        let (mut q, _) = queue(QueueArgs {
+        let mut q = queue(QueueArgs {
             max_length_bytes: Some(5),
             overflow: Overflow::RejectPublish,
             ..QueueArgs::default()
         });
-        accepted(q.enqueue(message(b"abc", None), now));
+        accepted(q.enqueue(message(b"abc", None), now, None));
         assert!(matches!(
-            q.enqueue(message(b"def", None), now),
+            q.enqueue(message(b"def", None), now, None),
             Admission::Rejected
         ));
-        accepted(q.enqueue(message(b"de", None), now));
+        accepted(q.enqueue(message(b"de", None), now, None));
         assert_eq!(q.message_count(), 2);
     }
 
     #[test]
     fn unused_queues_expire_only_without_consumers() {
-        let (mut q, _) = queue(QueueArgs {
+        let mut q = queue(QueueArgs {
             expires: Some(Duration::from_millis(100)),
             ..QueueArgs::default()
         });

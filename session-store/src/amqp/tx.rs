@@ -107,12 +107,12 @@ mod tests {
         let mut m = Mode::default();
         let p = || BufferedPublish {
             publish: basic::Publish::default(),
-            message: Message {
-                exchange: "".into(),
-                routing_key: "q".into(),
-                properties: Default::default(),
-                body: Default::default(),
-            },
+            message: Message::new(
+                "".into(),
+                "q".into(),
+                Default::default(),
+                Default::default(),
+            ),
         };
         assert!(m.buffer(p()).is_some(), "plain channels do not buffer");
         m.select_tx().expect("select");
