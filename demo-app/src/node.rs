@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 
 use crate::app::app;
 use crate::routes::AppState;
-use crate::session::{JwtSessions, LocalSessions, SessionMode, Sessions, SharedSessions};
+use crate::session::{
+    JwtSessions, LocalSessions, SessionMode, Sessions, SharedSessions, random_bytes,
+};
 
 /// Shortest accepted JWT secret: HS256 wants a key at least as long as its hash.
 const MIN_JWT_SECRET: usize = 32;
@@ -106,8 +108,5 @@ fn jwt_secret(args: &NodeArgs) -> anyhow::Result<Vec<u8>> {
 
 /// 32 random bytes as base64: a secret that can travel in an environment variable.
 pub fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    // Without the OS CSPRNG there is no safe secret to make: stop loudly.
-    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
-    STANDARD.encode(bytes)
+    STANDARD.encode(random_bytes::<32>())
 }

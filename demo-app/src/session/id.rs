@@ -15,10 +15,7 @@ pub struct SessionId(String);
 impl SessionId {
     /// A fresh, unguessable id.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; BYTES];
-        // The OS CSPRNG failing leaves no safe way to make session ids: stop loudly.
-        getrandom::fill(&mut bytes).expect("the OS random number generator failed");
-        SessionId(URL_SAFE_NO_PAD.encode(bytes))
+        SessionId(URL_SAFE_NO_PAD.encode(random_bytes::<BYTES>()))
     }
 
     /// Accepts only strings that could be an id we issued.
@@ -36,6 +33,14 @@ impl SessionId {
     pub fn short(&self) -> &str {
         &self.0[..8]
     }
+}
+
+/// `N` bytes from the OS CSPRNG, for ids and secrets.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // Without the OS CSPRNG there is no safe id or secret to make: stop loudly.
+    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+    bytes
 }
 
 #[cfg(test)]

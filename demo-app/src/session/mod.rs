@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 pub use cookies::SetCookie;
-pub use id::SessionId;
+pub use id::{SessionId, random_bytes};
 pub use jwt::JwtSessions;
 pub use local::LocalSessions;
 pub use shared::SharedSessions;
