@@ -405,15 +405,43 @@ fn expect_text(e: &lapin::Error, prefix: &str) {
 }
 
 /// Waits for the channel's close from the broker, triggered by an earlier asynchronous
-/// method (basic.publish, basic.ack): the next synchronous method on the channel fails
-/// with the broker's reply code.
-async fn channel_closed_with(ch: &Channel, code: u16, text_prefix: &str) {
+/// method (basic.publish, basic.ack), and checks its reply code and text.
+///
+/// The next synchronous method on the channel fails, but with which error depends on a
+/// race: lapin reports the broker's reply only if the close arrives while that method is
+/// outstanding, and a bare "channel closing" otherwise. The broker's reason always reaches
+/// the connection's event stream, so that is where it is read; `events` must have been
+/// taken from the connection before the faulty method was sent.
+async fn channel_closed_with(
+    ch: &Channel,
+    events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
+    code: u16,
+    text_prefix: &str,
+) {
     let r = step(
         "basic.qos after the faulty method",
         ch.basic_qos(10, BasicQosOptions::default()),
     )
     .await;
-    let e = expect_code("channel close after the faulty method", r, code);
+    assert!(
+        r.is_err(),
+        "basic.qos succeeded on a channel the broker closes"
+    );
+    let reason = step("the broker's channel.close", async {
+        loop {
+            match events.next().await {
+                Some(lapin::Event::Error(e)) => break e,
+                Some(_) => continue,
+                None => panic!("the connection's event stream ended"),
+            }
+        }
+    })
+    .await;
+    let e = expect_code(
+        "channel close after the faulty method",
+        Err::<(), _>(reason),
+        code,
+    );
     expect_text(&e, text_prefix);
 }
 
@@ -1212,9 +1240,10 @@ async fn passive_declare_missing(url: String) {
 
 async fn publish_to_missing_exchange(url: String) {
     let conn = connect(&url).await;
+    let mut events = Box::pin(conn.events_listener());
     let ch = channel(&conn).await;
     publish(&ch, &uniq("missing-x"), "k", b"lost").await;
-    channel_closed_with(&ch, 404, "NOT_FOUND").await;
+    channel_closed_with(&ch, &mut events, 404, "NOT_FOUND").await;
     // The connection survives.
     let ch2 = channel(&conn).await;
     plain_queue(&ch2, &uniq("after-404")).await;
@@ -1860,11 +1889,18 @@ async fn unacked_requeued_on_channel_close(url: String) {
 
 async fn ack_unknown_delivery_tag(url: String) {
     let conn = connect(&url).await;
+    let mut events = Box::pin(conn.events_listener());
     let ch = channel(&conn).await;
     step("ack 999", ch.basic_ack(999, BasicAckOptions::default()))
         .await
         .expect("send ack");
-    channel_closed_with(&ch, 406, "PRECONDITION_FAILED - unknown delivery tag 999").await;
+    channel_closed_with(
+        &ch,
+        &mut events,
+        406,
+        "PRECONDITION_FAILED - unknown delivery tag 999",
+    )
+    .await;
     // Acking twice is the same error.
     let ch = channel(&conn).await;
     let q = uniq("double-ack");
@@ -1889,7 +1925,13 @@ async fn ack_unknown_delivery_tag(url: String) {
     )
     .await
     .expect("send ack");
-    channel_closed_with(&ch, 406, "PRECONDITION_FAILED - unknown delivery tag").await;
+    channel_closed_with(
+        &ch,
+        &mut events,
+        406,
+        "PRECONDITION_FAILED - unknown delivery tag",
+    )
+    .await;
     close(conn).await;
 }
 
@@ -2534,6 +2576,7 @@ async fn dead_letter_on_expiry(url: String) {
 
 async fn per_message_expiration(url: String) {
     let conn = connect(&url).await;
+    let mut events = Box::pin(conn.events_listener());
     let ch = channel(&conn).await;
     let q = uniq("msg-ttl");
     plain_queue(&ch, &q).await;
@@ -2585,7 +2628,7 @@ async fn per_message_expiration(url: String) {
         BasicProperties::default().with_expiration("soon".into()),
     )
     .await;
-    channel_closed_with(&ch, 406, "PRECONDITION_FAILED").await;
+    channel_closed_with(&ch, &mut events, 406, "PRECONDITION_FAILED").await;
     close(conn).await;
 }
 

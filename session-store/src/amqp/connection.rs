@@ -543,6 +543,20 @@ impl Conn {
 
     /// bind and unbind: write on the destination, read on the source exchange (whose
     /// being the default exchange the broker refuses first).
+    /// Binds (or, with `unbind`, unbinds) `destination` to `source`, if permitted.
+    fn change_binding(
+        &self,
+        source: &str,
+        destination: Destination,
+        key: &str,
+        arguments: &FieldTable,
+        unbind: bool,
+    ) -> Result<(), AmqpError> {
+        self.allow_bind(source, &destination)?;
+        self.broker
+            .bind(self.id, source, destination, key, arguments, unbind)
+    }
+
     fn allow_bind(&self, source: &str, destination: &Destination) -> Result<(), AmqpError> {
         match destination {
             Destination::Queue(q) => self.allow(Perm::Write, Resource::Queue, q)?,
@@ -700,9 +714,7 @@ impl Conn {
             }
             exchange::AMQPMethod::Bind(b) => {
                 let dest = Destination::Exchange(b.destination.to_string());
-                self.allow_bind(b.source.as_str(), &dest)?;
-                broker.bind(
-                    self.id,
+                self.change_binding(
                     b.source.as_str(),
                     dest,
                     b.routing_key.as_str(),
@@ -713,9 +725,7 @@ impl Conn {
             }
             exchange::AMQPMethod::Unbind(b) => {
                 let dest = Destination::Exchange(b.destination.to_string());
-                self.allow_bind(b.source.as_str(), &dest)?;
-                broker.bind(
-                    self.id,
+                self.change_binding(
                     b.source.as_str(),
                     dest,
                     b.routing_key.as_str(),
@@ -751,9 +761,7 @@ impl Conn {
             }
             queue::AMQPMethod::Bind(b) => {
                 let dest = Destination::Queue(self.queue_name(ch, &b.queue)?);
-                self.allow_bind(b.exchange.as_str(), &dest)?;
-                broker.bind(
-                    self.id,
+                self.change_binding(
                     b.exchange.as_str(),
                     dest,
                     b.routing_key.as_str(),
@@ -764,9 +772,7 @@ impl Conn {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let dest = Destination::Queue(self.queue_name(ch, &b.queue)?);
-                self.allow_bind(b.exchange.as_str(), &dest)?;
-                broker.bind(
-                    self.id,
+                self.change_binding(
                     b.exchange.as_str(),
                     dest,
                     b.routing_key.as_str(),
