@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::fs;
 use std::future::Future;
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -51,15 +50,12 @@ impl Store {
 
     /// [`Store::spawn`] with more flags.
     fn spawn_with(dir: &Path, log: &Path, extra: &[&str]) -> Store {
-        let port = {
-            let l = StdListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr").port()
-        };
         let out = fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_session-store"))
-            .args(["--bind", "127.0.0.1:0", "--amqp-bind"])
-            .arg(format!("127.0.0.1:{port}"))
+            // Port 0: the broker picks a free port and logs it (see `ready`), so no other
+            // socket can take it between choosing and binding.
+            .args(["--bind", "127.0.0.1:0", "--amqp-bind", "127.0.0.1:0"])
             .arg("--amqp-data-dir")
             .arg(dir)
             .args(["--no-amqp-management"])
@@ -71,7 +67,7 @@ impl Store {
             .expect("spawn session-store");
         Store {
             child,
-            port,
+            port: 0,
             log: log.to_path_buf(),
         }
     }
@@ -83,12 +79,17 @@ impl Store {
         store
     }
 
+    /// Waits until the broker has logged its AMQP address and accepts connections there.
     async fn ready(&mut self) {
         let deadline = Instant::now() + PROCESS;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
+            if self.port == 0 {
+                self.port = self.logged_port().unwrap_or(0);
+            }
+            if self.port != 0
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
             {
                 return;
             }
@@ -110,6 +111,14 @@ impl Store {
 
     fn url_of(&self, user: &str, vhost: &str) -> String {
         format!("amqp://{user}:{user}@127.0.0.1:{}/{vhost}", self.port)
+    }
+
+    /// The port in the log line `amqp listening on 127.0.0.1:PORT`.
+    fn logged_port(&self) -> Option<u16> {
+        let output = self.output();
+        let (_, rest) = output.split_once("amqp listening on 127.0.0.1:")?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
     }
 
     fn output(&self) -> String {

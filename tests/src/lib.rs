@@ -5,6 +5,7 @@
 pub mod rabbit;
 pub mod topology;
 
+use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -55,21 +56,35 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// A free TCP port on 127.0.0.1. Ports handed out by this process are never repeated, so
-/// parallel tests in one binary cannot collide with each other.
+/// A free TCP port on 127.0.0.1 for a server under test. Ports handed out by this process
+/// are never repeated, so parallel tests in one binary cannot collide with each other.
+///
+/// The port comes from below the kernel's ephemeral range: a port from inside it (what
+/// binding port 0 returns) can be taken by any client socket's local end between this
+/// check and the server's bind, which on a busy test run happens.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind an ephemeral port on 127.0.0.1")
-            .port();
-        if !given.contains(&port) {
+    let (low, high) = (10_000u32, u32::from(ephemeral_start()));
+    let random = RandomState::new();
+    for attempt in 0u32..10_000 {
+        let offset = u32::try_from(random.hash_one(attempt) % u64::from(high - low)).unwrap_or(0);
+        let port = u16::try_from(low + offset).unwrap_or(u16::MAX);
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
+    panic!("no free port in {low}..{high} on 127.0.0.1");
+}
+
+/// First port of the kernel's ephemeral range (Linux's default when unreadable).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&start| start > 11_000)
+        .unwrap_or(32_768)
 }
 
 /// Polls `cond` until it returns `Some`, or panics with `what` after `timeout`.
