@@ -1,0 +1,368 @@
+//! Session-change events over AMQP 0-9-1: how the nodes of a `shared` deployment keep their
+//! near-caches coherent.
+//!
+//! Every node declares one durable fanout exchange (`session.events` by default) and, on
+//! each connection, a server-named, exclusive, auto-delete queue bound to it. A node that
+//! changes a session publishes an [`Event`]; every node, the publisher included, receives
+//! it and drops its cached copy.
+//!
+//! An event published while a node's queue does not exist never reaches that node. This is
+//! why the bus tells its [`Subscriber`] about the link itself: after
+//! [`Subscriber::disconnected`] the cache can no longer be trusted, and after
+//! [`Subscriber::subscribed`] every event published from then on will be delivered, so a
+//! cache emptied at that moment (or bypassed in between) is coherent again.
+//!
+//! On the publishing side, [`Bus::publish`] waits for the broker's publisher confirm. An
+//! event that cannot be confirmed goes to a bounded outbox, which is published (in order,
+//! ahead of any newer event) right after the next successful (re)connect.
+//!
+//! The connection is owned by one task per [`Bus`], which reconnects with exponential
+//! backoff and jitter; lapin's own recovery is not used, because a recovered consumer on a
+//! recreated queue would hide the gap during which events were lost.
+
+mod link;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use lapin::Channel;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// How long [`Bus::close`] waits for the task to close its connection before aborting it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A change to one session, as published to every node.
+///
+/// On the wire, a JSON object: `{"id":"…","version":3,"kind":"write","at_us":…}`. Unknown
+/// fields are ignored, and `at_us` may be missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The session's id.
+    pub id: String,
+    /// The session's version after the change.
+    pub version: u64,
+    pub kind: EventKind,
+    /// When the publishing node made the event, in microseconds since the Unix epoch (for
+    /// measuring how long events take to arrive; nodes' clocks may disagree a little).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_us: Option<u64>,
+}
+
+impl Event {
+    /// An event stamped with the current time.
+    pub fn new(id: impl Into<String>, version: u64, kind: EventKind) -> Self {
+        Event {
+            id: id.into(),
+            version,
+            kind,
+            at_us: Some(now_us()),
+        }
+    }
+
+    /// Microseconds from the event's making (on the publishing node's clock) until now
+    /// (on this node's), or None if it carries no time. Zero if the clocks disagree the
+    /// other way.
+    pub fn lag_micros(&self) -> Option<u64> {
+        self.at_us.map(|at| now_us().saturating_sub(at))
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What happened to the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Write,
+    Rotate,
+    Logout,
+    Expire,
+    Revoke,
+}
+
+/// Told about events and about the link's state. Called from the bus task; must not block.
+///
+/// Calls alternate: `subscribed` is never called twice without `disconnected` in between,
+/// and `event` is only called between a `subscribed` and the next `disconnected`. A node
+/// also receives the events it published itself.
+pub trait Subscriber: Send + Sync + 'static {
+    fn event(&self, event: Event);
+    /// The link to the broker is gone (or never came up): events may be missed from now on.
+    fn disconnected(&self);
+    /// Consuming again: every event published from now on will be seen.
+    fn subscribed(&self);
+}
+
+/// Where and how the bus connects.
+#[derive(Clone)]
+pub struct BusConfig {
+    /// `amqp://user:password@host:port/vhost`. Without a `heartbeat` query parameter the
+    /// bus asks for 5 s heartbeats, so a silently dead link is noticed within about 10 s.
+    pub url: String,
+    /// The fanout exchange every node publishes to and binds its queue to.
+    pub exchange: String,
+    /// First pause between reconnect attempts.
+    pub backoff_min: Duration,
+    /// Longest pause between reconnect attempts.
+    pub backoff_max: Duration,
+    /// How long [`Bus::publish`] waits for the broker's confirm.
+    pub confirm_timeout: Duration,
+    /// Events kept for publishing after a reconnect; more are refused.
+    pub outbox_capacity: usize,
+}
+
+impl BusConfig {
+    /// The defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        BusConfig {
+            url: url.into(),
+            exchange: "session.events".into(),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            confirm_timeout: Duration::from_secs(1),
+            outbox_capacity: 10_000,
+        }
+    }
+}
+
+/// Leaves the password out.
+impl fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &link::redact(&self.url))
+            .field("exchange", &self.exchange)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("confirm_timeout", &self.confirm_timeout)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .finish()
+    }
+}
+
+/// Why [`Bus::publish`] did not get a confirm. See [`BusError::is_queued`].
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("not connected to the event broker; the event waits in the outbox")]
+    NotConnected,
+    #[error("the event broker did not confirm the event ({0}); it waits in the outbox")]
+    Unconfirmed(String),
+    #[error("the event outbox is full ({0} events); the event was dropped")]
+    OutboxFull(usize),
+    #[error("the event bus is closed; the event was dropped")]
+    Closed,
+    #[error("the event could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl BusError {
+    /// Whether the event is in the outbox, to be published after the next reconnect.
+    pub fn is_queued(&self) -> bool {
+        matches!(self, BusError::NotConnected | BusError::Unconfirmed(_))
+    }
+}
+
+/// The event bus of one node. Cheap to clone; the task stops when [`Bus::close`] is called
+/// or the last clone is dropped.
+#[derive(Clone)]
+pub struct Bus {
+    handle: Arc<Handle>,
+}
+
+/// Held only by the [`Bus`] clones (never by the task), so that dropping the last one
+/// stops the task.
+struct Handle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+    }
+}
+
+/// State shared by the [`Bus`] clones and the task.
+struct Shared {
+    config: BusConfig,
+    subscriber: Arc<dyn Subscriber>,
+    subscribed: AtomicBool,
+    closed: AtomicBool,
+    /// Taken by each publish and by the outbox flush for their whole duration, so that
+    /// events leave in the order `publish` was called (tokio's mutex is fair) and the
+    /// outbox is only changed by its holder.
+    order: tokio::sync::Mutex<()>,
+    link: Mutex<Link>,
+}
+
+#[derive(Default)]
+struct Link {
+    /// The current connection's confirm-mode channel, once the outbox has been flushed.
+    live: Option<Live>,
+    /// JSON bodies waiting for a connection, oldest first.
+    outbox: VecDeque<Vec<u8>>,
+    /// Events refused since the outbox last had room (logged once flushed).
+    dropped: u64,
+    /// The current connection's queue.
+    queue: Option<String>,
+}
+
+#[derive(Clone)]
+struct Live {
+    channel: Channel,
+    /// Notified when a publish on `channel` failed: the task drops the connection.
+    broken: Arc<Notify>,
+}
+
+impl Live {
+    fn is(&self, other: &Live) -> bool {
+        Arc::ptr_eq(&self.broken, &other.broken)
+    }
+}
+
+impl Shared {
+    fn link(&self) -> MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `body` in the outbox, then returns `error` (or that the outbox is full).
+    /// Callers hold `order`.
+    fn enqueue(&self, body: Vec<u8>, error: BusError) -> Result<(), BusError> {
+        let mut link = self.link();
+        if link.outbox.len() >= self.config.outbox_capacity {
+            link.dropped += 1;
+            if link.dropped == 1 {
+                tracing::error!(
+                    capacity = self.config.outbox_capacity,
+                    "session event outbox full: dropping events until the broker is back"
+                );
+            }
+            return Err(BusError::OutboxFull(self.config.outbox_capacity));
+        }
+        link.outbox.push_back(body);
+        Err(error)
+    }
+}
+
+impl Bus {
+    /// Starts the connect/subscribe/reconnect task and returns at once (the broker may be
+    /// down). Must be called within a Tokio runtime.
+    pub fn start(config: BusConfig, subscriber: Arc<dyn Subscriber>) -> Bus {
+        let shared = Arc::new(Shared {
+            config,
+            subscriber,
+            subscribed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            order: tokio::sync::Mutex::new(()),
+            link: Mutex::new(Link::default()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(link::run(shared.clone(), stopped));
+        Bus {
+            handle: Arc::new(Handle {
+                shared,
+                stop,
+                task: tokio::sync::Mutex::new(Some(task)),
+            }),
+        }
+    }
+
+    /// Publishes and waits for the broker's publisher confirm (bounded by
+    /// `confirm_timeout`). When not connected or the confirm fails or times out, the event
+    /// goes to a bounded outbox that is flushed (in order) right after the next successful
+    /// (re)connect, and `Err` is returned ([`BusError::is_queued`] tells which). A failed
+    /// confirm also makes the bus drop the connection and reconnect.
+    ///
+    /// Events from one node are published in the order of the calls. If the returned
+    /// future is dropped before it completes, the event may or may not have been sent.
+    pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        let shared = &self.handle.shared;
+        let body = serde_json::to_vec(event)?;
+        let _turn = shared.order.lock().await;
+        if shared.closed.load(Ordering::SeqCst) {
+            return Err(BusError::Closed);
+        }
+        let live = {
+            let link = shared.link();
+            match &link.live {
+                Some(live) if link.outbox.is_empty() => live.clone(),
+                _ => {
+                    drop(link);
+                    return shared.enqueue(body, BusError::NotConnected);
+                }
+            }
+        };
+        let timeout = shared.config.confirm_timeout;
+        match link::publish_confirmed(&live.channel, &shared.config.exchange, &body, timeout).await
+        {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                tracing::debug!(%reason, "session event not confirmed; reconnecting");
+                {
+                    // Later publishes must queue behind this one until the reconnect.
+                    let mut link = shared.link();
+                    if link.live.as_ref().is_some_and(|l| l.is(&live)) {
+                        link.live = None;
+                    }
+                }
+                live.broken.notify_one();
+                shared.enqueue(body, BusError::Unconfirmed(reason))
+            }
+        }
+    }
+
+    /// Whether the consumer is registered: every event published from now on is seen.
+    pub fn is_subscribed(&self) -> bool {
+        self.handle.shared.subscribed.load(Ordering::SeqCst)
+    }
+
+    /// Events waiting in the outbox.
+    pub fn outbox_len(&self) -> usize {
+        self.handle.shared.link().outbox.len()
+    }
+
+    /// The server-named queue of the current connection, if connected.
+    pub fn queue_name(&self) -> Option<String> {
+        self.handle.shared.link().queue.clone()
+    }
+
+    /// Stops the task and closes the connection cleanly (used on shutdown and in tests).
+    /// The subscriber gets a last `disconnected` if it was subscribed; events still in the
+    /// outbox are dropped (and logged). Later publishes fail with [`BusError::Closed`].
+    pub async fn close(&self) {
+        let handle = &self.handle;
+        handle.shared.closed.store(true, Ordering::SeqCst);
+        let _ = handle.stop.send(true);
+        let mut task = handle.task.lock().await;
+        if let Some(mut running) = task.take()
+            && tokio::time::timeout(CLOSE_TIMEOUT, &mut running)
+                .await
+                .is_err()
+        {
+            tracing::warn!("session event bus did not stop within {CLOSE_TIMEOUT:?}; aborted");
+            running.abort();
+            let _ = running.await;
+        }
+    }
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("config", &self.handle.shared.config)
+            .field("subscribed", &self.is_subscribed())
+            .field("outbox", &self.outbox_len())
+            .finish()
+    }
+}
