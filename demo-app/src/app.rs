@@ -3,17 +3,23 @@
 use axum::Router;
 use axum::middleware::map_response_with_state;
 use axum::routing::{get, post};
+use session_layer::SessionLayer;
 
 use crate::routes::{self, AppState};
 
-pub fn app(state: AppState) -> Router {
+/// Session routes sit behind `sessions`; health and statistics don't touch a session.
+pub fn app(state: AppState, sessions: SessionLayer) -> Router {
     Router::new()
         .route("/", get(routes::index))
         .route("/api/session", get(routes::api_session))
+        .route("/api/sessions", get(routes::api_sessions))
         .route("/login", post(routes::login))
         .route("/cart", post(routes::add_to_cart))
         .route("/logout", post(routes::logout))
+        .route("/logout-everywhere", post(routes::logout_everywhere))
+        .layer(sessions)
         .route("/healthz", get(routes::healthz))
+        .route("/api/near-cache", get(routes::near_cache))
         .layer(map_response_with_state(state.clone(), routes::tag_node))
         .with_state(state)
 }
@@ -23,6 +29,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use session_layer::{CookieKeys, MemoryStore, SessionConfig};
+
     use axum::body::Body;
     use axum::http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
     use axum::http::{Request, Response, StatusCode};
@@ -30,13 +38,20 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::session::{LocalSessions, Sessions};
+    use crate::sessions::SessionMode;
 
     fn local_app() -> Router {
-        app(AppState {
+        let layer = SessionLayer::server(
+            Arc::new(MemoryStore::new(Duration::from_secs(60))),
+            CookieKeys::new(&["a test key of at least thirty-two bytes"]).expect("key"),
+            SessionConfig::default(),
+        );
+        let state = AppState {
             node: "test-node".into(),
-            sessions: Arc::new(Sessions::Local(LocalSessions::new(Duration::from_secs(60)))),
-        })
+            mode: SessionMode::Local,
+            near_cache: None,
+        };
+        app(state, layer)
     }
 
     fn form(path: &str, body: &str, cookie: Option<&str>) -> Request<Body> {

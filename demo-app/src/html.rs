@@ -65,6 +65,7 @@ form {{ display: inline-block; margin: .3rem 1rem .3rem 0; }}
 <form method="post" action="/login"><input name="name" placeholder="your name" maxlength="64" required> <button>Log in</button></form>
 <form method="post" action="/cart"><input name="item" placeholder="item" maxlength="64" required> <button>Add to cart</button></form>
 <form method="post" action="/logout" onsubmit="localStorage.setItem('loggedOut', '1')"><button>Log out</button></form>
+<form method="post" action="/logout-everywhere" onsubmit="localStorage.setItem('loggedOut', '1')"><button>Log out everywhere</button></form>
 <h3>Your last requests</h3><ol id="history" reversed></ol>
 <script>
 const h = JSON.parse(localStorage.getItem("history") || "[]");

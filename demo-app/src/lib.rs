@@ -2,7 +2,7 @@
 //!
 //! A node serves a small shop page (log in, add to cart, log out) and shows which node
 //! answered and whether the visitor's session was there. Its sessions live in one of
-//! three places (see [`session::SessionMode`]), so the same page shows what sticky
+//! three places (see [`sessions::SessionMode`]), so the same page shows what sticky
 //! routing, a shared store and JWTs each cost. [`up`] starts the whole topology.
 
 pub mod app;
@@ -11,5 +11,5 @@ pub mod error;
 pub mod html;
 pub mod node;
 pub mod routes;
-pub mod session;
+pub mod sessions;
 pub mod up;

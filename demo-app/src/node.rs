@@ -2,22 +2,25 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::app::app;
 use crate::routes::AppState;
-use crate::session::{
-    JwtSessions, LocalSessions, SessionMode, Sessions, SharedSessions, random_bytes,
-};
+use crate::sessions::{self, SessionMode};
 
-/// Shortest accepted JWT secret: HS256 wants a key at least as long as its hash.
-const MIN_JWT_SECRET: usize = 32;
+/// When the session cookie carries the `Secure` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CookieSecure {
+    /// Always (the service is only reached over TLS).
+    Always,
+    /// When the LB in front says the request came over TLS (X-Forwarded-Proto: https).
+    Auto,
+    /// Never (plain-HTTP development).
+    Never,
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
@@ -33,19 +36,84 @@ pub struct NodeArgs {
     #[arg(long, env = "SESSION_MODE", value_enum, default_value_t = SessionMode::Shared)]
     pub session_mode: SessionMode,
 
-    /// Store URL for `shared` mode: the session-store, or a real Redis/Valkey.
+    /// Store URL for `shared` mode (and JWT revocations): the session-store, or a real
+    /// Redis/Valkey.
     #[arg(long, env = "STORE_URL", default_value = "redis://127.0.0.1:7379")]
     pub store_url: String,
 
-    /// Session lifetime (e.g. 30m, 90s): idle timeout for `local` and `shared`, token
-    /// lifetime for `jwt`.
-    #[arg(long, env = "SESSION_TTL", default_value = "30m", value_parser = lb::config::parse_duration)]
-    pub session_ttl: Duration,
+    /// AMQP URL of the broker carrying session-change events, which keep `shared` mode's
+    /// near-cache coherent: the session-store's embedded broker or a RabbitMQ.
+    #[arg(
+        long,
+        env = "EVENTS_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5673/%2f"
+    )]
+    pub events_url: String,
 
-    /// HS256 secret for `jwt` mode, at least 32 bytes; every node behind one LB needs the
-    /// same one [default: random per process, logged as a warning].
+    /// Run `shared` mode without a near-cache: every request reads the store.
+    #[arg(long, env = "NO_NEAR_CACHE")]
+    pub no_near_cache: bool,
+
+    /// Longest a near-cache entry is trusted, events or not.
+    #[arg(long, env = "NEAR_CACHE_MAX_AGE", default_value = "10s", value_parser = lb::config::parse_duration)]
+    pub near_cache_max_age: Duration,
+
+    /// A session unused for this long ends (reads count as use); also a token's lifetime
+    /// in `jwt` mode.
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT", alias = "session-ttl", default_value = "30m", value_parser = lb::config::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A session ends this long after it began, however busy.
+    #[arg(long, env = "SESSION_ABSOLUTE_TIMEOUT", default_value = "12h", value_parser = lb::config::parse_duration)]
+    pub absolute_timeout: Duration,
+
+    /// How often a read-only request pushes the idle deadline out in the store.
+    #[arg(long, env = "SESSION_TOUCH_INTERVAL", default_value = "60s", value_parser = lb::config::parse_duration)]
+    pub touch_interval: Duration,
+
+    /// Most sessions one user may hold; logging in past it ends the oldest (0: no cap).
+    #[arg(long, env = "SESSION_MAX_PER_USER", default_value_t = 10)]
+    pub max_sessions_per_user: usize,
+
+    /// Secret(s) signing the session cookie, at least 32 bytes each; the first signs, the
+    /// others are still accepted (key rotation). The same on every node [default: random
+    /// per process, logged as a warning].
+    #[arg(
+        long = "cookie-key",
+        env = "SESSION_COOKIE_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub cookie_keys: Vec<String>,
+
+    /// When the session cookie is marked Secure.
+    #[arg(long, env = "SESSION_COOKIE_SECURE", value_enum, default_value_t = CookieSecure::Auto)]
+    pub cookie_secure: CookieSecure,
+
+    /// Name the cookie `__Host-…` (implies Secure: HTTPS only).
+    #[arg(long, env = "SESSION_COOKIE_HOST_PREFIX")]
+    pub cookie_host_prefix: bool,
+
+    /// HS256 secret for `jwt` mode, at least 32 bytes (key id `hs1`); the same on every
+    /// node [default: random per process, logged as a warning].
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// JWT keys as KID:ALG:MATERIAL, ALG `hs256` (MATERIAL: the secret) or `eddsa`
+    /// (MATERIAL: a PEM file); the first signs, the others only verify (rotation).
+    /// Overrides --jwt-secret.
+    #[arg(
+        long = "jwt-key",
+        env = "JWT_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub jwt_keys: Vec<String>,
+
+    /// In `jwt` mode, record logouts in the store so a logged-out token is refused before
+    /// it expires (one store read per request).
+    #[arg(long, env = "JWT_REVOCATION")]
+    pub jwt_revocation: bool,
 }
 
 /// Binds `args.listen` and serves until `shutdown` completes.
@@ -63,50 +131,19 @@ pub async fn serve(
         .node_id
         .clone()
         .unwrap_or_else(|| format!("node-{}", args.listen.port()));
-    let sessions = sessions(&args)?;
-    tracing::info!(node, mode = %args.session_mode, "listening on {}", args.listen);
+    let built = sessions::build(&args)?;
+    tracing::info!(node, mode = %args.session_mode, near_cache = built.near_cache.is_some(), "listening on {}", args.listen);
     let state = AppState {
         node: node.into(),
-        sessions: Arc::new(sessions),
+        mode: args.session_mode,
+        near_cache: built.near_cache.clone(),
     };
-    axum::serve(listener, app(state))
+    let served = axum::serve(listener, app(state, built.layer))
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving HTTP")
-}
-
-fn sessions(args: &NodeArgs) -> anyhow::Result<Sessions> {
-    let ttl = args.session_ttl.max(Duration::from_secs(1));
-    Ok(match args.session_mode {
-        SessionMode::Local => Sessions::Local(LocalSessions::new(ttl)),
-        SessionMode::Shared => Sessions::Shared(
-            SharedSessions::connect(&args.store_url, ttl).with_context(|| {
-                format!(
-                    "invalid --store-url {:?}: expected redis://host:port",
-                    args.store_url
-                )
-            })?,
-        ),
-        SessionMode::Jwt => Sessions::Jwt(Box::new(JwtSessions::new(&jwt_secret(args)?, ttl))),
-    })
-}
-
-fn jwt_secret(args: &NodeArgs) -> anyhow::Result<Vec<u8>> {
-    match &args.jwt_secret {
-        Some(s) if s.len() >= MIN_JWT_SECRET => Ok(s.as_bytes().to_vec()),
-        Some(_) => bail!("--jwt-secret must be at least {MIN_JWT_SECRET} bytes"),
-        None => {
-            let secret = random_secret();
-            tracing::warn!(
-                "no --jwt-secret / JWT_SECRET given: generated a random one for this process. \
-                 Tokens die with it, and other nodes will reject them; set JWT_SECRET to share one."
-            );
-            Ok(secret.into_bytes())
-        }
+        .context("serving HTTP");
+    if let Some(cache) = built.near_cache {
+        cache.close().await;
     }
-}
-
-/// 32 random bytes as base64: a secret that can travel in an environment variable.
-pub fn random_secret() -> String {
-    STANDARD.encode(random_bytes::<32>())
+    served
 }

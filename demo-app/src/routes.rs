@@ -1,28 +1,33 @@
-//! The demo's HTTP endpoints. Each one loads the session, acts, saves if it changed, and
-//! answers; forms redirect back to `/` (POST-redirect-GET) so a reload never re-submits.
+//! The demo's HTTP endpoints. Handlers read and change the [`Session`]; the session layer
+//! saves it before the response leaves. Forms redirect back to `/` (POST-redirect-GET) so
+//! a reload never re-submits.
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::Json;
+use axum::extract::{Form, State};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::{Form, Json};
 use serde::{Deserialize, Serialize};
+use session_layer::store::NearCacheStats;
+use session_layer::{CachedStore, Session, SessionManager};
 
 use crate::error::AppError;
 use crate::html;
-use crate::session::{Session, SessionMode, Sessions};
+use crate::sessions::SessionMode;
 
 /// Longest accepted name or cart item, in characters.
 const MAX_FIELD_CHARS: usize = 64;
 /// Most items a cart holds: keeps sessions (and JWT cookies) well under 4 KiB.
-const MAX_CART_ITEMS: usize = 20;
+pub const MAX_CART_ITEMS: usize = 20;
+const CART: &str = "cart";
 
-/// What every handler shares: who this node is and where its sessions live.
+/// What every handler shares: who this node is and how it keeps sessions.
 #[derive(Clone)]
 pub struct AppState {
     pub node: Arc<str>,
-    pub sessions: Arc<Sessions>,
+    pub mode: SessionMode,
+    pub near_cache: Option<Arc<CachedStore>>,
 }
 
 /// The session as shown on the page and by `GET /api/session`.
@@ -34,6 +39,7 @@ pub struct SessionView {
     pub session: Option<String>,
     pub user: Option<String>,
     pub cart: Vec<String>,
+    /// How many times the session has been saved.
     pub version: u64,
 }
 
@@ -41,29 +47,21 @@ impl SessionView {
     fn new(state: &AppState, session: &Session) -> Self {
         SessionView {
             node: state.node.to_string(),
-            mode: state.sessions.mode(),
-            session: session.id.as_ref().map(|id| id.short().to_string()),
-            user: session.data.user.clone(),
-            cart: session.data.cart.clone(),
-            version: session.data.version,
+            mode: state.mode,
+            session: session.short_id(),
+            user: session.user(),
+            cart: session.get(CART).unwrap_or_default(),
+            version: session.version(),
         }
     }
 }
 
-pub async fn index(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Html<String>, AppError> {
-    let session = state.sessions.load(&headers).await?;
-    Ok(Html(html::page(&SessionView::new(&state, &session))))
+pub async fn index(State(state): State<AppState>, session: Session) -> Html<String> {
+    Html(html::page(&SessionView::new(&state, &session)))
 }
 
-pub async fn api_session(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<SessionView>, AppError> {
-    let session = state.sessions.load(&headers).await?;
-    Ok(Json(SessionView::new(&state, &session)))
+pub async fn api_session(State(state): State<AppState>, session: Session) -> Json<SessionView> {
+    Json(SessionView::new(&state, &session))
 }
 
 #[derive(Deserialize)]
@@ -71,16 +69,11 @@ pub struct LoginForm {
     name: String,
 }
 
-pub async fn login(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<LoginForm>,
-) -> Result<Response, AppError> {
+/// Signs in: a privilege change, so the session moves to a fresh id.
+pub async fn login(session: Session, Form(form): Form<LoginForm>) -> Result<Redirect, AppError> {
     let name = field(&form.name, "A name is required to log in.")?;
-    let mut session = state.sessions.load(&headers).await?;
-    session.data.user = Some(name);
-    let cookie = state.sessions.save(&mut session, true).await?;
-    Ok((cookie, Redirect::to("/")).into_response())
+    session.set_user(Some(&name));
+    Ok(Redirect::to("/"))
 }
 
 #[derive(Deserialize)]
@@ -88,28 +81,79 @@ pub struct CartForm {
     item: String,
 }
 
+/// Adds an item with `update`, so two additions racing on two nodes both land.
 pub async fn add_to_cart(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    session: Session,
     Form(form): Form<CartForm>,
-) -> Result<Response, AppError> {
+) -> Result<Redirect, AppError> {
     let item = field(&form.item, "An item name is required.")?;
-    let mut session = state.sessions.load(&headers).await?;
-    if session.data.cart.len() >= MAX_CART_ITEMS {
+    let cart: Vec<String> = session.get(CART).unwrap_or_default();
+    if cart.len() >= MAX_CART_ITEMS {
         return Err(AppError::BadInput("The cart is full (20 items)."));
     }
-    session.data.cart.push(item);
-    let cookie = state.sessions.save(&mut session, false).await?;
-    Ok((cookie, Redirect::to("/")).into_response())
+    session.update(CART, move |cart: &mut Vec<String>| {
+        if cart.len() < MAX_CART_ITEMS {
+            cart.push(item.clone());
+        }
+    });
+    Ok(Redirect::to("/"))
 }
 
-pub async fn logout(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, AppError> {
-    let session = state.sessions.load(&headers).await?;
-    let cookie = state.sessions.destroy(&session).await?;
-    Ok((cookie, Redirect::to("/")).into_response())
+pub async fn logout(session: Session) -> Redirect {
+    session.destroy();
+    Redirect::to("/")
+}
+
+/// Ends every session of the signed-in user, on every node, this one included.
+pub async fn logout_everywhere(
+    session: Session,
+    manager: SessionManager,
+) -> Result<Redirect, AppError> {
+    if let Some(user) = session.user() {
+        manager.revoke_user(&user, Some(&session)).await?;
+    }
+    session.destroy();
+    Ok(Redirect::to("/"))
+}
+
+/// One of the signed-in user's sessions, as `GET /api/sessions` lists them.
+#[derive(Debug, Serialize)]
+pub struct UserSessionView {
+    pub session: String,
+    pub created: u64,
+    pub current: bool,
+}
+
+pub async fn api_sessions(
+    session: Session,
+    manager: SessionManager,
+) -> Result<Json<Vec<UserSessionView>>, AppError> {
+    let Some(user) = session.user() else {
+        return Ok(Json(Vec::new()));
+    };
+    let current = session.short_id();
+    let list = manager.sessions_of(&user).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|s| UserSessionView {
+                current: Some(s.id.short()) == current.as_deref(),
+                session: s.id.short().to_string(),
+                created: s.created,
+            })
+            .collect(),
+    ))
+}
+
+/// The near-cache's counters and invalidation lag, for the benchmark and operators.
+pub async fn near_cache(State(state): State<AppState>) -> Response {
+    match &state.near_cache {
+        Some(cache) => Json::<NearCacheStats>(cache.stats()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this node runs without a near-cache (it needs --session-mode shared)\n",
+        )
+            .into_response(),
+    }
 }
 
 /// Liveness for the load balancer: this node's process answers. Deliberately independent

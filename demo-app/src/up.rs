@@ -19,8 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::node::random_secret;
-use crate::session::SessionMode;
+use crate::sessions::{SessionMode, random_secret};
 
 /// How long each child gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -81,6 +80,12 @@ pub struct UpArgs {
     /// Use this store instead of starting one, e.g. a real Redis: redis://127.0.0.1:6379.
     #[arg(long, env = "STORE_URL")]
     pub store_url: Option<String>,
+
+    /// Broker for session-change events, e.g. a RabbitMQ: amqp://guest:guest@127.0.0.1:5672/%2f
+    /// [default: the started store's embedded broker; with --store-url and no
+    /// --events-url, nodes run without a near-cache].
+    #[arg(long, env = "EVENTS_URL")]
+    pub events_url: Option<String>,
 }
 
 /// One started child process.
@@ -130,6 +135,7 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Res
 fn shared_secrets() -> Vec<(&'static str, String)> {
     [
         ("JWT_SECRET", "session tokens"),
+        ("SESSION_COOKIE_KEYS", "session cookies"),
         ("LB_COOKIE_KEY", "affinity cookies"),
     ]
     .into_iter()
@@ -194,12 +200,20 @@ async fn start_all(
             format!("redis://{addr}")
         }
     };
+    let events_url = match (&args.events_url, &args.store_url) {
+        (Some(url), _) => Some(url.clone()),
+        (None, None) => Some(format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            args.amqp_port
+        )),
+        (None, Some(_)) => None,
+    };
     let mut backends = Vec::new();
     for (i, port) in args.node_ports.iter().enumerate() {
         let name = format!("app{}", i + 1);
         let listen = format!("127.0.0.1:{port}");
         let mode = args.session_mode.to_string();
-        let argv = [
+        let mut argv = vec![
             "serve",
             "--listen",
             &listen,
@@ -210,6 +224,10 @@ async fn start_all(
             "--store-url",
             &store_url,
         ];
+        match &events_url {
+            Some(url) => argv.extend(["--events-url", url.as_str()]),
+            None => argv.push("--no-near-cache"),
+        }
         start(exe, &name, *port, &argv, secrets, members).await?;
         backends.push(format!("{name}=http://{listen}"));
     }
@@ -314,6 +332,14 @@ fn print_summary(args: &UpArgs, members: &[Member]) {
     );
     if let Some(store) = &args.store_url {
         println!("  store  {store} (external)");
+    }
+    match (&args.events_url, &args.store_url, args.session_mode) {
+        (_, _, mode) if mode != SessionMode::Shared => {}
+        (Some(_), _, _) => {
+            println!("  near-caches on, kept coherent through the --events-url broker")
+        }
+        (None, Some(_), _) => println!("  near-caches off: pass --events-url to turn them on"),
+        (None, None, _) => println!("  near-caches on, kept coherent through the embedded broker"),
     }
     for m in members {
         let pid = m.child.id().map(|p| p.to_string()).unwrap_or_default();

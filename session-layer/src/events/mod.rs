@@ -88,6 +88,10 @@ pub enum EventKind {
     Logout,
     Expire,
     Revoke,
+    /// A kind this version does not know (from a newer publisher): still a change, so
+    /// still an eviction.
+    #[serde(other)]
+    Other,
 }
 
 /// Told about events and about the link's state. Called from the bus task; must not block.

@@ -9,8 +9,23 @@ const ENCODED_LEN: usize = 22;
 
 /// A session id that is known to have the shape of one we issue. Parsing rejects
 /// anything else before it can reach a store key or a log line.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct SessionId(String);
+
+impl TryFrom<String> for SessionId {
+    type Error = &'static str;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        SessionId::parse(&s).ok_or("not a session id")
+    }
+}
+
+impl From<SessionId> for String {
+    fn from(id: SessionId) -> String {
+        id.0
+    }
+}
 
 impl SessionId {
     /// A fresh, unguessable id.

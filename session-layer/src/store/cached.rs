@@ -1,0 +1,439 @@
+//! `shared` mode with a near-cache: sessions read from the store are kept in this node's
+//! memory, and session-change events from the broker evict them the moment another node
+//! changes them.
+//!
+//! The ways near-caches go stale, and what closes each one here:
+//! - An event overtaking a read in flight (the read then caches the old copy): every
+//!   event raises a per-session *floor*, and a copy older than the floor is never cached
+//!   or served. Floor update + eviction and floor check + insert are one critical section.
+//! - Events missed while the broker link is down: the cache is emptied on disconnect and
+//!   stays off (reads go to the store) until the bus has subscribed again; a read started
+//!   before that moment cannot fill the new cache (the epoch changed).
+//! - A client's own write arriving on another node before the event: its cookie carries
+//!   the version it last saw; a cached copy older than that is skipped.
+//! - Anything not covered above (an event lost with a publisher's connection): entries
+//!   have a hard maximum age.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use moka::sync::Cache;
+use serde::Serialize;
+
+use super::redis::RedisStore;
+use super::{Saved, SessionStore, StoreError, UserSession, Write};
+use crate::events::{Bus, BusConfig, Event, EventKind, Subscriber};
+use crate::{Record, SessionId};
+
+const MAX_ENTRIES: u64 = 100_000;
+/// Lags kept for the percentiles in [`NearCacheStats`].
+const LAG_SAMPLES: usize = 4096;
+
+/// What the near-cache has done, for `/metrics` and the benchmark.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NearCacheStats {
+    pub subscribed: bool,
+    pub hits: u64,
+    pub misses: u64,
+    /// Entries evicted because an event announced a newer version.
+    pub evictions: u64,
+    pub events: u64,
+    /// Times the cache was emptied because the broker link went down.
+    pub flushes: u64,
+    /// Publish → receipt of events, over the latest few thousand, in microseconds.
+    pub lag_p50_us: Option<u64>,
+    pub lag_p99_us: Option<u64>,
+}
+
+/// The cache proper, told about events and link state by the bus.
+struct NearCache {
+    entries: Cache<SessionId, Arc<Record>>,
+    /// Highest version any event announced per session; outlives entries by one max age,
+    /// long enough that no read begun before the event can still be in flight.
+    floors: Cache<SessionId, u64>,
+    live: AtomicBool,
+    /// Serialises every change of the cache's contents against events and link changes,
+    /// and counts link changes so a read begun before one cannot fill the cache after it.
+    epoch: Mutex<u64>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    events: AtomicU64,
+    flushes: AtomicU64,
+    lags: Mutex<VecDeque<u64>>,
+}
+
+impl NearCache {
+    fn new(max_age: Duration) -> Self {
+        NearCache {
+            entries: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(max_age)
+                .build(),
+            floors: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(max_age * 2)
+                .build(),
+            live: AtomicBool::new(false),
+            epoch: Mutex::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            lags: Mutex::new(VecDeque::with_capacity(LAG_SAMPLES)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.epoch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn floor(&self, id: &SessionId) -> u64 {
+        self.floors.get(id).unwrap_or(0)
+    }
+
+    /// A cached copy at least as new as everything the client and the events know of.
+    fn get(&self, id: &SessionId, min_version: u64) -> Option<Record> {
+        let hit = self
+            .live
+            .load(Ordering::Acquire)
+            .then(|| self.entries.get(id))
+            .flatten()
+            .filter(|r| r.version >= min_version.max(self.floor(id)));
+        let counter = if hit.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit.map(|r| Record::clone(&r))
+    }
+
+    /// Call before reading the store; pass the result to [`NearCache::fill`].
+    fn begin_read(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// Caches a copy read from (or just written to) the store, unless the link changed
+    /// since the read began or an event already announced something newer.
+    fn fill(&self, id: &SessionId, record: &Record, began: u64) {
+        let epoch = self.lock();
+        if *epoch == began && self.live.load(Ordering::Acquire) && record.version >= self.floor(id)
+        {
+            self.entries.insert(id.clone(), Arc::new(record.clone()));
+        }
+    }
+
+    fn forget(&self, id: &SessionId) {
+        let _epoch = self.lock();
+        self.entries.invalidate(id);
+    }
+
+    fn flush(&self, live: bool) {
+        let mut epoch = self.lock();
+        *epoch += 1;
+        self.live.store(live, Ordering::Release);
+        self.entries.invalidate_all();
+    }
+
+    fn record_lag(&self, lag_us: u64) {
+        let mut lags = self.lags.lock().unwrap_or_else(PoisonError::into_inner);
+        if lags.len() == LAG_SAMPLES {
+            lags.pop_front();
+        }
+        lags.push_back(lag_us);
+    }
+
+    fn stats(&self) -> NearCacheStats {
+        let mut lags: Vec<u64> = self
+            .lags
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        lags.sort_unstable();
+        let pct = |p: usize| {
+            lags.get((lags.len() * p / 100).min(lags.len().saturating_sub(1)))
+                .copied()
+        };
+        NearCacheStats {
+            subscribed: self.live.load(Ordering::Acquire),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            lag_p50_us: pct(50),
+            lag_p99_us: pct(99),
+        }
+    }
+}
+
+impl Subscriber for NearCache {
+    fn event(&self, event: Event) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+        if let Some(lag) = event.lag_micros() {
+            self.record_lag(lag);
+        }
+        let Some(id) = SessionId::parse(&event.id) else {
+            return;
+        };
+        let _epoch = self.lock();
+        if event.version > self.floor(&id) {
+            self.floors.insert(id.clone(), event.version);
+        }
+        if self
+            .entries
+            .get(&id)
+            .is_some_and(|r| r.version < event.version)
+        {
+            self.entries.invalidate(&id);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn disconnected(&self) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.flush(false);
+    }
+
+    fn subscribed(&self) {
+        self.flush(true);
+    }
+}
+
+/// A [`RedisStore`] read through this node's near-cache, publishing every change.
+pub struct CachedStore {
+    store: RedisStore,
+    cache: Arc<NearCache>,
+    bus: Bus,
+}
+
+impl CachedStore {
+    /// Starts the event bus (connecting in the background: until it has subscribed, every
+    /// read goes to the store). `max_age` bounds how long any entry is trusted.
+    pub fn start(store: RedisStore, bus: BusConfig, max_age: Duration) -> Self {
+        let cache = Arc::new(NearCache::new(max_age));
+        let bus = Bus::start(bus, cache.clone());
+        CachedStore { store, cache, bus }
+    }
+
+    pub fn stats(&self) -> NearCacheStats {
+        self.cache.stats()
+    }
+
+    /// Stops the event bus; the cache goes cold.
+    pub async fn close(&self) {
+        self.bus.close().await;
+        self.cache.flush(false);
+    }
+
+    async fn announce(&self, id: &SessionId, version: u64, kind: EventKind) {
+        let event = Event::new(id.as_str(), version, kind);
+        if let Err(err) = self.bus.publish(&event).await {
+            tracing::debug!(session = id.short(), %err, "session event not confirmed; it waits in the outbox");
+        }
+    }
+}
+
+impl SessionStore for CachedStore {
+    fn load<'a>(
+        &'a self,
+        id: &'a SessionId,
+        min_version: u64,
+    ) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        async move {
+            if let Some(hit) = self.cache.get(id, min_version) {
+                return Ok(Some(hit));
+            }
+            let began = self.cache.begin_read();
+            let found = self.store.load(id, min_version).await?;
+            if let Some(record) = &found {
+                self.cache.fill(id, record, began);
+            }
+            Ok(found)
+        }
+        .boxed()
+    }
+
+    fn save<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Saved, StoreError>> {
+        async move {
+            let began = self.cache.begin_read();
+            let (id, record, replaces, expected) =
+                (write.id, write.record, write.replaces, write.expected);
+            let saved = self.store.save(write).await?;
+            match saved {
+                Saved::Done => {
+                    self.cache.fill(id, record, began);
+                    if let Some(old) = replaces {
+                        self.cache.forget(old);
+                        self.announce(old, expected + 1, EventKind::Rotate).await;
+                    }
+                    self.announce(id, record.version, EventKind::Write).await;
+                }
+                Saved::Conflict => {
+                    self.cache.forget(replaces.unwrap_or(id));
+                }
+            }
+            Ok(saved)
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(
+        &'a self,
+        id: &'a SessionId,
+        kind: EventKind,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let version = self.store.take(id).await?;
+            self.cache.forget(id);
+            self.announce(id, version + 1, kind).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn touch<'a>(
+        &'a self,
+        id: &'a SessionId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let live = self.store.touch(id, ttl).await?;
+            if !live {
+                self.cache.forget(id);
+            }
+            Ok(live)
+        }
+        .boxed()
+    }
+
+    fn index_add<'a>(
+        &'a self,
+        user: &'a str,
+        session: UserSession,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Vec<UserSession>, StoreError>> {
+        self.store.index_add(user, session, ttl)
+    }
+
+    fn index_remove<'a>(
+        &'a self,
+        user: &'a str,
+        ids: &'a [SessionId],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.store.index_remove(user, ids)
+    }
+
+    fn index_list<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<UserSession>, StoreError>> {
+        self.store.index_list(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: u64) -> Record {
+        Record {
+            version,
+            ..Record::fresh()
+        }
+    }
+
+    fn live_cache() -> NearCache {
+        let cache = NearCache::new(Duration::from_secs(60));
+        cache.subscribed();
+        cache
+    }
+
+    fn event(id: &SessionId, version: u64) -> Event {
+        Event::new(id.as_str(), version, EventKind::Write)
+    }
+
+    #[test]
+    fn nothing_is_cached_or_served_until_subscribed() {
+        let cache = NearCache::new(Duration::from_secs(60));
+        let id = SessionId::generate();
+        let began = cache.begin_read();
+        cache.fill(&id, &record(1), began);
+        assert!(cache.get(&id, 0).is_none());
+        cache.subscribed();
+        assert!(
+            cache.get(&id, 0).is_none(),
+            "a fill from before subscribing is gone"
+        );
+    }
+
+    #[test]
+    fn an_event_evicts_older_copies_and_keeps_newer_ones() {
+        let cache = live_cache();
+        let id = SessionId::generate();
+        cache.fill(&id, &record(3), cache.begin_read());
+        cache.event(event(&id, 3));
+        assert_eq!(cache.get(&id, 0).map(|r| r.version), Some(3), "own event");
+        cache.event(event(&id, 4));
+        assert!(cache.get(&id, 0).is_none());
+        assert_eq!(cache.stats().evictions, 1);
+    }
+
+    #[test]
+    fn a_read_overtaken_by_an_event_is_not_cached() {
+        let cache = live_cache();
+        let id = SessionId::generate();
+        let began = cache.begin_read();
+        // The store answered version 5, but version 6's event arrived before the fill.
+        cache.event(event(&id, 6));
+        cache.fill(&id, &record(5), began);
+        assert!(cache.get(&id, 0).is_none());
+        cache.fill(&id, &record(6), cache.begin_read());
+        assert_eq!(cache.get(&id, 0).map(|r| r.version), Some(6));
+    }
+
+    #[test]
+    fn a_link_change_during_a_read_keeps_its_result_out() {
+        let cache = live_cache();
+        let id = SessionId::generate();
+        let began = cache.begin_read();
+        cache.disconnected();
+        cache.subscribed();
+        cache.fill(&id, &record(1), began);
+        assert!(cache.get(&id, 0).is_none());
+    }
+
+    #[test]
+    fn disconnect_flushes_and_bypasses_the_cache() {
+        let cache = live_cache();
+        let id = SessionId::generate();
+        cache.fill(&id, &record(1), cache.begin_read());
+        cache.disconnected();
+        assert!(cache.get(&id, 0).is_none());
+        cache.fill(&id, &record(1), cache.begin_read());
+        assert!(
+            cache.get(&id, 0).is_none(),
+            "no caching while events can be missed"
+        );
+        cache.subscribed();
+        assert!(cache.get(&id, 0).is_none(), "the new link starts empty");
+        assert_eq!(cache.stats().flushes, 1);
+    }
+
+    #[test]
+    fn a_copy_older_than_the_clients_cookie_is_skipped() {
+        let cache = live_cache();
+        let id = SessionId::generate();
+        cache.fill(&id, &record(2), cache.begin_read());
+        assert!(cache.get(&id, 3).is_none());
+        assert!(cache.get(&id, 2).is_some());
+    }
+}
