@@ -31,6 +31,20 @@ const MAX_ARGS: i64 = 1024 * 1024;
 const UNAUTHENTICATED_MAX_ARGS: i64 = 10;
 const UNAUTHENTICATED_MAX_BULK: i64 = 16 * 1024;
 
+/// One reply on the wire. RESP2's null array (`*-1`), which Redis sends for an EXEC
+/// whose watched keys changed, has no `BytesFrame`, so it is a case of its own.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Reply {
+    Frame(BytesFrame),
+    NullArray,
+}
+
+impl From<BytesFrame> for Reply {
+    fn from(frame: BytesFrame) -> Reply {
+        Reply::Frame(frame)
+    }
+}
+
 /// Decodes requests into their arguments and encodes replies.
 #[derive(Debug)]
 pub(crate) struct RespCodec {
@@ -174,11 +188,17 @@ impl Decoder for RespCodec {
     }
 }
 
-impl Encoder<BytesFrame> for RespCodec {
+impl Encoder<Reply> for RespCodec {
     type Error = CodecError;
 
-    fn encode(&mut self, reply: BytesFrame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        Ok(self.resp2.encode(reply, dst)?)
+    fn encode(&mut self, reply: Reply, dst: &mut BytesMut) -> Result<(), CodecError> {
+        match reply {
+            Reply::Frame(frame) => Ok(self.resp2.encode(frame, dst)?),
+            Reply::NullArray => {
+                dst.extend_from_slice(b"*-1\r\n");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -377,13 +397,14 @@ mod tests {
         let mut out = BytesMut::new();
         let mut codec = codec();
         for reply in [
-            BytesFrame::SimpleString(Bytes::from_static(b"OK")),
-            BytesFrame::Null,
-            BytesFrame::Integer(-2),
-            BytesFrame::Error("ERR x".into()),
+            BytesFrame::SimpleString(Bytes::from_static(b"OK")).into(),
+            BytesFrame::Null.into(),
+            Reply::NullArray,
+            BytesFrame::Integer(-2).into(),
+            BytesFrame::Error("ERR x".into()).into(),
         ] {
             assert!(codec.encode(reply, &mut out).is_ok());
         }
-        assert_eq!(&out[..], b"+OK\r\n$-1\r\n:-2\r\n-ERR x\r\n");
+        assert_eq!(&out[..], b"+OK\r\n$-1\r\n*-1\r\n:-2\r\n-ERR x\r\n");
     }
 }

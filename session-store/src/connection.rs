@@ -6,11 +6,10 @@
 
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
-use redis_protocol::resp2::types::BytesFrame;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use crate::codec::RespCodec;
+use crate::codec::{Reply, RespCodec};
 use crate::error::CodecError;
 
 pub(crate) struct Connection {
@@ -36,8 +35,8 @@ impl Connection {
 
     /// Queues a reply; it is sent before the connection next waits for input, or sooner
     /// when enough replies pile up.
-    pub(crate) async fn queue(&mut self, reply: BytesFrame) -> Result<(), CodecError> {
-        self.framed.feed(reply).await
+    pub(crate) async fn queue(&mut self, reply: impl Into<Reply>) -> Result<(), CodecError> {
+        self.framed.feed(reply.into()).await
     }
 
     /// Sends everything queued.

@@ -5,6 +5,12 @@
 //! because its expiry data is a hash table; here an ordered index of `(deadline, key)`
 //! sits next to the map, so the active cycle removes exactly the keys that are due, with
 //! cost proportional to what it removes.
+//!
+//! Commands run against [`Keyspace`], the keyspace with its lock held ([`Db::lock`]): one
+//! lock per command, or one for a whole EXEC, so a transaction is atomic and neither
+//! other clients nor the active expiry cycle see it half done. The keyspace also tracks
+//! WATCHed keys ([`crate::watch`]): every change to one, expiry included, is recorded
+//! there.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::CommandError;
 use crate::number::parse_i64;
+use crate::watch::WatchedKeys;
 
 /// Keys removed per lock acquisition in the active cycle, so a burst of expiring keys
 /// cannot hold the lock long enough to stall commands.
@@ -37,16 +44,18 @@ pub(crate) struct DbDropGuard {
 }
 
 struct Shared {
-    state: Mutex<State>,
+    state: Mutex<Keyspace>,
     stop: CancellationToken,
 }
 
+/// The keys, their deadlines and the watch list; reached through [`Db::lock`].
 #[derive(Default)]
-struct State {
+pub(crate) struct Keyspace {
     entries: HashMap<Bytes, Entry>,
     deadlines: BTreeSet<(Instant, Bytes)>,
     used_bytes: usize,
     expired_keys: u64,
+    watched: WatchedKeys,
 }
 
 struct Entry {
@@ -144,7 +153,7 @@ impl DbDropGuard {
     /// must be called inside a tokio runtime.
     pub(crate) fn new(hz: u32) -> DbDropGuard {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Keyspace::default()),
             stop: CancellationToken::new(),
         });
         let period = Duration::from_secs(1) / hz.max(1);
@@ -181,7 +190,7 @@ async fn purge_expired_keys(shared: Arc<Shared>, period: Duration) {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, Keyspace> {
         // A panic while holding the lock cannot leave the maps half-updated in a way
         // later commands would trip on worse than the panic itself; keep serving.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -189,26 +198,27 @@ impl Shared {
 }
 
 impl Db {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// The keyspace, locked until the guard drops. Never hold it across an `.await`.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Keyspace> {
         self.shared.lock()
     }
+}
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Bytes> {
-        let mut state = self.lock();
-        state.live(key, Instant::now()).map(|e| e.value.clone())
+impl Keyspace {
+    pub(crate) fn get(&mut self, key: &[u8]) -> Option<Bytes> {
+        self.live(key, Instant::now()).map(|e| e.value.clone())
     }
 
-    /// SET with all its options, atomically.
+    /// SET with all its options.
     pub(crate) fn set(
-        &self,
+        &mut self,
         key: &[u8],
         value: &[u8],
         condition: SetCondition,
         ttl: SetTtl,
     ) -> SetOutcome {
-        let mut state = self.lock();
         let now = Instant::now();
-        let existing = state.live(key, now);
+        let existing = self.live(key, now);
         let previous = existing.as_ref().map(|e| e.value.clone());
         let old_deadline = existing.and_then(|e| e.deadline);
         let allowed = match condition {
@@ -227,7 +237,10 @@ impl Db {
             SetTtl::Keep => old_deadline,
             SetTtl::Expire(Deadline::At(at)) => Some(at),
             SetTtl::Expire(Deadline::Passed) => {
-                state.remove(key);
+                self.remove(key);
+                // Redis writes the key and then deletes it: a change for WATCH even
+                // when the key did not exist.
+                self.watched.touch(key);
                 return SetOutcome {
                     previous,
                     written: true,
@@ -236,7 +249,7 @@ impl Db {
         };
         // Copy rather than keep the slice: a slice of the read buffer would pin the
         // whole buffer it came from for as long as the key lives.
-        state.insert(
+        self.insert(
             Bytes::copy_from_slice(key),
             Bytes::copy_from_slice(value),
             deadline,
@@ -248,21 +261,19 @@ impl Db {
     }
 
     /// Removes `key` and returns its value, in one step (GETDEL).
-    pub(crate) fn take(&self, key: &[u8]) -> Option<Bytes> {
-        let mut state = self.lock();
-        let value = state.live(key, Instant::now()).map(|e| e.value.clone())?;
-        state.remove(key);
+    pub(crate) fn take(&mut self, key: &[u8]) -> Option<Bytes> {
+        let value = self.live(key, Instant::now()).map(|e| e.value.clone())?;
+        self.remove(key);
         Some(value)
     }
 
     /// Removes `keys`; returns how many existed.
-    pub(crate) fn del(&self, keys: &[Bytes]) -> i64 {
-        let mut state = self.lock();
+    pub(crate) fn del(&mut self, keys: &[Bytes]) -> i64 {
         let now = Instant::now();
         let mut removed = 0;
         for key in keys {
-            if state.live(key, now).is_some() {
-                state.remove(key);
+            if self.live(key, now).is_some() {
+                self.remove(key);
                 removed += 1;
             }
         }
@@ -270,12 +281,11 @@ impl Db {
     }
 
     /// How many of `keys` exist, counting a key named twice twice (as Redis does).
-    pub(crate) fn exists(&self, keys: &[Bytes]) -> i64 {
-        let mut state = self.lock();
+    pub(crate) fn exists(&mut self, keys: &[Bytes]) -> i64 {
         let now = Instant::now();
         let mut found = 0;
         for key in keys {
-            if state.live(key, now).is_some() {
+            if self.live(key, now).is_some() {
                 found += 1;
             }
         }
@@ -284,13 +294,12 @@ impl Db {
 
     /// Sets the key's deadline if it exists and `condition` holds; returns whether it did.
     pub(crate) fn expire(
-        &self,
+        &mut self,
         key: &[u8],
         deadline: Deadline,
         condition: ExpireCondition,
     ) -> bool {
-        let mut state = self.lock();
-        let Some(entry) = state.live(key, Instant::now()) else {
+        let Some(entry) = self.live(key, Instant::now()) else {
             return false;
         };
         let current = entry.deadline.map(Deadline::At);
@@ -303,17 +312,16 @@ impl Db {
         }
         match deadline {
             Deadline::Passed => {
-                state.remove(key);
+                self.remove(key);
             }
-            Deadline::At(at) => state.set_deadline(key, Some(at)),
+            Deadline::At(at) => self.set_deadline(key, Some(at)),
         }
         true
     }
 
-    pub(crate) fn ttl(&self, key: &[u8]) -> Ttl {
-        let mut state = self.lock();
+    pub(crate) fn ttl(&mut self, key: &[u8]) -> Ttl {
         let now = Instant::now();
-        match state.live(key, now) {
+        match self.live(key, now) {
             None => Ttl::Missing,
             Some(Entry { deadline: None, .. }) => Ttl::Persistent,
             Some(Entry {
@@ -323,10 +331,8 @@ impl Db {
     }
 
     /// INCRBY: a missing key counts as 0; the key keeps its deadline.
-    pub(crate) fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, CommandError> {
-        let mut state = self.lock();
-        let now = Instant::now();
-        let (current, deadline) = match state.live(key, now) {
+    pub(crate) fn incr_by(&mut self, key: &[u8], delta: i64) -> Result<i64, CommandError> {
+        let (current, deadline) = match self.live(key, Instant::now()) {
             None => (0, None),
             Some(entry) => (
                 parse_i64(&entry.value).ok_or(CommandError::NotInteger)?,
@@ -334,7 +340,7 @@ impl Db {
             ),
         };
         let next = current.checked_add(delta).ok_or(CommandError::Overflow)?;
-        state.insert(
+        self.insert(
             Bytes::copy_from_slice(key),
             Bytes::from(next.to_string()),
             deadline,
@@ -342,30 +348,47 @@ impl Db {
         Ok(next)
     }
 
-    /// FLUSHDB / FLUSHALL.
-    pub(crate) fn flush(&self) {
-        let mut state = self.lock();
-        let expired_keys = state.expired_keys;
-        *state = State {
-            expired_keys,
-            ..State::default()
-        };
+    /// FLUSHDB / FLUSHALL. Like Redis, it counts as a change only for watched keys that
+    /// existed.
+    pub(crate) fn flush(&mut self) {
+        let entries = &self.entries;
+        self.watched.touch_where(|key| entries.contains_key(key));
+        self.entries.clear();
+        self.deadlines.clear();
+        self.used_bytes = 0;
     }
 
     /// Keys currently stored, including expired ones the active cycle has not reached
     /// yet (Redis' DBSIZE counts the same way).
     pub(crate) fn stats(&self) -> DbStats {
-        let state = self.lock();
         DbStats {
-            keys: state.entries.len(),
-            expires: state.deadlines.len(),
-            used_bytes: state.used_bytes,
-            expired_keys: state.expired_keys,
+            keys: self.entries.len(),
+            expires: self.deadlines.len(),
+            used_bytes: self.used_bytes,
+            expired_keys: self.expired_keys,
         }
     }
-}
 
-impl State {
+    /// Starts watching `key` for one client and returns the version to compare against
+    /// at EXEC. A key already past its deadline is expired first, so its removal does
+    /// not count as a change later (Redis 7 ignores keys that were expired at WATCH).
+    pub(crate) fn watch(&mut self, key: &Bytes) -> u64 {
+        self.live(key, Instant::now());
+        self.watched.watch(key)
+    }
+
+    /// One client stops watching `key`.
+    pub(crate) fn unwatch(&mut self, key: &[u8]) {
+        self.watched.unwatch(key);
+    }
+
+    /// Whether `key` changed since it was watched at `version`. A key whose deadline has
+    /// passed counts as changed even if no cycle removed it yet, as in Redis 7.
+    pub(crate) fn changed_since(&mut self, key: &[u8], version: u64) -> bool {
+        self.live(key, Instant::now());
+        self.watched.version(key) != Some(version)
+    }
+
     /// The key's entry unless it is missing or expired; an expired key is removed here
     /// (lazy expiry).
     fn live(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
@@ -383,6 +406,7 @@ impl State {
 
     fn insert(&mut self, key: Bytes, value: Bytes, deadline: Option<Instant>) {
         self.remove(&key);
+        self.watched.touch(&key);
         self.used_bytes += key.len() + value.len() + ENTRY_OVERHEAD;
         if let Some(at) = deadline {
             self.deadlines.insert((at, key.clone()));
@@ -390,8 +414,10 @@ impl State {
         self.entries.insert(key, Entry { value, deadline });
     }
 
+    /// Every removal, whether by a command or by expiry, is a change for WATCH.
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let (key, entry) = self.entries.remove_entry(key)?;
+        self.watched.touch(&key);
         self.used_bytes = self
             .used_bytes
             .saturating_sub(key.len() + entry.value.len() + ENTRY_OVERHEAD);
@@ -416,6 +442,7 @@ impl State {
         if let Some(entry) = self.entries.get_mut(&key) {
             entry.deadline = deadline;
         }
+        self.watched.touch(&key);
     }
 
     /// Removes up to `max` keys due at `now`; returns whether more are due.
@@ -435,6 +462,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::Watches;
 
     fn key(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -445,15 +473,16 @@ mod tests {
         let guard = DbDropGuard::new(10);
         let db = guard.db();
         let deadline = Deadline::after_millis(100).expect("deadline");
-        db.set(b"k", b"v", SetCondition::Always, SetTtl::Expire(deadline));
-        assert_eq!(db.get(b"k"), Some(key("v")));
+        db.lock()
+            .set(b"k", b"v", SetCondition::Always, SetTtl::Expire(deadline));
+        assert_eq!(db.lock().get(b"k"), Some(key("v")));
         // Stop the active task first so only lazy expiry can remove the key.
         drop(guard);
         tokio::time::advance(Duration::from_millis(101)).await;
-        assert_eq!(db.stats().keys, 1);
-        assert_eq!(db.get(b"k"), None);
-        assert_eq!(db.stats().keys, 0);
-        assert_eq!(db.stats().expired_keys, 1);
+        assert_eq!(db.lock().stats().keys, 1);
+        assert_eq!(db.lock().get(b"k"), None);
+        assert_eq!(db.lock().stats().keys, 0);
+        assert_eq!(db.lock().stats().expired_keys, 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -463,16 +492,17 @@ mod tests {
         for i in 0..3000 {
             let k = format!("k{i}");
             let deadline = Deadline::after_millis(50).expect("deadline");
-            db.set(
+            db.lock().set(
                 k.as_bytes(),
                 b"v",
                 SetCondition::Always,
                 SetTtl::Expire(deadline),
             );
         }
-        db.set(b"forever", b"v", SetCondition::Always, SetTtl::Clear);
+        db.lock()
+            .set(b"forever", b"v", SetCondition::Always, SetTtl::Clear);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let stats = db.stats();
+        let stats = db.lock().stats();
         assert_eq!((stats.keys, stats.expires), (1, 0));
         assert_eq!(stats.expired_keys, 3000);
     }
@@ -481,9 +511,13 @@ mod tests {
     async fn set_conditions_and_keepttl() {
         let guard = DbDropGuard::new(10);
         let db = guard.db();
-        let nx = db.set(b"k", b"1", SetCondition::IfMissing, SetTtl::Clear);
+        let nx = db
+            .lock()
+            .set(b"k", b"1", SetCondition::IfMissing, SetTtl::Clear);
         assert!(nx.written && nx.previous.is_none());
-        let nx = db.set(b"k", b"2", SetCondition::IfMissing, SetTtl::Clear);
+        let nx = db
+            .lock()
+            .set(b"k", b"2", SetCondition::IfMissing, SetTtl::Clear);
         assert_eq!(
             nx,
             SetOutcome {
@@ -492,23 +526,27 @@ mod tests {
             }
         );
         assert!(
-            !db.set(b"x", b"1", SetCondition::IfExists, SetTtl::Clear)
+            !db.lock()
+                .set(b"x", b"1", SetCondition::IfExists, SetTtl::Clear)
                 .written
         );
         let deadline = Deadline::after_millis(10_000).expect("deadline");
-        assert!(db.expire(b"k", deadline, ExpireCondition::default()));
-        db.set(b"k", b"3", SetCondition::Always, SetTtl::Keep);
-        assert!(matches!(db.ttl(b"k"), Ttl::Remaining(_)));
-        db.set(b"k", b"4", SetCondition::Always, SetTtl::Clear);
-        assert_eq!(db.ttl(b"k"), Ttl::Persistent);
-        assert_eq!(db.stats().expires, 0);
+        assert!(db.lock().expire(b"k", deadline, ExpireCondition::default()));
+        db.lock()
+            .set(b"k", b"3", SetCondition::Always, SetTtl::Keep);
+        assert!(matches!(db.lock().ttl(b"k"), Ttl::Remaining(_)));
+        db.lock()
+            .set(b"k", b"4", SetCondition::Always, SetTtl::Clear);
+        assert_eq!(db.lock().ttl(b"k"), Ttl::Persistent);
+        assert_eq!(db.lock().stats().expires, 0);
     }
 
     #[tokio::test]
     async fn expire_conditions_treat_no_ttl_as_infinite() {
         let guard = DbDropGuard::new(10);
         let db = guard.db();
-        db.set(b"k", b"v", SetCondition::Always, SetTtl::Clear);
+        db.lock()
+            .set(b"k", b"v", SetCondition::Always, SetTtl::Clear);
         let soon = Deadline::after_millis(10_000).expect("deadline");
         let later = Deadline::after_millis(20_000).expect("deadline");
         let flag = |set: fn(&mut ExpireCondition)| {
@@ -519,46 +557,107 @@ mod tests {
         let (nx, xx) = (flag(|c| c.nx = true), flag(|c| c.xx = true));
         let (gt, lt) = (flag(|c| c.gt = true), flag(|c| c.lt = true));
         let xx_lt = flag(|c| (c.xx, c.lt) = (true, true));
-        assert!(!db.expire(b"k", soon, xx_lt));
-        assert!(!db.expire(b"k", soon, gt));
-        assert!(!db.expire(b"k", soon, xx));
-        assert!(db.expire(b"k", later, lt));
-        assert!(!db.expire(b"k", later, nx));
-        assert!(db.expire(b"k", soon, lt));
-        assert!(!db.expire(b"k", later, lt));
-        assert!(db.expire(b"k", Deadline::Passed, ExpireCondition::default()));
-        assert_eq!(db.ttl(b"k"), Ttl::Missing);
-        assert!(!db.expire(b"missing", soon, ExpireCondition::default()));
+        assert!(!db.lock().expire(b"k", soon, xx_lt));
+        assert!(!db.lock().expire(b"k", soon, gt));
+        assert!(!db.lock().expire(b"k", soon, xx));
+        assert!(db.lock().expire(b"k", later, lt));
+        assert!(!db.lock().expire(b"k", later, nx));
+        assert!(db.lock().expire(b"k", soon, lt));
+        assert!(!db.lock().expire(b"k", later, lt));
+        assert!(
+            db.lock()
+                .expire(b"k", Deadline::Passed, ExpireCondition::default())
+        );
+        assert_eq!(db.lock().ttl(b"k"), Ttl::Missing);
+        assert!(
+            !db.lock()
+                .expire(b"missing", soon, ExpireCondition::default())
+        );
     }
 
     #[tokio::test]
     async fn incr_keeps_ttl_and_checks_overflow() {
         let guard = DbDropGuard::new(10);
         let db = guard.db();
-        assert_eq!(db.incr_by(b"n", 5), Ok(5));
+        assert_eq!(db.lock().incr_by(b"n", 5), Ok(5));
         let deadline = Deadline::after_millis(10_000).expect("deadline");
-        db.expire(b"n", deadline, ExpireCondition::default());
-        assert_eq!(db.incr_by(b"n", -7), Ok(-2));
-        assert!(matches!(db.ttl(b"n"), Ttl::Remaining(_)));
-        db.set(
+        db.lock().expire(b"n", deadline, ExpireCondition::default());
+        assert_eq!(db.lock().incr_by(b"n", -7), Ok(-2));
+        assert!(matches!(db.lock().ttl(b"n"), Ttl::Remaining(_)));
+        db.lock().set(
             b"n",
             b"9223372036854775807",
             SetCondition::Always,
             SetTtl::Clear,
         );
-        assert_eq!(db.incr_by(b"n", 1), Err(CommandError::Overflow));
-        db.set(b"s", b"abc", SetCondition::Always, SetTtl::Clear);
-        assert_eq!(db.incr_by(b"s", 1), Err(CommandError::NotInteger));
+        assert_eq!(db.lock().incr_by(b"n", 1), Err(CommandError::Overflow));
+        db.lock()
+            .set(b"s", b"abc", SetCondition::Always, SetTtl::Clear);
+        assert_eq!(db.lock().incr_by(b"s", 1), Err(CommandError::NotInteger));
     }
 
     #[tokio::test]
     async fn memory_accounting_returns_to_zero() {
         let guard = DbDropGuard::new(10);
         let db = guard.db();
-        db.set(b"a", b"12345", SetCondition::Always, SetTtl::Clear);
-        db.set(b"a", b"1", SetCondition::Always, SetTtl::Clear);
-        assert_eq!(db.stats().used_bytes, 2 + ENTRY_OVERHEAD);
-        assert_eq!(db.del(&[key("a"), key("a")]), 1);
-        assert_eq!(db.stats().used_bytes, 0);
+        db.lock()
+            .set(b"a", b"12345", SetCondition::Always, SetTtl::Clear);
+        db.lock()
+            .set(b"a", b"1", SetCondition::Always, SetTtl::Clear);
+        assert_eq!(db.lock().stats().used_bytes, 2 + ENTRY_OVERHEAD);
+        assert_eq!(db.lock().del(&[key("a"), key("a")]), 1);
+        assert_eq!(db.lock().stats().used_bytes, 0);
+    }
+
+    /// Watches `k`, which expires in 50 ms.
+    fn watch_expiring(db: &Db) -> Watches {
+        let deadline = Deadline::after_millis(50).expect("deadline");
+        db.lock()
+            .set(b"k", b"v", SetCondition::Always, SetTtl::Expire(deadline));
+        let mut watches = Watches::new(db.clone());
+        watches.add(&mut db.lock(), key("k"));
+        watches
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watched_key_that_expires_counts_as_changed() {
+        let guard = DbDropGuard::new(10);
+        let db = guard.db();
+        let watches = watch_expiring(&db);
+        assert!(watches.intact(&mut db.lock()));
+        // Removed by the active cycle...
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(db.lock().stats().keys, 0);
+        assert!(!watches.intact(&mut db.lock()));
+        drop(watches);
+        // ...or only due, with nobody having removed it yet.
+        drop(guard);
+        let watches = watch_expiring(&db);
+        tokio::time::advance(Duration::from_millis(51)).await;
+        assert_eq!(db.lock().stats().keys, 1);
+        assert!(!watches.intact(&mut db.lock()));
+        drop(watches);
+        assert!(
+            db.lock().watched.is_empty(),
+            "dropped watches leave nothing"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_already_expired_when_watched_is_not_a_change() {
+        let guard = DbDropGuard::new(10);
+        let db = guard.db();
+        drop(guard);
+        let deadline = Deadline::after_millis(50).expect("deadline");
+        db.lock()
+            .set(b"k", b"v", SetCondition::Always, SetTtl::Expire(deadline));
+        tokio::time::advance(Duration::from_millis(51)).await;
+        let mut watches = Watches::new(db.clone());
+        watches.add(&mut db.lock(), key("k"));
+        assert!(watches.intact(&mut db.lock()));
+        db.lock().flush();
+        assert!(watches.intact(&mut db.lock()), "FLUSHDB of a missing key");
+        watches.clear(&mut db.lock());
+        assert!(db.lock().watched.is_empty());
     }
 }

@@ -48,10 +48,29 @@ pub enum CommandError {
     HelloNoAuth,
     #[error("WRONGPASS invalid username-password pair or user is disabled.")]
     WrongPass,
+    #[error("ERR MULTI calls can not be nested")]
+    NestedMulti,
+    #[error("ERR EXEC without MULTI")]
+    ExecWithoutMulti,
+    #[error("ERR DISCARD without MULTI")]
+    DiscardWithoutMulti,
+    #[error("ERR WATCH inside MULTI is not allowed")]
+    WatchInsideMulti,
+    #[error("EXECABORT Transaction discarded because of previous errors.")]
+    ExecAbort,
+    /// EXEC itself refused (wrong arity, not authenticated): Redis names the reason
+    /// without its `ERR` code.
+    #[error("EXECABORT Transaction discarded because of: {}", reason(.0))]
+    ExecRefused(Box<CommandError>),
     #[error(
         "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
     )]
     AuthNotConfigured,
+}
+
+fn reason(e: &CommandError) -> String {
+    let text = e.to_string();
+    text.strip_prefix("ERR ").unwrap_or(&text).to_string()
 }
 
 /// A request that breaks the wire protocol. Like Redis, the server replies

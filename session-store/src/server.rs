@@ -139,11 +139,11 @@ impl Handler {
     async fn serve(self, socket: TcpStream) {
         let peer = socket.peer_addr().ok();
         let config = &self.shared.config;
-        let mut client = Client {
-            id: self.shared.next_client_id(),
-            name: None,
-            authenticated: config.requirepass.is_none(),
-        };
+        let mut client = Client::new(
+            self.shared.next_client_id(),
+            config.requirepass.is_none(),
+            self.db.clone(),
+        );
         let codec = RespCodec::new(config.max_frame_bytes, client.authenticated);
         let mut conn = Connection::new(socket, codec);
         self.shared
@@ -185,12 +185,7 @@ impl Handler {
             self.shared
                 .commands_processed
                 .fetch_add(1, Ordering::Relaxed);
-            let mut ctx = Context {
-                db: &self.db,
-                shared: &self.shared,
-                client: &mut *client,
-            };
-            match cmd::execute(args, &mut ctx) {
+            match self.execute(args, client) {
                 Outcome::Reply(reply) => conn.queue(reply).await?,
                 Outcome::Quit => {
                     conn.queue(BytesFrame::SimpleString("OK".into())).await?;
@@ -203,5 +198,16 @@ impl Handler {
         tokio::time::timeout(FINAL_FLUSH_TIMEOUT, conn.flush())
             .await
             .unwrap_or(Ok(()))
+    }
+
+    /// Runs one request with the keyspace locked, and unlocks it before the reply is
+    /// written: a slow reader must not hold up other clients.
+    fn execute(&self, args: Vec<bytes::Bytes>, client: &mut Client) -> Outcome {
+        let mut ctx = Context {
+            db: &mut self.db.lock(),
+            shared: &self.shared,
+            client,
+        };
+        cmd::execute(args, &mut ctx)
     }
 }

@@ -4,13 +4,17 @@
 //!
 //! Without redis-server installed (and outside CI) the reference half is skipped and the
 //! store is still checked against the expected values written here.
+//!
+//! Transactions (MULTI/EXEC/DISCARD, WATCH/UNWATCH) are checked reply by reply over raw
+//! sockets, and as client code uses them: pipelined atomic batches and a WATCH-based
+//! compare-and-set loop under contention.
 
 use std::time::Duration;
 
 use e2e::{Proc, bin, engines_required, free_port, start_redis_server, wait_port, which};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, RedisResult, cmd};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -115,6 +119,65 @@ impl Raw {
             replies.push(self.line(args).await);
         }
         replies
+    }
+
+    /// Sends `args` and returns the whole reply, arrays included, CRLFs kept.
+    async fn request(&mut self, args: &[&str]) -> String {
+        self.pipeline(&[args]).await.remove(0)
+    }
+
+    /// Sends all `requests` in one write, as a pipelining client does, and returns each
+    /// whole reply.
+    async fn pipeline(&mut self, requests: &[&[&str]]) -> Vec<String> {
+        let mut batch = String::new();
+        for args in requests {
+            batch.push_str(&format!("*{}\r\n", args.len()));
+            for arg in *args {
+                batch.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+            }
+        }
+        step(self.stream.get_mut().write_all(batch.as_bytes()))
+            .await
+            .expect("raw write");
+        let mut replies = Vec::new();
+        for _ in requests {
+            replies.push(self.reply().await);
+        }
+        replies
+    }
+
+    /// One complete reply: a line, plus the payload of bulk strings and the elements of
+    /// arrays, however nested.
+    async fn reply(&mut self) -> String {
+        let mut reply = String::new();
+        let mut pending = 1;
+        while pending > 0 {
+            pending -= 1;
+            let mut line = String::new();
+            step(self.stream.read_line(&mut line))
+                .await
+                .expect("raw read");
+            assert!(
+                line.ends_with("\r\n"),
+                "reply cut short: {reply:?} {line:?}"
+            );
+            let count = line
+                .get(1..line.len() - 2)
+                .and_then(|n| n.parse::<usize>().ok());
+            match (line.as_bytes().first(), count) {
+                (Some(b'*'), Some(n)) => pending += n,
+                (Some(b'$'), Some(n)) => {
+                    let mut data = vec![0; n + 2];
+                    step(self.stream.read_exact(&mut data))
+                        .await
+                        .expect("raw read");
+                    line.push_str(&String::from_utf8_lossy(&data));
+                }
+                _ => {}
+            }
+            reply.push_str(&line);
+        }
+        reply
     }
 }
 
@@ -404,6 +467,8 @@ const AUTH_FLOW: &[&[&str]] = &[
     &["AUTH", "default", "wrong"],
     &["HELLO", "2", "AUTH", "default", "wrong"],
     &["GET", "k"],
+    &["MULTI"],
+    &["EXEC"],
     &["AUTH", PASSWORD],
     &["PING"],
     &["AUTH", "default", PASSWORD],
@@ -441,7 +506,11 @@ async fn authentication_matches_redis() {
         ours[5],
         "-WRONGPASS invalid username-password pair or user is disabled."
     );
-    assert_eq!(&ours[10..], ["+OK", "+PONG", "+OK", "+OK"]);
+    assert_eq!(
+        ours[11],
+        "-EXECABORT Transaction discarded because of: NOAUTH Authentication required."
+    );
+    assert_eq!(&ours[12..], ["+OK", "+PONG", "+OK", "+OK"]);
     let our_client_view = auth_client_view(&store).await;
     assert!(our_client_view[1].contains("NOAUTH"), "{our_client_view:?}");
 
@@ -515,5 +584,311 @@ async fn redis_cli_works_unchanged() {
     assert_eq!(ours, ["OK\n", "v\n", "value-299\n", "301\n", "\n"]);
     if let Some(redis) = start_redis(None).await {
         assert_eq!(ours, redis_cli_session(redis.port).await);
+    }
+}
+
+/// The two connections of [`TRANSACTIONS`].
+const A: usize = 0;
+const B: usize = 1;
+const EXECABORT: &str = "-EXECABORT Transaction discarded because of previous errors.\r\n";
+
+/// Transactions seen from two connections: who sends what, and Redis 7's whole reply.
+const TRANSACTIONS: &[(usize, &[&str], &str)] = &[
+    (A, &["FLUSHDB"], "+OK\r\n"),
+    (A, &["EXEC"], "-ERR EXEC without MULTI\r\n"),
+    (A, &["DISCARD"], "-ERR DISCARD without MULTI\r\n"),
+    (A, &["UNWATCH"], "+OK\r\n"),
+    (
+        A,
+        &["WATCH"],
+        "-ERR wrong number of arguments for 'watch' command\r\n",
+    ),
+    // Commands are queued, run together at EXEC; a failure at run time is one element
+    // of the array and the others still run.
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["MULTI"], "-ERR MULTI calls can not be nested\r\n"),
+    (
+        A,
+        &["WATCH", "k"],
+        "-ERR WATCH inside MULTI is not allowed\r\n",
+    ),
+    (A, &["SET", "k", "v"], "+QUEUED\r\n"),
+    (A, &["INCR", "k"], "+QUEUED\r\n"),
+    (A, &["GET", "k"], "+QUEUED\r\n"),
+    (B, &["EXISTS", "k"], ":0\r\n"),
+    (
+        A,
+        &["EXEC"],
+        "*3\r\n+OK\r\n-ERR value is not an integer or out of range\r\n$1\r\nv\r\n",
+    ),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["EXEC"], "*0\r\n"),
+    // A command refused while queuing dooms the whole transaction.
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["SET", "k", "lost"], "+QUEUED\r\n"),
+    (
+        A,
+        &["SET", "k"],
+        "-ERR wrong number of arguments for 'set' command\r\n",
+    ),
+    (A, &["EXEC"], EXECABORT),
+    (A, &["MULTI"], "+OK\r\n"),
+    (
+        A,
+        &["NOPE", "x"],
+        "-ERR unknown command 'NOPE', with args beginning with: 'x' \r\n",
+    ),
+    (A, &["EXEC"], EXECABORT),
+    (A, &["MULTI"], "+OK\r\n"),
+    (
+        A,
+        &["EXEC", "x"],
+        "-EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command\r\n",
+    ),
+    (A, &["EXEC"], "-ERR EXEC without MULTI\r\n"),
+    (A, &["GET", "k"], "$1\r\nv\r\n"),
+    // DISCARD drops the queue.
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["SET", "k", "discarded"], "+QUEUED\r\n"),
+    (A, &["DISCARD"], "+OK\r\n"),
+    (A, &["GET", "k"], "$1\r\nv\r\n"),
+    // A watched key changed by another connection: EXEC runs nothing.
+    (A, &["WATCH", "k"], "+OK\r\n"),
+    (A, &["GET", "k"], "$1\r\nv\r\n"),
+    (B, &["SET", "k", "theirs"], "+OK\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["SET", "k", "mine"], "+QUEUED\r\n"),
+    (A, &["EXEC"], "*-1\r\n"),
+    (A, &["GET", "k"], "$6\r\ntheirs\r\n"),
+    // Reads and writes that change nothing are no conflict.
+    (A, &["WATCH", "k", "missing"], "+OK\r\n"),
+    (B, &["GET", "k"], "$6\r\ntheirs\r\n"),
+    (B, &["SET", "k", "x", "NX"], "$-1\r\n"),
+    (B, &["DEL", "missing"], ":0\r\n"),
+    (B, &["EXPIRE", "k", "100", "XX"], ":0\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["SET", "k", "mine"], "+QUEUED\r\n"),
+    (A, &["EXEC"], "*1\r\n+OK\r\n"),
+    // The watcher's own change counts too.
+    (A, &["WATCH", "k"], "+OK\r\n"),
+    (A, &["EXPIRE", "k", "100"], ":1\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["EXEC"], "*-1\r\n"),
+    // FLUSHDB changes the watched keys that existed, not the others.
+    (A, &["WATCH", "k"], "+OK\r\n"),
+    (B, &["FLUSHDB"], "+OK\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["EXEC"], "*-1\r\n"),
+    (A, &["WATCH", "k"], "+OK\r\n"),
+    (B, &["FLUSHALL"], "+OK\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["EXEC"], "*0\r\n"),
+    // Creating a missing watched key is a change.
+    (A, &["WATCH", "k"], "+OK\r\n"),
+    (B, &["INCR", "k"], ":1\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["EXEC"], "*-1\r\n"),
+    // UNWATCH, DISCARD and EXEC end the watches...
+    (A, &["WATCH", "k"], "+OK\r\n"),
+    (A, &["UNWATCH"], "+OK\r\n"),
+    (B, &["INCR", "k"], ":2\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["EXEC"], "*0\r\n"),
+    (A, &["WATCH", "k"], "+OK\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["DISCARD"], "+OK\r\n"),
+    (B, &["INCR", "k"], ":3\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["EXEC"], "*0\r\n"),
+    // ...but a queued UNWATCH acts only at EXEC, after the check.
+    (A, &["WATCH", "k"], "+OK\r\n"),
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["UNWATCH"], "+QUEUED\r\n"),
+    (B, &["GETDEL", "k"], "$1\r\n3\r\n"),
+    (A, &["EXEC"], "*-1\r\n"),
+    // QUIT is not queued: it answers and closes, and the transaction is gone.
+    (A, &["MULTI"], "+OK\r\n"),
+    (A, &["SET", "k", "never"], "+QUEUED\r\n"),
+    (A, &["QUIT"], "+OK\r\n"),
+    (B, &["EXISTS", "k"], ":0\r\n"),
+];
+
+/// A pipelined transaction in one write, replies read after.
+const PIPELINED: &[&[&str]] = &[
+    &["MULTI"],
+    &["SET", "p", "1"],
+    &["INCR", "p"],
+    &["EXEC"],
+    &["GET", "p"],
+];
+const PIPELINED_REPLIES: &[&str] = &[
+    "+OK\r\n",
+    "+QUEUED\r\n",
+    "+QUEUED\r\n",
+    "*2\r\n+OK\r\n:2\r\n",
+    "$1\r\n2\r\n",
+];
+
+async fn transaction_replies(server: &Server) {
+    let name = server.name;
+    let mut conns = [
+        Raw::connect(server.port).await,
+        Raw::connect(server.port).await,
+    ];
+    for (who, request, want) in TRANSACTIONS {
+        let got = conns[*who].request(request).await;
+        assert_eq!(
+            got, *want,
+            "{name}: reply to {request:?} on connection {who}"
+        );
+    }
+    let mut raw = Raw::connect(server.port).await;
+    assert_eq!(raw.pipeline(PIPELINED).await, PIPELINED_REPLIES, "{name}");
+}
+
+#[tokio::test]
+async fn transactions_answer_like_redis() {
+    let store = start_store(None);
+    match start_redis(None).await {
+        Some(redis) => {
+            transaction_replies(&redis).await;
+            transaction_replies(&store).await;
+        }
+        None => transaction_replies(&store).await,
+    }
+}
+
+/// A watched key that expires before EXEC counts as changed (Redis 7).
+async fn watched_key_expiry(server: &Server) {
+    let name = server.name;
+    let mut a = Raw::connect(server.port).await;
+    let mut b = Raw::connect(server.port).await;
+    assert_eq!(a.request(&["SET", "e", "v", "PX", "500"]).await, "+OK\r\n");
+    assert_eq!(a.request(&["WATCH", "e"]).await, "+OK\r\n");
+    // A key already expired when watched would not count: make sure it was alive.
+    let pttl = a.request(&["PTTL", "e"]).await;
+    assert!(
+        pttl.starts_with(':') && !pttl.starts_with(":-"),
+        "{name}: key expired before it was watched ({pttl:?}); machine too slow?"
+    );
+    // Polling from another connection, which also removes the key once due.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.request(&["EXISTS", "e"]).await != ":0\r\n" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: watched key never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.request(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.request(&["SET", "e", "new"]).await, "+QUEUED\r\n");
+    assert_eq!(a.request(&["EXEC"]).await, "*-1\r\n", "{name}");
+    assert_eq!(a.request(&["GET", "e"]).await, "$-1\r\n", "{name}");
+}
+
+#[tokio::test]
+async fn a_watched_key_that_expires_aborts_exec_like_redis() {
+    let store = start_store(None);
+    match start_redis(None).await {
+        Some(redis) => {
+            tokio::join!(watched_key_expiry(&store), watched_key_expiry(&redis));
+        }
+        None => watched_key_expiry(&store).await,
+    }
+}
+
+const COUNTER: &str = "cas:counter";
+const INCREMENTS: usize = 200;
+/// Upper bound for all of a writer's increments.
+const WRITERS: Duration = Duration::from_secs(120);
+
+/// One optimistic increment of a JSON counter: WATCH, read, write in MULTI/EXEC, and
+/// start over when EXEC reports that another writer got there first. Returns how many
+/// attempts lost that race.
+async fn cas_increment(c: &mut MultiplexedConnection) -> usize {
+    let mut conflicts = 0;
+    loop {
+        let _: () = step(cmd("WATCH").arg(COUNTER).query_async(c))
+            .await
+            .expect("WATCH");
+        let raw: String = step(c.get(COUNTER)).await.expect("GET");
+        let doc: serde_json::Value = serde_json::from_str(&raw).expect("counter is JSON");
+        let count = doc["count"].as_i64().expect("count is a number");
+        let next = serde_json::json!({ "count": count + 1 }).to_string();
+        let done: Option<()> = step(
+            redis::pipe()
+                .atomic()
+                .set(COUNTER, next)
+                .ignore()
+                .query_async(c),
+        )
+        .await
+        .expect("MULTI/SET/EXEC");
+        if done.is_some() {
+            return conflicts;
+        }
+        conflicts += 1;
+        assert!(
+            conflicts < 10_000,
+            "no progress after {conflicts} conflicts"
+        );
+    }
+}
+
+/// Two writers, each on its own connection, increment one counter with [`cas_increment`];
+/// none of the 400 increments may be lost. Also an atomic pipeline's replies.
+async fn cas_counter(server: &Server) {
+    let name = server.name;
+    let c = &mut connect(server.port, None).await.expect("connect");
+    let (n, v): (i64, String) = step(
+        redis::pipe()
+            .atomic()
+            .set("atomic", 41)
+            .ignore()
+            .incr("atomic", 1)
+            .get("atomic")
+            .query_async(c),
+    )
+    .await
+    .expect("atomic pipeline");
+    assert_eq!((n, v.as_str()), (42, "42"), "{name}");
+
+    let _: () = step(c.set(COUNTER, r#"{"count":0}"#))
+        .await
+        .expect("SET counter");
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let port = server.port;
+            tokio::spawn(async move {
+                let mut own = connect(port, None).await.expect("connect");
+                let mut conflicts = 0;
+                for _ in 0..INCREMENTS {
+                    conflicts += cas_increment(&mut own).await;
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let mut conflicts = 0;
+    for writer in writers {
+        conflicts += timeout(WRITERS, writer)
+            .await
+            .expect("writers finished in time")
+            .expect("writer finished");
+    }
+    let raw: String = step(c.get(COUNTER)).await.expect("GET counter");
+    let doc: serde_json::Value = serde_json::from_str(&raw).expect("counter is JSON");
+    assert_eq!(doc["count"], 2 * INCREMENTS, "{name}");
+    eprintln!("{name}: {conflicts} EXECs refused for a concurrent change");
+}
+
+#[tokio::test]
+async fn watch_based_compare_and_set_works_like_redis() {
+    let store = start_store(None);
+    match start_redis(None).await {
+        Some(redis) => {
+            tokio::join!(cas_counter(&store), cas_counter(&redis));
+        }
+        None => cas_counter(&store).await,
     }
 }

@@ -1,5 +1,6 @@
 //! Commands: a table of what exists, the checks Redis makes before running any command
-//! (unknown name, arity, authentication, in that order), and one file per family.
+//! (unknown name, arity, authentication, in that order), queuing inside MULTI, and one
+//! file per family.
 
 mod client;
 mod connection;
@@ -8,19 +9,21 @@ mod keys;
 mod parse;
 mod server;
 mod string;
+mod transaction;
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use crate::client::Client;
-use crate::db::Db;
+use crate::codec::Reply;
+use crate::db::Keyspace;
 use crate::error::CommandError;
 use crate::shared::Shared;
 use parse::Parse;
 
-/// What a command may read and change.
+/// What a command may read and change. The keyspace is locked for the whole command.
 pub(crate) struct Context<'a> {
-    pub db: &'a Db,
+    pub db: &'a mut Keyspace,
     pub shared: &'a Shared,
     pub client: &'a mut Client,
 }
@@ -28,17 +31,25 @@ pub(crate) struct Context<'a> {
 /// What the connection should do after a request.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Outcome {
-    Reply(BytesFrame),
+    Reply(Reply),
     /// QUIT: reply `+OK`, then close.
     Quit,
     /// Close at once without a reply: the peer is not a Redis client (see `attack`).
     Drop,
 }
 
-type Run = fn(&mut Parse, &mut Context<'_>) -> Result<BytesFrame, CommandError>;
+/// A command's implementation: its arguments after the name, checked for arity.
+pub(crate) type Run = fn(&mut Parse, &mut Context<'_>) -> Result<BytesFrame, CommandError>;
 
+/// How a command runs, and so what it does inside MULTI.
 enum Handler {
+    /// Runs now, or is queued until EXEC inside MULTI.
     Run(Run),
+    /// Runs now even inside MULTI: the commands that steer the transaction (MULTI,
+    /// DISCARD, WATCH), as in Redis.
+    Now(Run),
+    /// EXEC, the one command whose reply can be a null array.
+    Exec,
     Quit,
     Drop,
 }
@@ -59,6 +70,14 @@ const fn spec(name: &'static str, arity: i32, run: Run) -> Spec {
         arity,
         no_auth: false,
         handler: Handler::Run(run),
+    }
+}
+
+/// A command that is not queued inside MULTI.
+const fn now(name: &'static str, arity: i32, run: Run) -> Spec {
+    Spec {
+        handler: Handler::Now(run),
+        ..spec(name, arity, run)
     }
 }
 
@@ -89,6 +108,16 @@ const COMMANDS: &[Spec] = &[
     spec("echo", 2, connection::echo),
     spec("select", 2, connection::select),
     spec("client", -2, client::client),
+    now("multi", 1, transaction::multi),
+    now("discard", 1, transaction::discard),
+    now("watch", -2, transaction::watch),
+    spec("unwatch", 1, transaction::unwatch),
+    Spec {
+        name: "exec",
+        arity: 1,
+        no_auth: false,
+        handler: Handler::Exec,
+    },
     Spec {
         no_auth: true,
         ..spec("auth", -2, connection::auth)
@@ -120,14 +149,33 @@ const COMMANDS: &[Spec] = &[
     },
 ];
 
-/// Runs one request (`args[0]` is the command name) and says how to answer it.
+/// Runs one request (`args[0]` is the command name), or queues it inside MULTI, and says
+/// how to answer it.
 pub(crate) fn execute(args: Vec<Bytes>, ctx: &mut Context<'_>) -> Outcome {
-    let result = lookup(&args, ctx.client.authenticated).and_then(|spec| match spec.handler {
-        Handler::Run(run) => run(&mut Parse::new(args), ctx).map(Outcome::Reply),
-        Handler::Quit => Ok(Outcome::Quit),
-        Handler::Drop => Ok(Outcome::Drop),
-    });
-    result.unwrap_or_else(|e| Outcome::Reply(error(&e)))
+    let spec = match lookup(&args, ctx.client.authenticated) {
+        Ok(spec) => spec,
+        Err(e) => return reply(Err(transaction::refused(&args, e, ctx))),
+    };
+    match spec.handler {
+        Handler::Run(run) => match &mut ctx.client.multi {
+            Some(multi) => {
+                multi.queued.push((run, args));
+                reply(Ok(BytesFrame::SimpleString(Bytes::from_static(b"QUEUED"))))
+            }
+            None => reply(run(&mut Parse::new(args), ctx)),
+        },
+        Handler::Now(run) => reply(run(&mut Parse::new(args), ctx)),
+        Handler::Exec => {
+            Outcome::Reply(transaction::exec(ctx).unwrap_or_else(|e| error(&e).into()))
+        }
+        Handler::Quit => Outcome::Quit,
+        Handler::Drop => Outcome::Drop,
+    }
+}
+
+/// The reply to a command that ran (or was refused): its frame, or its error.
+fn reply(result: Result<BytesFrame, CommandError>) -> Outcome {
+    Outcome::Reply(result.unwrap_or_else(|e| error(&e)).into())
 }
 
 fn lookup(args: &[Bytes], authenticated: bool) -> Result<&'static Spec, CommandError> {
@@ -190,7 +238,7 @@ fn integer(n: impl TryInto<i64>) -> BytesFrame {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::db::DbDropGuard;
+    use crate::db::{Db, DbDropGuard};
 
     /// Runs `words` on a fresh server with `config` and returns the reply.
     pub(super) struct Harness {
@@ -206,41 +254,55 @@ mod tests {
             let authenticated = config.requirepass.is_none();
             Harness {
                 db: guard.db(),
+                client: Client::new(1, authenticated, guard.db()),
                 _guard: guard,
                 shared: Shared::new(config, 7379),
-                client: Client {
-                    id: 1,
-                    name: None,
-                    authenticated,
-                },
             }
         }
 
         pub(super) fn run(&mut self, words: &[&str]) -> Outcome {
-            let args = words
-                .iter()
-                .map(|w| Bytes::copy_from_slice(w.as_bytes()))
-                .collect();
-            let mut ctx = Context {
-                db: &self.db,
-                shared: &self.shared,
-                client: &mut self.client,
-            };
-            execute(args, &mut ctx)
+            run(&self.db, &self.shared, &mut self.client, words)
         }
 
         /// The reply as RESP text, for compact assertions.
         pub(super) fn wire(&mut self, words: &[&str]) -> String {
-            match self.run(words) {
-                Outcome::Reply(frame) => {
-                    let mut out = bytes::BytesMut::new();
-                    let mut codec = crate::codec::RespCodec::new(1024, true);
-                    tokio_util::codec::Encoder::encode(&mut codec, frame, &mut out)
-                        .expect("encode reply");
-                    String::from_utf8_lossy(&out).into_owned()
-                }
-                other => format!("{other:?}"),
+            wire(self.run(words))
+        }
+
+        /// Another connection to the same server.
+        pub(super) fn connect(&self, id: u64) -> Client {
+            Client::new(id, self.client.authenticated, self.db.clone())
+        }
+
+        /// [`Harness::wire`] for a client from [`Harness::connect`].
+        pub(super) fn wire_as(&self, client: &mut Client, words: &[&str]) -> String {
+            wire(run(&self.db, &self.shared, client, words))
+        }
+    }
+
+    fn run(db: &Db, shared: &Shared, client: &mut Client, words: &[&str]) -> Outcome {
+        let args = words
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        let mut ctx = Context {
+            db: &mut db.lock(),
+            shared,
+            client,
+        };
+        execute(args, &mut ctx)
+    }
+
+    fn wire(outcome: Outcome) -> String {
+        match outcome {
+            Outcome::Reply(reply) => {
+                let mut out = bytes::BytesMut::new();
+                let mut codec = crate::codec::RespCodec::new(1024, true);
+                tokio_util::codec::Encoder::encode(&mut codec, reply, &mut out)
+                    .expect("encode reply");
+                String::from_utf8_lossy(&out).into_owned()
             }
+            other => format!("{other:?}"),
         }
     }
 
