@@ -617,12 +617,14 @@ async fn malformed_bodies_are_skipped() {
             version: 9,
             kind: EventKind::Revoke,
             at_us: None,
+            session: None,
         };
         let expected_unknown_kind = Event {
             id: "x".into(),
             version: 1,
             kind: EventKind::Other,
             at_us: None,
+            session: None,
         };
         assert_eq!(
             ra.events(),

@@ -15,7 +15,10 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
+    PublisherConfirm,
+};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, error, info, warn};
 
@@ -56,34 +59,39 @@ fn properties() -> BasicProperties {
         .with_delivery_mode(1)
 }
 
-/// Publishes `body` to `exchange` on a confirm-mode channel and waits for the ack.
-pub(super) async fn publish_confirmed(
+/// Sends `body` to `exchange` on a confirm-mode channel; the returned confirm resolves
+/// when the broker acks. Sending and waiting are apart so that publishes keep their order
+/// (sending under the bus's lock) without each waiting for the previous one's ack.
+pub(super) async fn send(
     channel: &Channel,
     exchange: &str,
     body: &[u8],
     timeout: Duration,
-) -> Result<(), String> {
-    let publish = async {
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                body,
-                properties(),
-            )
-            .await
-            .map_err(|e| format!("basic.publish: {e}"))?;
-        let confirmation = confirm.await.map_err(|e| format!("confirm: {e}"))?;
-        if confirmation.is_ack() {
-            Ok(())
-        } else {
-            Err("nacked by the broker".to_string())
-        }
-    };
-    tokio::time::timeout(timeout, publish)
+) -> Result<PublisherConfirm, String> {
+    let send = channel.basic_publish(
+        exchange.into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        body,
+        properties(),
+    );
+    tokio::time::timeout(timeout, send)
+        .await
+        .map_err(|_| format!("basic.publish: no answer within {timeout:?}"))?
+        .map_err(|e| format!("basic.publish: {e}"))
+}
+
+/// Waits for the broker's ack of one publish.
+pub(super) async fn confirmed(confirm: PublisherConfirm, timeout: Duration) -> Result<(), String> {
+    let confirmation = tokio::time::timeout(timeout, confirm)
         .await
         .map_err(|_| format!("no confirm within {timeout:?}"))?
+        .map_err(|e| format!("confirm: {e}"))?;
+    if confirmation.is_ack() {
+        Ok(())
+    } else {
+        Err("nacked by the broker".to_string())
+    }
 }
 
 /// Completes when the bus is closed or its last handle dropped.
@@ -428,29 +436,10 @@ async fn flush(shared: &Shared, live: Live) -> Result<usize, String> {
         }
         let mut confirms = Vec::with_capacity(batch.len());
         for body in &batch {
-            let confirm = tokio::time::timeout(
-                timeout,
-                live.channel.basic_publish(
-                    exchange.into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties(),
-                ),
-            )
-            .await
-            .map_err(|_| format!("basic.publish: no answer within {timeout:?}"))?
-            .map_err(|e| format!("basic.publish: {e}"))?;
-            confirms.push(confirm);
+            confirms.push(send(&live.channel, exchange, body, timeout).await?);
         }
         for confirm in confirms {
-            let confirmation = tokio::time::timeout(timeout, confirm)
-                .await
-                .map_err(|_| format!("no confirm within {timeout:?}"))?
-                .map_err(|e| format!("confirm: {e}"))?;
-            if !confirmation.is_ack() {
-                return Err("nacked by the broker".into());
-            }
+            confirmed(confirm, timeout).await?;
         }
         shared.link().outbox.drain(..batch.len());
         sent += batch.len();

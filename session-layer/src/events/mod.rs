@@ -33,14 +33,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::Record;
+
 /// How long [`Bus::close`] waits for the task to close its connection before aborting it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A change to one session, as published to every node.
 ///
-/// On the wire, a JSON object: `{"id":"…","version":3,"kind":"write","at_us":…}`. Unknown
-/// fields are ignored, and `at_us` may be missing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// On the wire, a JSON object: `{"id":"…","version":3,"kind":"write","at_us":…}`, plus
+/// `"session":{…}` when the event carries the new state. Unknown fields are ignored, and
+/// `at_us` and `session` may be missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// The session's id.
     pub id: String,
@@ -51,6 +54,10 @@ pub struct Event {
     /// measuring how long events take to arrive; nodes' clocks may disagree a little).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_us: Option<u64>,
+    /// The session as saved at `version`, so receivers can update their copy instead of
+    /// dropping it and reading the store on the next request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Record>,
 }
 
 impl Event {
@@ -61,7 +68,14 @@ impl Event {
             version,
             kind,
             at_us: Some(now_us()),
+            session: None,
         }
+    }
+
+    /// The same event, carrying the session's new state.
+    pub fn with_session(mut self, record: Record) -> Self {
+        self.session = Some(record);
+        self
     }
 
     /// Microseconds from the event's making (on the publishing node's clock) until now
@@ -288,42 +302,51 @@ impl Bus {
     /// (re)connect, and `Err` is returned ([`BusError::is_queued`] tells which). A failed
     /// confirm also makes the bus drop the connection and reconnect.
     ///
-    /// Events from one node are published in the order of the calls. If the returned
-    /// future is dropped before it completes, the event may or may not have been sent.
+    /// Events from one node are sent in the order of the calls; each call waits only for
+    /// its own ack. An unconfirmed event may reach the outbox after a later one was
+    /// confirmed, which is harmless: events carry versions. If the returned future is
+    /// dropped before it completes, the event may or may not have been sent.
     pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
         let shared = &self.handle.shared;
         let body = serde_json::to_vec(event)?;
-        let _turn = shared.order.lock().await;
-        if shared.closed.load(Ordering::SeqCst) {
-            return Err(BusError::Closed);
-        }
-        let live = {
-            let link = shared.link();
-            match &link.live {
-                Some(live) if link.outbox.is_empty() => live.clone(),
-                _ => {
-                    drop(link);
-                    return shared.enqueue(body, BusError::NotConnected);
-                }
-            }
-        };
         let timeout = shared.config.confirm_timeout;
-        match link::publish_confirmed(&live.channel, &shared.config.exchange, &body, timeout).await
-        {
-            Ok(()) => Ok(()),
-            Err(reason) => {
-                tracing::debug!(%reason, "session event not confirmed; reconnecting");
-                {
-                    // Later publishes must queue behind this one until the reconnect.
-                    let mut link = shared.link();
-                    if link.live.as_ref().is_some_and(|l| l.is(&live)) {
-                        link.live = None;
+        let (live, sent) = {
+            let _turn = shared.order.lock().await;
+            if shared.closed.load(Ordering::SeqCst) {
+                return Err(BusError::Closed);
+            }
+            let live = {
+                let link = shared.link();
+                match &link.live {
+                    Some(live) if link.outbox.is_empty() => live.clone(),
+                    _ => {
+                        drop(link);
+                        return shared.enqueue(body, BusError::NotConnected);
                     }
                 }
-                live.broken.notify_one();
-                shared.enqueue(body, BusError::Unconfirmed(reason))
+            };
+            let sent = link::send(&live.channel, &shared.config.exchange, &body, timeout).await;
+            (live, sent)
+        };
+        // The ack is awaited outside the lock: later publishes need not wait for it.
+        let outcome = match sent {
+            Ok(confirm) => link::confirmed(confirm, timeout).await,
+            Err(reason) => Err(reason),
+        };
+        let Err(reason) = outcome else {
+            return Ok(());
+        };
+        tracing::debug!(%reason, "session event not confirmed; reconnecting");
+        let _turn = shared.order.lock().await;
+        {
+            // Later publishes must queue behind this one until the reconnect.
+            let mut link = shared.link();
+            if link.live.as_ref().is_some_and(|l| l.is(&live)) {
+                link.live = None;
             }
         }
+        live.broken.notify_one();
+        shared.enqueue(body, BusError::Unconfirmed(reason))
     }
 
     /// Whether the consumer is registered: every event published from now on is seen.

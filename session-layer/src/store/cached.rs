@@ -41,6 +41,8 @@ pub struct NearCacheStats {
     pub misses: u64,
     /// Entries evicted because an event announced a newer version.
     pub evictions: u64,
+    /// Entries replaced by the newer state an event carried.
+    pub updates: u64,
     pub events: u64,
     /// Times the cache was emptied because the broker link went down.
     pub flushes: u64,
@@ -62,6 +64,7 @@ struct NearCache {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
+    updates: AtomicU64,
     events: AtomicU64,
     flushes: AtomicU64,
     lags: Mutex<VecDeque<u64>>,
@@ -83,6 +86,7 @@ impl NearCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            updates: AtomicU64::new(0),
             events: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             lags: Mutex::new(VecDeque::with_capacity(LAG_SAMPLES)),
@@ -167,6 +171,7 @@ impl NearCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            updates: self.updates.load(Ordering::Relaxed),
             events: self.events.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             lag_p50_us: pct(50),
@@ -193,8 +198,20 @@ impl Subscriber for NearCache {
             .get(&id)
             .is_some_and(|r| r.version < event.version)
         {
-            self.entries.invalidate(&id);
-            self.evictions.fetch_add(1, Ordering::Relaxed);
+            // A write that carries the new state replaces the old copy; anything else
+            // (rotation, logout, revocation, expiry) drops it.
+            match event.session {
+                Some(record)
+                    if event.kind == EventKind::Write && record.version == event.version =>
+                {
+                    self.entries.insert(id, Arc::new(record));
+                    self.updates.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    self.entries.invalidate(&id);
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -234,10 +251,10 @@ impl CachedStore {
         self.cache.flush(false);
     }
 
-    async fn announce(&self, id: &SessionId, version: u64, kind: EventKind) {
-        let event = Event::new(id.as_str(), version, kind);
+    async fn announce(&self, event: Event) {
+        let id = event.id.clone();
         if let Err(err) = self.bus.publish(&event).await {
-            tracing::debug!(session = id.short(), %err, "session event not confirmed; it waits in the outbox");
+            tracing::debug!(session = %id.get(..8).unwrap_or_default(), %err, "session event not confirmed");
         }
     }
 }
@@ -273,9 +290,11 @@ impl SessionStore for CachedStore {
                     self.cache.fill(id, record, began);
                     if let Some(old) = replaces {
                         self.cache.forget(old);
-                        self.announce(old, expected + 1, EventKind::Rotate).await;
+                        let rotated = Event::new(old.as_str(), expected + 1, EventKind::Rotate);
+                        self.announce(rotated).await;
                     }
-                    self.announce(id, record.version, EventKind::Write).await;
+                    let written = Event::new(id.as_str(), record.version, EventKind::Write);
+                    self.announce(written.with_session(record.clone())).await;
                 }
                 Saved::Conflict => {
                     self.cache.forget(replaces.unwrap_or(id));
@@ -294,7 +313,8 @@ impl SessionStore for CachedStore {
         async move {
             let version = self.store.take(id).await?;
             self.cache.forget(id);
-            self.announce(id, version + 1, kind).await;
+            self.announce(Event::new(id.as_str(), version + 1, kind))
+                .await;
             Ok(())
         }
         .boxed()
@@ -385,6 +405,23 @@ mod tests {
         cache.event(event(&id, 4));
         assert!(cache.get(&id, 0).is_none());
         assert_eq!(cache.stats().evictions, 1);
+    }
+
+    #[test]
+    fn a_write_event_carrying_the_state_updates_the_copy() {
+        let cache = live_cache();
+        let id = SessionId::generate();
+        cache.fill(&id, &record(3), cache.begin_read());
+        let mut newer = record(4);
+        newer.data.insert("cart".into(), serde_json::json!(["tea"]));
+        cache.event(event(&id, 4).with_session(newer.clone()));
+        assert_eq!(cache.get(&id, 4), Some(newer));
+        let stats = cache.stats();
+        assert_eq!((stats.updates, stats.evictions), (1, 0));
+        // A logout never leaves a copy behind, whatever it carries.
+        let gone = Event::new(id.as_str(), 5, EventKind::Logout).with_session(record(5));
+        cache.event(gone);
+        assert!(cache.get(&id, 0).is_none());
     }
 
     #[test]

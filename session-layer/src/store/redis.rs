@@ -4,13 +4,19 @@
 //! Reads and unconditional commands share one multiplexed connection. Compare-and-set
 //! writes need WATCH, whose state belongs to a connection, so each takes a connection of
 //! its own from a small pool for the WATCH … EXEC span.
+//!
+//! The pool is deadpool's, with a manager of our own rather than deadpool-redis's: that
+//! one sends UNWATCH + PING on every checkout, a round trip per save. Here a connection
+//! goes back to the pool only after a span that ended cleanly (EXEC or UNWATCH answered,
+//! which clears WATCH); after any error it is dropped.
 
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
+use deadpool::Runtime;
+use deadpool::managed::{self, Metrics, Object, Pool, RecycleResult, Timeouts};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
 
 use super::{Saved, SessionStore, StoreError, UserSession, Write};
@@ -32,7 +38,32 @@ pub struct RedisStore {
     /// The URL with any password masked, for error messages and logs.
     url: String,
     conn: ConnectionManager,
-    pool: Pool,
+    pool: Pool<WatchConnections>,
+}
+
+/// Makes connections for WATCH … EXEC spans (see the module docs).
+struct WatchConnections {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+}
+
+impl managed::Manager for WatchConnections {
+    type Type = MultiplexedConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<redis::RedisError> {
+        Ok(())
+    }
 }
 
 impl RedisStore {
@@ -50,15 +81,14 @@ impl RedisStore {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| invalid(&e))?;
-        let manager = Manager::new_with_config(
-            url,
-            AsyncConnectionConfig::new()
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| invalid(&e))?;
+        let manager = WatchConnections {
+            client,
+            config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT)),
-        )
-        .map_err(|e| invalid(&e))?;
+        };
         let timeouts = Timeouts {
             wait: Some(RESPONSE_TIMEOUT),
             create: Some(CONNECT_TIMEOUT),
@@ -117,24 +147,38 @@ impl RedisStore {
         next: impl FnOnce(Option<Vec<u8>>) -> Option<(redis::Pipeline, T)>,
     ) -> Result<Option<T>, StoreError> {
         let mut conn = self.pool.get().await.map_err(|e| self.failed(e))?;
+        let outcome = self.watched_span(&mut conn, key, next).await;
+        if outcome.is_err() {
+            // Its WATCH state is unknown: never hand it out again.
+            drop(Object::take(conn));
+        }
+        outcome
+    }
+
+    async fn watched_span<T>(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        next: impl FnOnce(Option<Vec<u8>>) -> Option<(redis::Pipeline, T)>,
+    ) -> Result<Option<T>, StoreError> {
         let (current,): (Option<Vec<u8>>,) = redis::pipe()
             .cmd("WATCH")
             .arg(key)
             .ignore()
             .get(key)
-            .query_async(&mut *conn)
+            .query_async(conn)
             .await
             .map_err(|e| self.failed(e))?;
         let Some((mut pipe, result)) = next(current) else {
             redis::cmd("UNWATCH")
-                .query_async::<()>(&mut *conn)
+                .query_async::<()>(conn)
                 .await
                 .map_err(|e| self.failed(e))?;
             return Ok(None);
         };
         let executed: Option<Value> = pipe
             .atomic()
-            .query_async(&mut *conn)
+            .query_async(conn)
             .await
             .map_err(|e| self.failed(e))?;
         Ok(executed.map(|_| result))
