@@ -229,15 +229,31 @@ pub fn which(name: &str) -> Option<PathBuf> {
 /// A real `redis-server` on a free port with no persistence, or None when it is not
 /// installed and this run does not require it (see [`engines_required`]).
 pub fn start_redis_server() -> Option<(Proc, u16)> {
-    let Some(server) = which("redis-server") else {
-        assert!(
-            !engines_required(),
-            "redis-server is required in CI (apt-get install redis-server) but not on PATH"
-        );
-        eprintln!("redis-server not installed: reference half of this test skipped");
+    if !redis_server_available() {
         return None;
-    };
+    }
     let port = free_port();
+    Some((start_redis_server_on(port), port))
+}
+
+/// Whether `redis-server` is on PATH. When it is not, panics if this run requires the
+/// reference engines (see [`engines_required`]) and otherwise says the test skips it.
+pub fn redis_server_available() -> bool {
+    if which("redis-server").is_some() {
+        return true;
+    }
+    assert!(
+        !engines_required(),
+        "redis-server is required in CI (apt-get install redis-server) but not on PATH"
+    );
+    eprintln!("redis-server not installed: reference half of this test skipped");
+    false
+}
+
+/// A real `redis-server` with no persistence on `port` (e.g. again on the port of one that
+/// was killed), once it accepts connections. Panics if it is not installed.
+pub fn start_redis_server_on(port: u16) -> Proc {
+    let server = which("redis-server").expect("redis-server on PATH");
     let args: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -253,5 +269,5 @@ pub fn start_redis_server() -> Option<(Proc, u16)> {
     .collect();
     let proc = Proc::spawn("redis-server", &server, &args, &[]);
     wait_port(port, Duration::from_secs(10));
-    Some((proc, port))
+    proc
 }

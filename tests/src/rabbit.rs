@@ -28,6 +28,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A private RabbitMQ node. Dropping it kills the node and its epmd and removes its state.
 pub struct RabbitMq {
     port: u16,
+    dist_port: u16,
+    epmd_port: u16,
     dir: PathBuf,
     stop: Arc<AtomicBool>,
     keeper: Option<JoinHandle<()>>,
@@ -47,6 +49,64 @@ impl RabbitMq {
     /// The directory holding the node's configuration, logs and database.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// SIGKILLs the node (and its epmd) and waits until both are gone. Its state stays on
+    /// disk for [`RabbitMq::restart`].
+    pub fn kill(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
+        }
+    }
+
+    /// Starts the node again after [`RabbitMq::kill`], on the same ports with the same
+    /// state, and waits until it accepts AMQP connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Starts epmd and the node on the keeper thread and waits for an AMQP handshake;
+    /// panics with the node's logs if it does not come up.
+    fn launch(&mut self) {
+        let epmd = crate::which("epmd").expect("epmd on PATH");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
+        let keeper = {
+            let dir = self.dir.clone();
+            let stop = stop.clone();
+            let (port, dist_port, epmd_port) = (self.port, self.dist_port, self.epmd_port);
+            std::thread::Builder::new()
+                .name(format!("rabbitmq-{port}"))
+                .spawn(move || {
+                    keep_node(&epmd, &dir, port, dist_port, epmd_port, &stop, &started_tx);
+                })
+                .expect("spawn the RabbitMQ keeper thread")
+        };
+        self.stop = stop;
+        self.keeper = Some(keeper);
+        match started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let log = tail_logs(self.dir());
+                panic!("RabbitMQ did not start: {e}\n{log}");
+            }
+            Err(_) => panic!("RabbitMQ keeper thread ended during start-up"),
+        }
+        // The handshake runs on a runtime of its own in a plain thread: this may be called
+        // from inside a test's tokio runtime, where blocking on another one is refused.
+        let url = self.url();
+        let ready = std::thread::spawn(move || wait_amqp_ready(&url, START_TIMEOUT))
+            .join()
+            .expect("readiness probe thread");
+        if let Err(e) = ready {
+            let log = tail_logs(self.dir());
+            panic!(
+                "RabbitMQ on port {} never accepted an AMQP connection: {e}\n{log}",
+                self.port
+            );
+        }
     }
 }
 
@@ -80,51 +140,20 @@ pub fn start_rabbitmq() -> Option<RabbitMq> {
         eprintln!("rabbitmq-server not installed: RabbitMQ half of this test skipped");
         return None;
     }
-    let epmd = epmd.expect("checked above");
     remove_stale_dirs();
 
     let port = free_port();
-    let dist_port = free_port();
-    let epmd_port = free_port();
     let dir = std::env::temp_dir().join(format!("e2e-rabbit-{}-{port}", std::process::id()));
     write_config(&dir, port).expect("write the RabbitMQ node's configuration");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (started_tx, started_rx) = mpsc::channel::<Result<(), String>>();
-    let keeper = {
-        let dir = dir.clone();
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name(format!("rabbitmq-{port}"))
-            .spawn(move || {
-                keep_node(&epmd, &dir, port, dist_port, epmd_port, &stop, &started_tx);
-            })
-            .expect("spawn the RabbitMQ keeper thread")
-    };
-    let rabbit = RabbitMq {
+    let mut rabbit = RabbitMq {
         port,
+        dist_port: free_port(),
+        epmd_port: free_port(),
         dir,
-        stop,
-        keeper: Some(keeper),
+        stop: Arc::new(AtomicBool::new(false)),
+        keeper: None,
     };
-    match started_rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            let log = tail_logs(rabbit.dir());
-            panic!("RabbitMQ did not start: {e}\n{log}");
-        }
-        Err(_) => panic!("RabbitMQ keeper thread ended during start-up"),
-    }
-    // The handshake runs on a runtime of its own in a plain thread: this function may be
-    // called from inside a test's tokio runtime, where blocking on another one is refused.
-    let url = rabbit.url();
-    let ready = std::thread::spawn(move || wait_amqp_ready(&url, START_TIMEOUT))
-        .join()
-        .expect("readiness probe thread");
-    if let Err(e) = ready {
-        let log = tail_logs(rabbit.dir());
-        panic!("RabbitMQ on port {port} never accepted an AMQP connection: {e}\n{log}");
-    }
+    rabbit.launch();
     Some(rabbit)
 }
 

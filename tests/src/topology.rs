@@ -94,9 +94,15 @@ pub struct Topology {
     store_kind: Store,
     broker_kind: Broker,
     broker: BrokerProc,
-    events_url: String,
+    node_spec: NodeSpec,
+}
+
+/// How every node is started.
+struct NodeSpec {
     mode: String,
-    node_args: Vec<String>,
+    store_port: u16,
+    events_url: String,
+    extra_args: Vec<String>,
 }
 
 impl Topology {
@@ -134,29 +140,21 @@ impl Topology {
                 (opts.broker == Broker::InStore).then_some(amqp_port),
             )
         });
-        let mut topo = Topology {
-            store,
-            store_port,
-            amqp_port,
-            nodes: Vec::new(),
-            lb: Proc::spawn("lb-placeholder", std::path::Path::new("/bin/true"), &[], &[]),
-            lb_port: 0,
-            store_kind: opts.store.clone(),
-            broker_kind: opts.broker.clone(),
-            broker,
-            events_url,
+        let node_spec = NodeSpec {
             mode: opts.mode.to_string(),
-            node_args: opts.node_args.clone(),
+            store_port,
+            events_url,
+            extra_args: opts.node_args.clone(),
         };
-        topo.nodes = (1..=opts.nodes)
+        let nodes: Vec<(String, u16, Proc)> = (1..=opts.nodes)
             .map(|i| {
                 let id = format!("app{i}");
                 let port = free_port();
-                let proc = topo.spawn_node(&id, port);
+                let proc = node_spec.spawn(&id, port);
                 (id, port, proc)
             })
             .collect();
-        for (_, port, _) in &topo.nodes {
+        for (_, port, _) in &nodes {
             wait_port(*port, START);
         }
         let lb_port = free_port();
@@ -166,14 +164,24 @@ impl Topology {
             "--affinity".to_string(),
             opts.affinity.to_string(),
         ];
-        for (id, port, _) in &topo.nodes {
+        for (id, port, _) in &nodes {
             args.push("--backend".into());
             args.push(format!("{id}=http://127.0.0.1:{port}"));
         }
-        topo.lb = Proc::spawn("lb", &bin("lb"), &args, &[("LB_COOKIE_KEY", LB_COOKIE_KEY)]);
-        topo.lb_port = lb_port;
+        let lb = Proc::spawn("lb", &bin("lb"), &args, &[("LB_COOKIE_KEY", LB_COOKIE_KEY)]);
         wait_port(lb_port, START);
-        topo
+        Topology {
+            store,
+            store_port,
+            amqp_port,
+            nodes,
+            lb,
+            lb_port,
+            store_kind: opts.store,
+            broker_kind: opts.broker,
+            broker,
+            node_spec,
+        }
     }
 
     /// `path` through the load balancer.
@@ -188,7 +196,7 @@ impl Topology {
 
     /// The AMQP URL the nodes publish and consume session events on.
     pub fn events_url(&self) -> &str {
-        &self.events_url
+        &self.node_spec.events_url
     }
 
     /// SIGKILLs the node with this id: whatever it held in memory is gone.
@@ -201,7 +209,7 @@ impl Topology {
     pub fn restart_node(&mut self, id: &str) {
         let port = self.node_mut(id).1;
         self.kill_node(id);
-        let proc = self.spawn_node(id, port);
+        let proc = self.node_spec.spawn(id, port);
         self.node_mut(id).2 = proc;
         wait_port(port, START);
     }
@@ -255,8 +263,10 @@ impl Topology {
             ),
         }
     }
+}
 
-    fn spawn_node(&self, id: &str, port: u16) -> Proc {
+impl NodeSpec {
+    fn spawn(&self, id: &str, port: u16) -> Proc {
         let mut args: Vec<String> = [
             "serve",
             "--listen",
@@ -273,7 +283,7 @@ impl Topology {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(self.node_args.iter().cloned());
+        args.extend(self.extra_args.iter().cloned());
         let env = [
             ("JWT_SECRET", JWT_SECRET),
             ("SESSION_COOKIE_KEYS", SESSION_COOKIE_KEYS),

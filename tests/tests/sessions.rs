@@ -87,30 +87,49 @@ fn header(res: &reqwest::Response, name: &str) -> String {
 }
 
 fn start(mode: &str, affinity: &str) -> Topology {
-    Topology::start(Options {
-        mode,
-        affinity,
-        nodes: 3,
-    })
+    Topology::start(Options::new(mode, affinity, 3))
 }
 
 #[tokio::test]
 async fn round_robin_with_local_sessions_loses_the_session_on_other_nodes() {
     let topo = start("local", "none");
-    let v = Visitor::new(&topo);
-    let login_node = v.post("/login", &[("name", "ada")]).await;
+    // The session cookie is sent by hand: a node that does not know the session answers
+    // with a Set-Cookie clearing it, and a browser obeying that would lose the session on
+    // the login node too. This test is about which nodes hold the session.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let res = http
+        .post(topo.url("/login"))
+        .form(&[("name", "ada")])
+        .send()
+        .await
+        .expect("POST /login");
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "POST /login");
+    let login_node = header(&res, "x-backend");
+    let cookie = sid_cookie(&res).expect("login sets the session cookie");
     let mut seen_elsewhere = 0;
     for _ in 0..6 {
-        let s = v.session().await;
-        assert_eq!(s.backend, s.node, "X-Backend names the node that answered");
-        if s.node == login_node {
-            assert_eq!(
-                s.user.as_deref(),
-                Some("ada"),
-                "the login node keeps the session"
-            );
+        let res = http
+            .get(topo.url("/api/session"))
+            .header(COOKIE, format!("sid={cookie}"))
+            .send()
+            .await
+            .expect("GET /api/session");
+        assert_eq!(res.status(), StatusCode::OK, "GET /api/session");
+        let backend = header(&res, "x-backend");
+        let body: Value = res.json().await.expect("session JSON");
+        let node = body["node"].as_str().unwrap_or_default();
+        assert_eq!(backend, node, "X-Backend names the node that answered");
+        if node == login_node {
+            assert_eq!(body["user"], "ada", "the login node keeps the session");
         } else {
-            assert_eq!(s.user, None, "{} has never seen this session", s.node);
+            assert!(
+                body["user"].is_null(),
+                "{node} has never seen this session: {body}"
+            );
             seen_elsewhere += 1;
         }
     }
@@ -118,6 +137,18 @@ async fn round_robin_with_local_sessions_loses_the_session_on_other_nodes() {
         seen_elsewhere >= 3,
         "round-robin sent requests to the other nodes"
     );
+}
+
+/// The value of the `sid` cookie a response sets, if any.
+fn sid_cookie(res: &reqwest::Response) -> Option<String> {
+    res.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(|h| h.strip_prefix("sid="))
+        .and_then(|h| h.split(';').next())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 #[tokio::test]
@@ -151,6 +182,7 @@ async fn round_robin_with_shared_sessions_survives_a_node_kill() {
     let mut nodes = BTreeSet::new();
     for _ in 0..9 {
         let s = v.session().await;
+        assert_eq!(s.backend, s.node, "X-Backend names the node that answered");
         assert_eq!(s.user.as_deref(), Some("linus"), "on {}", s.node);
         assert_eq!(s.cart, ["tea"], "on {}", s.node);
         nodes.insert(s.node);
@@ -287,7 +319,63 @@ async fn forged_session_and_affinity_cookies_are_treated_as_absent() {
             "{cookie:?} must not reach a session: {body}"
         );
     }
-    // The real visitor is unaffected.
+    // A real, signed `<id>.<version>` cookie, altered: the signature no longer matches, so
+    // it is no session at all (never a session's older or newer version), and it is
+    // cleared.
+    let res = client
+        .post(topo.url("/login"))
+        .form(&[("name", "alan")])
+        .send()
+        .await
+        .expect("login");
+    let real = sid_cookie(&res).expect("login sets the session cookie");
+    let (signed, version) = real
+        .rsplit_once('.')
+        .expect("the cookie ends in .<version>");
+    assert!(version.parse::<u64>().is_ok(), "version in {real:?}");
+    let mut flipped = real.clone().into_bytes();
+    let middle = flipped.len() / 2;
+    flipped[middle] = if flipped[middle] == b'A' { b'B' } else { b'A' };
+    let tampered = [
+        format!("{signed}.{}", version.parse::<u64>().unwrap_or(0) + 1),
+        format!("{signed}.0"),
+        String::from_utf8(flipped).expect("ascii"),
+        real[8..].to_string(),
+        format!("{real}0"),
+    ];
+    for bad in tampered {
+        let res = client
+            .get(topo.url("/api/session"))
+            .header(COOKIE, format!("sid={bad}"))
+            .send()
+            .await
+            .expect("request with a tampered cookie");
+        assert_eq!(res.status(), StatusCode::OK, "sid={bad}");
+        let cleared = res
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .any(|h| h.starts_with("sid=;") && h.contains("Max-Age=0"));
+        let body: Value = res.json().await.expect("json");
+        assert!(
+            body["user"].is_null(),
+            "sid={bad} reached a session: {body}"
+        );
+        assert!(
+            cleared,
+            "sid={bad} is answered with a cookie that clears it"
+        );
+    }
+    // The untouched cookie still works, and the real visitor is unaffected.
+    let res = client
+        .get(topo.url("/api/session"))
+        .header(COOKIE, format!("sid={real}"))
+        .send()
+        .await
+        .expect("request with the real cookie");
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["user"], "alan", "the genuine cookie: {body}");
     assert_eq!(v.session().await.user.as_deref(), Some("alan"));
 }
 
