@@ -121,6 +121,14 @@ impl Session {
         }
     }
 
+    /// A fresh session for a request whose cookie must be cleared (forged, tampered,
+    /// expired).
+    pub(crate) fn stale() -> Self {
+        let session = Session::new(None, Record::fresh());
+        session.lock().stale_cookie = true;
+        session
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

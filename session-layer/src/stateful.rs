@@ -24,23 +24,21 @@ pub(crate) async fn load(
     let Some(value) = shared.cookies.read(headers) else {
         return Ok(Session::new(None, Record::fresh()));
     };
-    let found = match value.as_deref().and_then(parse) {
-        Some((id, seen)) => store.load(&id, seen).await?.map(|r| (id, r)),
-        None => None,
+    let Some((id, seen)) = value.as_deref().and_then(parse) else {
+        // Forged, tampered, signed with a retired key, or not ours: clear it.
+        return Ok(Session::stale());
     };
-    let session = match found {
-        Some((id, record)) if expired(shared, &record) => {
+    Ok(match store.load(&id, seen).await? {
+        Some(record) if expired(shared, &record) => {
             end(store, &id, record.user.as_deref(), EventKind::Expire).await?;
-            Session::new(None, Record::fresh())
+            Session::stale()
         }
-        Some((id, record)) => Session::new(Some(id), record),
+        Some(record) => Session::new(Some(id), record),
+        // Gone for good: clear it. Unless the store is this process's own: another node
+        // may still hold the session.
+        None if store.shared() => Session::stale(),
         None => Session::new(None, Record::fresh()),
-    };
-    {
-        let mut state = session.lock();
-        state.stale_cookie = state.id.is_none();
-    }
-    Ok(session)
+    })
 }
 
 /// Writes what the handler changed and returns the cookie to send, if any.

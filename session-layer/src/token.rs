@@ -22,11 +22,7 @@ pub(crate) async fn load(
     let Some(token) = shared.cookies.read(headers).flatten() else {
         return Ok(Session::new(None, Record::fresh()));
     };
-    let refused = || {
-        let session = Session::new(None, Record::fresh());
-        session.lock().stale_cookie = true;
-        session
-    };
+    let refused = Session::stale;
     let claims = match codec.verify(&token) {
         Ok(claims) => claims,
         Err(why) => {

@@ -145,6 +145,13 @@ impl NearCache {
         self.entries.invalidate_all();
     }
 
+    /// Empties the cache without changing whether it is live.
+    fn clear(&self) {
+        let mut epoch = self.lock();
+        *epoch += 1;
+        self.entries.invalidate_all();
+    }
+
     fn record_lag(&self, lag_us: u64) {
         let mut lags = self.lags.lock().unwrap_or_else(PoisonError::into_inner);
         if lags.len() == LAG_SAMPLES {
@@ -251,6 +258,15 @@ impl CachedStore {
         self.cache.flush(false);
     }
 
+    /// A store that fails may come back empty (it keeps sessions in memory), and its
+    /// sessions with it: nothing cached before the failure is trusted after it.
+    fn checked<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.cache.clear();
+        }
+        result
+    }
+
     async fn announce(&self, event: Event) {
         let id = event.id.clone();
         if let Err(err) = self.bus.publish(&event).await {
@@ -270,7 +286,7 @@ impl SessionStore for CachedStore {
                 return Ok(Some(hit));
             }
             let began = self.cache.begin_read();
-            let found = self.store.load(id, min_version).await?;
+            let found = self.checked(self.store.load(id, min_version).await)?;
             if let Some(record) = &found {
                 self.cache.fill(id, record, began);
             }
@@ -284,7 +300,7 @@ impl SessionStore for CachedStore {
             let began = self.cache.begin_read();
             let (id, record, replaces, expected) =
                 (write.id, write.record, write.replaces, write.expected);
-            let saved = self.store.save(write).await?;
+            let saved = self.checked(self.store.save(write).await)?;
             match saved {
                 Saved::Done => {
                     self.cache.fill(id, record, began);
@@ -311,7 +327,7 @@ impl SessionStore for CachedStore {
         kind: EventKind,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            let version = self.store.take(id).await?;
+            let version = self.checked(self.store.take(id).await)?;
             self.cache.forget(id);
             self.announce(Event::new(id.as_str(), version + 1, kind))
                 .await;
@@ -326,7 +342,7 @@ impl SessionStore for CachedStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
-            let live = self.store.touch(id, ttl).await?;
+            let live = self.checked(self.store.touch(id, ttl).await)?;
             if !live {
                 self.cache.forget(id);
             }

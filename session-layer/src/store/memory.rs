@@ -63,6 +63,10 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn load<'a>(
         &'a self,
         id: &'a SessionId,

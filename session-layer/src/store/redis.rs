@@ -147,41 +147,46 @@ impl RedisStore {
         next: impl FnOnce(Option<Vec<u8>>) -> Option<(redis::Pipeline, T)>,
     ) -> Result<Option<T>, StoreError> {
         let mut conn = self.pool.get().await.map_err(|e| self.failed(e))?;
-        let outcome = self.watched_span(&mut conn, key, next).await;
-        if outcome.is_err() {
-            // Its WATCH state is unknown: never hand it out again.
-            drop(Object::take(conn));
-        }
-        outcome
+        let current = match watch_and_get(&mut conn, key).await {
+            Ok(current) => current,
+            Err(err) => {
+                // Nothing ran yet, so one retry is safe. A broken connection usually means
+                // the store restarted and broke every pooled one: drop them all, and retry
+                // on a fresh connection.
+                self.discard_all(conn);
+                conn = self.pool.get().await.map_err(|e| self.failed(e))?;
+                match watch_and_get(&mut conn, key).await {
+                    Ok(current) => current,
+                    Err(_) => {
+                        self.discard_all(conn);
+                        return Err(self.failed(err));
+                    }
+                }
+            }
+        };
+        let finished = match next(current) {
+            None => redis::cmd("UNWATCH")
+                .query_async::<()>(&mut *conn)
+                .await
+                .map(|()| None),
+            Some((mut pipe, result)) => pipe
+                .atomic()
+                .query_async::<Option<Value>>(&mut *conn)
+                .await
+                .map(|executed| executed.map(|_| result)),
+        };
+        // No retry past this point: the write may have happened.
+        finished.map_err(|e| {
+            self.discard_all(conn);
+            self.failed(e)
+        })
     }
 
-    async fn watched_span<T>(
-        &self,
-        conn: &mut MultiplexedConnection,
-        key: &str,
-        next: impl FnOnce(Option<Vec<u8>>) -> Option<(redis::Pipeline, T)>,
-    ) -> Result<Option<T>, StoreError> {
-        let (current,): (Option<Vec<u8>>,) = redis::pipe()
-            .cmd("WATCH")
-            .arg(key)
-            .ignore()
-            .get(key)
-            .query_async(conn)
-            .await
-            .map_err(|e| self.failed(e))?;
-        let Some((mut pipe, result)) = next(current) else {
-            redis::cmd("UNWATCH")
-                .query_async::<()>(conn)
-                .await
-                .map_err(|e| self.failed(e))?;
-            return Ok(None);
-        };
-        let executed: Option<Value> = pipe
-            .atomic()
-            .query_async(conn)
-            .await
-            .map_err(|e| self.failed(e))?;
-        Ok(executed.map(|_| result))
+    /// Drops `conn` and every idle pooled connection: after an error, their WATCH state
+    /// and their link to the store are in doubt.
+    fn discard_all(&self, conn: Object<WatchConnections>) {
+        drop(Object::take(conn));
+        self.pool.retain(|_, _| false);
     }
 
     /// Marks a token-carried session as logged out until its tokens have expired anyway.
@@ -413,6 +418,21 @@ fn parse_index(raw: Option<&[u8]>) -> Vec<UserSession> {
 
 fn decode(raw: &[u8]) -> Option<Record> {
     serde_json::from_slice(raw).ok()
+}
+
+/// WATCH `key` and read it, in one round trip.
+async fn watch_and_get(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+) -> Result<Option<Vec<u8>>, redis::RedisError> {
+    let (current,): (Option<Vec<u8>>,) = redis::pipe()
+        .cmd("WATCH")
+        .arg(key)
+        .ignore()
+        .get(key)
+        .query_async(conn)
+        .await?;
+    Ok(current)
 }
 
 /// `url` with the password replaced, so it can be logged.
