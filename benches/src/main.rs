@@ -1,5 +1,7 @@
 //! `bench`: load generators for the project's benchmarks. `benches/amqp.sh` runs
-//! `bench amqp` against a private RabbitMQ and against our `session-store`, interleaved.
+//! `bench amqp` against a private RabbitMQ and against our `session-store`, interleaved;
+//! `benches/sessions.sh` runs `bench sessions` against the demo topology in each session
+//! mode, interleaved.
 
 use std::process::ExitCode;
 
@@ -7,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod amqp;
 mod proc_stats;
+mod sessions;
 
 /// Load generators that print one `key=value` result line per scenario on stdout.
 #[derive(Parser)]
@@ -20,6 +23,9 @@ struct Cli {
 enum Command {
     /// AMQP 0-9-1 broker throughput, latency, CPU and memory (lapin client).
     Amqp(amqp::Args),
+    /// Demo-app sessions through the load balancer: requests/s, latency, near-cache hit
+    /// ratio and invalidation lag, cookie bytes per request.
+    Sessions(sessions::Args),
 }
 
 #[tokio::main]
@@ -27,6 +33,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Amqp(args) => amqp::run(args).await,
+        Command::Sessions(args) => sessions::run(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
