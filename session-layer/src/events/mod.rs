@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use lapin::Channel;
+use lapin::{Channel, PublisherConfirm};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -84,6 +84,62 @@ impl Event {
     pub fn lag_micros(&self) -> Option<u64> {
         self.at_us.map(|at| now_us().saturating_sub(at))
     }
+}
+
+/// Sends `event` under the order lock: events leave in the order of the calls. Err when
+/// it could not be sent (then it is in the outbox, or refused).
+async fn send_in_order(
+    shared: &Arc<Shared>,
+    event: &Event,
+) -> Result<(Live, Vec<u8>, Result<PublisherConfirm, String>), BusError> {
+    let body = serde_json::to_vec(event)?;
+    let _turn = shared.order.lock().await;
+    if shared.closed.load(Ordering::SeqCst) {
+        return Err(BusError::Closed);
+    }
+    let live = {
+        let link = shared.link();
+        match &link.live {
+            Some(live) if link.outbox.is_empty() => live.clone(),
+            _ => {
+                drop(link);
+                shared.enqueue(body, BusError::NotConnected)?;
+                return Err(BusError::NotConnected);
+            }
+        }
+    };
+    let timeout = shared.config.confirm_timeout;
+    let sent = link::send(&live.channel, &shared.config.exchange, &body, timeout).await;
+    Ok((live, body, sent))
+}
+
+/// Waits for the ack of a sent event, outside the order lock (later publishes need not
+/// wait for it). Without one, the link is dropped and the event goes to the outbox.
+async fn settle(
+    shared: &Shared,
+    live: Live,
+    body: Vec<u8>,
+    sent: Result<PublisherConfirm, String>,
+) -> Result<(), BusError> {
+    let timeout = shared.config.confirm_timeout;
+    let outcome = match sent {
+        Ok(confirm) => link::confirmed(confirm, timeout).await,
+        Err(reason) => Err(reason),
+    };
+    let Err(reason) = outcome else {
+        return Ok(());
+    };
+    tracing::debug!(%reason, "session event not confirmed; reconnecting");
+    let _turn = shared.order.lock().await;
+    {
+        // Later publishes must queue behind this one until the reconnect.
+        let mut link = shared.link();
+        if link.live.as_ref().is_some_and(|l| l.is(&live)) {
+            link.live = None;
+        }
+    }
+    live.broken.notify_one();
+    shared.enqueue(body, BusError::Unconfirmed(reason))
 }
 
 fn now_us() -> u64 {
@@ -307,46 +363,23 @@ impl Bus {
     /// confirmed, which is harmless: events carry versions. If the returned future is
     /// dropped before it completes, the event may or may not have been sent.
     pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let shared = &self.handle.shared;
-        let body = serde_json::to_vec(event)?;
-        let timeout = shared.config.confirm_timeout;
-        let (live, sent) = {
-            let _turn = shared.order.lock().await;
-            if shared.closed.load(Ordering::SeqCst) {
-                return Err(BusError::Closed);
+        let shared = self.handle.shared.clone();
+        let (live, body, sent) = send_in_order(&shared, event).await?;
+        settle(&shared, live, body, sent).await
+    }
+
+    /// Sends like [`Bus::publish`], in order, but returns once the event is sent, leaving
+    /// the broker's ack to be awaited in the background (with the same outbox on
+    /// failure). For events whose sender has nothing to wait for.
+    pub async fn publish_detached(&self, event: &Event) -> Result<(), BusError> {
+        let shared = self.handle.shared.clone();
+        let (live, body, sent) = send_in_order(&shared, event).await?;
+        tokio::spawn(async move {
+            if let Err(err) = settle(&shared, live, body, sent).await {
+                tracing::debug!(%err, "detached session event");
             }
-            let live = {
-                let link = shared.link();
-                match &link.live {
-                    Some(live) if link.outbox.is_empty() => live.clone(),
-                    _ => {
-                        drop(link);
-                        return shared.enqueue(body, BusError::NotConnected);
-                    }
-                }
-            };
-            let sent = link::send(&live.channel, &shared.config.exchange, &body, timeout).await;
-            (live, sent)
-        };
-        // The ack is awaited outside the lock: later publishes need not wait for it.
-        let outcome = match sent {
-            Ok(confirm) => link::confirmed(confirm, timeout).await,
-            Err(reason) => Err(reason),
-        };
-        let Err(reason) = outcome else {
-            return Ok(());
-        };
-        tracing::debug!(%reason, "session event not confirmed; reconnecting");
-        let _turn = shared.order.lock().await;
-        {
-            // Later publishes must queue behind this one until the reconnect.
-            let mut link = shared.link();
-            if link.live.as_ref().is_some_and(|l| l.is(&live)) {
-                link.live = None;
-            }
-        }
-        live.broken.notify_one();
-        shared.enqueue(body, BusError::Unconfirmed(reason))
+        });
+        Ok(())
     }
 
     /// Whether the consumer is registered: every event published from now on is seen.

@@ -267,10 +267,21 @@ impl CachedStore {
         result
     }
 
+    /// Publishes an event that ends a session (rotation, logout, revocation, expiry) and
+    /// waits for the broker's confirm, so the response that ends a session leaves only
+    /// once every node's queue holds the news.
     async fn announce(&self, event: Event) {
-        let id = event.id.clone();
         if let Err(err) = self.bus.publish(&event).await {
-            tracing::debug!(session = %id.get(..8).unwrap_or_default(), %err, "session event not confirmed");
+            tracing::debug!(session = %event.id.get(..8).unwrap_or_default(), %err, "session event not confirmed");
+        }
+    }
+
+    /// Publishes a write without waiting for the confirm: the writer's own client is
+    /// covered by the version in its cookie, and others see the change one event lag
+    /// later either way.
+    async fn announce_write(&self, event: Event) {
+        if let Err(err) = self.bus.publish_detached(&event).await {
+            tracing::debug!(session = %event.id.get(..8).unwrap_or_default(), %err, "session event not sent");
         }
     }
 }
@@ -310,7 +321,8 @@ impl SessionStore for CachedStore {
                         self.announce(rotated).await;
                     }
                     let written = Event::new(id.as_str(), record.version, EventKind::Write);
-                    self.announce(written.with_session(record.clone())).await;
+                    self.announce_write(written.with_session(record.clone()))
+                        .await;
                 }
                 Saved::Conflict => {
                     self.cache.forget(replaces.unwrap_or(id));

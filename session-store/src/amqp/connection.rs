@@ -303,7 +303,14 @@ impl Conn {
             };
             match self.handle(inbound).await {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Closed) => return,
+                Ok(Flow::Closed) => {
+                    // The receiver of close-ok closes the socket (AMQP 0-9-1 §connection.
+                    // close-ok): closing first races the client's last read, which some
+                    // clients (lapin) then log as an aborted connection.
+                    let until_eof = async { while let Some(Ok(_)) = frames.next().await {} };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, until_eof).await;
+                    return;
+                }
                 Err(e) => {
                     close_with(frames, &self.tx, &e).await;
                     return;
