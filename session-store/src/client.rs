@@ -24,6 +24,8 @@ pub(crate) struct Multi {
     /// A command was refused while queuing; EXEC will discard the whole transaction, as
     /// Redis does, rather than run part of what the client meant.
     pub refused: bool,
+    /// Bytes of arguments queued, to bound what one connection can make the store hold.
+    pub bytes: usize,
 }
 
 impl Client {

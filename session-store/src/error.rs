@@ -12,6 +12,13 @@ pub enum CommandError {
     UnknownSubcommand { command: &'static str, sub: String },
     #[error("ERR wrong number of arguments for '{0}' command")]
     WrongArity(&'static str),
+    #[error(
+        "ERR this transaction holds too much (at most {commands} commands, {bytes} bytes); \
+         EXEC will refuse it: DISCARD and send smaller transactions"
+    )]
+    TransactionTooLarge { commands: usize, bytes: usize },
+    #[error("ERR too many watched keys on this connection (at most {0}); UNWATCH first")]
+    TooManyWatched(usize),
     #[error("ERR syntax error")]
     Syntax,
     #[error("ERR value is not an integer or out of range")]

@@ -97,6 +97,11 @@ impl Watches {
         }
     }
 
+    /// How many keys are watched.
+    pub(crate) fn len(&self) -> usize {
+        self.seen.len()
+    }
+
     /// Whether no watched key changed since it was watched.
     pub(crate) fn intact(&self, keyspace: &mut Keyspace) -> bool {
         self.seen

@@ -159,6 +159,17 @@ pub(crate) fn execute(args: Vec<Bytes>, ctx: &mut Context<'_>) -> Outcome {
     match spec.handler {
         Handler::Run(run) => match &mut ctx.client.multi {
             Some(multi) => {
+                let bytes = args.iter().map(Bytes::len).sum::<usize>();
+                if multi.queued.len() >= transaction::MAX_QUEUED
+                    || multi.bytes + bytes > transaction::MAX_QUEUED_BYTES
+                {
+                    multi.refused = true;
+                    return reply(Err(CommandError::TransactionTooLarge {
+                        commands: transaction::MAX_QUEUED,
+                        bytes: transaction::MAX_QUEUED_BYTES,
+                    }));
+                }
+                multi.bytes += bytes;
                 multi.queued.push((run, args));
                 reply(Ok(BytesFrame::SimpleString(Bytes::from_static(b"QUEUED"))))
             }

@@ -15,6 +15,13 @@ use crate::client::Multi;
 use crate::codec::Reply;
 use crate::error::CommandError;
 
+/// Most commands one transaction may queue, and their bytes: without a bound, one
+/// connection could make the store hold any amount (Redis bounds it only by memory).
+pub(super) const MAX_QUEUED: usize = 100_000;
+pub(super) const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+/// Most keys one connection may watch at once.
+const MAX_WATCHED: usize = 10_000;
+
 pub(super) fn multi(_p: &mut Parse, ctx: &mut Context<'_>) -> Result<BytesFrame, CommandError> {
     if ctx.client.multi.is_some() {
         return Err(CommandError::NestedMulti);
@@ -62,7 +69,11 @@ pub(super) fn watch(p: &mut Parse, ctx: &mut Context<'_>) -> Result<BytesFrame, 
     if ctx.client.multi.is_some() {
         return Err(CommandError::WatchInsideMulti);
     }
-    for key in p.rest() {
+    let keys = p.rest();
+    if ctx.client.watches.len() + keys.len() > MAX_WATCHED {
+        return Err(CommandError::TooManyWatched(MAX_WATCHED));
+    }
+    for key in keys {
         ctx.client.watches.add(ctx.db, key);
     }
     Ok(ok())
@@ -105,6 +116,30 @@ mod tests {
     use crate::config::Config;
 
     const EXECABORT: &str = "-EXECABORT Transaction discarded because of previous errors.\r\n";
+
+    #[tokio::test]
+    async fn transactions_and_watches_are_bounded() {
+        let mut h = Harness::new(Config::default());
+        assert_eq!(h.wire(&["multi"]), "+OK\r\n");
+        let big = "x".repeat(1024 * 1024);
+        for _ in 0..super::MAX_QUEUED_BYTES / big.len() - 1 {
+            assert_eq!(h.wire(&["set", "k", &big]), "+QUEUED\r\n");
+        }
+        let refused = h.wire(&["set", "k", &big]);
+        assert!(
+            refused.starts_with("-ERR this transaction holds too much"),
+            "{refused}"
+        );
+        assert_eq!(h.wire(&["exec"]), EXECABORT);
+        let keys: Vec<String> = (0..=super::MAX_WATCHED).map(|i| format!("k{i}")).collect();
+        let mut watch = vec!["watch"];
+        watch.extend(keys.iter().map(String::as_str));
+        assert_eq!(
+            h.wire(&watch),
+            "-ERR too many watched keys on this connection (at most 10000); UNWATCH first\r\n"
+        );
+        assert_eq!(h.wire(&watch[..watch.len() - 1]), "+OK\r\n");
+    }
 
     #[tokio::test]
     async fn queue_then_exec_with_runtime_errors_in_the_array() {
