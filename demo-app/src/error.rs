@@ -18,11 +18,20 @@ impl IntoResponse for AppError {
         match &self {
             AppError::Store(err) => {
                 tracing::error!(error = %err, "request failed");
+                let message = match err {
+                    StoreError::Unavailable { .. } => {
+                        "The session store is not answering, so sessions can't be changed \
+                         right now. Start it (session-store, or redis-server) and reload."
+                    }
+                    StoreError::Contended { .. } => {
+                        "Other requests kept changing this session at the same moment. \
+                         Reload to try again."
+                    }
+                };
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [("retry-after", "1")],
-                    "The session store is not answering, so sessions can't be changed right \
-                     now. Start it (session-store, or redis-server) and reload.",
+                    message,
                 )
                     .into_response()
             }

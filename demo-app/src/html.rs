@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use crate::routes::SessionView;
+use crate::sessions::SessionMode;
 
 /// Escapes text for HTML element content and double-quoted attributes.
 pub fn escape(s: &str) -> String {
@@ -42,6 +43,12 @@ pub fn page(view: &SessionView) -> String {
         cart.push_str("<li><i>empty</i></li>");
     }
     let logged_in = view.user.is_some();
+    // Tokens are not indexed per user: there is no "everywhere" to log out of in jwt mode.
+    let everywhere = if view.mode == SessionMode::Jwt {
+        ""
+    } else {
+        r#"<form method="post" action="/logout-everywhere" onsubmit="localStorage.setItem('loggedOut', '1')"><button>Log out everywhere</button></form>"#
+    };
     let version = view.version;
     format!(
         r#"<!doctype html>
@@ -65,7 +72,7 @@ form {{ display: inline-block; margin: .3rem 1rem .3rem 0; }}
 <form method="post" action="/login"><input name="name" placeholder="your name" maxlength="64" required> <button>Log in</button></form>
 <form method="post" action="/cart"><input name="item" placeholder="item" maxlength="64" required> <button>Add to cart</button></form>
 <form method="post" action="/logout" onsubmit="localStorage.setItem('loggedOut', '1')"><button>Log out</button></form>
-<form method="post" action="/logout-everywhere" onsubmit="localStorage.setItem('loggedOut', '1')"><button>Log out everywhere</button></form>
+{everywhere}
 <h3>Your last requests</h3><ol id="history" reversed></ol>
 <script>
 const h = JSON.parse(localStorage.getItem("history") || "[]");

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
@@ -48,7 +48,21 @@ pub struct Built {
     pub near_cache: Option<Arc<CachedStore>>,
 }
 
+/// Longest accepted duration for any session flag: beyond it the caches' arithmetic and
+/// cookie Max-Age would overflow, and no session needs it.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 pub fn build(args: &NodeArgs) -> anyhow::Result<Built> {
+    for (flag, value) in [
+        ("--idle-timeout", args.idle_timeout),
+        ("--absolute-timeout", args.absolute_timeout),
+        ("--touch-interval", args.touch_interval),
+        ("--near-cache-max-age", args.near_cache_max_age),
+    ] {
+        if value > MAX_DURATION {
+            bail!("{flag} {value:?} is too long; use at most 10 years (e.g. 87600h)");
+        }
+    }
     let config = config(args);
     let store = || {
         RedisStore::connect(&args.store_url)
@@ -68,13 +82,15 @@ pub fn build(args: &NodeArgs) -> anyhow::Result<Built> {
             near_cache: None,
         },
         SessionMode::Shared => {
+            let keys = cookie_keys(args)?;
             let cached = Arc::new(CachedStore::start(
                 store()?,
                 BusConfig::new(args.events_url.clone()),
                 args.near_cache_max_age,
+                &keys,
             ));
             Built {
-                layer: SessionLayer::server(cached.clone(), cookie_keys(args)?, config),
+                layer: SessionLayer::server(cached.clone(), keys, config),
                 near_cache: Some(cached),
             }
         }

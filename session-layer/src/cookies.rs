@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 use cookie::{Cookie, CookieJar, Key};
+use hmac::{Hmac, Mac};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
+use sha2::Sha256;
 
 use crate::config::{CookieConfig, Secure};
 
@@ -56,6 +58,19 @@ impl CookieKeys {
             })
             .collect::<Result<_, _>>()?;
         Ok(CookieKeys { keys })
+    }
+
+    /// Keys for authenticating what nodes tell each other (session state carried in
+    /// events), derived from the cookie keys every node already shares; same order.
+    pub(crate) fn derived(&self, purpose: &str) -> Vec<Vec<u8>> {
+        self.keys
+            .iter()
+            .filter_map(|k| {
+                let mut mac = Hmac::<Sha256>::new_from_slice(k.signing()).ok()?;
+                mac.update(purpose.as_bytes());
+                Some(mac.finalize().into_bytes().to_vec())
+            })
+            .collect()
     }
 
     fn sign(&self, cookie: Cookie<'static>) -> Option<String> {

@@ -168,14 +168,24 @@ where
     }
 }
 
-/// The store is down: say so plainly, and that it is temporary. Never a hang or a 500.
+/// The store is down, or the session too busy to save: say so plainly, and that it is
+/// temporary. Never a hang or a 500.
 fn unavailable(err: &StoreError) -> Response<Body> {
     tracing::warn!(%err, "answering 503");
-    let mut res = Response::new(Body::from(
-        "<!doctype html><title>Temporarily unavailable</title>\
-         <h1>Sessions are temporarily unavailable</h1>\
-         <p>This service cannot reach its session store. Try again in a moment.</p>\n",
-    ));
+    let body = match err {
+        StoreError::Unavailable { .. } => {
+            "<!doctype html><title>Temporarily unavailable</title>\
+             <h1>Sessions are temporarily unavailable</h1>\
+             <p>This service cannot reach its session store. Try again in a moment.</p>\n"
+        }
+        StoreError::Contended { .. } => {
+            "<!doctype html><title>Busy</title>\
+             <h1>Your session is busy</h1>\
+             <p>Other requests kept changing your session while this one tried to save it. \
+             Try again.</p>\n"
+        }
+    };
+    let mut res = Response::new(Body::from(body));
     *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     res.headers_mut().insert(
         CONTENT_TYPE,

@@ -25,18 +25,20 @@ pub(crate) async fn load(
         return Ok(Session::new(None, Record::fresh()));
     };
     let Some((id, seen)) = value.as_deref().and_then(parse) else {
-        // Forged, tampered, signed with a retired key, or not ours: clear it.
+        // Forged, tampered, signed with a retired key, or not ours: it can never become
+        // valid, so clear it.
         return Ok(Session::stale());
     };
     Ok(match store.load(&id, seen).await? {
         Some(record) if expired(shared, &record) => {
             end(store, &id, record.user.as_deref(), EventKind::Expire).await?;
-            Session::stale()
+            Session::new(None, Record::fresh())
         }
         Some(record) => Session::new(Some(id), record),
-        // Gone for good: clear it. Unless the store is this process's own: another node
-        // may still hold the session.
-        None if store.shared() => Session::stale(),
+        // Unknown or ended: anonymous, but the cookie is left alone. A request still
+        // carrying a just-rotated id (a parallel fetch finishing after the login response)
+        // must not clear the cookie the login set; and in `local` mode another node may
+        // hold the session.
         None => Session::new(None, Record::fresh()),
     })
 }
@@ -64,13 +66,16 @@ pub(crate) async fn commit(
             if !shared.due_for_touch(&id) {
                 return Ok(None);
             }
-            if store.touch(&id, idle).await? {
-                Ok(shared
-                    .cookies
-                    .set(cookie_value(&id, session.version()), idle, tls))
-            } else {
-                Ok(shared.cookies.clear(tls))
-            }
+            // Gone meanwhile: nothing to renew, and nothing to clear (see `load`).
+            Ok(store
+                .touch(&id, idle)
+                .await?
+                .then(|| {
+                    shared
+                        .cookies
+                        .set(cookie_value(&id, session.version()), idle, tls)
+                })
+                .flatten())
         }
         (Fate::Keep, None) => Ok(stale.then(|| shared.cookies.clear(tls)).flatten()),
         (Fate::Save | Fate::SaveRotated, old) => {
@@ -83,12 +88,18 @@ pub(crate) async fn commit(
             match save(shared, store, session, &target, replaces).await? {
                 Some(version) => {
                     shared.touched.insert(target.clone(), ());
-                    index(shared, store, session, &target, replaces).await?;
+                    // Best effort: the session is saved (and an old id already gone), so a
+                    // failed index update must not cost the client its cookie.
+                    if let Err(err) = index(shared, store, session, &target, replaces).await {
+                        tracing::warn!(session = target.short(), %err, "per-user session index not updated");
+                    }
                     Ok(shared
                         .cookies
                         .set(cookie_value(&target, version), idle, tls))
                 }
-                None => Ok(shared.cookies.clear(tls)),
+                // Ended elsewhere meanwhile: stays ended; the cookie is left alone (see
+                // `load`).
+                None => Ok(None),
             }
         }
     }

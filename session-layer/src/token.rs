@@ -4,7 +4,7 @@
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::jwt::JwtCodec;
+use crate::jwt::{JwtCodec, Rejected};
 use crate::layer::Shared;
 use crate::record::unix_now;
 use crate::session::{Fate, Session};
@@ -22,17 +22,24 @@ pub(crate) async fn load(
     let Some(token) = shared.cookies.read(headers).flatten() else {
         return Ok(Session::new(None, Record::fresh()));
     };
-    let refused = Session::stale;
+    // A token that can never verify is cleared. One that merely ran out (or was revoked)
+    // is not: a parallel request finishing after a login response must not clear the
+    // token the login set.
+    let refused = || Session::new(None, Record::fresh());
     let claims = match codec.verify(&token) {
         Ok(claims) => claims,
         Err(why) => {
             tracing::info!(%why, "session token refused; starting a fresh session");
-            return Ok(refused());
+            let timing = matches!(
+                why,
+                Rejected::Expired | Rejected::NotYetValid | Rejected::IssuedInFuture
+            );
+            return Ok(if timing { refused() } else { Session::stale() });
         }
     };
     let Some(id) = SessionId::parse(&claims.sid) else {
         tracing::info!("session token refused: its sid is not a session id");
-        return Ok(refused());
+        return Ok(Session::stale());
     };
     let age = unix_now().saturating_sub(claims.created);
     if age >= shared.config.absolute_timeout.as_secs() {
@@ -72,7 +79,7 @@ pub(crate) async fn commit(
     let id = match (fate, id) {
         (Fate::Destroy, Some(id)) => {
             if let Some(store) = revocations {
-                store.revoke(&id, codec.ttl()).await?;
+                store.revoke(&id, codec.accepted_for()).await?;
             }
             return Ok(shared.cookies.clear(tls));
         }
@@ -86,7 +93,16 @@ pub(crate) async fn commit(
             session.lock().record.version += 1;
             id
         }
-        (Fate::Save | Fate::SaveRotated, _) => {
+        (Fate::SaveRotated, Some(old)) => {
+            // The token under the old id must die with it (a privilege change), where
+            // revocation is on; without it, it lives until it expires.
+            if let Some(store) = revocations {
+                store.revoke(&old, codec.accepted_for()).await?;
+            }
+            session.lock().record.version += 1;
+            SessionId::generate()
+        }
+        (Fate::Save | Fate::SaveRotated, None) => {
             session.lock().record.version += 1;
             SessionId::generate()
         }

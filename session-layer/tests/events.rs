@@ -618,6 +618,7 @@ async fn malformed_bodies_are_skipped() {
             kind: EventKind::Revoke,
             at_us: None,
             session: None,
+            mac: None,
         };
         let expected_unknown_kind = Event {
             id: "x".into(),
@@ -625,6 +626,7 @@ async fn malformed_bodies_are_skipped() {
             kind: EventKind::Other,
             at_us: None,
             session: None,
+            mac: None,
         };
         assert_eq!(
             ra.events(),

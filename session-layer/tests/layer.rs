@@ -53,6 +53,7 @@ fn routes(barrier: Arc<Barrier>) -> Router {
             post(|s: Session| async move { s.set_user(Some("ada")) }),
         )
         .route("/logout", post(|s: Session| async move { s.destroy() }))
+        .route("/rotate", post(|s: Session| async move { s.rotate_id() }))
         .route(
             "/sessions",
             get(|m: SessionManager| async move {
@@ -179,6 +180,28 @@ async fn login_moves_the_session_to_a_fresh_id_and_kills_the_old_one() {
     );
     let (_, body) = before.send(&app, "GET", "/").await;
     assert_eq!(body, "user=None n=0 v=0", "the pre-login id is worthless");
+}
+
+#[tokio::test]
+async fn a_request_still_carrying_a_rotated_away_id_leaves_the_new_cookie_alone() {
+    let app = memory_app(SessionConfig::default());
+    let mut c = Client::default();
+    c.send(&app, "POST", "/inc").await;
+    let mut parallel = c.clone();
+    c.send(&app, "POST", "/login").await;
+    // A fetch sent before the login response, answered after it.
+    let (res, body) = parallel.send(&app, "GET", "/").await;
+    assert_eq!(body, "user=None n=0 v=0");
+    assert!(
+        set_cookie(&res).is_none(),
+        "must not clear the login's cookie"
+    );
+    // An explicit rotation keeps the data under a fresh id.
+    let before = c.cookie.clone();
+    c.send(&app, "POST", "/rotate").await;
+    assert_ne!(c.cookie, before);
+    let (_, body) = c.send(&app, "GET", "/").await;
+    assert_eq!(body, "user=Some(\"ada\") n=1 v=3");
 }
 
 #[tokio::test]

@@ -58,6 +58,10 @@ pub struct Event {
     /// dropping it and reading the store on the next request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<Record>,
+    /// Authenticates `session` (see the near-cache): receivers apply carried state only
+    /// when it verifies, so whoever can publish to the exchange cannot plant a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl Event {
@@ -69,6 +73,7 @@ impl Event {
             kind,
             at_us: Some(now_us()),
             session: None,
+            mac: None,
         }
     }
 

@@ -159,6 +159,12 @@ impl JwtCodec {
         self.ttl
     }
 
+    /// How long after issue a token can still be accepted: its lifetime plus the leeway.
+    /// A revocation must last at least this long.
+    pub fn accepted_for(&self) -> Duration {
+        self.ttl + Duration::from_secs(self.leeway)
+    }
+
     /// Signs a token for `record` with the current key; `iat` = `nbf` = now,
     /// `exp` = now + ttl.
     pub fn issue(&self, id: &SessionId, record: &Record) -> Result<String, JwtError> {

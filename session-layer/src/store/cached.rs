@@ -19,17 +19,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use hmac::{Hmac, Mac};
 use moka::sync::Cache;
 use serde::Serialize;
+use sha2::Sha256;
 
 use super::redis::RedisStore;
 use super::{Saved, SessionStore, StoreError, UserSession, Write};
+use crate::cookies::CookieKeys;
 use crate::events::{Bus, BusConfig, Event, EventKind, Subscriber};
 use crate::{Record, SessionId};
 
 const MAX_ENTRIES: u64 = 100_000;
+/// The version an event announces for a session that ended (logout, revocation, expiry,
+/// rotated away): ids are never reused, so nothing under it is ever valid again.
+const ENDED: u64 = u64::MAX;
 /// Lags kept for the percentiles in [`NearCacheStats`].
 const LAG_SAMPLES: usize = 4096;
 
@@ -51,6 +59,43 @@ pub struct NearCacheStats {
     pub lag_p99_us: Option<u64>,
 }
 
+/// Authenticates the session state a write event carries: HMAC-SHA256 over id, version
+/// and the state, under a key derived from the cookie keys (the first signs, all verify,
+/// so it rotates with them). A forged or unverifiable state only evicts.
+struct EventSigner {
+    keys: Vec<Vec<u8>>,
+}
+
+impl EventSigner {
+    fn mac(key: &[u8], event: &Event, record: &Record) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+        mac.update(event.id.as_bytes());
+        mac.update(&[0]);
+        mac.update(&event.version.to_be_bytes());
+        mac.update(&serde_json::to_vec(record).ok()?);
+        Some(mac)
+    }
+
+    fn sign(&self, mut event: Event) -> Event {
+        let tag = match (self.keys.first(), &event.session) {
+            (Some(key), Some(record)) => Self::mac(key, &event, record),
+            _ => None,
+        };
+        event.mac = tag.map(|m| URL_SAFE_NO_PAD.encode(m.finalize().into_bytes()));
+        event
+    }
+
+    /// The carried state, if it is authentic.
+    fn verified(&self, event: &mut Event) -> Option<Record> {
+        let record = event.session.take()?;
+        let tag = URL_SAFE_NO_PAD.decode(event.mac.as_deref()?).ok()?;
+        self.keys
+            .iter()
+            .find_map(|key| Self::mac(key, event, &record)?.verify_slice(&tag).ok())?;
+        Some(record)
+    }
+}
+
 /// The cache proper, told about events and link state by the bus.
 struct NearCache {
     entries: Cache<SessionId, Arc<Record>>,
@@ -68,18 +113,21 @@ struct NearCache {
     events: AtomicU64,
     flushes: AtomicU64,
     lags: Mutex<VecDeque<u64>>,
+    signer: EventSigner,
 }
 
 impl NearCache {
-    fn new(max_age: Duration) -> Self {
+    fn new(max_age: Duration, signer: EventSigner) -> Self {
         NearCache {
+            signer,
             entries: Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(max_age)
                 .build(),
+            // Bounded by time only: a floor the cache dropped to make room would silently
+            // reopen the race it closes.
             floors: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(max_age * 2)
+                .time_to_live(max_age.saturating_mul(2))
                 .build(),
             live: AtomicBool::new(false),
             epoch: Mutex::new(0),
@@ -127,9 +175,29 @@ impl NearCache {
     /// since the read began or an event already announced something newer.
     fn fill(&self, id: &SessionId, record: &Record, began: u64) {
         let epoch = self.lock();
-        if *epoch == began && self.live.load(Ordering::Acquire) && record.version >= self.floor(id)
+        let newer_cached = self
+            .entries
+            .get(id)
+            .is_some_and(|r| r.version > record.version);
+        if *epoch == began
+            && self.live.load(Ordering::Acquire)
+            && record.version >= self.floor(id)
+            && !newer_cached
         {
             self.entries.insert(id.clone(), Arc::new(record.clone()));
+        }
+    }
+
+    /// This node itself changed the session to `version` (`ENDED`: ended it): raise the
+    /// floor now rather than when its own event comes back, so a read of this node that
+    /// was in flight meanwhile cannot cache the older copy.
+    fn advance(&self, id: &SessionId, version: u64) {
+        let _epoch = self.lock();
+        if version > self.floor(id) {
+            self.floors.insert(id.clone(), version);
+        }
+        if self.entries.get(id).is_some_and(|r| r.version < version) {
+            self.entries.invalidate(id);
         }
     }
 
@@ -188,7 +256,7 @@ impl NearCache {
 }
 
 impl Subscriber for NearCache {
-    fn event(&self, event: Event) {
+    fn event(&self, mut event: Event) {
         self.events.fetch_add(1, Ordering::Relaxed);
         if let Some(lag) = event.lag_micros() {
             self.record_lag(lag);
@@ -207,7 +275,7 @@ impl Subscriber for NearCache {
         {
             // A write that carries the new state replaces the old copy; anything else
             // (rotation, logout, revocation, expiry) drops it.
-            match event.session {
+            match self.signer.verified(&mut event) {
                 Some(record)
                     if event.kind == EventKind::Write && record.version == event.version =>
                 {
@@ -242,8 +310,13 @@ pub struct CachedStore {
 impl CachedStore {
     /// Starts the event bus (connecting in the background: until it has subscribed, every
     /// read goes to the store). `max_age` bounds how long any entry is trusted.
-    pub fn start(store: RedisStore, bus: BusConfig, max_age: Duration) -> Self {
-        let cache = Arc::new(NearCache::new(max_age));
+    /// `keys` are the session cookie keys: the state write events carry is authenticated
+    /// with a key derived from them, so every node needs the same ones anyway.
+    pub fn start(store: RedisStore, bus: BusConfig, max_age: Duration, keys: &CookieKeys) -> Self {
+        let signer = EventSigner {
+            keys: keys.derived("session-layer near-cache events"),
+        };
+        let cache = Arc::new(NearCache::new(max_age, signer));
         let bus = Bus::start(bus, cache.clone());
         CachedStore { store, cache, bus }
     }
@@ -268,8 +341,11 @@ impl CachedStore {
     }
 
     /// Publishes an event that ends a session (rotation, logout, revocation, expiry) and
-    /// waits for the broker's confirm, so the response that ends a session leaves only
-    /// once every node's queue holds the news.
+    /// waits for the broker's confirm, so the response that ends a session leaves once
+    /// every node's queue holds the news. Without a confirm (broker down, timeout) the
+    /// event waits in the outbox and goes out after the reconnect, and the response leaves
+    /// anyway: until then a node still linked to the broker may serve the ended session
+    /// from its cache, for at most the cache's maximum age.
     async fn announce(&self, event: Event) {
         if let Err(err) = self.bus.publish(&event).await {
             tracing::debug!(session = %event.id.get(..8).unwrap_or_default(), %err, "session event not confirmed");
@@ -311,18 +387,34 @@ impl SessionStore for CachedStore {
             let began = self.cache.begin_read();
             let (id, record, replaces, expected) =
                 (write.id, write.record, write.replaces, write.expected);
-            let saved = self.checked(self.store.save(write).await)?;
+            let saved = match self.checked(self.store.save(write).await) {
+                Ok(saved) => saved,
+                Err(err) => {
+                    // The write may have happened (a timeout after EXEC): other nodes must
+                    // not keep trusting the version it started from.
+                    let stored_under = replaces.unwrap_or(id);
+                    self.cache.advance(stored_under, expected + 1);
+                    self.announce(Event::new(
+                        stored_under.as_str(),
+                        expected + 1,
+                        EventKind::Write,
+                    ))
+                    .await;
+                    return Err(err);
+                }
+            };
             match saved {
                 Saved::Done => {
+                    self.cache.advance(id, record.version);
                     self.cache.fill(id, record, began);
                     if let Some(old) = replaces {
-                        self.cache.forget(old);
-                        let rotated = Event::new(old.as_str(), expected + 1, EventKind::Rotate);
-                        self.announce(rotated).await;
+                        self.cache.advance(old, ENDED);
+                        self.announce(Event::new(old.as_str(), ENDED, EventKind::Rotate))
+                            .await;
                     }
                     let written = Event::new(id.as_str(), record.version, EventKind::Write);
-                    self.announce_write(written.with_session(record.clone()))
-                        .await;
+                    let written = self.cache.signer.sign(written.with_session(record.clone()));
+                    self.announce_write(written).await;
                 }
                 Saved::Conflict => {
                     self.cache.forget(replaces.unwrap_or(id));
@@ -339,11 +431,11 @@ impl SessionStore for CachedStore {
         kind: EventKind,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            let version = self.checked(self.store.take(id).await)?;
-            self.cache.forget(id);
-            self.announce(Event::new(id.as_str(), version + 1, kind))
-                .await;
-            Ok(())
+            let removed = self.checked(self.store.remove(id, kind).await);
+            // Announced even when the store failed: the removal may have happened.
+            self.cache.advance(id, ENDED);
+            self.announce(Event::new(id.as_str(), ENDED, kind)).await;
+            removed
         }
         .boxed()
     }
@@ -392,6 +484,13 @@ impl SessionStore for CachedStore {
 mod tests {
     use super::*;
 
+    fn test_signer() -> EventSigner {
+        let keys = CookieKeys::new(&["a test key of at least thirty-two bytes"]).expect("key");
+        EventSigner {
+            keys: keys.derived("test"),
+        }
+    }
+
     fn record(version: u64) -> Record {
         Record {
             version,
@@ -400,7 +499,7 @@ mod tests {
     }
 
     fn live_cache() -> NearCache {
-        let cache = NearCache::new(Duration::from_secs(60));
+        let cache = NearCache::new(Duration::from_secs(60), test_signer());
         cache.subscribed();
         cache
     }
@@ -411,7 +510,7 @@ mod tests {
 
     #[test]
     fn nothing_is_cached_or_served_until_subscribed() {
-        let cache = NearCache::new(Duration::from_secs(60));
+        let cache = NearCache::new(Duration::from_secs(60), test_signer());
         let id = SessionId::generate();
         let began = cache.begin_read();
         cache.fill(&id, &record(1), began);
@@ -442,12 +541,26 @@ mod tests {
         cache.fill(&id, &record(3), cache.begin_read());
         let mut newer = record(4);
         newer.data.insert("cart".into(), serde_json::json!(["tea"]));
+        // Unsigned (or forged) state only evicts.
         cache.event(event(&id, 4).with_session(newer.clone()));
-        assert_eq!(cache.get(&id, 4), Some(newer));
+        assert!(cache.get(&id, 0).is_none());
+        cache.fill(&id, &record(4), cache.begin_read());
+        let mut forged = cache.signer.sign(event(&id, 5).with_session(record(5)));
+        forged.session = Some(newer.clone());
+        cache.event(forged);
+        assert!(cache.get(&id, 0).is_none());
+        // Authentic state replaces the copy.
+        cache.fill(&id, &record(5), cache.begin_read());
+        let six = Record {
+            version: 6,
+            ..newer.clone()
+        };
+        cache.event(cache.signer.sign(event(&id, 6).with_session(six.clone())));
+        assert_eq!(cache.get(&id, 6), Some(six));
         let stats = cache.stats();
-        assert_eq!((stats.updates, stats.evictions), (1, 0));
+        assert_eq!((stats.updates, stats.evictions), (1, 2));
         // A logout never leaves a copy behind, whatever it carries.
-        let gone = Event::new(id.as_str(), 5, EventKind::Logout).with_session(record(5));
+        let gone = Event::new(id.as_str(), ENDED, EventKind::Logout).with_session(record(7));
         cache.event(gone);
         assert!(cache.get(&id, 0).is_none());
     }

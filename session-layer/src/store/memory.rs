@@ -14,8 +14,8 @@ use super::{Saved, SessionStore, StoreError, UserSession, Write};
 use crate::events::EventKind;
 use crate::{Record, SessionId};
 
-/// Bounded so a flood of new visitors evicts the idlest sessions instead of growing
-/// without limit.
+/// Bounded so a flood of new visitors cannot grow memory without limit; past it, moka's
+/// admission policy decides which sessions stay (rarely used ones go first).
 const MAX_SESSIONS: u64 = 100_000;
 
 pub struct MemoryStore {
@@ -63,10 +63,6 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    fn shared(&self) -> bool {
-        false
-    }
-
     fn load<'a>(
         &'a self,
         id: &'a SessionId,
@@ -86,6 +82,9 @@ impl SessionStore for MemoryStore {
         id: &'a SessionId,
         _kind: EventKind,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
+        // Under the write lock: a save that checked the version just before must not
+        // bring the session back after it.
+        let _guard = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         self.sessions.invalidate(id);
         async { Ok(()) }.boxed()
     }

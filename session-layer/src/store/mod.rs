@@ -66,13 +66,6 @@ pub struct UserSession {
 /// Storage for server-side sessions. Methods return boxed futures so the layer can hold
 /// any store as `Arc<dyn SessionStore>` and pick it at start-up from a flag.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Whether every node sees this store: then a session it does not have is gone for
-    /// good, and its cookie is cleared. A per-process store says false (another node may
-    /// hold the session).
-    fn shared(&self) -> bool {
-        true
-    }
-
     /// The session under `id`, if it exists. `min_version` is the newest version this
     /// client is known to have seen (from its cookie); a cache must not answer with an
     /// older one.

@@ -7,13 +7,13 @@
 //!
 //! The pool is deadpool's, with a manager of our own rather than deadpool-redis's: that
 //! one sends UNWATCH + PING on every checkout, a round trip per save. Here a connection
-//! goes back to the pool only after a span that ended cleanly (EXEC or UNWATCH answered,
-//! which clears WATCH); after any error it is dropped.
+//! is reused only after a span that ended cleanly (EXEC or UNWATCH answered, which clears
+//! WATCH); after an error, or a request cancelled mid-span, it is dropped.
 
 use std::time::Duration;
 
 use deadpool::Runtime;
-use deadpool::managed::{self, Metrics, Object, Pool, RecycleResult, Timeouts};
+use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult, Timeouts};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -47,22 +47,36 @@ struct WatchConnections {
     config: AsyncConnectionConfig,
 }
 
+/// A pooled connection, and whether its last WATCH span ended (EXEC or UNWATCH
+/// answered). A request cancelled mid-span leaves it unclean: it is then discarded
+/// instead of lending a stray WATCH to the next save.
+struct WatchConnection {
+    conn: MultiplexedConnection,
+    clean: bool,
+}
+
 impl managed::Manager for WatchConnections {
-    type Type = MultiplexedConnection;
+    type Type = WatchConnection;
     type Error = redis::RedisError;
 
-    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        self.client
+    async fn create(&self) -> Result<WatchConnection, redis::RedisError> {
+        let conn = self
+            .client
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await
+            .await?;
+        Ok(WatchConnection { conn, clean: true })
     }
 
     async fn recycle(
         &self,
-        _: &mut MultiplexedConnection,
+        conn: &mut WatchConnection,
         _: &Metrics,
     ) -> RecycleResult<redis::RedisError> {
-        Ok(())
+        if conn.clean {
+            Ok(())
+        } else {
+            Err(RecycleError::message("a WATCH span did not finish"))
+        }
     }
 }
 
@@ -147,7 +161,8 @@ impl RedisStore {
         next: impl FnOnce(Option<Vec<u8>>) -> Option<(redis::Pipeline, T)>,
     ) -> Result<Option<T>, StoreError> {
         let mut conn = self.pool.get().await.map_err(|e| self.failed(e))?;
-        let current = match watch_and_get(&mut conn, key).await {
+        conn.clean = false;
+        let current = match watch_and_get(&mut conn.conn, key).await {
             Ok(current) => current,
             Err(err) => {
                 // Nothing ran yet, so one retry is safe. A broken connection usually means
@@ -155,7 +170,8 @@ impl RedisStore {
                 // on a fresh connection.
                 self.discard_all(conn);
                 conn = self.pool.get().await.map_err(|e| self.failed(e))?;
-                match watch_and_get(&mut conn, key).await {
+                conn.clean = false;
+                match watch_and_get(&mut conn.conn, key).await {
                     Ok(current) => current,
                     Err(_) => {
                         self.discard_all(conn);
@@ -166,20 +182,26 @@ impl RedisStore {
         };
         let finished = match next(current) {
             None => redis::cmd("UNWATCH")
-                .query_async::<()>(&mut *conn)
+                .query_async::<()>(&mut conn.conn)
                 .await
                 .map(|()| None),
             Some((mut pipe, result)) => pipe
                 .atomic()
-                .query_async::<Option<Value>>(&mut *conn)
+                .query_async::<Option<Value>>(&mut conn.conn)
                 .await
                 .map(|executed| executed.map(|_| result)),
         };
         // No retry past this point: the write may have happened.
-        finished.map_err(|e| {
-            self.discard_all(conn);
-            self.failed(e)
-        })
+        match finished {
+            Ok(done) => {
+                conn.clean = true;
+                Ok(done)
+            }
+            Err(e) => {
+                self.discard_all(conn);
+                Err(self.failed(e))
+            }
+        }
     }
 
     /// Drops `conn` and every idle pooled connection: after an error, their WATCH state
