@@ -61,7 +61,8 @@ pub(crate) async fn commit(
             end(store, &id, user.as_deref(), EventKind::Logout).await?;
             Ok(shared.cookies.clear(tls))
         }
-        (Fate::Destroy, None) => Ok(stale.then(|| shared.cookies.clear(tls)).flatten()),
+        // A logout whose session had already ended: still this request's own choice.
+        (Fate::Destroy, None) => Ok(shared.cookies.clear(tls)),
         (Fate::Keep, Some(id)) => {
             if !shared.due_for_touch(&id) {
                 return Ok(None);

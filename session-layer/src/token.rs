@@ -83,9 +83,8 @@ pub(crate) async fn commit(
             }
             return Ok(shared.cookies.clear(tls));
         }
-        (Fate::Destroy | Fate::Keep, None) => {
-            return Ok(stale.then(|| shared.cookies.clear(tls)).flatten());
-        }
+        (Fate::Destroy, None) => return Ok(shared.cookies.clear(tls)),
+        (Fate::Keep, None) => return Ok(stale.then(|| shared.cookies.clear(tls)).flatten()),
         // Rolling expiry: re-issue an unchanged token once per touch interval.
         (Fate::Keep, Some(id)) if !shared.due_for_touch(&id) => return Ok(None),
         (Fate::Keep, Some(id)) => id,
