@@ -387,6 +387,9 @@ impl Conn {
             AMQPFrame::ProtocolHeader(_) => Err(unexpected_frame()),
             AMQPFrame::Method(0, AMQPClass::Connection(m)) => match m {
                 connection::AMQPMethod::Close(_) => {
+                    // As RabbitMQ: channels close (unacked messages back to their queues)
+                    // before close-ok, so a client that saw close-ok sees them requeued.
+                    self.broker.connection_closed(self.id);
                     self.method(0, close_ok()).await;
                     Ok(Flow::Closed)
                 }
