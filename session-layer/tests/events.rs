@@ -562,33 +562,13 @@ async fn malformed_bodies_are_skipped() {
             br#"{"id":"x","version":-1,"kind":"write"}"#,
             &huge,
         ];
-        for body in &garbage {
-            let confirm = step(
-                "raw publish",
-                ch.basic_publish(
-                    EXCHANGE.into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    BasicProperties::default(),
-                ),
-            )
-            .await
-            .expect("raw publish");
-            assert!(
-                step("raw confirm", confirm)
-                    .await
-                    .expect("confirm")
-                    .is_ack()
-            );
-        }
-        // From an older or newer publisher: no time, an unknown field, an unknown kind
-        // (still a change to that session, so still delivered).
+        // Then, from an older or newer publisher: no time, an unknown field, an unknown
+        // kind (still a change to that session, so still delivered).
         let compatible: [&[u8]; 2] = [
             br#"{"id":"other","version":9,"kind":"revoke","extra":true}"#,
             br#"{"id":"x","version":1,"kind":"exploded"}"#,
         ];
-        for body in compatible {
+        for body in garbage.iter().copied().chain(compatible) {
             let confirm = step(
                 "raw publish",
                 ch.basic_publish(
