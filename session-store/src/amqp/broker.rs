@@ -116,12 +116,12 @@ impl VHost {
             }
             return queues;
         }
-        let mut seen_exchanges = HashSet::from([exchange.to_string()]);
-        let mut pending = vec![exchange.to_string()];
-        while let Some(name) = pending.pop() {
-            let Some(x) = self.exchanges.get(&name) else {
-                continue;
-            };
+        // Exchange-to-exchange bindings are rare: the set and the stack stay empty (and
+        // allocate nothing) unless the first exchange leads to another.
+        let mut seen_exchanges = HashSet::new();
+        let mut pending: Vec<String> = Vec::new();
+        let mut next = self.exchanges.get(exchange);
+        while let Some(x) = next {
             x.route(key, headers, |d| match d {
                 Destination::Queue(q) => {
                     if !queues.contains(q) {
@@ -129,11 +129,12 @@ impl VHost {
                     }
                 }
                 Destination::Exchange(e) => {
-                    if seen_exchanges.insert(e.clone()) {
+                    if e != exchange && seen_exchanges.insert(e.clone()) {
                         pending.push(e.clone());
                     }
                 }
             });
+            next = std::iter::from_fn(|| pending.pop()).find_map(|n| self.exchanges.get(&n));
         }
         queues
     }
@@ -617,24 +618,16 @@ impl Broker {
     /// Checks that a message may be published to `exchange` (it exists and is not
     /// internal), as basic.publish does before routing, even inside a transaction.
     pub fn check_publish(&self, exchange: &str) -> Result<(), AmqpError> {
-        let core = self.lock();
-        let x = core.vhost.exchange(exchange)?;
-        if x.internal {
-            return Err(AmqpError::access_refused(format_args!(
-                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
-                core.vhost.name
-            )));
-        }
-        Ok(())
+        check_publish(&self.lock().vhost, exchange)
     }
 
     /// Routes a message to its queues and delivers what it can. From here on its body
     /// counts towards the memory watermark for as long as anything holds it.
     pub fn publish(&self, mut message: Message) -> Result<Published, AmqpError> {
-        self.check_publish(message.exchange.as_str())?;
-        message.charge(&self.memory.counter());
         let mut core = self.lock();
         let core = &mut *core;
+        check_publish(&core.vhost, message.exchange.as_str())?;
+        message.charge(&core.memory);
         let targets = core.vhost.route(
             message.exchange.as_str(),
             message.routing_key.as_str(),
@@ -908,6 +901,18 @@ impl Broker {
     }
 }
 
+/// The exchange exists and takes publishes from clients.
+fn check_publish(vhost: &VHost, exchange: &str) -> Result<(), AmqpError> {
+    let x = vhost.exchange(exchange)?;
+    if x.internal {
+        return Err(AmqpError::access_refused(format_args!(
+            "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+            vhost.name
+        )));
+    }
+    Ok(())
+}
+
 fn default_exchange_refused() -> AmqpError {
     AmqpError::access_refused("operation not permitted on the default exchange")
 }
@@ -963,7 +968,13 @@ fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacke
         dispatch_queue(core, &name);
     }
     // A channel-wide prefetch may have held back other queues of this channel.
-    redispatch_for(core, |c| c.0 == conn && c.1 == channel);
+    if core
+        .channels
+        .get(&(conn, channel))
+        .is_some_and(|s| s.channel_prefetch > 0)
+    {
+        redispatch_for(core, |c| c.0 == conn && c.1 == channel);
+    }
 }
 
 /// A dead letter from `q`, if it has a dead-letter exchange.
@@ -1057,6 +1068,9 @@ fn log_publish(vhost: &VHost, message: &Arc<Message>, targets: &[String]) -> Opt
 /// Republishes dead letters through their exchanges, and the dead letters that causes in
 /// turn. A missing exchange drops the message, as in RabbitMQ.
 fn dead_letter_all(core: &mut Core, dead: Vec<Dead>) {
+    if dead.is_empty() {
+        return;
+    }
     let mut pending: std::collections::VecDeque<Dead> = dead.into();
     let mut budget = DEAD_LETTER_BUDGET;
     let now_secs = SystemTime::now()
