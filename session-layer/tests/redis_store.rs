@@ -1,14 +1,29 @@
-//! `RedisStore` against a real socket: the project's session-store in-process, and a real
-//! `redis-server` when one is installed (required with `CI=true`). Both must give the same
-//! answers: compare-and-set saves, rotation, removal, touch, the per-user index.
+//! `RedisStore` against a real socket: the project's session-store in-process, a real
+//! `redis-server`, and a real three-master Redis Cluster when `redis-server` and
+//! `redis-cli` are installed (required with `CI=true`). All must give the same answers:
+//! compare-and-set saves, rotation, removal, touch, the per-user index, and JWT
+//! revocations.
+
+mod support {
+    pub mod cluster;
+}
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use http::Request;
+use http::header::{COOKIE, SET_COOKIE};
+use http_body_util::BodyExt;
 use session_layer::events::EventKind;
+use session_layer::jwt::{JwtCodec, JwtKey, JwtKeys};
 use session_layer::store::{Saved, SessionStore, UserSession, Write};
-use session_layer::{Record, RedisStore, SessionId};
+use session_layer::{Record, RedisStore, Session, SessionConfig, SessionId, SessionLayer};
+use support::cluster::{RedisCluster, free_port};
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -34,10 +49,7 @@ async fn embedded() -> String {
 }
 
 async fn real_redis() -> Option<(RealRedis, String)> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let spawned = Command::new("redis-server")
         .args([
             "--port",
@@ -91,60 +103,78 @@ fn write<'a>(id: &'a SessionId, record: &'a Record, expected: u64) -> Write<'a> 
     }
 }
 
-async fn behaves_like_a_session_store(url: &str) {
-    let store = RedisStore::connect(url).expect("url");
-    let id = SessionId::generate();
-    assert_eq!(store.load(&id, 0).await.expect("load"), None);
+/// Ids for the contract: the session, its rotation target, and three indexed sessions.
+type Ids = [SessionId; 5];
+
+fn random_ids() -> Ids {
+    std::array::from_fn(|_| SessionId::generate())
+}
+
+fn key(id: &SessionId) -> String {
+    format!("session:{}", id.as_str())
+}
+
+async fn behaves_like_a_session_store(store: &RedisStore, ids: &Ids) {
+    let [id, new_id, indexed @ ..] = ids;
+    assert_eq!(store.load(id, 0).await.expect("load"), None);
 
     let v1 = record(1, "a");
     assert_eq!(
-        store.save(write(&id, &v1, 0)).await.expect("save"),
+        store.save(write(id, &v1, 0)).await.expect("save"),
         Saved::Done
     );
-    assert_eq!(store.load(&id, 0).await.expect("load"), Some(v1.clone()));
+    assert_eq!(store.load(id, 0).await.expect("load"), Some(v1.clone()));
     // Someone else saved version 1 first: a second writer starting from 0 is refused.
     let stale = record(1, "b");
     assert_eq!(
-        store.save(write(&id, &stale, 0)).await.expect("save"),
+        store.save(write(id, &stale, 0)).await.expect("save"),
         Saved::Conflict
     );
-    assert_eq!(store.load(&id, 0).await.expect("load"), Some(v1));
+    assert_eq!(store.load(id, 0).await.expect("load"), Some(v1));
 
     // Concurrent writers on one version: exactly one wins.
     let attempts: Vec<Record> = (0..8).map(|i| record(2, &format!("w{i}"))).collect();
     let outcomes =
-        futures::future::join_all(attempts.iter().map(|r| store.save(write(&id, r, 1)))).await;
+        futures::future::join_all(attempts.iter().map(|r| store.save(write(id, r, 1)))).await;
     let won = outcomes
         .iter()
         .filter(|o| matches!(o, Ok(Saved::Done)))
         .count();
     assert_eq!(won, 1, "{outcomes:?}");
 
-    // Rotation: the new id has the data, the old one is gone, in one step.
-    let new_id = SessionId::generate();
+    // Rotation from a stale version is refused and leaves both ids as they were.
     let v3 = record(3, "rotated");
-    let rotate = Write {
-        id: &new_id,
+    let rotate = |expected| Write {
+        id: new_id,
         record: &v3,
-        expected: 2,
-        replaces: Some(&id),
+        expected,
+        replaces: Some(id),
         ttl: TTL,
     };
-    assert_eq!(store.save(rotate).await.expect("rotate"), Saved::Done);
-    assert_eq!(store.load(&id, 0).await.expect("load"), None);
-    assert_eq!(store.load(&new_id, 0).await.expect("load"), Some(v3));
+    assert_eq!(
+        store.save(rotate(1)).await.expect("rotate"),
+        Saved::Conflict
+    );
+    assert_eq!(store.load(new_id, 0).await.expect("load"), None);
+    assert_eq!(
+        store.load(id, 0).await.expect("load").map(|r| r.version),
+        Some(2)
+    );
+    // Rotation: the new id has the data, the old one is gone, in one step.
+    assert_eq!(store.save(rotate(2)).await.expect("rotate"), Saved::Done);
+    assert_eq!(store.load(id, 0).await.expect("load"), None);
+    assert_eq!(store.load(new_id, 0).await.expect("load"), Some(v3.clone()));
 
-    assert!(store.touch(&new_id, TTL).await.expect("touch"));
+    assert!(store.touch(new_id, TTL).await.expect("touch"));
     store
-        .remove(&new_id, EventKind::Logout)
+        .remove(new_id, EventKind::Logout)
         .await
         .expect("remove");
-    assert!(!store.touch(&new_id, TTL).await.expect("touch"));
+    assert!(!store.touch(new_id, TTL).await.expect("touch"));
 
     // The per-user index lists live sessions only, oldest first.
     let user = format!("user-{}", SessionId::generate().as_str());
-    let ids: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
-    for (n, sid) in ids.iter().enumerate() {
+    for (n, sid) in indexed.iter().enumerate() {
         let r = record(1, "x");
         assert_eq!(
             store.save(write(sid, &r, 0)).await.expect("save"),
@@ -158,7 +188,7 @@ async fn behaves_like_a_session_store(url: &str) {
         assert_eq!(listed.len(), n + 1);
     }
     store
-        .remove(&ids[1], EventKind::Revoke)
+        .remove(&indexed[1], EventKind::Revoke)
         .await
         .expect("remove");
     let listed: Vec<SessionId> = store
@@ -168,18 +198,191 @@ async fn behaves_like_a_session_store(url: &str) {
         .into_iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(listed, vec![ids[0].clone(), ids[2].clone()]);
-    store.index_remove(&user, &ids[..1]).await.expect("unindex");
+    assert_eq!(listed, vec![indexed[0].clone(), indexed[2].clone()]);
+    store
+        .index_remove(&user, &indexed[..1])
+        .await
+        .expect("unindex");
     let listed = store.index_list(&user).await.expect("list");
     assert_eq!(listed.len(), 1);
 }
 
+/// One request through `app`, carrying `cookie`; the cookie it sets, and the body.
+async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> (Option<String>, String) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(cookie) = cookie {
+        req = req.header(COOKIE, cookie);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    let set = res
+        .headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string);
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    (set, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// JWT mode with a revocation list in `store`: a logged-out token is refused.
+async fn logout_revokes_the_token(store: RedisStore) {
+    let keys = JwtKeys::new(JwtKey::generate_ed25519("ed1"), vec![]).expect("keys");
+    let codec = JwtCodec::new(keys, Duration::from_secs(600), Duration::from_secs(5));
+    let app = Router::new()
+        .route(
+            "/",
+            get(|s: Session| async move { format!("{:?}", s.user()) }),
+        )
+        .route(
+            "/login",
+            post(|s: Session| async move { s.set_user(Some("ada")) }),
+        )
+        .route("/logout", post(|s: Session| async move { s.destroy() }))
+        .layer(SessionLayer::jwt(
+            codec,
+            Some(store),
+            SessionConfig::default(),
+        ));
+    let (token, _) = call(&app, "POST", "/login", None).await;
+    let token = token.expect("a token cookie");
+    let (_, user) = call(&app, "GET", "/", Some(&token)).await;
+    assert_eq!(user, "Some(\"ada\")");
+    call(&app, "POST", "/logout", Some(&token)).await;
+    let (_, user) = call(&app, "GET", "/", Some(&token)).await;
+    assert_eq!(user, "None", "a revoked token still works");
+}
+
 #[tokio::test]
 async fn the_embedded_store_and_redis_give_the_same_answers() {
-    behaves_like_a_session_store(&embedded().await).await;
+    let url = embedded().await;
+    let store = RedisStore::connect(&url).expect("url");
+    behaves_like_a_session_store(&store, &random_ids()).await;
+    logout_revokes_the_token(store).await;
     if let Some((_redis, url)) = real_redis().await {
-        behaves_like_a_session_store(&url).await;
+        let store = RedisStore::connect(&url).expect("url");
+        behaves_like_a_session_store(&store, &random_ids()).await;
+        logout_revokes_the_token(store).await;
     }
+}
+
+/// Session ids whose keys land on the masters in turn, so that a rotation moves a
+/// session between masters and the index's sessions span all three.
+async fn ids_on_every_master(cluster: &RedisCluster) -> Ids {
+    let masters = cluster.ports();
+    let mut ids = Vec::new();
+    while ids.len() < 5 {
+        let id = SessionId::generate();
+        if cluster.owner(&key(&id)).await == masters[ids.len() % masters.len()] {
+            ids.push(id);
+        }
+    }
+    ids.try_into().expect("five ids")
+}
+
+#[tokio::test]
+async fn a_redis_cluster_gives_the_same_answers() {
+    let Some(cluster) = RedisCluster::spawn().await else {
+        return;
+    };
+    // Made before the cluster has formed, as a node started first would be: an error
+    // until then, not a hang, and it recovers by itself.
+    let store = RedisStore::connect(&cluster.url()).expect("url");
+    let probe = SessionId::generate();
+    let early = tokio::time::timeout(Duration::from_secs(30), store.load(&probe, 0))
+        .await
+        .expect("an answer instead of a hang");
+    assert!(early.is_err(), "no slot is served yet: {early:?}");
+    cluster.join().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(err) = store.load(&probe, 0).await {
+        assert!(
+            Instant::now() < deadline,
+            "the store never recovered: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let ids = ids_on_every_master(&cluster).await;
+    let mut owners = Vec::new();
+    for id in &ids {
+        owners.push(cluster.owner(&key(id)).await);
+    }
+    assert_ne!(
+        owners[0], owners[1],
+        "a rotation must move the session to another master"
+    );
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(owners.len(), 3, "the sessions must span every master");
+    behaves_like_a_session_store(&store, &ids).await;
+    logout_revokes_the_token(store).await;
+}
+
+#[tokio::test]
+async fn a_save_follows_its_slot_to_another_master() {
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    let store = RedisStore::connect(&cluster.url()).expect("url");
+    let id = SessionId::generate();
+    let key = key(&id);
+    // The first save makes the store fetch the slot map: `from` owns the key.
+    let v1 = record(1, "a");
+    assert_eq!(
+        store.save(write(&id, &v1, 0)).await.expect("save"),
+        Saved::Done
+    );
+    let from = cluster.owner(&key).await;
+    let to = *cluster
+        .ports()
+        .iter()
+        .find(|&&p| p != from)
+        .expect("another master");
+    let slot = cluster.keyslot(&key).await;
+
+    // Resharding in progress, the key already moved: `from` answers ASK.
+    cluster.migrate_key(&key, slot, from, to).await;
+    let v2 = record(2, "b");
+    assert_eq!(
+        store
+            .save(write(&id, &v2, 1))
+            .await
+            .expect("save during migration"),
+        Saved::Done
+    );
+    let stale = record(2, "c");
+    assert_eq!(
+        store.save(write(&id, &stale, 1)).await.expect("save"),
+        Saved::Conflict,
+        "compare-and-set holds on the importing master"
+    );
+
+    // Resharding done: the store's map still names `from`, which answers MOVED.
+    cluster.assign_slot(slot, to).await;
+    assert_eq!(cluster.owner(&key).await, to);
+    let v3 = record(3, "d");
+    assert_eq!(
+        store
+            .save(write(&id, &v3, 2))
+            .await
+            .expect("save after MOVED"),
+        Saved::Done
+    );
+    assert_eq!(store.load(&id, 0).await.expect("load"), Some(v3));
+    let stale = record(3, "e");
+    assert_eq!(
+        store.save(write(&id, &stale, 2)).await.expect("save"),
+        Saved::Conflict
+    );
 }
 
 #[tokio::test]
@@ -188,18 +391,30 @@ async fn an_unreachable_store_is_an_error_not_a_hang() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let store = RedisStore::connect(&format!("redis://:secret@127.0.0.1:{port}")).expect("url");
-    // Bounded connect and response timeouts: an answer, not a hang.
-    let err = tokio::time::timeout(
-        Duration::from_secs(30),
-        store.load(&SessionId::generate(), 0),
-    )
-    .await
-    .expect("an answer instead of a hang")
-    .expect_err("nobody listens");
-    let text = err.to_string();
-    assert!(
-        text.contains("unavailable") && !text.contains("secret"),
-        "{text}"
-    );
+    for url in [
+        format!("redis://:secret@127.0.0.1:{port}"),
+        format!("redis+cluster://:secret@127.0.0.1:{port}"),
+    ] {
+        let store = RedisStore::connect(&url).expect("url");
+        let id = SessionId::generate();
+        let v1 = record(1, "a");
+        // Bounded connect and response timeouts: an answer, not a hang.
+        let errors = [
+            tokio::time::timeout(Duration::from_secs(30), store.load(&id, 0))
+                .await
+                .expect("an answer instead of a hang")
+                .expect_err("nobody listens"),
+            tokio::time::timeout(Duration::from_secs(30), store.save(write(&id, &v1, 0)))
+                .await
+                .expect("an answer instead of a hang")
+                .expect_err("nobody listens"),
+        ];
+        for err in errors {
+            let text = err.to_string();
+            assert!(
+                text.contains("unavailable") && !text.contains("secret"),
+                "{text}"
+            );
+        }
+    }
 }

@@ -1,23 +1,29 @@
 //! `shared` mode's store: any server speaking the Redis protocol — the project's
-//! session-store or a real Redis/Valkey — chosen by URL.
+//! session-store or a real Redis/Valkey — or a Redis Cluster, chosen by URL.
 //!
-//! Reads and unconditional commands share one multiplexed connection. Compare-and-set
-//! writes need WATCH, whose state belongs to a connection, so each takes a connection of
-//! its own from a small pool for the WATCH … EXEC span.
+//! Reads and unconditional commands share one multiplexed connection (on a cluster, the
+//! redis crate's cluster client, which routes each key to its slot's master). Compare-and-
+//! set writes need WATCH, whose state belongs to a connection, so each takes a connection
+//! of its own from a small pool for the WATCH … EXEC span; on a cluster, from a pool to the
+//! master that owns the key's slot (see [`cluster`]).
 //!
 //! The pool is deadpool's, with a manager of our own rather than deadpool-redis's: that
 //! one sends UNWATCH + PING on every checkout, a round trip per save. Here a connection
 //! is reused only after a span that ended cleanly (EXEC or UNWATCH answered, which clears
 //! WATCH); after an error, or a request cancelled mid-span, it is dropped.
 
+mod cluster;
+
 use std::time::Duration;
 
 use deadpool::Runtime;
-use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult, Timeouts};
+use deadpool::managed::{
+    self, BuildError, Metrics, Object, Pool, RecycleError, RecycleResult, Timeouts,
+};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Value};
+use redis::{AsyncConnectionConfig, FromRedisValue, RedisResult, Value};
 
 use super::{Saved, SessionStore, StoreError, UserSession, Write};
 use crate::events::EventKind;
@@ -33,12 +39,25 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const POOL_SIZE: usize = 16;
 /// Attempts at the per-user index's own compare-and-set before giving up.
 const INDEX_RETRIES: usize = 16;
+/// What an invalid URL should have looked like.
+const URL_FORMS: &str = "expected redis://[:password@]host:port[/db] for one server, \
+                         or redis+cluster://[:password@]host1:port1,host2:port2 for a Redis Cluster";
 
 pub struct RedisStore {
     /// The URL with any password masked, for error messages and logs.
     url: String,
-    conn: ConnectionManager,
-    pool: Pool<WatchConnections>,
+    backend: Backend,
+}
+
+enum Backend {
+    /// One server: the project's store, Redis or Valkey (`redis://`).
+    Server {
+        conn: ConnectionManager,
+        pool: Pool<WatchConnections>,
+    },
+    /// A Redis Cluster (`redis+cluster://`); boxed, as it holds the slot map and a pool
+    /// per master beside its connection.
+    Cluster(Box<cluster::Cluster>),
 }
 
 /// Makes connections for WATCH … EXEC spans (see the module docs).
@@ -80,44 +99,62 @@ impl managed::Manager for WatchConnections {
     }
 }
 
+/// A pool of connections for WATCH spans to the server `client` reaches.
+fn watch_pool(client: redis::Client) -> Result<Pool<WatchConnections>, BuildError> {
+    let manager = WatchConnections {
+        client,
+        config: AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+    };
+    let timeouts = Timeouts {
+        wait: Some(RESPONSE_TIMEOUT),
+        create: Some(CONNECT_TIMEOUT),
+        recycle: Some(RESPONSE_TIMEOUT),
+    };
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .timeouts(timeouts)
+        .runtime(Runtime::Tokio1)
+        .build()
+}
+
 impl RedisStore {
     /// Prepares connections to `url` without opening them, so a node starts while the
     /// store is down and answers 503 until it comes up.
+    ///
+    /// `redis://…` names one server. `redis+cluster://[:password@]host1:port1,host2:port2`
+    /// names seed nodes of a Redis Cluster: the rest of the cluster is discovered from
+    /// them, and every node is reached with the same credentials.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let shown = redact(url);
         let invalid = |e: &dyn std::fmt::Display| StoreError::Unavailable {
             url: shown.clone(),
-            reason: format!("invalid store URL ({e}); expected redis://[:password@]host:port[/db]"),
+            reason: format!("invalid store URL ({e}); {URL_FORMS}"),
         };
-        let client = redis::Client::open(url).map_err(|e| invalid(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| invalid(&e))?;
-        let manager = WatchConnections {
-            client,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+        let backend = match cluster::seeds(url) {
+            Some(seeds) => {
+                let seeds = seeds.map_err(|e| invalid(&e))?;
+                Backend::Cluster(Box::new(
+                    cluster::Cluster::new(seeds).map_err(|e| invalid(&e))?,
+                ))
+            }
+            None => {
+                let client = redis::Client::open(url).map_err(|e| invalid(&e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(200));
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(|e| invalid(&e))?;
+                let pool = watch_pool(client).map_err(|e| invalid(&e))?;
+                Backend::Server { conn, pool }
+            }
         };
-        let timeouts = Timeouts {
-            wait: Some(RESPONSE_TIMEOUT),
-            create: Some(CONNECT_TIMEOUT),
-            recycle: Some(RESPONSE_TIMEOUT),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .timeouts(timeouts)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| invalid(&e))?;
         Ok(RedisStore {
             url: shown,
-            conn,
-            pool,
+            backend,
         })
     }
 
@@ -132,105 +169,96 @@ impl RedisStore {
         }
     }
 
+    /// Runs one command that needs no WATCH: on the shared connection, or on a cluster
+    /// through the cluster client.
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let result = match &self.backend {
+            Backend::Server { conn, .. } => cmd.query_async(&mut conn.clone()).await,
+            Backend::Cluster(cluster) => cmd.query_async(&mut cluster.plain()).await,
+        };
+        result.map_err(|e| self.failed(e))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
+        self.query(redis::cmd("GET").arg(key)).await
     }
 
     /// Removes the session, returning the version it had (0 if there was none).
     pub(crate) async fn take(&self, id: &SessionId) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = redis::cmd("GETDEL")
-            .arg(session_key(id))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let raw: Option<Vec<u8>> = self
+            .query(redis::cmd("GETDEL").arg(session_key(id)))
+            .await?;
         Ok(raw.as_deref().and_then(decode).map_or(0, |r| r.version))
     }
 
     /// WATCH `key`, read it, and let `next` decide what to write; the write goes through
     /// only if nobody changed `key` in between. `next` returns None to write nothing.
-    /// Ok(None): `key` changed underneath.
+    /// Ok(None): `key` changed underneath. On a cluster, the write must touch `key` only
+    /// (a transaction cannot span slots), and `next` may be asked again if the span had to
+    /// start over on another node before anything was written.
     async fn compare_and_set<T>(
         &self,
         key: &str,
-        next: impl FnOnce(Option<Vec<u8>>) -> Option<(redis::Pipeline, T)>,
+        next: impl Fn(Option<Vec<u8>>) -> Option<(redis::Pipeline, T)>,
     ) -> Result<Option<T>, StoreError> {
-        let mut conn = self.pool.get().await.map_err(|e| self.failed(e))?;
+        let pool = match &self.backend {
+            Backend::Server { pool, .. } => pool,
+            Backend::Cluster(cluster) => {
+                return cluster
+                    .compare_and_set(key, &next)
+                    .await
+                    .map_err(|e| self.failed(e));
+            }
+        };
+        let mut conn = pool.get().await.map_err(|e| self.failed(e))?;
         conn.clean = false;
-        let current = match watch_and_get(&mut conn.conn, key).await {
+        let current = match watch_and_get(&mut conn.conn, key, false).await {
             Ok(current) => current,
             Err(err) => {
                 // Nothing ran yet, so one retry is safe. A broken connection usually means
                 // the store restarted and broke every pooled one: drop them all, and retry
                 // on a fresh connection.
-                self.discard_all(conn);
-                conn = self.pool.get().await.map_err(|e| self.failed(e))?;
+                discard_all(conn);
+                conn = pool.get().await.map_err(|e| self.failed(e))?;
                 conn.clean = false;
-                match watch_and_get(&mut conn.conn, key).await {
+                match watch_and_get(&mut conn.conn, key, false).await {
                     Ok(current) => current,
                     Err(_) => {
-                        self.discard_all(conn);
+                        discard_all(conn);
                         return Err(self.failed(err));
                     }
                 }
             }
         };
-        let finished = match next(current) {
-            None => redis::cmd("UNWATCH")
-                .query_async::<()>(&mut conn.conn)
-                .await
-                .map(|()| None),
-            Some((mut pipe, result)) => pipe
-                .atomic()
-                .query_async::<Option<Value>>(&mut conn.conn)
-                .await
-                .map(|executed| executed.map(|_| result)),
-        };
         // No retry past this point: the write may have happened.
-        match finished {
+        match finish(&mut conn.conn, next(current), false).await {
             Ok(done) => {
                 conn.clean = true;
                 Ok(done)
             }
             Err(e) => {
-                self.discard_all(conn);
+                discard_all(conn);
                 Err(self.failed(e))
             }
         }
     }
 
-    /// Drops `conn` and every idle pooled connection: after an error, their WATCH state
-    /// and their link to the store are in doubt.
-    fn discard_all(&self, conn: Object<WatchConnections>) {
-        drop(Object::take(conn));
-        self.pool.retain(|_, _| false);
-    }
-
     /// Marks a token-carried session as logged out until its tokens have expired anyway.
     pub(crate) async fn revoke(&self, id: &SessionId, ttl: Duration) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(revoked_key(id))
-            .arg(1)
-            .arg("EX")
-            .arg(ttl.as_secs().max(1))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))
+        self.query(
+            redis::cmd("SET")
+                .arg(revoked_key(id))
+                .arg(1)
+                .arg("EX")
+                .arg(ttl.as_secs().max(1)),
+        )
+        .await
     }
 
     pub(crate) async fn is_revoked(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let found: i64 = redis::cmd("EXISTS")
-            .arg(revoked_key(id))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let found: i64 = self
+            .query(redis::cmd("EXISTS").arg(revoked_key(id)))
+            .await?;
         Ok(found == 1)
     }
 
@@ -238,20 +266,18 @@ impl RedisStore {
         Ok(parse_index(self.get(&user_key(user)).await?.as_deref()))
     }
 
-    /// Keeps the entries whose session still exists.
+    /// Keeps the entries whose session still exists. On a cluster the sessions live in
+    /// many slots; the cluster client splits the MGET by slot and puts the answers back
+    /// in the order asked.
     async fn live(&self, list: Vec<UserSession>) -> Result<Vec<UserSession>, StoreError> {
         if list.is_empty() {
             return Ok(list);
         }
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("MGET");
         for s in &list {
             cmd.arg(session_key(&s.id));
         }
-        let found: Vec<Option<Vec<u8>>> = cmd
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let found: Vec<Option<Vec<u8>>> = self.query(&cmd).await?;
         Ok(list
             .into_iter()
             .zip(found)
@@ -281,7 +307,7 @@ impl RedisStore {
                     if list.is_empty() {
                         pipe.del(&key);
                     } else {
-                        pipe.set_ex(&key, body, ttl.as_secs().max(1));
+                        pipe.set_ex(&key, &body, ttl.as_secs().max(1));
                     }
                     Some((pipe, ()))
                 })
@@ -293,6 +319,48 @@ impl RedisStore {
         Err(self.failed(format!(
             "the session index of one user changed {INDEX_RETRIES} times while being updated"
         )))
+    }
+
+    /// Id rotation on a cluster. The new and the old key almost always hash to different
+    /// slots, which no transaction can span, so the move takes two steps. The new key is
+    /// written first: nobody knows its id until this response carries it, so it stays
+    /// invisible. Then the old key is deleted by a compare-and-set on its version — the
+    /// step where the session moves, as atomic as on one server: the old id works until
+    /// that delete and never after. On a conflict the unused new key is deleted again.
+    async fn rotate_across_slots(
+        &self,
+        write: &Write<'_>,
+        old: &SessionId,
+        body: &[u8],
+    ) -> Result<Saved, StoreError> {
+        let new_key = session_key(write.id);
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(&new_key)
+                .arg(body)
+                .arg("EX")
+                .arg(write.ttl.as_secs().max(1)),
+        )
+        .await?;
+        let old_key = session_key(old);
+        let moved = self
+            .compare_and_set(&old_key, |current| {
+                (version(current.as_deref()) == write.expected).then(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.del(&old_key);
+                    (pipe, ())
+                })
+            })
+            .await?;
+        if moved.is_some() {
+            return Ok(Saved::Done);
+        }
+        // Best effort: its id was never handed out, so a key left behind only waits out
+        // its TTL.
+        if let Err(err) = self.query::<()>(redis::cmd("DEL").arg(&new_key)).await {
+            tracing::debug!(session = write.id.short(), %err, "unused rotation target not deleted");
+        }
+        Ok(Saved::Conflict)
     }
 }
 
@@ -321,15 +389,18 @@ impl SessionStore for RedisStore {
     fn save<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Saved, StoreError>> {
         async move {
             let body = serde_json::to_vec(write.record).map_err(|e| self.failed(e))?;
+            if let (Some(old), Backend::Cluster(_)) = (write.replaces, &self.backend) {
+                return self.rotate_across_slots(&write, old, &body).await;
+            }
+            let key = session_key(write.id);
             let watched = session_key(write.replaces.unwrap_or(write.id));
             let done = self
                 .compare_and_set(&watched, |current| {
-                    let version = current.as_deref().and_then(decode).map_or(0, |r| r.version);
-                    if version != write.expected {
+                    if version(current.as_deref()) != write.expected {
                         return None;
                     }
                     let mut pipe = redis::pipe();
-                    pipe.set_ex(session_key(write.id), body, write.ttl.as_secs().max(1));
+                    pipe.set_ex(&key, &body, write.ttl.as_secs().max(1));
                     if let Some(old) = write.replaces {
                         pipe.del(session_key(old));
                     }
@@ -359,13 +430,13 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
-            let mut conn = self.conn.clone();
-            let set: i64 = redis::cmd("EXPIRE")
-                .arg(session_key(id))
-                .arg(ttl.as_secs().max(1))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
+            let set: i64 = self
+                .query(
+                    redis::cmd("EXPIRE")
+                        .arg(session_key(id))
+                        .arg(ttl.as_secs().max(1)),
+                )
+                .await?;
             Ok(set == 1)
         }
         .boxed()
@@ -394,12 +465,7 @@ impl SessionStore for RedisStore {
         ids: &'a [SessionId],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            let mut conn = self.conn.clone();
-            let ttl: i64 = redis::cmd("TTL")
-                .arg(user_key(user))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
+            let ttl: i64 = self.query(redis::cmd("TTL").arg(user_key(user))).await?;
             let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(1));
             self.update_index(user, ttl, |list| list.retain(|s| !ids.contains(&s.id)))
                 .await
@@ -442,34 +508,80 @@ fn decode(raw: &[u8]) -> Option<Record> {
     serde_json::from_slice(raw).ok()
 }
 
-/// WATCH `key` and read it, in one round trip.
+/// The version of a stored session; 0 when there is none.
+fn version(raw: Option<&[u8]>) -> u64 {
+    raw.and_then(decode).map_or(0, |r| r.version)
+}
+
+/// WATCH `key` and read it, in one round trip. `asking`: the key's slot is being
+/// imported by this node, which serves each command only right after an ASKING.
 async fn watch_and_get(
     conn: &mut MultiplexedConnection,
     key: &str,
-) -> Result<Option<Vec<u8>>, redis::RedisError> {
-    let (current,): (Option<Vec<u8>>,) = redis::pipe()
-        .cmd("WATCH")
-        .arg(key)
-        .ignore()
-        .get(key)
-        .query_async(conn)
-        .await?;
+    asking: bool,
+) -> RedisResult<Option<Vec<u8>>> {
+    let mut pipe = redis::pipe();
+    if asking {
+        pipe.cmd("ASKING").ignore();
+    }
+    pipe.cmd("WATCH").arg(key).ignore();
+    if asking {
+        pipe.cmd("ASKING").ignore();
+    }
+    let (current,): (Option<Vec<u8>>,) = pipe.get(key).query_async(conn).await?;
     Ok(current)
 }
 
-/// `url` with the password replaced, so it can be logged.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+/// Ends a WATCH span: MULTI … EXEC for the write `step` holds, or UNWATCH when there is
+/// none. Ok(None) also when EXEC found the watched key changed. `asking` as for
+/// [`watch_and_get`]: one ASKING before MULTI covers the whole transaction.
+async fn finish<T>(
+    conn: &mut MultiplexedConnection,
+    step: Option<(redis::Pipeline, T)>,
+    asking: bool,
+) -> RedisResult<Option<T>> {
+    match step {
+        None => redis::cmd("UNWATCH")
+            .query_async::<()>(conn)
+            .await
+            .map(|()| None),
+        Some((mut pipe, result)) => {
+            if asking {
+                redis::cmd("ASKING").query_async::<()>(conn).await?;
+            }
+            pipe.atomic()
+                .query_async::<Option<Value>>(conn)
+                .await
+                .map(|executed| executed.map(|_| result))
         }
-        _ => url.to_string(),
+    }
+}
+
+/// Drops `conn` and every idle connection of its pool: after an error, their WATCH state
+/// and their link to the server are in doubt.
+fn discard_all(conn: Object<WatchConnections>) {
+    let pool = Object::pool(&conn);
+    drop(Object::take(conn));
+    if let Some(pool) = pool {
+        pool.retain(|_, _| false);
+    }
+}
+
+/// `url` with the password replaced, so it can be logged. Whatever precedes the last `@`
+/// after the scheme is the user information, even in a URL too garbled to parse.
+fn redact(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    match url.find("://") {
+        Some(scheme) if scheme < at => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => format!("***@{}", &url[at + 1..]),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{RedisStore, redact};
 
     #[test]
     fn passwords_never_reach_messages() {
@@ -478,5 +590,29 @@ mod tests {
             "redis://***@10.0.0.1:6379/0"
         );
         assert_eq!(redact("redis://127.0.0.1:7379"), "redis://127.0.0.1:7379");
+        assert_eq!(
+            redact("redis+cluster://admin:s3cret@10.0.0.1:7000,10.0.0.2:7000"),
+            "redis+cluster://***@10.0.0.1:7000,10.0.0.2:7000"
+        );
+        assert_eq!(
+            redact("redis+cluster://:p@ss@10.0.0.1:7000"),
+            "redis+cluster://***@10.0.0.1:7000"
+        );
+        assert_eq!(redact("redis:/:s3cret@10.0.0.1"), "***@10.0.0.1");
+        // Nor do they reach the error for a URL that does not parse.
+        for url in [
+            "redis+cluster://:s3cret@",
+            "redis+cluster://:s3cret@10.0.0.1:7000/3",
+            "rediss+cluster://:s3cret@10.0.0.1:7000",
+            "redis://:s3cret@10.0.0.1:notaport",
+            "redis+clustr://:s3cret@10.0.0.1:7000",
+        ] {
+            let err = RedisStore::connect(url).err().expect(url).to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(
+                err.contains("redis+cluster://"),
+                "says what to write: {err}"
+            );
+        }
     }
 }
