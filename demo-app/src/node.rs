@@ -36,8 +36,8 @@ pub struct NodeArgs {
     #[arg(long, env = "SESSION_MODE", value_enum, default_value_t = SessionMode::Shared)]
     pub session_mode: SessionMode,
 
-    /// Store URL for `shared` mode (and JWT revocations): the session-store, or a real
-    /// Redis/Valkey.
+    /// Store URL for `shared` mode (and JWT revocations): the session-store, a real
+    /// Redis/Valkey, or a Redis Cluster as redis+cluster://host1:port1,host2:port2.
     #[arg(long, env = "STORE_URL", default_value = "redis://127.0.0.1:7379")]
     pub store_url: String,
 

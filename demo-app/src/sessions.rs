@@ -10,6 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
 use session_layer::events::BusConfig;
 use session_layer::jwt::{JwtCodec, JwtKey, JwtKeys};
+use session_layer::store::redact_url;
 use session_layer::{
     CachedStore, CookieConfig, CookieKeys, MemoryStore, RedisStore, Secure, SessionConfig,
     SessionLayer, random_bytes,
@@ -66,7 +67,7 @@ pub fn build(args: &NodeArgs) -> anyhow::Result<Built> {
     let config = config(args);
     let store = || {
         RedisStore::connect(&args.store_url)
-            .with_context(|| format!("--store-url {:?}", args.store_url))
+            .with_context(|| format!("--store-url {}", redact_url(&args.store_url)))
     };
     Ok(match args.session_mode {
         SessionMode::Local => Built {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use session_layer::store::redact_url;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -208,6 +209,13 @@ async fn start_all(
         )),
         (None, Some(_)) => None,
     };
+    // The URLs may hold passwords: the nodes get them in their environment, which other
+    // users cannot read, rather than on a command line that `ps` shows to everyone.
+    let mut node_env = secrets.to_vec();
+    node_env.push(("STORE_URL", store_url));
+    if let Some(url) = &events_url {
+        node_env.push(("EVENTS_URL", url.clone()));
+    }
     let mut backends = Vec::new();
     for (i, port) in args.node_ports.iter().enumerate() {
         let name = format!("app{}", i + 1);
@@ -221,14 +229,11 @@ async fn start_all(
             &name,
             "--session-mode",
             &mode,
-            "--store-url",
-            &store_url,
         ];
-        match &events_url {
-            Some(url) => argv.extend(["--events-url", url.as_str()]),
-            None => argv.push("--no-near-cache"),
+        if events_url.is_none() {
+            argv.push("--no-near-cache");
         }
-        start(exe, &name, *port, &argv, secrets, members).await?;
+        start(exe, &name, *port, &argv, &node_env, members).await?;
         backends.push(format!("{name}=http://{listen}"));
     }
     let listen = format!("127.0.0.1:{}", args.lb_port);
@@ -251,12 +256,12 @@ async fn start(
     name: &str,
     port: u16,
     argv: &[&str],
-    secrets: &[(&'static str, String)],
+    env: &[(&'static str, String)],
     members: &mut Vec<Member>,
 ) -> anyhow::Result<()> {
     let mut cmd = Command::new(exe);
     cmd.args(argv)
-        .envs(secrets.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     die_with_parent(&mut cmd);
@@ -331,7 +336,7 @@ fn print_summary(args: &UpArgs, members: &[Member]) {
         args.affinity.as_str()
     );
     if let Some(store) = &args.store_url {
-        println!("  store  {store} (external)");
+        println!("  store  {} (external)", redact_url(store));
     }
     match (&args.events_url, &args.store_url, args.session_mode) {
         (_, _, mode) if mode != SessionMode::Shared => {}

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cached::{CachedStore, NearCacheStats};
 pub use memory::MemoryStore;
-pub use redis::RedisStore;
+pub use redis::{RedisStore, redact as redact_url};
 
 use crate::events::EventKind;
 use crate::{Record, SessionId};

@@ -569,7 +569,7 @@ fn discard_all(conn: Object<WatchConnections>) {
 
 /// `url` with the password replaced, so it can be logged. Whatever precedes the last `@`
 /// after the scheme is the user information, even in a URL too garbled to parse.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some(at) = url.rfind('@') else {
         return url.to_string();
     };
