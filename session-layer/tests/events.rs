@@ -2,8 +2,11 @@
 //! in-process on 127.0.0.1. Each test starts its own broker; a small TCP proxy in front
 //! of it lets a test cut or freeze one node's link while the others keep theirs.
 
+mod support {
+    pub mod ports;
+}
+
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use session_layer::events::{Bus, BusConfig, BusError, Event, EventKind, Subscriber};
 use session_store::amqp::{AmqpConfig, run};
+use support::ports::free_port;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,30 +51,6 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// A free port on 127.0.0.1 below the kernel's ephemeral range: a broker restarted on it
-/// (or a proxy reopened) must not find it taken by some client socket's local end, which
-/// a port from inside the range could be (including by our own reconnect attempts).
-fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|&start| start > 11_000)
-        .unwrap_or(32_768);
-    let low = 10_000u32;
-    let random = RandomState::new();
-    for attempt in 0u32..10_000 {
-        let port = u16::try_from(low + (random.hash_one(attempt) % u64::from(high - low)) as u32)
-            .expect("below 65536");
-        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no free port in {low}..{high}");
 }
 
 /// Binds `port` on 127.0.0.1, retrying while its previous owner lets go of it.

@@ -6,6 +6,7 @@
 
 mod support {
     pub mod cluster;
+    pub mod ports;
 }
 
 use std::process::{Child, Command, Stdio};
@@ -21,7 +22,8 @@ use session_layer::events::EventKind;
 use session_layer::jwt::{JwtCodec, JwtKey, JwtKeys};
 use session_layer::store::{Saved, SessionStore, UserSession, Write};
 use session_layer::{Record, RedisStore, Session, SessionConfig, SessionId, SessionLayer};
-use support::cluster::{RedisCluster, free_port};
+use support::cluster::RedisCluster;
+use support::ports::free_port;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 

@@ -2,14 +2,14 @@
 //! its own temporary directory, joined by `redis-cli --cluster create`. Every process is
 //! killed and the directory removed on drop.
 
-use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
+
+use super::ports::free_port;
 
 /// Bound on each wait: a server accepting connections, the join, `cluster_state:ok`.
 const WAIT: Duration = Duration::from_secs(30);
@@ -35,28 +35,6 @@ impl Drop for RedisCluster {
 fn installed(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-}
-
-/// A free port on 127.0.0.1, none given twice, below the kernel's ephemeral range: a port
-/// from inside it, free when chosen, could become some client socket's local end before
-/// the server binds it (the tests beside this one open many).
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .filter(|&first| first > 11_000)
-        .unwrap_or(32_768);
-    let (low, span) = (10_000u16, ephemeral - 10_000);
-    let offset = RandomState::new().hash_one(std::process::id()) % u64::from(span);
-    (0..span)
-        .map(|step| low + ((offset + u64::from(step)) % u64::from(span)) as u16)
-        .find(|port| {
-            !given.contains(port) && std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()
-        })
-        .inspect(|&port| given.push(port))
-        .expect("a free port below the ephemeral range")
 }
 
 fn temp_dir() -> PathBuf {
