@@ -301,6 +301,45 @@ async fn durable_things_and_persistent_messages_survive_a_clean_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_priority_queue_comes_back_in_priority_order() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
+    let store = Store::start(&data, &log).await;
+    let (conn, ch) = channel(&store.url()).await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(3));
+    declare(&ch, "jobs", true, args.clone()).await;
+    step(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .expect("confirm.select");
+    for (body, priority) in [("low", 0), ("high", 3), ("mid", 1), ("high-2", 3)] {
+        let confirm = step(ch.basic_publish(
+            "".into(),
+            "jobs".into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            props(true).with_priority(priority),
+        ))
+        .await
+        .expect("publish");
+        step(confirm).await.expect("confirm");
+    }
+    step(conn.close(200, "bye".into())).await.expect("close");
+    store.stop().await;
+
+    let store = Store::start(&data, &log).await;
+    let (_conn, ch) = channel(&store.url()).await;
+    assert_eq!(declare(&ch, "jobs", true, args).await, 4);
+    let got: Vec<String> = drain(&ch, "jobs")
+        .await
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(got, ["high", "high-2", "mid", "low"]);
+    store.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_confirmed_message_survives_kill_9() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));

@@ -102,6 +102,7 @@ conformance!(
     reject_publish_dlx_overflow,
     basic_recover_requeues,
     qos_global_vs_per_consumer,
+    priority_queue,
 );
 
 async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -3080,4 +3081,101 @@ fn run_with_timeout(program: &std::path::Path, args: &[&str], limit: Duration) -
         Some(status) => (status.success(), text),
         None => (false, format!("killed after {limit:?}\n{text}")),
     }
+}
+
+async fn priority_queue(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("priority");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[("x-max-priority", AMQPValue::ShortShortUInt(5))]),
+    )
+    .await;
+    // No priority counts as 0, one above the queue's maximum as the maximum.
+    for (b, priority) in [
+        ("none", None),
+        ("3a", Some(3)),
+        ("9 as 5", Some(9)),
+        ("1", Some(1)),
+        ("3b", Some(3)),
+        ("5", Some(5)),
+    ] {
+        let props = match priority {
+            Some(p) => BasicProperties::default().with_priority(p),
+            None => BasicProperties::default(),
+        };
+        publish_props(&ch, "", &q, b.as_bytes(), props).await;
+    }
+    let order = ["9 as 5", "5", "3a", "3b", "1", "none"];
+    // Highest priority first, oldest first within a priority; requeued messages go back
+    // to their place.
+    let mut last = 0;
+    for want in &order[..3] {
+        let m = step(
+            "basic.get",
+            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false }),
+        )
+        .await
+        .expect("basic.get")
+        .expect("a message");
+        assert_eq!(body(&m.delivery), *want);
+        last = m.delivery.delivery_tag;
+    }
+    step(
+        "basic.nack multiple requeue",
+        ch.basic_nack(
+            last,
+            BasicNackOptions {
+                requeue: true,
+                multiple: true,
+            },
+        ),
+    )
+    .await
+    .expect("nack");
+    // On the same channel as the nack, so the requeue is seen.
+    assert_eq!(drain(&ch, &q).await, order);
+
+    // A full priority queue drops from its head, the next message out: here the newer,
+    // higher-priority one.
+    let full = uniq("priority-full");
+    declare_queue(
+        &ch,
+        &full,
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-max-priority", AMQPValue::ShortShortUInt(5)),
+            ("x-max-length", AMQPValue::LongInt(2)),
+        ]),
+    )
+    .await;
+    for (b, p) in [("a1", 1), ("b5", 5), ("c1", 1)] {
+        let props = BasicProperties::default().with_priority(p);
+        publish_props(&ch, "", &full, b.as_bytes(), props).await;
+    }
+    assert_eq!(drain(&ch, &full).await, ["a1", "c1"]);
+
+    // Out of range or of another type: 406, and the channel closes.
+    for (value, what) in [
+        (AMQPValue::LongInt(256), "above 255"),
+        (AMQPValue::LongInt(-1), "negative"),
+        (lstr("ten"), "a string"),
+    ] {
+        let ch = channel(&conn).await;
+        let r = step(
+            "queue.declare",
+            ch.queue_declare(
+                uniq("bad-priority").as_str().into(),
+                QueueDeclareOptions::default(),
+                args(&[("x-max-priority", value)]),
+            ),
+        )
+        .await;
+        let e = expect_code(&format!("x-max-priority {what}"), r, 406);
+        expect_text(&e, "PRECONDITION_FAILED - invalid arg 'x-max-priority'");
+    }
+    close(conn).await;
 }

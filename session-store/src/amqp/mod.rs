@@ -7,10 +7,10 @@
 //! connection.close. Messages live in memory; with a data directory, each vhost's durable
 //! exchanges, queues and bindings and its persistent messages are also logged to disk by
 //! `store` and recovered on start. Queue arguments (`queue_args`) bring TTLs, length
-//! limits and `dead_letter`ing; `tx` holds transactions; `flow` the memory watermark that
-//! blocks publishers. `users` and `permissions` decide who may do what, as configured by
-//! [`Definitions`] (RabbitMQ's definitions JSON); `stats` counts messages for the
-//! [`management`] HTTP API.
+//! limits, priorities (`ready`) and `dead_letter`ing; `tx` holds transactions; `flow` the
+//! memory watermark that blocks publishers. `users` and `permissions` decide who may do
+//! what, as configured by [`Definitions`] (RabbitMQ's definitions JSON); `stats` counts
+//! messages for the [`management`] HTTP API.
 
 mod broker;
 mod codec;
@@ -28,6 +28,7 @@ mod node;
 pub mod permissions;
 mod queue;
 mod queue_args;
+mod ready;
 mod stats;
 mod store;
 mod tx;

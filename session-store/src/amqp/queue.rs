@@ -1,11 +1,11 @@
-//! Queues: the messages waiting in order, and the consumers they are handed to in turn;
+//! Queues: the messages waiting in order (by priority first, with `x-max-priority`; see
+//! `ready`), and the consumers they are handed to in turn;
 //! with the limits of their arguments: message TTL (checked at the head, as RabbitMQ
 //! does), maximum length and bytes (of the ready messages only, as RabbitMQ counts
 //! them). The memory watermark counts message bodies through the messages themselves
 //! (see `flow`), wherever they are held. A durable queue also tells the journal what becomes of its persistent
 //! messages (delivered, settled, purged), so the log can tell which are still live.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use super::broker::ConnId;
 use super::flow::Charge;
 use super::queue_args::{Overflow, QueueArgs, parse_expiration};
+use super::ready::Ready;
 use super::stats::MessageStats;
 use super::store::{Journal, Record};
 
@@ -80,7 +81,7 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    fn expired(&self, now: Instant) -> bool {
+    pub(super) fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
@@ -123,7 +124,7 @@ pub struct Queue {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     pub args: QueueArgs,
-    messages: VecDeque<QueuedMessage>,
+    messages: Ready,
     /// Body bytes of `messages`, for `x-max-length-bytes`.
     bytes: u64,
     next_seq: u64,
@@ -149,6 +150,7 @@ impl Queue {
         arguments: FieldTable,
         args: QueueArgs,
     ) -> Self {
+        let messages = Ready::new(args.max_priority);
         Queue {
             name: Arc::from(name),
             durable,
@@ -156,7 +158,7 @@ impl Queue {
             auto_delete,
             arguments,
             args,
-            messages: VecDeque::new(),
+            messages,
             bytes: 0,
             next_seq: 0,
             consumers: Vec::new(),
@@ -225,7 +227,7 @@ impl Queue {
     /// delivered.
     pub fn restore(&mut self, message: Arc<Message>, id: u64, delivered: bool, published: Instant) {
         if let Admission::Accepted(_) = self.enqueue(message, published, Some(id))
-            && let Some(m) = self.messages.back_mut()
+            && let Some(m) = self.messages.last_added_mut(id)
         {
             m.redelivered = delivered;
         }
@@ -267,12 +269,10 @@ impl Queue {
     /// Removes the expired messages at the head, as RabbitMQ does: one behind an unexpired
     /// message waits for its turn.
     pub fn drop_expired(&mut self, now: Instant) -> Vec<QueuedMessage> {
-        let mut expired = Vec::new();
-        while self.messages.front().is_some_and(|m| m.expired(now)) {
-            if let Some(m) = self.pop() {
-                self.settled(&m);
-                expired.push(m);
-            }
+        let expired = self.messages.pop_expired(now);
+        for m in &expired {
+            self.sub(m.size());
+            self.settled(m);
         }
         expired
     }
@@ -282,8 +282,7 @@ impl Queue {
     pub fn requeue(&mut self, mut message: QueuedMessage) {
         message.redelivered = true;
         self.add(message.size());
-        let at = self.messages.partition_point(|m| m.seq < message.seq);
-        self.messages.insert(at, message);
+        self.messages.insert_in_place(message);
     }
 
     pub fn is_empty(&self) -> bool {

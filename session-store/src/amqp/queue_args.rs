@@ -40,6 +40,8 @@ pub struct QueueArgs {
     pub dead_letter_exchange: Option<String>,
     /// `x-dead-letter-routing-key`: replaces the message's keys when dead-lettering.
     pub dead_letter_routing_key: Option<String>,
+    /// `x-max-priority`: the highest message priority the queue orders by.
+    pub max_priority: Option<u8>,
 }
 
 impl QueueArgs {
@@ -83,6 +85,13 @@ impl QueueArgs {
                 .and_then(non_negative)
                 .map_err(|r| fail("x-max-length-bytes", r))?;
             args.max_length_bytes = Some(n);
+        }
+        if let Some(v) = get("x-max-priority") {
+            let n = int(v)
+                .and_then(non_negative)
+                .and_then(|n| u8::try_from(n).map_err(|_| format!("{{max_value_exceeded,{n}}}")))
+                .map_err(|r| fail("x-max-priority", r))?;
+            args.max_priority = Some(n);
         }
         if let Some(v) = get("x-overflow") {
             args.overflow = match text(v).map_err(|r| fail("x-overflow", r))?.as_str() {
