@@ -103,6 +103,8 @@ conformance!(
     basic_recover_requeues,
     qos_global_vs_per_consumer,
     priority_queue,
+    single_active_consumer,
+    consumer_priorities,
 );
 
 async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -3164,18 +3166,144 @@ async fn priority_queue(url: String) {
         (AMQPValue::LongInt(-1), "negative"),
         (lstr("ten"), "a string"),
     ] {
-        let ch = channel(&conn).await;
-        let r = step(
-            "queue.declare",
-            ch.queue_declare(
-                uniq("bad-priority").as_str().into(),
-                QueueDeclareOptions::default(),
-                args(&[("x-max-priority", value)]),
-            ),
-        )
-        .await;
-        let e = expect_code(&format!("x-max-priority {what}"), r, 406);
+        let e = declare_refused(&conn, args(&[("x-max-priority", value)])).await;
+        let e = expect_code(&format!("x-max-priority {what}"), e, 406);
         expect_text(&e, "PRECONDITION_FAILED - invalid arg 'x-max-priority'");
     }
+    close(conn).await;
+}
+
+/// queue.declare of a fresh queue with `arguments`, on a channel of its own since a
+/// refusal closes it.
+async fn declare_refused(
+    conn: &Connection,
+    arguments: FieldTable,
+) -> Result<lapin::Queue, lapin::Error> {
+    let ch = channel(conn).await;
+    step(
+        "queue.declare",
+        ch.queue_declare(
+            uniq("refused").as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        ),
+    )
+    .await
+}
+
+async fn consume_with(ch: &Channel, queue: &str, arguments: FieldTable) -> Consumer {
+    step(
+        "basic.consume",
+        ch.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.consume {queue}: {e}"))
+}
+
+async fn single_active_consumer(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("single-active");
+    declare_queue(
+        &ch,
+        &q,
+        QueueDeclareOptions::default(),
+        args(&[("x-single-active-consumer", AMQPValue::Boolean(true))]),
+    )
+    .await;
+    let (ch1, ch2) = (channel(&conn).await, channel(&conn).await);
+    let mut first = consume(&ch1, &q, true).await;
+    let mut second = consume(&ch2, &q, true).await;
+    for b in ["1", "2", "3"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    for want in ["1", "2", "3"] {
+        assert_eq!(
+            body(&next(&mut first).await),
+            want,
+            "the oldest consumer only"
+        );
+    }
+    nothing_more(&mut second).await;
+    step(
+        "basic.cancel",
+        ch1.basic_cancel(first.tag(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("cancel");
+    for b in ["4", "5"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    for want in ["4", "5"] {
+        assert_eq!(
+            body(&next(&mut second).await),
+            want,
+            "the next one takes over"
+        );
+    }
+
+    let e = declare_refused(&conn, args(&[("x-single-active-consumer", lstr("yes"))])).await;
+    let e = expect_code("x-single-active-consumer not a boolean", e, 406);
+    expect_text(
+        &e,
+        "PRECONDITION_FAILED - invalid arg 'x-single-active-consumer'",
+    );
+    close(conn).await;
+}
+
+async fn consumer_priorities(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("consumer-priority");
+    plain_queue(&ch, &q).await;
+    let (low_ch, high_ch) = (channel(&conn).await, channel(&conn).await);
+    step(
+        "basic.qos",
+        high_ch.basic_qos(2, BasicQosOptions::default()),
+    )
+    .await
+    .expect("qos");
+    // The low-priority consumer subscribes first, so plain round-robin would serve it
+    // first.
+    let mut low = consume_with(&low_ch, &q, args(&[("x-priority", AMQPValue::LongInt(1))])).await;
+    let mut high = consume_with(
+        &high_ch,
+        &q,
+        args(&[("x-priority", AMQPValue::LongInt(10))]),
+    )
+    .await;
+    for b in ["1", "2", "3", "4", "5"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    // The high one takes what its prefetch allows (it never acks); the rest go lower.
+    for want in ["1", "2"] {
+        assert_eq!(body(&next(&mut high).await), want);
+    }
+    for want in ["3", "4", "5"] {
+        assert_eq!(body(&next(&mut low).await), want);
+    }
+    nothing_more(&mut high).await;
+
+    let bad = channel(&conn).await;
+    let r = step(
+        "basic.consume",
+        bad.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args(&[("x-priority", lstr("high"))]),
+        ),
+    )
+    .await;
+    let e = expect_code("x-priority not a number", r, 406);
+    expect_text(
+        &e,
+        "PRECONDITION_FAILED - invalid arg 'x-priority' for queue",
+    );
     close(conn).await;
 }

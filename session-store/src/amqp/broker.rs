@@ -35,7 +35,7 @@ use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::flow::MemoryMonitor;
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
-use super::queue_args::{Overflow, QueueArgs, check_equivalent};
+use super::queue_args::{Overflow, QueueArgs, check_equivalent, consumer_priority};
 use super::stats::MessageStats;
 use super::store::{self, BindingRecord, Journal, Record};
 
@@ -728,6 +728,7 @@ impl Broker {
             ));
         }
         let q = core.vhost.usable_queue(c.queue.as_str(), conn)?;
+        let priority = consumer_priority(&c.arguments, c.queue.as_str(), &vhost_name)?;
         if (c.exclusive && !q.consumers.is_empty()) || q.consumers.iter().any(|c| c.exclusive) {
             return Err(AmqpError::access_refused(format_args!(
                 "queue '{}' in vhost '{vhost_name}' in exclusive use",
@@ -741,6 +742,7 @@ impl Broker {
             no_ack: c.no_ack,
             exclusive: c.exclusive,
             prefetch: state.consumer_prefetch,
+            priority,
             unacked: 0,
             active: false,
         });
@@ -1167,12 +1169,16 @@ fn dispatch(
     connections: &HashMap<ConnId, ConnHandle>,
 ) {
     while !q.is_empty() {
-        let n = q.consumers.len();
-        let chosen = (0..n).map(|i| (q.cursor + i) % n).find(|&i| {
-            let c = &q.consumers[i];
-            let ready =
-                c.active && (c.no_ack || c.prefetch == 0 || c.unacked < u32::from(c.prefetch));
-            ready
+        // With a single active consumer only the oldest may receive; otherwise, in turn
+        // from the cursor, the first of the highest `x-priority` with room.
+        let n = if q.args.single_active_consumer {
+            q.consumers.len().min(1)
+        } else {
+            q.consumers.len()
+        };
+        let ready = |c: &Consumer| {
+            c.active
+                && (c.no_ack || c.prefetch == 0 || c.unacked < u32::from(c.prefetch))
                 && channels.get(&(c.conn, c.channel)).is_some_and(|s| {
                     c.no_ack
                         || s.channel_prefetch == 0
@@ -1181,7 +1187,15 @@ fn dispatch(
                 && connections
                     .get(&c.conn)
                     .is_some_and(|h| !h.congested.load(Ordering::Acquire))
-        });
+        };
+        let start = if n == 1 { 0 } else { q.cursor };
+        let chosen = (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|&i| ready(&q.consumers[i]))
+            .fold(None::<usize>, |best, i| match best {
+                Some(b) if q.consumers[b].priority >= q.consumers[i].priority => Some(b),
+                _ => Some(i),
+            });
         let Some(i) = chosen else {
             return;
         };

@@ -109,6 +109,8 @@ pub struct Consumer {
     pub exclusive: bool,
     /// Most unacknowledged deliveries at once; 0 is unlimited.
     pub prefetch: u16,
+    /// `x-priority` of basic.consume: higher ones are served first while they have room.
+    pub priority: i64,
     pub unacked: u32,
     /// False until consume-ok has been queued, so no delivery overtakes it.
     pub active: bool,

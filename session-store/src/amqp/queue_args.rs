@@ -42,6 +42,9 @@ pub struct QueueArgs {
     pub dead_letter_routing_key: Option<String>,
     /// `x-max-priority`: the highest message priority the queue orders by.
     pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`: only the oldest consumer receives messages; the next
+    /// takes over when it goes.
+    pub single_active_consumer: bool,
 }
 
 impl QueueArgs {
@@ -93,6 +96,12 @@ impl QueueArgs {
                 .map_err(|r| fail("x-max-priority", r))?;
             args.max_priority = Some(n);
         }
+        if let Some(v) = get("x-single-active-consumer") {
+            args.single_active_consumer = match v {
+                AMQPValue::Boolean(b) => *b,
+                other => return Err(fail("x-single-active-consumer", unacceptable(other))),
+            };
+        }
         if let Some(v) = get("x-overflow") {
             args.overflow = match text(v).map_err(|r| fail("x-overflow", r))?.as_str() {
                 "drop-head" => Overflow::DropHead,
@@ -123,6 +132,24 @@ impl QueueArgs {
         self.max_length.is_some_and(|max| len as u64 > max)
             || self.max_length_bytes.is_some_and(|max| bytes > max)
     }
+}
+
+/// basic.consume's `x-priority` for a consumer of `queue` (0 without one): any integer
+/// type, as RabbitMQ takes it.
+pub fn consumer_priority(
+    arguments: &FieldTable,
+    queue: &str,
+    vhost: &str,
+) -> Result<i64, AmqpError> {
+    let Some(v) = arguments.inner().get("x-priority") else {
+        return Ok(0);
+    };
+    int(v).map_err(|_| {
+        AmqpError::precondition(format_args!(
+            "invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}': \"expected integer, got {}\"",
+            type_name(v)
+        ))
+    })
 }
 
 /// The arguments RabbitMQ compares when a queue is declared again; others may differ.
