@@ -1168,6 +1168,12 @@ fn dispatch(
     channels: &mut HashMap<(ConnId, u16), ChannelState>,
     connections: &HashMap<ConnId, ConnHandle>,
 ) {
+    // Without differing `x-priority`s the first consumer with room will do, and the
+    // readiness checks (two map lookups each) stop there.
+    let prioritized = q
+        .consumers
+        .windows(2)
+        .any(|w| w[0].priority != w[1].priority);
     while !q.is_empty() {
         // With a single active consumer only the oldest may receive; otherwise, in turn
         // from the cursor, the first of the highest `x-priority` with room.
@@ -1189,13 +1195,17 @@ fn dispatch(
                     .is_some_and(|h| !h.congested.load(Ordering::Acquire))
         };
         let start = if n == 1 { 0 } else { q.cursor };
-        let chosen = (0..n)
+        let mut in_turn = (0..n)
             .map(|i| (start + i) % n)
-            .filter(|&i| ready(&q.consumers[i]))
-            .fold(None::<usize>, |best, i| match best {
+            .filter(|&i| ready(&q.consumers[i]));
+        let chosen = if prioritized {
+            in_turn.fold(None::<usize>, |best, i| match best {
                 Some(b) if q.consumers[b].priority >= q.consumers[i].priority => Some(b),
                 _ => Some(i),
-            });
+            })
+        } else {
+            in_turn.next()
+        };
         let Some(i) = chosen else {
             return;
         };
