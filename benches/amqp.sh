@@ -6,7 +6,8 @@
 #
 # Builds release, starts a private RabbitMQ node (own node name, epmd port and state under a
 # temp dir) and our session-store, both on free 127.0.0.1 ports, runs REPS rounds of each
-# scenario (RabbitMQ then ours, scenario by scenario), prints a markdown table of medians and
+# scenario (RabbitMQ then ours, scenario by scenario; after each latency pair, `bench wakeup`,
+# the machine's own wake-up latency at the same rate), prints a markdown table of medians and
 # stops both brokers and epmd on exit (also on Ctrl-C or failure). Raw result lines are kept
 # in target/bench/amqp-<time>.txt.
 #
@@ -104,10 +105,18 @@ run_one() { # TARGET PORT PID SCENARIO REP
   fi
   echo "target=$1 rep=$5 $line" | tee -a "$RESULTS" >&2
 }
+run_floor() { # REP: the machine's wake-up latency at the same rate, no broker involved
+  local line
+  echo "== rep $1/$REPS wake-up floor" >&2
+  line=$(timeout $((SECS + 30)) "$BENCH" wakeup --seconds "$SECS" | tail -1) ||
+    line="scenario=wakeup error=\"bench wakeup failed\""
+  echo "target=floor rep=$1 $line" | tee -a "$RESULTS" >&2
+}
 for rep in $(seq 1 "$REPS"); do
   for s in $SCENARIOS; do
     run_one rabbit "$RABBIT_PORT" "$RABBIT_PID" "$s" "$rep"
     run_one ours "$OURS_PORT" "$OURS_PID" "$s" "$rep"
+    [ "$s" != latency ] || run_floor "$rep"
   done
 done
 
@@ -160,6 +169,11 @@ for s in scenarios:
     rp, op = med("rabbit", s, "rss_peak_mb"), med("ours", s, "rss_peak_mb")
     print(f"| {s} | broker RSS MB idle / peak ↓ | {fmt(ri)} / {fmt(rp)} | {fmt(oi)} / {fmt(op)} "
           f"| {ratio(ri, oi)} / {ratio(rp, op)} |")
+floor = runs.get(("floor", "wakeup"), [])
+if floor:
+    p = lambda key: fmt(statistics.median(float(r[key]) for r in floor))
+    print(f"| wakeup floor | p50 / p99 / p99.9 µs, loopback ping-pong without a broker | "
+          f"{p('p50_us')} / {p('p99_us')} / {p('p999_us')} | | |")
 print()
 print(f"Broker RSS right after start: RabbitMQ {start_rss.get('rabbit', '?')} MB, "
       f"ours {start_rss.get('ours', '?')} MB. Medians of {reps} interleaved reps; rate is "

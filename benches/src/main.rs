@@ -1,7 +1,7 @@
 //! `bench`: load generators for the project's benchmarks. `benches/amqp.sh` runs
 //! `bench amqp` against a private RabbitMQ and against our `session-store`, interleaved;
 //! `benches/sessions.sh` runs `bench sessions` against the demo topology in each session
-//! mode, interleaved.
+//! mode, interleaved; `bench wakeup` measures the machine's own latency floor.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod amqp;
 mod proc_stats;
 mod sessions;
+mod wakeup;
 
 /// Load generators that print one `key=value` result line per scenario on stdout.
 #[derive(Parser)]
@@ -26,6 +27,9 @@ enum Command {
     /// Demo-app sessions through the load balancer: requests/s, latency, near-cache hit
     /// ratio and invalidation lag, cookie bytes per request.
     Sessions(sessions::Args),
+    /// The machine's wake-up latency: a loopback ping-pong between two threads at a steady
+    /// rate, the floor under the latency figures of the other commands.
+    Wakeup(wakeup::Args),
 }
 
 #[tokio::main]
@@ -34,6 +38,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Amqp(args) => amqp::run(args).await,
         Command::Sessions(args) => sessions::run(args).await,
+        Command::Wakeup(args) => tokio::task::spawn_blocking(move || wakeup::run(&args))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("wakeup: {e}"))),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -13,8 +13,11 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
-use amq_protocol::protocol::{AMQPClass, connection as conn_methods};
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{
+    AMQPClass, basic as basic_methods, channel as channel_methods, confirm as confirm_methods,
+    connection as conn_methods, queue as queue_methods,
+};
 use e2e::rabbit::{RabbitMq, amqp_url, start_embedded, start_rabbitmq};
 use e2e::{engines_required, which};
 use futures::StreamExt;
@@ -87,6 +90,7 @@ conformance!(
     consumer_cancel_notify_on_queue_delete,
     round_robin_two_consumers,
     publisher_confirms,
+    persistent_confirms_coalesced,
     large_body_split_and_reassembled,
     queue_message_ttl,
     max_length_drop_head,
@@ -2140,6 +2144,115 @@ async fn round_robin_two_consumers(url: String) {
 
 // ---------------------------------------------------------------------------------------
 // publishing
+
+/// A burst of persistent publishes into a durable queue, on the wire: every delivery tag
+/// is acked exactly once and in order, and the acks come coalesced (`multiple`) into
+/// fewer frames than messages, which is what lets a confirming publisher keep up.
+async fn persistent_confirms_coalesced(url: String) {
+    const BURST: u64 = 300;
+    let q = uniq("confirm-burst");
+    let mut raw = Raw::connect(&url).await;
+    raw.handshake(None).await;
+    let open = channel_methods::AMQPMethod::Open(channel_methods::Open {});
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Channel(open)))
+        .await;
+    assert!(matches!(
+        raw.method().await,
+        AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(_))
+    ));
+    let declare = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
+        queue: q.as_str().into(),
+        passive: false,
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(declare)))
+        .await;
+    assert!(matches!(
+        raw.method().await,
+        AMQPClass::Queue(queue_methods::AMQPMethod::DeclareOk(_))
+    ));
+    let select = confirm_methods::AMQPMethod::Select(confirm_methods::Select { nowait: false });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Confirm(select)))
+        .await;
+    assert!(matches!(
+        raw.method().await,
+        AMQPClass::Confirm(confirm_methods::AMQPMethod::SelectOk(_))
+    ));
+    let mut burst = Vec::new();
+    for i in 0..BURST {
+        let body = format!("persistent {i}").into_bytes();
+        let frames = [
+            AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+                    exchange: "".into(),
+                    routing_key: q.as_str().into(),
+                    mandatory: false,
+                    immediate: false,
+                })),
+            ),
+            AMQPFrame::Header(
+                1,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: body.len() as u64,
+                    properties: BasicProperties::default().with_delivery_mode(2),
+                },
+            ),
+            AMQPFrame::Body(1, body),
+        ];
+        for frame in &frames {
+            let ctx = gen_frame(frame)(WriteContext::from(Vec::new())).expect("serialise frame");
+            burst.extend_from_slice(&ctx.write);
+        }
+    }
+    raw.send_bytes(&burst).await;
+    // Acked up to and including this tag.
+    let mut acked = 0;
+    let mut frames = 0;
+    while acked < BURST {
+        assert!(frames < BURST, "more confirm frames than messages");
+        match raw.method().await {
+            AMQPClass::Basic(basic_methods::AMQPMethod::Ack(ack)) => {
+                frames += 1;
+                if ack.multiple {
+                    assert!(
+                        ack.delivery_tag > acked,
+                        "tag {} acked twice",
+                        ack.delivery_tag
+                    );
+                } else {
+                    assert_eq!(ack.delivery_tag, acked + 1, "acks out of order");
+                }
+                acked = ack.delivery_tag;
+            }
+            other => panic!("expected basic.ack, got {other:?}"),
+        }
+    }
+    assert_eq!(acked, BURST, "acked past the last publish");
+    assert!(
+        frames < BURST,
+        "{BURST} persistent messages confirmed in {frames} frames: no `multiple`"
+    );
+    let delete = queue_methods::AMQPMethod::Delete(queue_methods::Delete {
+        queue: q.as_str().into(),
+        if_unused: false,
+        if_empty: false,
+        nowait: false,
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(delete)))
+        .await;
+    match raw.method().await {
+        AMQPClass::Queue(queue_methods::AMQPMethod::DeleteOk(ok)) => {
+            assert_eq!(ok.message_count, u32::try_from(BURST).expect("small"));
+        }
+        other => panic!("expected queue.delete-ok, got {other:?}"),
+    }
+}
 
 async fn publisher_confirms(url: String) {
     let conn = connect(&url).await;

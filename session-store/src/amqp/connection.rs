@@ -228,8 +228,17 @@ struct Conn {
     permissions: Arc<Permissions>,
     /// How far the broker's journal is on disk; none when nothing persists.
     synced: Option<watch::Receiver<u64>>,
-    /// Confirms waiting for the journal, in journal order: position, channel, ack/nack.
-    confirms: VecDeque<(u64, u16, AMQPClass)>,
+    /// Confirms waiting for the journal, in journal order.
+    confirms: VecDeque<WaitingConfirm>,
+}
+
+/// A publisher confirm that waits for the journal to have `position` on disk.
+struct WaitingConfirm {
+    position: u64,
+    channel: u16,
+    tag: u64,
+    /// basic.ack; basic.nack when no queue took the message.
+    ack: bool,
 }
 
 /// What woke the reader. Each value is handled at once and never stored, so the large
@@ -283,7 +292,7 @@ impl Conn {
                 close_with(frames, &self.tx, &e).await;
                 return;
             }
-            let waiting = self.confirms.front().map(|c| c.0);
+            let waiting = self.confirms.front().map(|c| c.position);
             let event = tokio::select! {
                 next = frames.next() => Event::Read(next.transpose()),
                 () = tick(&mut watchdog) => {
@@ -343,16 +352,39 @@ impl Conn {
         }
     }
 
-    /// Sends the waiting confirms whose journal records are on disk.
+    /// Sends the waiting confirms whose journal records are on disk. A channel's run of
+    /// acks goes out as one basic.ack with `multiple`, as RabbitMQ sends them: every
+    /// earlier tag of that channel was confirmed already or is in the run, since confirms
+    /// wait here in publish order and nothing else holds one back.
     async fn send_synced_confirms(&mut self) {
         let Some(synced) = self.synced.as_ref().map(|s| *s.borrow()) else {
             return;
         };
-        while self.confirms.front().is_some_and(|c| c.0 <= synced) {
-            if let Some((_, ch, method)) = self.confirms.pop_front() {
-                self.method(ch, method).await;
-                self.broker.confirmed();
+        // Per channel, the highest tag of acks not yet sent: few channels publish at once.
+        let mut acks: Vec<(u16, u64)> = Vec::new();
+        while self.confirms.front().is_some_and(|c| c.position <= synced) {
+            let Some(c) = self.confirms.pop_front() else {
+                break;
+            };
+            self.broker.confirmed();
+            let pending = acks.iter().position(|a| a.0 == c.channel);
+            if c.ack {
+                match pending {
+                    Some(i) => acks[i].1 = c.tag,
+                    None => acks.push((c.channel, c.tag)),
+                }
+                continue;
             }
+            // A nack ends the channel's run: the acks before it go first.
+            if let Some(i) = pending {
+                let (ch, tag) = acks.swap_remove(i);
+                self.method(ch, confirm_method(tag, true, true)).await;
+            }
+            self.method(c.channel, confirm_method(c.tag, false, false))
+                .await;
+        }
+        for (ch, tag) in acks {
+            self.method(ch, confirm_method(tag, true, true)).await;
         }
     }
 
@@ -375,7 +407,7 @@ impl Conn {
         // Confirms that were waiting for the disk still go out meanwhile: holding them would
         // stall a publisher's window for no memory gained.
         let cleared = loop {
-            let waiting = self.confirms.front().map(|c| c.0);
+            let waiting = self.confirms.front().map(|c| c.position);
             let cleared = tokio::select! {
                 r = self.alarm.wait_for(|on| !*on) => Some(r.is_ok()),
                 () = synced_past(&mut self.synced, waiting) => None,
@@ -489,6 +521,20 @@ impl Conn {
         if chan.pending.is_some() {
             return Err(unexpected_frame().during(&m));
         }
+        // The hot path first, taking the method by value: no copy of its names.
+        let m = match m {
+            AMQPClass::Basic(basic::AMQPMethod::Publish(publish)) => {
+                self.publisher = true;
+                chan.pending = Some(Pending {
+                    publish,
+                    header: None,
+                    parts: Vec::new(),
+                    received: 0,
+                });
+                return Ok(());
+            }
+            m => m,
+        };
         match &m {
             AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
                 return Err(AmqpError::connection(
@@ -500,19 +546,9 @@ impl Conn {
             AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                 self.broker.close_channel(self.id, ch);
                 self.channels.remove(&ch);
-                self.confirms.retain(|c| c.1 != ch);
+                self.confirms.retain(|c| c.channel != ch);
                 let ok = channel::AMQPMethod::CloseOk(channel::CloseOk {});
                 self.method(ch, AMQPClass::Channel(ok)).await;
-                return Ok(());
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
-                self.publisher = true;
-                chan.pending = Some(Pending {
-                    publish: p.clone(),
-                    header: None,
-                    parts: Vec::new(),
-                    received: 0,
-                });
                 return Ok(());
             }
             _ => {}
@@ -530,7 +566,7 @@ impl Conn {
         }
         debug!(id = self.id, ch, "channel error: {e}");
         self.broker.close_channel(self.id, ch);
-        self.confirms.retain(|c| c.1 != ch);
+        self.confirms.retain(|c| c.channel != ch);
         if let Some(chan) = self.channels.get_mut(&ch) {
             chan.closing = true;
             chan.pending = None;
@@ -953,26 +989,18 @@ impl Conn {
             Err(e) => return self.fail(ch, e.during(&method)).await,
         };
         if confirm {
-            let tag = seq;
-            let method = if published.rejected {
-                basic::AMQPMethod::Nack(basic::Nack {
-                    delivery_tag: tag,
-                    multiple: false,
-                    requeue: false,
-                })
-            } else {
-                basic::AMQPMethod::Ack(basic::Ack {
-                    delivery_tag: tag,
-                    multiple: false,
-                })
-            };
-            let method = AMQPClass::Basic(method);
+            let ack = !published.rejected;
             match published.synced_at {
                 Some(position) if self.synced.is_some() => {
-                    self.confirms.push_back((position, ch, method));
+                    self.confirms.push_back(WaitingConfirm {
+                        position,
+                        channel: ch,
+                        tag: seq,
+                        ack,
+                    });
                 }
                 _ => {
-                    self.method(ch, method).await;
+                    self.method(ch, confirm_method(seq, false, ack)).await;
                     self.broker.confirmed();
                 }
             }
@@ -1131,6 +1159,22 @@ fn every(period: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval
+}
+
+/// A publisher confirm: basic.ack, or basic.nack (never asking for a requeue).
+fn confirm_method(tag: u64, multiple: bool, ack: bool) -> AMQPClass {
+    AMQPClass::Basic(if ack {
+        basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: tag,
+            multiple,
+        })
+    } else {
+        basic::AMQPMethod::Nack(basic::Nack {
+            delivery_tag: tag,
+            multiple,
+            requeue: false,
+        })
+    })
 }
 
 fn close_ok() -> AMQPClass {

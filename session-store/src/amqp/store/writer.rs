@@ -3,13 +3,13 @@
 //! fsync, and then announces the sequence number of the last one; publishers whose
 //! confirms wait on the journal are released by that one announcement. The more
 //! publishers, the bigger the batches, so fsyncs per second stay flat while messages per
-//! second grow.
+//! second grow: a steady stream is written at most once per [`GROUP_WINDOW`].
 //!
 //! It also keeps the durable [`State`] up to date and compacts the log when most of it is
 //! dead: confirms then wait for the compaction, while the broker itself never does.
 
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -24,6 +24,9 @@ const BATCH_BYTES: usize = 4 << 20;
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// The log is compacted once it is this big and holds twice its live size or more.
 const COMPACT_MIN_BYTES: u64 = 16 << 20;
+/// Under a steady stream of records, at most one fsync per this long (see [`run`]): a
+/// confirm may wait up to this much longer, for a fraction of the fsyncs.
+const GROUP_WINDOW: Duration = Duration::from_millis(1);
 /// Pause before retrying a failed write (disk full, I/O error).
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -44,10 +47,19 @@ pub fn run(
     synced: &watch::Sender<u64>,
 ) {
     let mut batch = Vec::new();
+    let mut last_write: Option<Instant> = None;
     loop {
         let Ok(first) = commands.recv() else {
             return;
         };
+        // Records arriving hard on the heels of the last write mean a steady stream: let
+        // the rest of the group window fill this batch, so the stream costs one fsync per
+        // window rather than one per handful of records. A lone record waits for nothing.
+        if let Some(due) = last_write.map(|at| at + GROUP_WINDOW)
+            && let Some(wait) = due.checked_duration_since(Instant::now())
+        {
+            std::thread::sleep(wait);
+        }
         let mut last = None;
         let mut next = Some(first);
         let mut closing = false;
@@ -68,6 +80,7 @@ pub fn run(
         if !batch.is_empty() {
             write(&mut log, &batch);
             batch.clear();
+            last_write = Some(Instant::now());
         }
         if let Some(seq) = last {
             synced.send_replace(seq);
