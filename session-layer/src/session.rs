@@ -66,6 +66,11 @@ pub(crate) struct State {
     pub(crate) record: Record,
     /// The stored version this request started from (0: never saved).
     pub(crate) base: u64,
+    /// The record at `base` as the store holds it, copied aside when this request first
+    /// changes `record` (copy on write: a read-only request never clones it). A save hands
+    /// it to the store, which can then compare-and-set by value in one round trip. None
+    /// while `record` is still that record, and for a session never saved.
+    original: Option<Arc<Record>>,
     /// The user the session had when loaded: the index entry to move on rotation.
     pub(crate) loaded_user: Option<String>,
     /// The request carried a session cookie that led nowhere (forged, expired, unknown):
@@ -89,12 +94,36 @@ impl State {
         }
     }
 
-    /// This request's changes applied to `newer`, a version saved by someone else.
+    /// This request's changes applied to `newer`, a version saved by someone else, which
+    /// becomes the record the next save replaces.
     pub(crate) fn rebase(&mut self, newer: Record) {
         self.base = newer.version;
         self.record = newer;
-        for op in &self.ops {
-            op.apply(&mut self.record);
+        self.original = None;
+        if !self.ops.is_empty() {
+            self.keep_original();
+            for op in &self.ops {
+                op.apply(&mut self.record);
+            }
+        }
+    }
+
+    /// The record as stored at `base`, if this request changed it (see `original`).
+    pub(crate) fn original(&self) -> Option<Arc<Record>> {
+        self.original.clone()
+    }
+
+    /// After a save of `record` at `version`: that is now what the store holds.
+    pub(crate) fn saved(&mut self, version: u64) {
+        self.base = version;
+        self.record.version = version;
+        self.original = None;
+    }
+
+    /// Copies `record` aside before its first change, if it is a stored one.
+    fn keep_original(&mut self) {
+        if self.original.is_none() && self.base > 0 {
+            self.original = Some(Arc::new(self.record.clone()));
         }
     }
 }
@@ -114,6 +143,7 @@ impl Session {
                 stale_cookie: false,
                 id,
                 record,
+                original: None,
                 ops: Vec::new(),
                 rotate: false,
                 destroy: false,
@@ -135,6 +165,7 @@ impl Session {
 
     fn record(&self, op: Op) {
         let mut state = self.lock();
+        state.keep_original();
         op.apply(&mut state.record);
         state.ops.push(op);
     }
@@ -226,5 +257,84 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
             StatusCode::INTERNAL_SERVER_ERROR,
             "the session layer is missing: add SessionLayer to this router",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(version: u64) -> Record {
+        let mut record = Record {
+            version,
+            ..Record::fresh()
+        };
+        record
+            .data
+            .insert("cart".into(), serde_json::json!(["tea"]));
+        record
+    }
+
+    fn loaded(version: u64) -> Session {
+        Session::new(Some(SessionId::generate()), stored(version))
+    }
+
+    #[test]
+    fn a_request_that_only_reads_copies_nothing() {
+        let session = loaded(3);
+        assert_eq!(session.get::<Vec<String>>("cart"), Some(vec!["tea".into()]));
+        assert_eq!((session.user(), session.version()), (None, 3));
+        session.data();
+        // Rotation changes the id, not the record: nothing to keep either.
+        session.rotate_id();
+        assert!(session.lock().original().is_none());
+    }
+
+    #[test]
+    fn the_first_change_keeps_the_record_as_loaded() {
+        let session = loaded(3);
+        session.update("cart", |cart: &mut Vec<String>| cart.push("milk".into()));
+        let first = session.lock().original().expect("kept on the first change");
+        assert_eq!(*first, stored(3));
+        assert_ne!(session.lock().record, stored(3));
+        session.insert("n", 1).expect("insert");
+        session.set_user(Some("ada"));
+        let later = session.lock().original().expect("still kept");
+        assert!(Arc::ptr_eq(&first, &later), "copied once, not per change");
+    }
+
+    #[test]
+    fn a_session_never_saved_has_no_stored_record() {
+        let session = Session::new(None, Record::fresh());
+        session.insert("n", 1).expect("insert");
+        assert!(session.lock().original().is_none());
+    }
+
+    #[test]
+    fn a_rebase_replaces_the_original_with_the_newer_record() {
+        let session = loaded(3);
+        session.update("cart", |cart: &mut Vec<String>| cart.push("milk".into()));
+        let mut newer = stored(4);
+        newer
+            .data
+            .insert("cart".into(), serde_json::json!(["tea", "jam"]));
+        session.lock().rebase(newer.clone());
+        let state = session.lock();
+        assert_eq!(state.original().as_deref(), Some(&newer));
+        assert_eq!(state.base, 4);
+        assert_eq!(
+            state.record.data.get("cart"),
+            Some(&serde_json::json!(["tea", "jam", "milk"]))
+        );
+    }
+
+    #[test]
+    fn after_a_save_the_record_is_what_the_store_holds() {
+        let session = loaded(3);
+        session.insert("n", 1).expect("insert");
+        session.lock().saved(4);
+        let state = session.lock();
+        assert!(state.original().is_none());
+        assert_eq!((state.base, state.record.version), (4, 4));
     }
 }

@@ -117,9 +117,9 @@ async fn save(
 ) -> Result<Option<u64>, StoreError> {
     let stored_under = replaces.unwrap_or(target);
     for _ in 0..=shared.config.max_save_retries {
-        let (mut record, base) = {
+        let (mut record, base, previous) = {
             let state = session.lock();
-            (state.record.clone(), state.base)
+            (state.record.clone(), state.base, state.original())
         };
         record.version = base + 1;
         let write = Write {
@@ -127,14 +127,14 @@ async fn save(
             record: &record,
             expected: base,
             replaces,
+            previous: previous.as_deref(),
             ttl: shared.config.idle_timeout,
         };
         match store.save(write).await? {
             Saved::Done => {
                 let mut state = session.lock();
                 state.id = Some(target.clone());
-                state.base = record.version;
-                state.record.version = record.version;
+                state.saved(record.version);
                 return Ok(Some(record.version));
             }
             Saved::Conflict if base == 0 && replaces.is_none() => {

@@ -2,7 +2,9 @@
 //! `redis-server`, and a real three-master Redis Cluster when `redis-server` and
 //! `redis-cli` are installed (required with `CI=true`). All must give the same answers:
 //! compare-and-set saves, rotation, removal, touch, the per-user index, and JWT
-//! revocations.
+//! revocations. A save of a loaded session is one `SET … IFEQ` where the server has it
+//! (the session-store, Redis 8.4, Valkey 8.1) and WATCH … EXEC where it does not (Redis
+//! 7): both ways are checked.
 
 mod support {
     pub mod cluster;
@@ -10,21 +12,27 @@ mod support {
 }
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::State;
 use axum::routing::{get, post};
 use http::Request;
 use http::header::{COOKIE, SET_COOKIE};
 use http_body_util::BodyExt;
+use redis::aio::MultiplexedConnection;
 use session_layer::events::EventKind;
 use session_layer::jwt::{JwtCodec, JwtKey, JwtKeys};
-use session_layer::store::{Saved, SessionStore, UserSession, Write};
-use session_layer::{Record, RedisStore, Session, SessionConfig, SessionId, SessionLayer};
+use session_layer::store::{CompareAndSetMode, Saved, SessionStore, UserSession, Write};
+use session_layer::{
+    CookieKeys, Record, RedisStore, Session, SessionConfig, SessionId, SessionLayer,
+};
 use support::cluster::RedisCluster;
 use support::ports::free_port;
 use tokio::net::TcpListener;
+use tokio::sync::Barrier;
 use tower::ServiceExt;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -95,14 +103,73 @@ fn record(version: u64, item: &str) -> Record {
     r
 }
 
+/// A save by a writer that knows only the version it started from: always WATCH … EXEC.
 fn write<'a>(id: &'a SessionId, record: &'a Record, expected: u64) -> Write<'a> {
     Write {
         id,
         record,
         expected,
         replaces: None,
+        previous: None,
         ttl: TTL,
     }
+}
+
+/// A save by a writer holding the record it started from, as the layer saves a session
+/// it loaded: `SET … IFEQ` where the server has it.
+fn change<'a>(id: &'a SessionId, record: &'a Record, previous: &'a Record) -> Write<'a> {
+    Write {
+        previous: Some(previous),
+        ..write(id, record, previous.version)
+    }
+}
+
+/// The mode a store at `url` (one server) should end up in: `SET … IFEQ` on the
+/// session-store, Redis 8.4+ and Valkey 8.1+, WATCH on anything older.
+async fn mode_of(url: &str) -> CompareAndSetMode {
+    let info = info(url, "server").await;
+    let version = |field: &str| {
+        let value = info
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .unwrap_or_default();
+        let mut parts = value.trim().split('.').map(|p| p.parse().unwrap_or(0u32));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    };
+    if info.contains("server_name:session-store")
+        || version("redis_version:") >= (8, 4)
+        || version("valkey_version:") >= (8, 1)
+    {
+        CompareAndSetMode::SetIfEq
+    } else {
+        CompareAndSetMode::Watch
+    }
+}
+
+async fn info(url: &str, section: &str) -> String {
+    let client = redis::Client::open(url).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut conn)
+        .await
+        .expect("INFO")
+}
+
+/// Commands the server behind `conn` has run so far.
+async fn commands_processed(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_commands_processed in INFO stats")
 }
 
 /// Ids for the contract: the session, its rotation target, and three indexed sessions.
@@ -132,12 +199,19 @@ async fn behaves_like_a_session_store(store: &RedisStore, ids: &Ids) {
         store.save(write(id, &stale, 0)).await.expect("save"),
         Saved::Conflict
     );
-    assert_eq!(store.load(id, 0).await.expect("load"), Some(v1));
+    assert_eq!(store.load(id, 0).await.expect("load"), Some(v1.clone()));
 
-    // Concurrent writers on one version: exactly one wins.
+    // Concurrent writers on one version, holding the record they started from (SET …
+    // IFEQ where the server has it, else WATCH) or not (WATCH): exactly one wins.
     let attempts: Vec<Record> = (0..8).map(|i| record(2, &format!("w{i}"))).collect();
-    let outcomes =
-        futures::future::join_all(attempts.iter().map(|r| store.save(write(id, r, 1)))).await;
+    let outcomes = futures::future::join_all(attempts.iter().enumerate().map(|(i, r)| {
+        store.save(if i % 2 == 0 {
+            change(id, r, &v1)
+        } else {
+            write(id, r, 1)
+        })
+    }))
+    .await;
     let won = outcomes
         .iter()
         .filter(|o| matches!(o, Ok(Saved::Done)))
@@ -151,6 +225,7 @@ async fn behaves_like_a_session_store(store: &RedisStore, ids: &Ids) {
         record: &v3,
         expected,
         replaces: Some(id),
+        previous: None,
         ttl: TTL,
     };
     assert_eq!(
@@ -263,6 +338,131 @@ async fn logout_revokes_the_token(store: RedisStore) {
     assert_eq!(user, "None", "a revoked token still works");
 }
 
+/// Saves of a loaded session: one command where the server has `SET … IFEQ`, and right
+/// either way — refused when another writer got there first or the session ended, and
+/// written when the stored value is the same version in other bytes (which only the
+/// WATCH fallback can tell).
+async fn saves_a_loaded_session(store: &RedisStore, url: &str, mode: CompareAndSetMode) {
+    let client = redis::Client::open(url).expect("url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let id = SessionId::generate();
+    let v1 = record(1, "a");
+    assert_eq!(
+        store.save(write(&id, &v1, 0)).await.expect("save"),
+        Saved::Done
+    );
+    assert_eq!(
+        store.compare_and_set_mode(),
+        CompareAndSetMode::Unknown,
+        "a first save has no stored record to compare with"
+    );
+    // Loaded, as the layer loads a session before it changes it (this also opens the
+    // shared connection, outside the count below).
+    assert_eq!(store.load(&id, 0).await.expect("load"), Some(v1.clone()));
+
+    let v2 = record(2, "b");
+    // INFO on one connection counts itself once: the rest is the save's.
+    let before = commands_processed(&mut raw).await;
+    assert_eq!(
+        store.save(change(&id, &v2, &v1)).await.expect("save"),
+        Saved::Done
+    );
+    let commands = commands_processed(&mut raw).await - before - 1;
+    assert_eq!(store.compare_and_set_mode(), mode);
+    if mode == CompareAndSetMode::SetIfEq {
+        assert_eq!(commands, 1, "a save of a loaded session is one SET … IFEQ");
+    } else {
+        assert!(commands >= 5, "WATCH, GET, MULTI, SET, EXEC: {commands}");
+    }
+    assert_eq!(store.load(&id, 0).await.expect("load"), Some(v2.clone()));
+
+    // Another writer saved version 2 first.
+    let late = record(2, "late");
+    assert_eq!(
+        store.save(change(&id, &late, &v1)).await.expect("save"),
+        Saved::Conflict
+    );
+    assert_eq!(store.load(&id, 0).await.expect("load"), Some(v2.clone()));
+
+    // Version 2 as something else wrote it: the same record, other bytes. The IFEQ
+    // misses, the fallback sees the version it expects, and the save goes through.
+    let spaced = serde_json::to_string_pretty(&v2).expect("json");
+    assert_ne!(spaced.as_bytes(), serde_json::to_vec(&v2).expect("json"));
+    let () = redis::cmd("SET")
+        .arg(key(&id))
+        .arg(&spaced)
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut raw)
+        .await
+        .expect("SET");
+    let v3 = record(3, "c");
+    assert_eq!(
+        store.save(change(&id, &v3, &v2)).await.expect("save"),
+        Saved::Done
+    );
+    assert_eq!(store.load(&id, 0).await.expect("load"), Some(v3.clone()));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(key(&id))
+        .query_async(&mut raw)
+        .await
+        .expect("TTL");
+    assert!(ttl > 0 && ttl <= 60, "the save keeps a TTL: {ttl}");
+
+    // Ended meanwhile: refused, and not brought back.
+    store.remove(&id, EventKind::Logout).await.expect("remove");
+    let v4 = record(4, "d");
+    assert_eq!(
+        store.save(change(&id, &v4, &v3)).await.expect("save"),
+        Saved::Conflict
+    );
+    assert_eq!(store.load(&id, 0).await.expect("load"), None);
+    assert_eq!(store.compare_and_set_mode(), mode);
+}
+
+/// Two requests add to one counter at once through the layer: one save conflicts, is
+/// replayed on the other's version, and both additions are kept.
+async fn concurrent_changes_both_survive(store: RedisStore) {
+    let keys = CookieKeys::new(&["a test key of at least thirty-two bytes"]).expect("key");
+    let app = Router::new()
+        .route(
+            "/",
+            get(|s: Session| async move { s.get::<u64>("n").unwrap_or(0).to_string() }),
+        )
+        .route(
+            "/inc",
+            post(|s: Session| async move { s.update("n", |n: &mut u64| *n += 1) }),
+        )
+        .route(
+            "/inc-together",
+            post(|State(b): State<Arc<Barrier>>, s: Session| async move {
+                s.update("n", |n: &mut u64| *n += 1);
+                // Both requests have loaded the same version before either saves.
+                b.wait().await;
+            }),
+        )
+        .with_state(Arc::new(Barrier::new(2)))
+        .layer(SessionLayer::server(
+            Arc::new(store),
+            keys,
+            SessionConfig::default(),
+        ));
+    let (cookie, _) = call(&app, "POST", "/inc", None).await;
+    let cookie = cookie.expect("a session cookie");
+    for round in 1..=10 {
+        let (a, b) = tokio::join!(
+            call(&app, "POST", "/inc-together", Some(&cookie)),
+            call(&app, "POST", "/inc-together", Some(&cookie)),
+        );
+        assert!(a.0.is_some() && b.0.is_some(), "both saved: {a:?} {b:?}");
+        let (_, n) = call(&app, "GET", "/", Some(&cookie)).await;
+        assert_eq!(n, (1 + 2 * round).to_string(), "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn the_embedded_store_and_redis_give_the_same_answers() {
     let url = embedded().await;
@@ -273,6 +473,25 @@ async fn the_embedded_store_and_redis_give_the_same_answers() {
         let store = RedisStore::connect(&url).expect("url");
         behaves_like_a_session_store(&store, &random_ids()).await;
         logout_revokes_the_token(store).await;
+    }
+}
+
+#[tokio::test]
+async fn a_loaded_session_saves_in_one_round_trip_where_the_server_can() {
+    let url = embedded().await;
+    assert_eq!(mode_of(&url).await, CompareAndSetMode::SetIfEq);
+    saves_a_loaded_session(
+        &RedisStore::connect(&url).expect("url"),
+        &url,
+        CompareAndSetMode::SetIfEq,
+    )
+    .await;
+    concurrent_changes_both_survive(RedisStore::connect(&url).expect("url")).await;
+    if let Some((_redis, url)) = real_redis().await {
+        let mode = mode_of(&url).await;
+        saves_a_loaded_session(&RedisStore::connect(&url).expect("url"), &url, mode).await;
+        let store = RedisStore::connect(&url).expect("url");
+        concurrent_changes_both_survive(store).await;
     }
 }
 
@@ -326,6 +545,8 @@ async fn a_redis_cluster_gives_the_same_answers() {
     owners.dedup();
     assert_eq!(owners.len(), 3, "the sessions must span every master");
     behaves_like_a_session_store(&store, &ids).await;
+    let node = format!("redis://127.0.0.1:{}", cluster.ports()[0]);
+    assert_eq!(store.compare_and_set_mode(), mode_of(&node).await);
     logout_revokes_the_token(store).await;
 }
 

@@ -106,12 +106,17 @@ pub(crate) enum SetTtl {
     Expire(Deadline),
 }
 
-/// SET's NX / XX.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// SET's NX / XX / IFEQ / IFNE: at most one per command (Redis 8.4, Valkey 8.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum SetCondition {
     Always,
     IfMissing,
     IfExists,
+    /// IFEQ: only over an existing value equal to this one; a missing key stays missing.
+    /// One round trip for a compare-and-set by value, where WATCH … EXEC takes two.
+    IfEqual(Bytes),
+    /// IFNE: unless the existing value equals this one; a missing key is created.
+    IfNotEqual(Bytes),
 }
 
 /// What SET found and did.
@@ -221,10 +226,12 @@ impl Keyspace {
         let existing = self.live(key, now);
         let previous = existing.as_ref().map(|e| e.value.clone());
         let old_deadline = existing.and_then(|e| e.deadline);
-        let allowed = match condition {
+        let allowed = match &condition {
             SetCondition::Always => true,
             SetCondition::IfMissing => previous.is_none(),
             SetCondition::IfExists => previous.is_some(),
+            SetCondition::IfEqual(expected) => previous.as_ref() == Some(expected),
+            SetCondition::IfNotEqual(unwanted) => previous.as_ref() != Some(unwanted),
         };
         if !allowed {
             return SetOutcome {

@@ -369,6 +369,95 @@ async fn commands_answer_like_redis() {
     }
 }
 
+/// `(major, minor)` from INFO's `redis_version`; (0, 0) when absent or garbled.
+fn redis_version(info: &str) -> (u32, u32) {
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .unwrap_or_default();
+    let mut parts = version.trim().split('.').map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// `SET … IFEQ`, the one-round-trip compare-and-set the session layer uses when the
+/// server has it. The store has it, as Redis 8.4 documents it: written only over an equal
+/// value, nil and nothing changed otherwise, a missing key not created. Redis before 8.4
+/// does not know the option and must refuse the command with an `ERR` and change nothing:
+/// that refusal is what sends the layer back to WATCH … EXEC.
+async fn set_ifeq(server: &Server) {
+    let name = server.name;
+    let c = &mut connect(server.port, None).await.expect("connect");
+    let _: () = step(cmd("FLUSHDB").query_async(c)).await.expect("FLUSHDB");
+    let info: String = step(cmd("INFO").arg("server").query_async(c))
+        .await
+        .expect("INFO");
+    // The store reports the Redis version whose replies it copies (7), not its commands.
+    let knows_ifeq = name == "session-store" || redis_version(&info) >= (8, 4);
+    let _: () = step(c.set("cas", "v1")).await.expect("SET");
+    let ifeq = |key: &str, value: &str, compared: &str| {
+        let mut command = cmd("SET");
+        command.arg(key).arg(value).arg("IFEQ").arg(compared);
+        command
+    };
+
+    if knows_ifeq {
+        let r: Option<String> = step(ifeq("cas", "v2", "v1").arg("EX").arg(100).query_async(c))
+            .await
+            .expect("SET IFEQ, equal");
+        assert_eq!(r.as_deref(), Some("OK"), "{name}");
+        let got: String = step(c.get("cas")).await.expect("GET");
+        assert_eq!(got, "v2", "{name}");
+        let ttl: i64 = step(c.ttl("cas")).await.expect("TTL");
+        assert!((1..=100).contains(&ttl), "{name}: TTL {ttl}");
+
+        let r: Option<String> = step(ifeq("cas", "v3", "v1").query_async(c))
+            .await
+            .expect("SET IFEQ, different");
+        assert_eq!(r, None, "{name}");
+        let got: String = step(c.get("cas")).await.expect("GET");
+        assert_eq!(got, "v2", "{name}: a refused IFEQ changed the value");
+        let ttl: i64 = step(c.ttl("cas")).await.expect("TTL");
+        assert!(
+            (1..=100).contains(&ttl),
+            "{name}: a refused IFEQ changed the TTL"
+        );
+
+        let r: Option<String> = step(ifeq("missing", "v", "v").query_async(c))
+            .await
+            .expect("SET IFEQ, missing key");
+        assert_eq!(r, None, "{name}");
+    } else {
+        for (key, compared) in [("cas", "v1"), ("cas", "other"), ("missing", "v")] {
+            let err = step(
+                ifeq(key, "v2", compared)
+                    .arg("EX")
+                    .arg(100)
+                    .query_async::<Option<String>>(c),
+            )
+            .await
+            .expect_err("Redis before 8.4 refuses IFEQ");
+            assert_eq!(err.code(), Some("ERR"), "{name}: {err}");
+        }
+        let got: String = step(c.get("cas")).await.expect("GET");
+        assert_eq!(got, "v1", "{name}: a refused IFEQ changed the value");
+        let ttl: i64 = step(c.ttl("cas")).await.expect("TTL");
+        assert_eq!(ttl, -1, "{name}: a refused IFEQ set a TTL");
+    }
+    let exists: i64 = step(c.exists("missing")).await.expect("EXISTS");
+    assert_eq!(exists, 0, "{name}: IFEQ created a missing key");
+}
+
+#[tokio::test]
+async fn set_ifeq_is_a_compare_and_set_or_refused() {
+    let store = start_store(None);
+    match start_redis(None).await {
+        Some(redis) => {
+            tokio::join!(set_ifeq(&store), set_ifeq(&redis));
+        }
+        None => set_ifeq(&store).await,
+    }
+}
+
 /// Requests whose one-line replies (mostly errors) must match Redis 7 byte for byte.
 /// Left out on purpose: `HELLO 3` (Redis speaks RESP3, the store answers NOPROTO) and
 /// `SELECT 1` (Redis has 16 databases, the store one).

@@ -29,7 +29,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use super::redis::RedisStore;
-use super::{Saved, SessionStore, StoreError, UserSession, Write};
+use super::{CompareAndSetMode, Saved, SessionStore, StoreError, UserSession, Write};
 use crate::cookies::CookieKeys;
 use crate::events::{Bus, BusConfig, Event, EventKind, Subscriber};
 use crate::{Record, SessionId};
@@ -57,6 +57,9 @@ pub struct NearCacheStats {
     /// Publish → receipt of events, over the latest few thousand, in microseconds.
     pub lag_p50_us: Option<u64>,
     pub lag_p99_us: Option<u64>,
+    /// How the store behind the cache saves changes: one round trip (`set_if_eq`) or two
+    /// (`watch`).
+    pub compare_and_set: CompareAndSetMode,
 }
 
 /// Authenticates the session state a write event carries: HMAC-SHA256 over id, version
@@ -251,6 +254,8 @@ impl NearCache {
             flushes: self.flushes.load(Ordering::Relaxed),
             lag_p50_us: pct(50),
             lag_p99_us: pct(99),
+            // The store's, filled in by `CachedStore::stats`.
+            compare_and_set: CompareAndSetMode::Unknown,
         }
     }
 }
@@ -322,7 +327,10 @@ impl CachedStore {
     }
 
     pub fn stats(&self) -> NearCacheStats {
-        self.cache.stats()
+        NearCacheStats {
+            compare_and_set: self.store.compare_and_set_mode(),
+            ..self.cache.stats()
+        }
     }
 
     /// Stops the event bus; the cache goes cold.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cached::{CachedStore, NearCacheStats};
 pub use memory::MemoryStore;
-pub use redis::{RedisStore, redact as redact_url};
+pub use redis::{CompareAndSetMode, RedisStore, redact as redact_url};
 
 use crate::events::EventKind;
 use crate::{Record, SessionId};
@@ -43,6 +43,10 @@ pub struct Write<'a> {
     pub expected: u64,
     /// Id rotation: the session's previous id, removed in the same atomic step.
     pub replaces: Option<&'a SessionId>,
+    /// The stored record this write replaces (version `expected`), when the writer has
+    /// it: lets a store compare-and-set by value in one round trip instead of reading the
+    /// version first. A store may ignore it; it must never be needed for correctness.
+    pub previous: Option<&'a Record>,
     /// Idle lifetime in the store.
     pub ttl: Duration,
 }

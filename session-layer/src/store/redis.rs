@@ -11,9 +11,19 @@
 //! one sends UNWATCH + PING on every checkout, a round trip per save. Here a connection
 //! is reused only after a span that ended cleanly (EXEC or UNWATCH answered, which clears
 //! WATCH); after an error, or a request cancelled mid-span, it is dropped.
+//!
+//! The common save — a change to a session the request loaded — needs neither: when the
+//! writer has the record it started from, the save is one `SET key new IFEQ old EX ttl`
+//! on the shared connection (Valkey 8.1, Redis 8.4, the project's store), a single round
+//! trip against two. The comparison is by value: the old record re-serialized, which is
+//! byte for byte what this layer stored. When it is not (written by something else, or
+//! a value that re-serializes differently), the SET answers nil and the WATCH path
+//! decides by version, so correctness never rests on the bytes matching. A server that
+//! answers the option with an error lacks it; from then on saves go straight to WATCH.
 
 mod cluster;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use deadpool::Runtime;
@@ -23,7 +33,10 @@ use deadpool::managed::{
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, FromRedisValue, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value,
+};
+use serde::Serialize;
 
 use super::{Saved, SessionStore, StoreError, UserSession, Write};
 use crate::events::EventKind;
@@ -47,6 +60,32 @@ pub struct RedisStore {
     /// The URL with any password masked, for error messages and logs.
     url: String,
     backend: Backend,
+    /// A [`CompareAndSetMode`], as learnt from the server's replies.
+    cas_mode: AtomicU8,
+}
+
+/// How [`RedisStore`] saves a change to a session it loaded, as far as its server's
+/// replies have shown; for diagnostics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareAndSetMode {
+    /// No such save yet.
+    #[default]
+    Unknown,
+    /// `SET … IFEQ`: one round trip.
+    SetIfEq,
+    /// WATCH + GET, then MULTI … EXEC: the server has no `SET … IFEQ`.
+    Watch,
+}
+
+impl CompareAndSetMode {
+    fn from_u8(raw: u8) -> Self {
+        match raw {
+            1 => CompareAndSetMode::SetIfEq,
+            2 => CompareAndSetMode::Watch,
+            _ => CompareAndSetMode::Unknown,
+        }
+    }
 }
 
 enum Backend {
@@ -155,11 +194,18 @@ impl RedisStore {
         Ok(RedisStore {
             url: shown,
             backend,
+            cas_mode: AtomicU8::new(CompareAndSetMode::Unknown as u8),
         })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How saves of a loaded session are made (see the module docs): for diagnostics and
+    /// tests.
+    pub fn compare_and_set_mode(&self) -> CompareAndSetMode {
+        CompareAndSetMode::from_u8(self.cas_mode.load(Ordering::Relaxed))
     }
 
     fn failed(&self, err: impl std::fmt::Display) -> StoreError {
@@ -172,11 +218,84 @@ impl RedisStore {
     /// Runs one command that needs no WATCH: on the shared connection, or on a cluster
     /// through the cluster client.
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let result = match &self.backend {
+        self.query_raw(cmd).await.map_err(|e| self.failed(e))
+    }
+
+    /// [`Self::query`], keeping the error's kind: an error reply is not a broken link.
+    async fn query_raw<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match &self.backend {
             Backend::Server { conn, .. } => cmd.query_async(&mut conn.clone()).await,
             Backend::Cluster(cluster) => cmd.query_async(&mut cluster.plain()).await,
-        };
-        result.map_err(|e| self.failed(e))
+        }
+    }
+
+    /// The one-round-trip save: `SET key body IFEQ <previous as stored> EX ttl`, on the
+    /// shared connection (on a cluster, through the cluster client: one key, one slot).
+    /// Ok(true): written. Ok(false): nothing written, and the WATCH path must decide —
+    /// the stored value is not `previous` byte for byte (another writer got there first,
+    /// the session ended, or the same version was serialized differently), or the server
+    /// has no IFEQ. An error that is not a reply (connection, timeout) is the store's:
+    /// the write may have happened, so it is not retried another way.
+    async fn set_if_equal(
+        &self,
+        write: &Write<'_>,
+        body: &[u8],
+        previous: &Record,
+    ) -> Result<bool, StoreError> {
+        let stored = serde_json::to_vec(previous).map_err(|e| self.failed(e))?;
+        let reply = self
+            .query_raw::<Value>(
+                redis::cmd("SET")
+                    .arg(session_key(write.id))
+                    .arg(body)
+                    .arg("IFEQ")
+                    .arg(stored)
+                    .arg("EX")
+                    .arg(write.ttl.as_secs().max(1)),
+            )
+            .await;
+        match reply {
+            Ok(Value::Okay) => {
+                self.has_ifeq();
+                Ok(true)
+            }
+            Ok(Value::Nil) => {
+                self.has_ifeq();
+                Ok(false)
+            }
+            // Redis before 8.4 and Valkey before 8.1 answer `ERR syntax error`; anything
+            // else than OK or nil means the option is not what the docs describe either.
+            Ok(other) => {
+                self.lacks_ifeq(format_args!("unexpected reply {other:?}"));
+                Ok(false)
+            }
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) => {
+                self.lacks_ifeq(err);
+                Ok(false)
+            }
+            Err(err) => Err(self.failed(err)),
+        }
+    }
+
+    /// Only from Unknown: once a server has refused IFEQ, a late answer from before
+    /// (or from another node of a cluster mid-upgrade) does not bring it back.
+    fn has_ifeq(&self) {
+        let _ = self.cas_mode.compare_exchange(
+            CompareAndSetMode::Unknown as u8,
+            CompareAndSetMode::SetIfEq as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Saves use WATCH from now on; said once, when it is learnt.
+    fn lacks_ifeq(&self, reply: impl std::fmt::Display) {
+        let before = self
+            .cas_mode
+            .swap(CompareAndSetMode::Watch as u8, Ordering::Relaxed);
+        if before != CompareAndSetMode::Watch as u8 {
+            tracing::info!(url = %self.url, %reply, "store has no SET IFEQ; saves use WATCH/MULTI");
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -391,6 +510,17 @@ impl SessionStore for RedisStore {
             let body = serde_json::to_vec(write.record).map_err(|e| self.failed(e))?;
             if let (Some(old), Backend::Cluster(_)) = (write.replaces, &self.backend) {
                 return self.rotate_across_slots(&write, old, &body).await;
+            }
+            // A change to a stored session, not a rotation: one round trip when the server
+            // has IFEQ. Rotations and first saves compare versions under WATCH.
+            if let Some(previous) = write.previous
+                && write.expected > 0
+                && previous.version == write.expected
+                && write.replaces.is_none()
+                && self.compare_and_set_mode() != CompareAndSetMode::Watch
+                && self.set_if_equal(&write, &body, previous).await?
+            {
+                return Ok(Saved::Done);
             }
             let key = session_key(write.id);
             let watched = session_key(write.replaces.unwrap_or(write.id));

@@ -1,6 +1,8 @@
 //! String commands: GET, SET and its older forms (SETEX, PSETEX, SETNX), MGET, GETDEL and
 //! the INCR family.
 
+use std::mem::discriminant;
+
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::expiry::{self, Base, Unit};
@@ -14,7 +16,15 @@ pub(super) fn get(p: &mut Parse, ctx: &mut Context<'_>) -> Result<BytesFrame, Co
     Ok(ctx.db.get(&key).map_or(BytesFrame::Null, bulk))
 }
 
-/// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`
+/// `SET key value [NX | XX | IFEQ value | IFNE value] [GET] [EX s | PX ms | EXAT s |
+/// PXAT ms | KEEPTTL]`
+///
+/// IFEQ and IFNE as Redis 8.4 documents them (IFEQ also as Valkey 8.1 has it): IFEQ
+/// writes only over an existing value equal to the one given (a missing key is not
+/// created), IFNE unless the existing value equals it (a missing key is created). Not
+/// written: nil, or with GET the old value all the same. The conditions exclude each
+/// other; naming two is a syntax error. Only strings are stored here, so the WRONGTYPE
+/// Redis answers for IFEQ over a list or hash cannot arise.
 pub(super) fn set(p: &mut Parse, ctx: &mut Context<'_>) -> Result<BytesFrame, CommandError> {
     let key = p.bytes()?;
     let value = p.bytes()?;
@@ -27,8 +37,22 @@ pub(super) fn set(p: &mut Parse, ctx: &mut Context<'_>) -> Result<BytesFrame, Co
     while let Some(arg) = p.next() {
         let opt = option(&arg);
         match opt.as_str() {
-            "NX" if condition != SetCondition::IfExists => condition = SetCondition::IfMissing,
-            "XX" if condition != SetCondition::IfMissing => condition = SetCondition::IfExists,
+            "NX" | "XX" | "IFEQ" | "IFNE" => {
+                let next = match opt.as_str() {
+                    "NX" => SetCondition::IfMissing,
+                    "XX" => SetCondition::IfExists,
+                    "IFEQ" => SetCondition::IfEqual(p.bytes()?),
+                    _ => SetCondition::IfNotEqual(p.bytes()?),
+                };
+                // Repeating one condition is accepted, as Redis accepts `NX NX`; a
+                // repeated IFEQ or IFNE compares with the last value given.
+                if condition != SetCondition::Always
+                    && discriminant(&condition) != discriminant(&next)
+                {
+                    return Err(CommandError::Syntax);
+                }
+                condition = next;
+            }
             "GET" => get = true,
             "KEEPTTL" if expire.is_none() => keep_ttl = true,
             "EX" | "PX" | "EXAT" | "PXAT" if !keep_ttl && expire.is_none() => {
@@ -185,6 +209,98 @@ mod tests {
         assert_eq!(h.wire(&["ttl", "k"]), ":100\r\n");
         assert_eq!(h.wire(&["set", "k", "v2", "keepttl"]), "+OK\r\n");
         assert_eq!(h.wire(&["ttl", "k"]), ":100\r\n");
+    }
+
+    #[tokio::test]
+    async fn set_ifeq_writes_only_over_an_equal_value() {
+        let mut h = Harness::new(Config::default());
+        h.wire(&["set", "k", "v1"]);
+        assert_eq!(
+            h.wire(&["set", "k", "v2", "ifeq", "v1", "ex", "100"]),
+            "+OK\r\n"
+        );
+        assert_eq!(h.wire(&["get", "k"]), "$2\r\nv2\r\n");
+        assert_eq!(h.wire(&["ttl", "k"]), ":100\r\n");
+        // Compared byte for byte: another value, or the same in another case, is refused.
+        assert_eq!(h.wire(&["set", "k", "v3", "IFEQ", "v1"]), "$-1\r\n");
+        assert_eq!(h.wire(&["set", "k", "v3", "IFEQ", "V2"]), "$-1\r\n");
+        assert_eq!(h.wire(&["get", "k"]), "$2\r\nv2\r\n");
+        assert_eq!(h.wire(&["ttl", "k"]), ":100\r\n");
+        // A missing key is not created.
+        assert_eq!(h.wire(&["set", "n", "v", "ifeq", ""]), "$-1\r\n");
+        assert_eq!(h.wire(&["exists", "n"]), ":0\r\n");
+        // GET answers the old value whether or not the write happened.
+        assert_eq!(
+            h.wire(&["set", "k", "v3", "ifeq", "x", "get"]),
+            "$2\r\nv2\r\n"
+        );
+        assert_eq!(
+            h.wire(&["set", "k", "v3", "get", "ifeq", "v2"]),
+            "$2\r\nv2\r\n"
+        );
+        assert_eq!(h.wire(&["get", "k"]), "$2\r\nv3\r\n");
+        assert_eq!(h.wire(&["set", "n", "v", "ifeq", "x", "get"]), "$-1\r\n");
+        assert_eq!(h.wire(&["exists", "n"]), ":0\r\n");
+        // Without an expiry option the write clears the TTL, as any SET; KEEPTTL keeps it.
+        h.wire(&["expire", "k", "100"]);
+        assert_eq!(
+            h.wire(&["set", "k", "v4", "ifeq", "v3", "keepttl"]),
+            "+OK\r\n"
+        );
+        assert_eq!(h.wire(&["ttl", "k"]), ":100\r\n");
+        assert_eq!(h.wire(&["set", "k", "v5", "ifeq", "v4"]), "+OK\r\n");
+        assert_eq!(h.wire(&["ttl", "k"]), ":-1\r\n");
+    }
+
+    #[tokio::test]
+    async fn set_ifne_writes_unless_the_value_is_equal() {
+        let mut h = Harness::new(Config::default());
+        h.wire(&["set", "k", "v1"]);
+        assert_eq!(h.wire(&["set", "k", "v2", "ifne", "v1"]), "$-1\r\n");
+        assert_eq!(h.wire(&["get", "k"]), "$2\r\nv1\r\n");
+        assert_eq!(
+            h.wire(&["set", "k", "v2", "ifne", "x", "px", "100000"]),
+            "+OK\r\n"
+        );
+        assert_eq!(h.wire(&["get", "k"]), "$2\r\nv2\r\n");
+        assert_eq!(h.wire(&["ttl", "k"]), ":100\r\n");
+        // A missing key is created.
+        assert_eq!(h.wire(&["set", "n", "v", "ifne", "x"]), "+OK\r\n");
+        assert_eq!(h.wire(&["get", "n"]), "$1\r\nv\r\n");
+        assert_eq!(h.wire(&["set", "m", "v", "ifne", "x", "get"]), "$-1\r\n");
+        assert_eq!(h.wire(&["get", "m"]), "$1\r\nv\r\n");
+        assert_eq!(
+            h.wire(&["set", "m", "w", "ifne", "v", "get"]),
+            "$1\r\nv\r\n"
+        );
+        assert_eq!(h.wire(&["get", "m"]), "$1\r\nv\r\n");
+    }
+
+    #[tokio::test]
+    async fn set_conditions_exclude_each_other() {
+        let mut h = Harness::new(Config::default());
+        h.wire(&["set", "k", "v"]);
+        for args in [
+            &["set", "k", "w", "ifeq", "v", "xx"][..],
+            &["set", "k", "w", "ifeq", "v", "nx"],
+            &["set", "k", "w", "nx", "ifeq", "v"],
+            &["set", "k", "w", "xx", "ifne", "v"],
+            &["set", "k", "w", "ifeq", "v", "ifne", "x"],
+            &["set", "k", "w", "ifne", "x", "ifeq", "v"],
+            &["set", "k", "w", "ifeq"],
+            &["set", "k", "w", "ifne"],
+            &["set", "k", "w", "ifeq", "v", "ex"],
+        ] {
+            assert_eq!(h.wire(args), "-ERR syntax error\r\n", "{args:?}");
+        }
+        // Nothing was written by any of them.
+        assert_eq!(h.wire(&["get", "k"]), "$1\r\nv\r\n");
+        // A bad expiry is reported after the options parse, as for any SET.
+        assert_eq!(
+            h.wire(&["set", "k", "w", "ifeq", "v", "ex", "abc"]),
+            "-ERR value is not an integer or out of range\r\n"
+        );
+        assert_eq!(h.wire(&["get", "k"]), "$1\r\nv\r\n");
     }
 
     #[tokio::test]
