@@ -204,9 +204,17 @@ run_one() { # CONFIG REP
   stop_topology
   echo "config=$1 rep=$2 load1=$(cut -d' ' -f1 /proc/loadavg) $line" | tee -a "$RESULTS" >&2
 }
+run_floor() { # REP: the machine's wake-up latency at the paced rate, no topology involved
+  local line
+  echo "== rep $1/$REPS wake-up floor" >&2
+  line=$(timeout $((SECS + 30)) "$BENCH" wakeup --rate "$LIGHT_RATE" --seconds "$SECS" | tail -1) ||
+    line="error=\"bench wakeup failed\""
+  echo "config=floor rep=$1 $line" | tee -a "$RESULTS" >&2
+}
 for rep in $(seq 1 "$REPS"); do
   for c in $CONFIGS; do
     run_one "$c" "$rep"
+    [ "$c" != shared-light ] || run_floor "$rep"
   done
 done
 
@@ -215,13 +223,16 @@ python3 - "$RESULTS" "$CONFIGS" "$REPS" <<'PY'
 import shlex, statistics, sys
 
 path, configs, reps = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
-runs, failed, notes = {}, [], []
+runs, failed, notes, floor = {}, [], [], []
 for line in open(path):
     if line.startswith("# note: "):
         notes.append(line[len("# note: "):].strip())
     if line.startswith("#"):
         continue
     kv = dict(t.split("=", 1) for t in shlex.split(line) if "=" in t)
+    if kv.get("scenario") == "wakeup":
+        floor.append(kv)
+        continue
     if "error" in kv or "rps" not in kv:
         failed.append(f"{kv.get('config')} rep {kv.get('rep')}: {kv.get('error', line.strip())}")
         continue
@@ -276,6 +287,12 @@ print(f"Medians of {reps} interleaved reps (errors / lost: totals over the reps)
       "node (when it evicts or updates its copy), p50 of the median node, p99 of the worst node, over each "
       "node's latest 4,096 events; evictions (copy dropped) and updates (copy replaced by the "
       "state a write event carried) summed over the nodes in the measured window.")
+if floor:
+    p = lambda key: num(statistics.median(float(r[key]) for r in floor))
+    print()
+    print(f"Wake-up floor of this machine at {floor[0].get('rate', '?')}/s (`bench wakeup`, a "
+          f"loopback ping-pong between two threads, no topology): p50 {p('p50_us')} µs, "
+          f"p99 {p('p99_us')} µs, p99.9 {p('p999_us')} µs.")
 print()
 print("Where the CPU goes (µs of CPU per request, medians; `cores` is everything measured "
       "together, in cores busy over the window; `local ÷ total` is how many requests this "

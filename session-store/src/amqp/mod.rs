@@ -31,6 +31,7 @@ mod queue_args;
 mod ready;
 mod stats;
 mod store;
+mod trim;
 mod tx;
 pub mod users;
 
@@ -177,9 +178,12 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     };
     let sample = async {
         let mut every = tokio::time::interval(SAMPLE_INTERVAL);
+        let mut trim = trim::QuietTrim::default();
         loop {
             every.tick().await;
-            node.sample();
+            if trim.observe(node.sample()) {
+                tracing::debug!("amqp: quiet; returned freed memory to the OS");
+            }
         }
     };
     tokio::select! {

@@ -253,8 +253,9 @@ impl Node {
         }
     }
 
-    /// Samples every counter for the rates; run every few seconds.
-    pub fn sample(&self) {
+    /// Samples every counter for the rates; run every few seconds. Returns a counter of
+    /// all message traffic so far, which stands still while the node is idle.
+    pub fn sample(&self) -> u64 {
         let now = Instant::now();
         let mut samples = Vec::new();
         let mut total = MessageStats::default();
@@ -267,11 +268,13 @@ impl Node {
             samples.push((vhost_key(broker.name()), info.stats));
         }
         samples.push((OVERVIEW.to_string(), total));
+        let traffic = total.traffic();
         let mut rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, stats) in samples {
             rates.record(key, stats, now);
         }
         rates.end_round();
+        traffic
     }
 
     /// The node's totals over all vhosts.

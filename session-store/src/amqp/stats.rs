@@ -34,6 +34,13 @@ pub struct MessageStats {
 pub const FIELDS: usize = 11;
 
 impl MessageStats {
+    /// All counters summed: grows with any message traffic, still while there is none.
+    pub fn traffic(&self) -> u64 {
+        self.fields()
+            .iter()
+            .fold(0u64, |sum, (_, n)| sum.wrapping_add(*n))
+    }
+
     /// Each counter under its RabbitMQ name, `deliver_get` being the sum of the four
     /// delivery counters.
     pub fn fields(&self) -> [(&'static str, u64); FIELDS] {
