@@ -288,6 +288,107 @@ async fn listings_filter_by_vhost_and_by_what_the_user_may_see() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn consumers_list_their_queue_channel_and_standing() {
+    let r = running().await;
+    let (_c1, ch) = channel(&r, "%2f").await;
+    let (_c2, other) = channel(&r, "other").await;
+    let mut sac = FieldTable::default();
+    sac.insert(
+        "x-single-active-consumer".into(),
+        lapin::types::AMQPValue::Boolean(true),
+    );
+    step(ch.queue_declare("sac".into(), QueueDeclareOptions::default(), sac))
+        .await
+        .expect("declare sac");
+    step(other.queue_declare(
+        "plain".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("declare plain");
+    step(ch.basic_qos(7, BasicQosOptions::default()))
+        .await
+        .expect("qos");
+    let mut priority = FieldTable::default();
+    priority.insert("x-priority".into(), lapin::types::AMQPValue::LongInt(5));
+    // Held: lapin cancels a consumer when it is dropped.
+    let mut consumers = Vec::new();
+    for (tag, args) in [("first", priority), ("second", FieldTable::default())] {
+        consumers.push(
+            step(ch.basic_consume(
+                "sac".into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                args,
+            ))
+            .await
+            .expect("consume sac"),
+        );
+    }
+    let _auto = step(other.basic_consume(
+        "plain".into(),
+        "auto".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("consume plain");
+
+    let all = json(&r, "/api/consumers").await;
+    let by_tag = |tag: &str| -> Value {
+        all.as_array()
+            .and_then(|a| a.iter().find(|c| c["consumer_tag"] == tag))
+            .cloned()
+            .unwrap_or_else(|| panic!("no consumer {tag} in {all:#}"))
+    };
+    let first = by_tag("first");
+    assert_eq!(first["queue"]["name"], "sac");
+    assert_eq!(first["queue"]["vhost"], "/");
+    assert_eq!(first["ack_required"], true);
+    assert_eq!(first["prefetch_count"], 7);
+    assert_eq!(first["arguments"]["x-priority"], 5);
+    assert_eq!(first["active"], true);
+    assert_eq!(first["activity_status"], "single_active");
+    assert_eq!(first["channel_details"]["number"], 1);
+    assert_eq!(first["channel_details"]["user"], "guest");
+    let second = by_tag("second");
+    assert_eq!(second["active"], false);
+    assert_eq!(second["activity_status"], "waiting");
+    assert_eq!(second["arguments"], serde_json::json!({}));
+    let auto = by_tag("auto");
+    assert_eq!(auto["queue"]["vhost"], "other");
+    assert_eq!(auto["ack_required"], false);
+    assert_eq!(auto["exclusive"], true);
+    assert_eq!(auto["activity_status"], "up");
+
+    let in_other = json(&r, "/api/consumers/other").await;
+    assert_eq!(in_other.as_array().map(Vec::len), Some(1), "{in_other:#}");
+    assert_eq!(
+        get(&r, "/api/consumers/nowhere", "guest", "guest")
+            .await
+            .status(),
+        404
+    );
+    // The single active consumer leaves; the waiting one takes over.
+    step(ch.basic_cancel("first".into(), Default::default()))
+        .await
+        .expect("cancel");
+    until(&r, "/api/consumers/%2F", |v| {
+        v.as_array().is_some_and(|a| {
+            a.len() == 1
+                && a[0]["consumer_tag"] == "second"
+                && a[0]["activity_status"] == "single_active"
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_page_loads() {
     let r = running().await;
     let page = get(&r, "/", "guest", "guest").await;

@@ -3360,6 +3360,39 @@ async fn single_active_consumer(url: String) {
         );
     }
 
+    // An exclusive consume is refused on a single-active-consumer queue, even an idle one.
+    let idle = uniq("single-active-idle");
+    declare_queue(
+        &ch,
+        &idle,
+        QueueDeclareOptions::default(),
+        args(&[("x-single-active-consumer", AMQPValue::Boolean(true))]),
+    )
+    .await;
+    let excl = channel(&conn).await;
+    let r = step(
+        "exclusive consume on a single-active-consumer queue",
+        excl.basic_consume(
+            idle.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code(
+        "exclusive consume on a single-active-consumer queue",
+        r.map(|_| ()),
+        403,
+    );
+    expect_text(
+        &e,
+        &format!("ACCESS_REFUSED - queue '{idle}' in vhost '/' in exclusive use"),
+    );
+
     let e = declare_refused(&conn, args(&[("x-single-active-consumer", lstr("yes"))])).await;
     let e = expect_code("x-single-active-consumer not a boolean", e, 406);
     expect_text(

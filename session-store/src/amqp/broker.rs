@@ -729,7 +729,9 @@ impl Broker {
         }
         let q = core.vhost.usable_queue(c.queue.as_str(), conn)?;
         let priority = consumer_priority(&c.arguments, c.queue.as_str(), &vhost_name)?;
-        if (c.exclusive && !q.consumers.is_empty()) || q.consumers.iter().any(|c| c.exclusive) {
+        // A single-active-consumer queue refuses exclusive consumers outright, as RabbitMQ's.
+        let taken = !q.consumers.is_empty() || q.args.single_active_consumer;
+        if (c.exclusive && taken) || q.consumers.iter().any(|c| c.exclusive) {
             return Err(AmqpError::access_refused(format_args!(
                 "queue '{}' in vhost '{vhost_name}' in exclusive use",
                 q.name

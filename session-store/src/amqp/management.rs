@@ -52,6 +52,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/vhosts", get(vhosts))
         .route("/api/connections", get(connections))
         .route("/api/channels", get(channels))
+        .route("/api/consumers", get(consumers))
+        .route("/api/consumers/{vhost}", get(consumers_in))
         .route("/api/exchanges", get(exchanges))
         .route("/api/exchanges/{vhost}", get(exchanges_in))
         .route("/api/queues", get(queues))
@@ -164,6 +166,24 @@ async fn channels(
     axum::Extension(user): Caller,
 ) -> axum::Json<Value> {
     axum::Json(json::channels(&node, &visible(&node, &user)))
+}
+
+async fn consumers(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+) -> axum::Json<Value> {
+    axum::Json(json::consumers(&node, &visible(&node, &user)))
+}
+
+async fn consumers_in(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(vhost): Path<String>,
+) -> Response {
+    match one(&node, &user, &vhost) {
+        Some(v) => axum::Json(json::consumers(&node, &v)).into_response(),
+        None => not_found(),
+    }
 }
 
 async fn exchanges(

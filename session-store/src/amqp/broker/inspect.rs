@@ -1,5 +1,5 @@
 //! Read-only snapshots of a vhost for the management API: totals, queues, exchanges,
-//! bindings and channels, copied out under the lock so no caller holds it while
+//! bindings, channels and consumers, copied out under the lock so no caller holds it while
 //! rendering.
 
 use std::collections::HashMap;
@@ -67,6 +67,21 @@ pub struct ChannelInfo {
     pub prefetch_count: u16,
     pub global_prefetch_count: u16,
     pub transactional: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    pub queue: String,
+    pub tag: String,
+    pub conn: ConnId,
+    pub channel: u16,
+    pub ack_required: bool,
+    pub exclusive: bool,
+    pub prefetch_count: u16,
+    /// `x-priority` of basic.consume (0 when not given).
+    pub priority: i64,
+    /// On a single-active-consumer queue: whether this is the one that receives.
+    pub single_active: Option<bool>,
 }
 
 impl Broker {
@@ -192,6 +207,36 @@ impl Broker {
             ))
         });
         list.extend(explicit);
+        list
+    }
+
+    /// Every consumer, by queue and in the order the queue serves them.
+    pub fn consumers(&self) -> Vec<ConsumerInfo> {
+        let core = self.lock();
+        let mut list: Vec<ConsumerInfo> = core
+            .vhost
+            .queues
+            .values()
+            .flat_map(|q| {
+                let sac = q.args.single_active_consumer;
+                q.consumers
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, c)| ConsumerInfo {
+                        queue: q.name.to_string(),
+                        tag: c.tag.to_string(),
+                        conn: c.conn,
+                        channel: c.channel,
+                        ack_required: !c.no_ack,
+                        exclusive: c.exclusive,
+                        prefetch_count: c.prefetch,
+                        priority: c.priority,
+                        single_active: sac.then_some(i == 0),
+                    })
+            })
+            .collect();
+        // Stable: a queue's consumers keep their serving order.
+        list.sort_by(|a, b| a.queue.cmp(&b.queue));
         list
     }
 

@@ -138,6 +138,52 @@ pub fn channels(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
     Value::Array(list)
 }
 
+/// `/api/consumers`, as RabbitMQ's: `activity_status` is `up`, or on a single-active-
+/// consumer queue `single_active` for the one that receives and `waiting` for the rest.
+/// `arguments` shows the consumer's `x-priority` when it has one.
+pub fn consumers(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
+    let conns: HashMap<ConnId, ConnInfo> =
+        node.connections().into_iter().map(|c| (c.id, c)).collect();
+    let mut list = Vec::new();
+    for v in vhosts {
+        for c in v.consumers() {
+            let Some(conn) = conns.get(&c.conn) else {
+                continue;
+            };
+            let (active, status) = match c.single_active {
+                None => (true, "up"),
+                Some(true) => (true, "single_active"),
+                Some(false) => (false, "waiting"),
+            };
+            let arguments = if c.priority == 0 {
+                json!({})
+            } else {
+                json!({"x-priority": c.priority})
+            };
+            list.push(json!({
+                "consumer_tag": c.tag,
+                "queue": {"name": c.queue, "vhost": v.name()},
+                "channel_details": {
+                    "name": format!("{} ({})", conn.name(), c.channel),
+                    "number": c.channel,
+                    "node": NODE,
+                    "user": conn.user,
+                    "connection_name": conn.name(),
+                    "peer_host": conn.peer.map(|a| a.ip().to_string()),
+                    "peer_port": conn.peer.map(|a| a.port()),
+                },
+                "ack_required": c.ack_required,
+                "exclusive": c.exclusive,
+                "prefetch_count": c.prefetch_count,
+                "active": active,
+                "activity_status": status,
+                "arguments": arguments,
+            }));
+        }
+    }
+    Value::Array(list)
+}
+
 pub fn exchanges(vhosts: &[Arc<Broker>]) -> Value {
     vhosts
         .iter()
