@@ -353,6 +353,19 @@ async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Consumer {
     .unwrap_or_else(|e| panic!("basic.consume {queue}: {e}"))
 }
 
+/// basic.consume with `exclusive`, the broker's answer as it is.
+async fn exclusive_consume(ch: &Channel, queue: &str) -> Result<Consumer, lapin::Error> {
+    let options = BasicConsumeOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    step(
+        "exclusive consume",
+        ch.basic_consume(queue.into(), "".into(), options, FieldTable::default()),
+    )
+    .await
+}
+
 async fn next(consumer: &mut Consumer) -> Delivery {
     step("a delivery", consumer.next())
         .await
@@ -2034,20 +2047,7 @@ async fn exclusive_consume_conflict(url: String) {
     let q = uniq("excl-consume");
     let ch = channel(&conn).await;
     plain_queue(&ch, &q).await;
-    let _c = step(
-        "exclusive consume",
-        ch.basic_consume(
-            q.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("exclusive consume");
+    let _c = exclusive_consume(&ch, &q).await.expect("exclusive consume");
     let ch2 = channel(&conn).await;
     let r = step(
         "second consume",
@@ -2071,19 +2071,7 @@ async fn exclusive_consume_conflict(url: String) {
     plain_queue(&ch3, &q2).await;
     let _c2 = consume(&ch3, &q2, true).await;
     let ch4 = channel(&conn).await;
-    let r = step(
-        "exclusive after plain",
-        ch4.basic_consume(
-            q2.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await;
+    let r = exclusive_consume(&ch4, &q2).await;
     expect_code("exclusive consume on a consumed queue", r.map(|_| ()), 403);
     close(conn).await;
 }
@@ -3370,19 +3358,7 @@ async fn single_active_consumer(url: String) {
     )
     .await;
     let excl = channel(&conn).await;
-    let r = step(
-        "exclusive consume on a single-active-consumer queue",
-        excl.basic_consume(
-            idle.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await;
+    let r = exclusive_consume(&excl, &idle).await;
     let e = expect_code(
         "exclusive consume on a single-active-consumer queue",
         r.map(|_| ()),

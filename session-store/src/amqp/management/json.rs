@@ -106,9 +106,13 @@ pub fn connections(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
         .collect()
 }
 
+/// The node's connections by id, to name the channels and consumers on them.
+fn connections_by_id(node: &Node) -> HashMap<ConnId, ConnInfo> {
+    node.connections().into_iter().map(|c| (c.id, c)).collect()
+}
+
 pub fn channels(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
-    let conns: HashMap<ConnId, ConnInfo> =
-        node.connections().into_iter().map(|c| (c.id, c)).collect();
+    let conns = connections_by_id(node);
     let mut list = Vec::new();
     for v in vhosts {
         for ch in v.channels() {
@@ -142,8 +146,7 @@ pub fn channels(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
 /// consumer queue `single_active` for the one that receives and `waiting` for the rest.
 /// `arguments` shows the consumer's `x-priority` when it has one.
 pub fn consumers(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
-    let conns: HashMap<ConnId, ConnInfo> =
-        node.connections().into_iter().map(|c| (c.id, c)).collect();
+    let conns = connections_by_id(node);
     let mut list = Vec::new();
     for v in vhosts {
         for c in v.consumers() {
