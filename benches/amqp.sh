@@ -172,8 +172,10 @@ for s in scenarios:
 floor = runs.get(("floor", "wakeup"), [])
 if floor:
     p = lambda key: fmt(statistics.median(float(r[key]) for r in floor))
-    print(f"| wakeup floor | p50 / p99 / p99.9 µs, loopback ping-pong without a broker | "
-          f"{p('p50_us')} / {p('p99_us')} / {p('p999_us')} | | |")
+    print()
+    print(f"Wake-up floor of this machine at the latency rate (`bench wakeup`, a loopback "
+          f"ping-pong between two threads, no broker): p50 {p('p50_us')} µs, p99 "
+          f"{p('p99_us')} µs, p99.9 {p('p999_us')} µs.")
 print()
 print(f"Broker RSS right after start: RabbitMQ {start_rss.get('rabbit', '?')} MB, "
       f"ours {start_rss.get('ours', '?')} MB. Medians of {reps} interleaved reps; rate is "
