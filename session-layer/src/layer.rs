@@ -14,6 +14,7 @@ use crate::config::SessionConfig;
 use crate::cookies::{CookieKeys, Cookies, forwarded_tls};
 use crate::jwt::JwtCodec;
 use crate::manager::SessionManager;
+use crate::session::{Fate, Session};
 use crate::store::{RedisStore, SessionStore, StoreError};
 use crate::{stateful, token};
 
@@ -151,20 +152,45 @@ where
             req.extensions_mut()
                 .insert(SessionManager::new(shared.clone()));
             let mut res = inner.call(req).await?;
-            let committed = match &shared.storage {
-                Storage::Server(store) => {
-                    stateful::commit(&shared, store.as_ref(), &session, tls).await
-                }
-                Storage::Token(t) => {
-                    token::commit(&shared, &t.codec, t.revocations.as_ref(), &session, tls).await
-                }
-            };
-            match committed {
+            match commit(shared, session, tls).await {
                 Ok(cookie) => crate::cookies::append(res.headers_mut(), cookie),
                 Err(err) => return Ok(unavailable(&err)),
             }
             Ok(res)
         })
+    }
+}
+
+/// Writes the session's changes. A change runs in a task of its own, so a client that
+/// hangs up mid-save cannot cut it off between the store's write and what must follow:
+/// the event other nodes' caches wait for, the per-user index, the old id's removal.
+async fn commit(
+    shared: Arc<Shared>,
+    session: Session,
+    tls: bool,
+) -> Result<Option<HeaderValue>, StoreError> {
+    let writes = session.lock().fate() != Fate::Keep;
+    let work = async move {
+        match &shared.storage {
+            Storage::Server(store) => {
+                stateful::commit(&shared, store.as_ref(), &session, tls).await
+            }
+            Storage::Token(t) => {
+                token::commit(&shared, &t.codec, t.revocations.as_ref(), &session, tls).await
+            }
+        }
+    };
+    if !writes {
+        return work.await;
+    }
+    match tokio::spawn(work).await {
+        Ok(committed) => committed,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(e) => Err(StoreError::Unavailable {
+            url: "(session layer)".into(),
+            reason: format!("the save was cut short: {e}"),
+        }),
     }
 }
 

@@ -9,14 +9,19 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::routing::{get, post};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use session_layer::events::EventKind;
 use session_layer::jwt::{JwtCodec, JwtKey, JwtKeys};
+use session_layer::store::{Saved, UserSession, Write};
 use session_layer::{
-    CookieKeys, MemoryStore, Session, SessionConfig, SessionLayer, SessionManager,
+    CookieKeys, MemoryStore, Session, SessionConfig, SessionId, SessionLayer, SessionManager,
+    SessionStore, StoreError,
 };
-use tokio::sync::Barrier;
+use tokio::sync::{Barrier, Notify};
 use tower::ServiceExt;
 
 const KEY: &str = "a test key of at least thirty-two bytes";
@@ -294,6 +299,110 @@ async fn the_cookie_is_secure_when_the_proxy_says_tls() {
         tls.contains("Secure") && tls.contains("HttpOnly") && tls.contains("SameSite=Lax"),
         "{tls}"
     );
+}
+
+/// A memory store whose saves hold their answer back until released, as a store's reply
+/// still in flight would: the write has happened, the caller does not know it yet.
+struct HeldReplies {
+    inner: MemoryStore,
+    written: Notify,
+    release: Notify,
+}
+
+impl SessionStore for HeldReplies {
+    fn load<'a>(
+        &'a self,
+        id: &'a SessionId,
+        min_version: u64,
+    ) -> BoxFuture<'a, Result<Option<session_layer::Record>, StoreError>> {
+        self.inner.load(id, min_version)
+    }
+
+    fn save<'a>(&'a self, write: Write<'a>) -> BoxFuture<'a, Result<Saved, StoreError>> {
+        async move {
+            let saved = self.inner.save(write).await;
+            self.written.notify_one();
+            self.release.notified().await;
+            saved
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(
+        &'a self,
+        id: &'a SessionId,
+        kind: EventKind,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.remove(id, kind)
+    }
+
+    fn touch<'a>(
+        &'a self,
+        id: &'a SessionId,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.inner.touch(id, ttl)
+    }
+
+    fn index_add<'a>(
+        &'a self,
+        user: &'a str,
+        session: UserSession,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Vec<UserSession>, StoreError>> {
+        self.inner.index_add(user, session, ttl)
+    }
+
+    fn index_remove<'a>(
+        &'a self,
+        user: &'a str,
+        ids: &'a [SessionId],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.index_remove(user, ids)
+    }
+
+    fn index_list<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<UserSession>, StoreError>> {
+        self.inner.index_list(user)
+    }
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_save_does_not_cut_the_save_short() {
+    let config = SessionConfig::default();
+    let store = Arc::new(HeldReplies {
+        inner: MemoryStore::new(config.idle_timeout),
+        written: Notify::new(),
+        release: Notify::new(),
+    });
+    let layer = SessionLayer::server(store.clone(), CookieKeys::new(&[KEY]).expect("key"), config);
+    let app = routes(Arc::new(Barrier::new(2))).layer(layer);
+    // A login: the save, then the per-user index entry that must follow it.
+    let login = tokio::spawn(async move {
+        Client::default().send(&app, "POST", "/login").await;
+    });
+    tokio::time::timeout(Duration::from_secs(5), store.written.notified())
+        .await
+        .expect("the login's save reached the store");
+    // The client hangs up while the store's answer is on its way: the server drops the
+    // request's future.
+    login.abort();
+    assert!(login.await.is_err_and(|e| e.is_cancelled()));
+    store.release.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = store.index_list("ada").await.expect("index");
+        if listed.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the save's follow-up never ran: index {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn jwt_app() -> Router {
