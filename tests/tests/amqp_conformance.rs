@@ -109,6 +109,7 @@ conformance!(
     priority_queue,
     single_active_consumer,
     consumer_priorities,
+    direct_reply_to,
 );
 
 async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -3428,4 +3429,267 @@ async fn consumer_priorities(url: String) {
         "PRECONDITION_FAILED - invalid arg 'x-priority' for queue",
     );
     close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// direct reply-to
+
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Declares `name` on a fresh channel of `conn`; the broker's answer as it is.
+async fn declare_on_fresh_channel(
+    conn: &Connection,
+    name: &str,
+    passive: bool,
+) -> Result<lapin::Queue, lapin::Error> {
+    let ch = channel(conn).await;
+    let opts = QueueDeclareOptions {
+        passive,
+        ..Default::default()
+    };
+    step(
+        &format!("queue.declare {name}"),
+        ch.queue_declare(name.into(), opts, FieldTable::default()),
+    )
+    .await
+}
+
+/// basic.consume from the pseudo-queue; the broker's answer as it is.
+async fn consume_replies(ch: &Channel, no_ack: bool) -> Result<Consumer, lapin::Error> {
+    let opts = BasicConsumeOptions {
+        no_ack,
+        ..Default::default()
+    };
+    step(
+        "basic.consume amq.rabbitmq.reply-to",
+        ch.basic_consume(REPLY_TO.into(), "".into(), opts, FieldTable::default()),
+    )
+    .await
+}
+
+/// Opens a channel consuming replies, sends a request from it to `requests` and returns
+/// the reply address the server sees, with the channel and its consumer tag.
+async fn reply_address(
+    client: &Connection,
+    requests: &str,
+    serving: &mut Consumer,
+) -> (String, (Channel, String)) {
+    let ch = confirmed(client).await;
+    let consumer = consume_replies(&ch, true).await.expect("reply consumer");
+    let props = BasicProperties::default().with_reply_to(REPLY_TO.into());
+    publish_props(&ch, "", requests, b"request", props).await;
+    let address = next(serving)
+        .await
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|s| s.to_string())
+        .expect("reply-to");
+    let tag = consumer.tag().to_string();
+    (address, (ch, tag))
+}
+
+/// RabbitMQ's direct reply-to: an RPC client consumes the pseudo-queue
+/// `amq.rabbitmq.reply-to` (no-ack), publishes requests with that reply-to, which the
+/// broker rewrites to an address naming the client's channel, and the reply, published to
+/// the default exchange with that address as routing key, reaches the client with no
+/// queue in between.
+async fn direct_reply_to(url: String) {
+    let client = connect(&url).await;
+    let server = connect(&url).await;
+    let requests = uniq("rpc-requests");
+    let sch = confirmed(&server).await;
+    plain_queue(&sch, &requests).await;
+    let mut serving = consume(&sch, &requests, true).await;
+
+    // The pseudo-queue always answers a declare, passive or not: this is how clients probe
+    // for the feature.
+    for passive in [true, false] {
+        let probe = declare_on_fresh_channel(&client, REPLY_TO, passive)
+            .await
+            .unwrap_or_else(|e| panic!("declare {REPLY_TO} (passive {passive}): {e}"));
+        assert_eq!(probe.name().as_str(), REPLY_TO);
+        assert_eq!((probe.message_count(), probe.consumer_count()), (0, 1));
+    }
+
+    let cch = confirmed(&client).await;
+    let mut replies = consume_replies(&cch, true).await.expect("reply consumer");
+    let request_props = BasicProperties::default()
+        .with_reply_to(REPLY_TO.into())
+        .with_correlation_id("c1".into());
+    publish_props(&cch, "", &requests, b"ping", request_props).await;
+    let request = next(&mut serving).await;
+    assert_eq!(body(&request), "ping");
+    let address = request
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|s| s.to_string())
+        .expect("the request keeps a reply-to");
+    let suffix = address
+        .strip_prefix("amq.rabbitmq.reply-to.")
+        .unwrap_or_else(|| panic!("reply-to rewritten to an address, got {address:?}"));
+    assert!(!suffix.is_empty(), "{address:?}");
+
+    // While its consumer lives, the address answers a declare like the pseudo-queue.
+    let probe = declare_on_fresh_channel(&server, &address, true)
+        .await
+        .unwrap_or_else(|e| panic!("passive declare of {address}: {e}"));
+    assert_eq!((probe.message_count(), probe.consumer_count()), (0, 1));
+
+    // The reply comes from another connection, through the default exchange.
+    let reply_props = BasicProperties::default()
+        .with_correlation_id("c1".into())
+        .with_content_type("text/plain".into());
+    publish_props(&sch, "", &address, b"pong", reply_props).await;
+    let reply = next(&mut replies).await;
+    assert_eq!(body(&reply), "pong");
+    assert_eq!(reply.exchange.as_str(), "");
+    assert_eq!(reply.routing_key.as_str(), address);
+    assert!(!reply.redelivered);
+    assert_eq!(reply.delivery_tag, 1);
+    assert_eq!(
+        reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("c1")
+    );
+    assert_eq!(
+        reply.properties.content_type().as_ref().map(|s| s.as_str()),
+        Some("text/plain")
+    );
+
+    // A mandatory reply is delivered; no queue took it, so it also comes back to its
+    // publisher as unroutable, as RabbitMQ routes replies beside its queues.
+    let confirm = step(
+        "mandatory reply",
+        sch.basic_publish(
+            "".into(),
+            address.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"pong2",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("publish");
+    let confirmation = step("confirm", confirm).await.expect("confirm");
+    assert!(confirmation.is_ack(), "{confirmation:?}");
+    let returned = confirmation.take_message().map(|r| r.reply_code);
+    let reply = next(&mut replies).await;
+    // RabbitMQ 3.x does not take a tag for a reply: the channel's next one, every time.
+    assert_eq!((body(&reply), reply.delivery_tag), ("pong2".into(), 1));
+    assert_eq!(returned, Some(312));
+
+    // The routing key `amq.rabbitmq.reply-to` itself names no queue.
+    let confirm = step(
+        "publish to the pseudo-queue name",
+        sch.basic_publish(
+            "".into(),
+            REPLY_TO.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"nowhere",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("publish");
+    let confirmation = step("confirm", confirm).await.expect("confirm");
+    assert_eq!(confirmation.take_message().map(|r| r.reply_code), Some(312));
+    nothing_more(&mut replies).await;
+
+    // One reply consumer per channel, and it cannot ack.
+    let e = expect_code(
+        "a second reply consumer",
+        consume_replies(&cch, true).await.map(|_| ()),
+        406,
+    );
+    expect_text(&e, "PRECONDITION_FAILED - reply consumer already set");
+    let ch = channel(&client).await;
+    let e = expect_code(
+        "a reply consumer that acks",
+        consume_replies(&ch, false).await.map(|_| ()),
+        406,
+    );
+    expect_text(
+        &e,
+        "PRECONDITION_FAILED - reply consumer cannot acknowledge",
+    );
+
+    // A request asking for a direct reply from a channel without a reply consumer.
+    let mut events = Box::pin(client.events_listener());
+    let ch = channel(&client).await;
+    let props = BasicProperties::default().with_reply_to(REPLY_TO.into());
+    step(
+        "publish without a reply consumer",
+        ch.basic_publish(
+            "".into(),
+            requests.as_str().into(),
+            BasicPublishOptions::default(),
+            b"orphan",
+            props,
+        ),
+    )
+    .await
+    .expect("send publish");
+    channel_closed_with(
+        &ch,
+        &mut events,
+        406,
+        "PRECONDITION_FAILED - fast reply consumer does not exist",
+    )
+    .await;
+    nothing_more(&mut serving).await;
+
+    // The channel that failed is closed, and its address with it.
+    let e = expect_code(
+        "declare of a closed channel's address",
+        declare_on_fresh_channel(&server, &address, true).await,
+        404,
+    );
+    expect_text(&e, "NOT_FOUND - no queue 'amq.rabbitmq.reply-to.");
+
+    // Each channel has its own address, gone when its consumer is cancelled.
+    let (cancelled, replies2) = reply_address(&client, &requests, &mut serving).await;
+    assert_ne!(cancelled, address, "each channel has its own address");
+    let (cch2, tag) = replies2;
+    step(
+        "cancel the reply consumer",
+        cch2.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("basic.cancel");
+    let e = expect_code(
+        "declare of a cancelled consumer's address",
+        declare_on_fresh_channel(&server, &cancelled, true).await,
+        404,
+    );
+    expect_text(&e, "NOT_FOUND - no queue 'amq.rabbitmq.reply-to.");
+
+    // Once the client is gone its addresses name nothing: a declare says 404 and a reply
+    // is dropped.
+    let (gone, _replies3) = reply_address(&client, &requests, &mut serving).await;
+    close(client).await;
+    let e = expect_code(
+        "declare of a gone address",
+        declare_on_fresh_channel(&server, &gone, true).await,
+        404,
+    );
+    expect_text(&e, "NOT_FOUND - no queue 'amq.rabbitmq.reply-to.");
+    publish(&sch, "", &gone, b"late").await;
+    let e = expect_code(
+        "declare of a made-up address",
+        declare_on_fresh_channel(&server, "amq.rabbitmq.reply-to.nobody", true).await,
+        404,
+    );
+    expect_text(&e, "NOT_FOUND");
+    close(server).await;
 }

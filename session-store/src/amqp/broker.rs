@@ -36,6 +36,7 @@ use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::flow::MemoryMonitor;
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
 use super::queue_args::{Overflow, QueueArgs, check_equivalent, consumer_priority};
+use super::reply_to::{self, Replies, ReplyConsumer};
 use super::stats::MessageStats;
 use super::store::{self, BindingRecord, Journal, Record};
 
@@ -183,6 +184,8 @@ struct ChannelState {
     channel_prefetch: u16,
     /// (queue, tag) of this channel's consumers.
     consumers: Vec<(String, ShortString)>,
+    /// Its consumer of `amq.rabbitmq.reply-to`, if any.
+    reply: Option<ReplyConsumer>,
 }
 
 #[derive(Debug)]
@@ -190,6 +193,8 @@ struct Core {
     vhost: VHost,
     connections: HashMap<ConnId, ConnHandle>,
     channels: HashMap<(ConnId, u16), ChannelState>,
+    /// The channels consuming `amq.rabbitmq.reply-to`, by address suffix.
+    replies: Replies,
     /// Messages published to the vhost, and those no queue took.
     published: u64,
     unroutable: u64,
@@ -258,6 +263,7 @@ impl Broker {
                 vhost: VHost::new(name),
                 connections: HashMap::new(),
                 channels: HashMap::new(),
+                replies: Replies::new(),
                 published: 0,
                 unroutable: 0,
                 retired: MessageStats::default(),
@@ -509,6 +515,15 @@ impl Broker {
         let mut core = self.lock();
         let core = &mut *core;
         let requested = d.queue.as_str();
+        if reply_to::is_reserved(requested) {
+            // The pseudo-queue, or a live reply address, "exists" with one consumer.
+            let live = requested == reply_to::PSEUDO_QUEUE
+                || reply_to::suffix(requested).is_some_and(|s| core.replies.contains_key(s));
+            if !live {
+                return Err(AmqpError::not_found("queue", requested, &core.vhost.name));
+            }
+            return Ok((requested.to_string(), 0, 1));
+        }
         let mut authorize = Some(authorize);
         if !d.passive
             && !requested.is_empty()
@@ -628,6 +643,21 @@ impl Broker {
         let core = &mut *core;
         check_publish(&core.vhost, message.exchange.as_str())?;
         message.charge(&core.memory);
+        if message.exchange.as_str().is_empty()
+            && let Some(suffix) = reply_to::suffix(message.routing_key.as_str())
+        {
+            // Delivered beside the queues, as RabbitMQ's default exchange does: the
+            // publish itself counts as routed nowhere.
+            let suffix = suffix.to_string();
+            deliver_reply(core, &suffix, Arc::new(message));
+            core.published += 1;
+            core.unroutable += 1;
+            return Ok(Published {
+                routed: false,
+                rejected: false,
+                synced_at: None,
+            });
+        }
         let targets = core.vhost.route(
             message.exchange.as_str(),
             message.routing_key.as_str(),
@@ -754,6 +784,51 @@ impl Broker {
         Ok(tag)
     }
 
+    /// basic.consume of `amq.rabbitmq.reply-to`, with RabbitMQ's checks in its order.
+    /// Returns the tag, generated when empty.
+    pub fn consume_replies(
+        &self,
+        conn: ConnId,
+        channel: u16,
+        c: &basic::Consume,
+    ) -> Result<ShortString, AmqpError> {
+        let mut core = self.lock();
+        let core = &mut *core;
+        let state = core
+            .channels
+            .get_mut(&(conn, channel))
+            .ok_or_else(|| AmqpError::channel(super::error::code::CHANNEL_ERROR, "no channel"))?;
+        let requested = &c.consumer_tag;
+        if state.consumers.iter().any(|(_, t)| t == requested) {
+            return Err(AmqpError::connection(
+                super::error::code::NOT_ALLOWED,
+                format!("NOT_ALLOWED - attempt to reuse consumer tag '{requested}'"),
+            ));
+        }
+        if !c.no_ack {
+            return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+        }
+        if state.reply.is_some() {
+            return Err(AmqpError::precondition("reply consumer already set"));
+        }
+        let tag = if requested.as_str().is_empty() {
+            ShortString::from(unique_name("amq.ctag-"))
+        } else {
+            requested.clone()
+        };
+        let suffix = unique_name("");
+        core.replies.insert(suffix.clone(), (conn, channel));
+        state.reply = Some(ReplyConsumer::new(tag.clone(), suffix));
+        Ok(tag)
+    }
+
+    /// The reply address of the channel's `amq.rabbitmq.reply-to` consumer.
+    pub fn reply_address(&self, conn: ConnId, channel: u16) -> Option<String> {
+        let core = self.lock();
+        let state = core.channels.get(&(conn, channel))?;
+        state.reply.as_ref().map(ReplyConsumer::address)
+    }
+
     pub fn activate(&self, queue: &str, conn: ConnId, channel: u16, tag: &ShortString) {
         let mut core = self.lock();
         let core = &mut *core;
@@ -775,6 +850,12 @@ impl Broker {
         let Some(state) = core.channels.get_mut(&(conn, channel)) else {
             return false;
         };
+        if state.reply.as_ref().is_some_and(|r| r.tag == *tag) {
+            if let Some(reply) = state.reply.take() {
+                core.replies.remove(&reply.suffix);
+            }
+            return true;
+        }
         let Some(pos) = state.consumers.iter().position(|(_, t)| t == tag) else {
             return false;
         };
@@ -898,9 +979,20 @@ impl Broker {
 
     /// Called by a connection's writer once its outbound queue has room again.
     pub fn resume(&self, conn: ConnId) {
-        let mut core = self.lock();
-        redispatch_for(&mut core, |c| c.0 == conn);
-        drop(core);
+        let mut guard = self.lock();
+        let core = &mut *guard;
+        if let Some(handle) = core.connections.get(&conn) {
+            let replies = core
+                .channels
+                .iter_mut()
+                .filter(|((c, _), _)| *c == conn)
+                .filter_map(|(_, state)| state.reply.as_mut());
+            for reply in replies {
+                reply.flush(handle);
+            }
+        }
+        redispatch_for(core, |c| c.0 == conn);
+        drop(guard);
         self.memory.check();
     }
 }
@@ -1164,6 +1256,37 @@ fn redispatch_for(core: &mut Core, on: impl Fn((ConnId, u16)) -> bool) {
     }
 }
 
+/// Hands a reply to the channel whose address ends in `suffix`, if it still consumes
+/// replies; drops it otherwise, as RabbitMQ does.
+fn deliver_reply(core: &mut Core, suffix: &str, message: Arc<Message>) {
+    let Some(&(conn, channel)) = core.replies.get(suffix) else {
+        return;
+    };
+    let (Some(state), Some(handle)) = (
+        core.channels.get_mut(&(conn, channel)),
+        core.connections.get(&conn),
+    ) else {
+        return;
+    };
+    let Some(reply) = state.reply.as_mut() else {
+        return;
+    };
+    let deliver = Outbound::Content {
+        channel,
+        method: AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+            consumer_tag: reply.tag.clone(),
+            // The tag the channel's next delivery will have, not taken: replies need no
+            // ack, and RabbitMQ 3.x gives them all the same one.
+            delivery_tag: state.next_tag + 1,
+            redelivered: false,
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+        })),
+        message,
+    };
+    reply.send(handle, deliver);
+}
+
 /// Hands queued messages to consumers in turn while any has room.
 fn dispatch(
     q: &mut Queue,
@@ -1269,6 +1392,9 @@ fn close_channel(core: &mut Core, conn: ConnId, channel: u16) {
     let Some(state) = core.channels.remove(&(conn, channel)) else {
         return;
     };
+    if let Some(reply) = &state.reply {
+        core.replies.remove(&reply.suffix);
+    }
     let mut touched: Vec<Arc<str>> = Vec::new();
     let in_tx = state
         .tx_settled

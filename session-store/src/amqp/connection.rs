@@ -38,6 +38,7 @@ use super::node::{ConnInfo, Node, now_millis};
 use super::permissions::{Perm, Permissions, Resource};
 use super::queue::Message;
 use super::queue_args::parse_expiration;
+use super::reply_to;
 use super::tx::{BufferedPublish, Mode};
 use super::users::User;
 
@@ -676,6 +677,11 @@ impl Conn {
                     broker.qos(id, ch, q.prefetch_count, q.global);
                     Some(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})))
                 }
+                basic::AMQPMethod::Consume(c) if c.queue.as_str() == reply_to::PSEUDO_QUEUE => {
+                    let tag = broker.consume_replies(id, ch, c)?;
+                    let ok = basic::ConsumeOk { consumer_tag: tag };
+                    (!c.nowait).then_some(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)))
+                }
                 basic::AMQPMethod::Consume(c) => {
                     let queue = self.queue_name(ch, &c.queue)?;
                     self.allow(Perm::Read, Resource::Queue, &queue)?;
@@ -943,7 +949,7 @@ impl Conn {
             }
         };
         // The message takes the names; from here on `publish` only says `mandatory`.
-        let message = Message::new(
+        let mut message = Message::new(
             std::mem::take(&mut publish.exchange),
             std::mem::take(&mut publish.routing_key),
             header.properties,
@@ -953,6 +959,19 @@ impl Conn {
         let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish::default()));
         if let Err(e) = self.allow_publish(ch, &message.exchange) {
             return self.fail(ch, e.during(&method)).await;
+        }
+        if message
+            .properties
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == reply_to::PSEUDO_QUEUE)
+        {
+            let Some(address) = self.broker.reply_address(self.id, ch) else {
+                let e = AmqpError::precondition("fast reply consumer does not exist");
+                return self.fail(ch, e.during(&method)).await;
+            };
+            message.properties =
+                std::mem::take(&mut message.properties).with_reply_to(short(&address));
         }
         if let Some(expiration) = message.properties.expiration()
             && let Err(reason) = parse_expiration(expiration.as_str())

@@ -29,6 +29,7 @@ pub mod permissions;
 mod queue;
 mod queue_args;
 mod ready;
+mod reply_to;
 mod stats;
 mod store;
 mod trim;
