@@ -339,6 +339,47 @@ async fn a_priority_queue_comes_back_in_priority_order() {
     store.stop().await;
 }
 
+/// A quorum queue keeps every message, transient ones too, as RabbitMQ's do: confirmed
+/// means on disk, so a kill -9 loses none. A classic durable queue beside it keeps only
+/// the persistent one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quorum_queue_keeps_transient_messages_through_kill_9() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
+    let store = Store::start(&data, &log).await;
+    let (_conn, ch) = channel(&store.url()).await;
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    declare(&ch, "orders", true, quorum.clone()).await;
+    declare(&ch, "audit", true, FieldTable::default()).await;
+    step(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .expect("confirm.select");
+    for (queue, body, persistent) in [
+        ("orders", "transient", false),
+        ("orders", "persistent", true),
+        ("audit", "transient", false),
+        ("audit", "persistent", true),
+    ] {
+        publish_confirmed(&ch, "", queue, body.as_bytes(), persistent).await;
+    }
+    store.kill9();
+
+    let store = Store::start(&data, &log).await;
+    let (_conn, ch) = channel(&store.url()).await;
+    assert_eq!(declare(&ch, "orders", true, quorum).await, 2);
+    let bodies = |got: Vec<(String, bool)>| got.into_iter().map(|(b, _)| b).collect::<Vec<_>>();
+    assert_eq!(
+        bodies(drain(&ch, "orders").await),
+        ["transient", "persistent"]
+    );
+    assert_eq!(bodies(drain(&ch, "audit").await), ["persistent"]);
+    store.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_confirmed_message_survives_kill_9() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -110,6 +110,7 @@ conformance!(
     single_active_consumer,
     consumer_priorities,
     direct_reply_to,
+    quorum_queues,
 );
 
 async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -3692,4 +3693,322 @@ async fn direct_reply_to(url: String) {
     );
     expect_text(&e, "NOT_FOUND");
     close(server).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// quorum queues
+
+fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut a = args(extra);
+    a.insert("x-queue-type".into(), lstr("quorum"));
+    a
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Declares on a fresh channel of `conn`; the broker's answer as it is.
+async fn try_declare(
+    conn: &Connection,
+    name: &str,
+    opts: QueueDeclareOptions,
+    a: FieldTable,
+) -> Result<lapin::Queue, lapin::Error> {
+    let ch = channel(conn).await;
+    step(
+        &format!("queue.declare {name}"),
+        ch.queue_declare(name.into(), opts, a),
+    )
+    .await
+}
+
+/// basic.get (manual ack) until a message comes: a quorum queue applies a nack a moment
+/// after the broker read it, so the message given back may not be there at once.
+async fn get_eventually(ch: &Channel, queue: &str) -> lapin::message::BasicGetMessage {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let got = step(
+            "basic.get",
+            ch.basic_get(queue.into(), BasicGetOptions { no_ack: false }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("basic.get {queue}: {e}"));
+        if let Some(m) = got {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing in {queue} after {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn delivery_count(props: &BasicProperties) -> Option<i64> {
+    header(props, "x-delivery-count").map(|v| int_of(Some(v)))
+}
+
+/// `x-queue-type: quorum` as RabbitMQ 3.10 has it: the declaration rules of the type,
+/// the `x-delivery-count` header, `x-delivery-limit` dead-lettering with reason
+/// `delivery_limit`, and the operations it refuses.
+async fn quorum_queues(url: String) {
+    let conn = connect(&url).await;
+    let q = uniq("qq");
+
+    // Declaration: durable only, named only, and the arguments of its type.
+    let refused = [
+        (
+            "non-durable",
+            QueueDeclareOptions::default(),
+            "invalid property 'non-durable'",
+        ),
+        (
+            "exclusive",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..durable()
+            },
+            "invalid property 'exclusive-owner'",
+        ),
+        (
+            "auto-delete",
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..durable()
+            },
+            "invalid property 'auto-delete'",
+        ),
+    ];
+    for (what, opts, text) in refused {
+        let e = expect_code(what, try_declare(&conn, &q, opts, quorum(&[])).await, 406);
+        expect_text(&e, &format!("PRECONDITION_FAILED - {text} for queue '{q}'"));
+    }
+    let e = expect_code(
+        "server-named",
+        try_declare(&conn, "", durable(), quorum(&[])).await,
+        406,
+    );
+    expect_text(
+        &e,
+        "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue",
+    );
+    let e = expect_code(
+        "x-max-priority on a quorum queue",
+        try_declare(
+            &conn,
+            &q,
+            durable(),
+            quorum(&[("x-max-priority", AMQPValue::ShortShortUInt(5))]),
+        )
+        .await,
+        406,
+    );
+    expect_text(
+        &e,
+        &format!(
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue '{q}' in vhost '/' of queue type rabbit_quorum_queue"
+        ),
+    );
+    let e = expect_code(
+        "x-delivery-limit on a classic queue",
+        try_declare(
+            &conn,
+            &q,
+            durable(),
+            args(&[("x-delivery-limit", AMQPValue::LongInt(3))]),
+        )
+        .await,
+        406,
+    );
+    expect_text(
+        &e,
+        &format!(
+            "PRECONDITION_FAILED - invalid arg 'x-delivery-limit' for queue '{q}' in vhost '/' of queue type rabbit_classic_queue"
+        ),
+    );
+    let e = expect_code(
+        "an unknown queue type",
+        try_declare(
+            &conn,
+            &q,
+            durable(),
+            args(&[("x-queue-type", lstr("fast"))]),
+        )
+        .await,
+        406,
+    );
+    expect_text(
+        &e,
+        &format!(
+            "PRECONDITION_FAILED - invalid arg 'x-queue-type' for queue '{q}' in vhost '/': \"unsupported queue type 'fast'\""
+        ),
+    );
+    let e = expect_code(
+        "a dead-letter strategy that is none",
+        try_declare(
+            &conn,
+            &q,
+            durable(),
+            quorum(&[("x-dead-letter-strategy", lstr("twice"))]),
+        )
+        .await,
+        406,
+    );
+    expect_text(
+        &e,
+        "PRECONDITION_FAILED - invalid arg 'x-dead-letter-strategy'",
+    );
+
+    let dlq = uniq("qq-dead");
+    let ch = confirmed(&conn).await;
+    declare_queue(&ch, &dlq, durable(), FieldTable::default()).await;
+    let limited = quorum(&[
+        ("x-delivery-limit", AMQPValue::LongInt(1)),
+        ("x-dead-letter-exchange", lstr("")),
+        ("x-dead-letter-routing-key", lstr(&dlq)),
+    ]);
+    declare_queue(&ch, &q, durable(), limited.clone()).await;
+    let e = expect_code(
+        "redeclared as classic",
+        try_declare(&conn, &q, durable(), FieldTable::default()).await,
+        406,
+    );
+    expect_text(
+        &e,
+        "PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-exchange'",
+    );
+
+    // basic.get always carries the delivery count; each give-back adds one; past the
+    // limit the message is dead-lettered with reason delivery_limit.
+    publish_props(
+        &ch,
+        "",
+        &q,
+        b"poison",
+        BasicProperties::default().with_delivery_mode(1),
+    )
+    .await;
+    for want in 0..=1 {
+        let m = get_eventually(&ch, &q).await;
+        assert_eq!(m.delivery.data, b"poison");
+        assert_eq!(m.delivery.redelivered, want > 0);
+        assert_eq!(delivery_count(&m.delivery.properties), Some(want));
+        step(
+            "nack",
+            ch.basic_nack(
+                m.delivery.delivery_tag,
+                BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .expect("nack");
+    }
+    let dead = get_eventually(&ch, &dlq).await;
+    assert_eq!(dead.delivery.data, b"poison");
+    let death = x_death(&dead.delivery);
+    assert_eq!(str_of(death.get("reason")), "delivery_limit");
+    assert_eq!(str_of(death.get("queue")), q);
+    assert!(
+        drain(&ch, &q).await.is_empty(),
+        "the poison message left {q}"
+    );
+
+    // A consumer sees the header only on a message given back.
+    let q2 = uniq("qq-consume");
+    declare_queue(&ch, &q2, durable(), quorum(&[])).await;
+    publish(&ch, "", &q2, b"once").await;
+    let cch = channel(&conn).await;
+    let mut consumer = consume(&cch, &q2, false).await;
+    let first = next(&mut consumer).await;
+    assert_eq!(delivery_count(&first.properties), None);
+    step(
+        "reject",
+        cch.basic_reject(first.delivery_tag, BasicRejectOptions { requeue: true }),
+    )
+    .await
+    .expect("reject");
+    let again = next(&mut consumer).await;
+    assert!(again.redelivered);
+    assert_eq!(delivery_count(&again.properties), Some(1));
+    step(
+        "ack",
+        cch.basic_ack(again.delivery_tag, BasicAckOptions::default()),
+    )
+    .await
+    .expect("ack");
+
+    // Operations a quorum queue does not support close the connection with 540.
+    let other = connect(&url).await;
+    let och = channel(&other).await;
+    step(
+        "global qos",
+        och.basic_qos(5, BasicQosOptions { global: true }),
+    )
+    .await
+    .expect("basic.qos");
+    let e = expect_code(
+        "consume with global qos",
+        step(
+            "basic.consume",
+            och.basic_consume(
+                q2.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .map(|_| ()),
+        540,
+    );
+    expect_text(
+        &e,
+        &format!("NOT_IMPLEMENTED - queue '{q2}' in vhost '/' does not support global qos"),
+    );
+    for (flag, opts) in [
+        (
+            "if-empty",
+            QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "if-unused",
+            QueueDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let other = connect(&url).await;
+        let och = channel(&other).await;
+        let e = expect_code(
+            flag,
+            step("queue.delete", och.queue_delete(q2.as_str().into(), opts)).await,
+            540,
+        );
+        expect_text(
+            &e,
+            &format!(
+                "NOT_IMPLEMENTED - cannot delete queue '{q2}' in vhost '/'. queue.delete operations with {flag} flag set are not supported by quorum queues"
+            ),
+        );
+    }
+    for name in [&q, &q2, &dlq] {
+        step(
+            "queue.delete",
+            ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+    }
+    close(conn).await;
 }

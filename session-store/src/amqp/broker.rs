@@ -35,7 +35,7 @@ use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::flow::MemoryMonitor;
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
-use super::queue_args::{Overflow, QueueArgs, check_equivalent, consumer_priority};
+use super::queue_args::{Overflow, QueueArgs, QueueType, check_equivalent, consumer_priority};
 use super::reply_to::{self, Replies, ReplyConsumer};
 use super::stats::MessageStats;
 use super::store::{self, BindingRecord, Journal, Record};
@@ -565,6 +565,9 @@ impl Broker {
                 "queue name '{requested}' contains reserved prefix 'amq.*'"
             )));
         }
+        if args.kind == QueueType::Quorum {
+            check_quorum_declare(d, requested, &vhost.name)?;
+        }
         let name = if requested.is_empty() {
             unique_name("amq.gen-")
         } else {
@@ -614,6 +617,20 @@ impl Broker {
             return Ok(0);
         };
         check_owner(q, conn, &vhost_name)?;
+        if q.args.kind == QueueType::Quorum {
+            // RabbitMQ 3.10 refuses these flags on a quorum queue, whatever its state.
+            let flag = [(d.if_unused, "if-unused"), (d.if_empty, "if-empty")]
+                .into_iter()
+                .find_map(|(set, flag)| set.then_some(flag));
+            if let Some(flag) = flag {
+                return Err(AmqpError::connection(
+                    super::error::code::NOT_IMPLEMENTED,
+                    format!(
+                        "NOT_IMPLEMENTED - cannot delete queue '{name}' in vhost '{vhost_name}'. queue.delete operations with {flag} flag set are not supported by quorum queues"
+                    ),
+                ));
+            }
+        }
         if d.if_unused && !q.consumers.is_empty() {
             return Err(AmqpError::precondition(format_args!(
                 "queue '{name}' in vhost '{vhost_name}' in use"
@@ -758,6 +775,15 @@ impl Broker {
             ));
         }
         let q = core.vhost.usable_queue(c.queue.as_str(), conn)?;
+        if q.args.kind == QueueType::Quorum && state.channel_prefetch > 0 {
+            return Err(AmqpError::connection(
+                super::error::code::NOT_IMPLEMENTED,
+                format!(
+                    "NOT_IMPLEMENTED - queue '{}' in vhost '{vhost_name}' does not support global qos",
+                    q.name
+                ),
+            ));
+        }
         let priority = consumer_priority(&c.arguments, c.queue.as_str(), &vhost_name)?;
         // A single-active-consumer queue refuses exclusive consumers outright, as RabbitMQ's.
         let taken = !q.consumers.is_empty() || q.args.single_active_consumer;
@@ -954,6 +980,7 @@ impl Broker {
         self.memory.check();
         let message_count = q.message_count();
         let queue_name = q.name.clone();
+        let outgoing = q.outgoing(&m, true);
         let Some(state) = core.channels.get_mut(&(conn, channel)) else {
             return Ok(None);
         };
@@ -962,7 +989,7 @@ impl Broker {
             delivery_tag: state.next_tag,
             redelivered: m.redelivered,
             message_count,
-            message: m.message.clone(),
+            message: outgoing,
         };
         if !no_ack {
             state.unacked.insert(
@@ -994,6 +1021,27 @@ impl Broker {
         redispatch_for(core, |c| c.0 == conn);
         drop(guard);
         self.memory.check();
+    }
+}
+
+/// What RabbitMQ refuses when a quorum queue is created, in its order.
+fn check_quorum_declare(d: &queue::Declare, name: &str, vhost: &str) -> Result<(), AmqpError> {
+    if name.is_empty() {
+        return Err(AmqpError::precondition(format_args!(
+            "Cannot declare a server-named queue for type {}",
+            QueueType::Quorum.module()
+        )));
+    }
+    let invalid = [
+        (d.auto_delete, "auto-delete"),
+        (d.exclusive, "exclusive-owner"),
+        (!d.durable, "non-durable"),
+    ];
+    match invalid.iter().find(|(bad, _)| *bad) {
+        Some((_, property)) => Err(AmqpError::precondition(format_args!(
+            "invalid property '{property}' for queue '{name}' in vhost '{vhost}'"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -1049,7 +1097,12 @@ fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacke
                 q.stats.ack += 1;
                 q.settled(&u.message);
             }
-            Settle::Requeue => q.requeue(u.message),
+            Settle::Requeue => {
+                if let Some(m) = q.requeue(u.message) {
+                    q.settled(&m);
+                    dead.extend(dead_from(q, m.message, Reason::DeliveryLimit));
+                }
+            }
             Settle::Discard => {
                 q.settled(&u.message);
                 dead.extend(dead_from(q, u.message.message, Reason::Rejected));
@@ -1098,6 +1151,7 @@ fn enqueue_all(
     let now = Instant::now();
     let mut rejected = false;
     let logged = log_publish(&core.vhost, &message, targets);
+    let persistent = *message.properties.delivery_mode() == Some(PERSISTENT);
     for name in targets {
         let Some(q) = core.vhost.queues.get_mut(name) else {
             continue;
@@ -1108,7 +1162,11 @@ fn enqueue_all(
                 .into_iter()
                 .filter_map(|m| dead_from(q, m.message, Reason::Expired)),
         );
-        match q.enqueue(message.clone(), now, logged.map(|(id, _)| id)) {
+        // Only the queues the record names keep the message on disk.
+        let stored = logged
+            .filter(|_| persistent || q.args.kind == QueueType::Quorum)
+            .map(|(id, _)| id);
+        match q.enqueue(message.clone(), now, stored) {
             Admission::Accepted(dropped) => {
                 q.stats.publish += 1;
                 dead.extend(
@@ -1135,17 +1193,17 @@ fn enqueue_all(
     (rejected, logged.map(|(_, seq)| seq))
 }
 
-/// Logs a persistent message bound for durable queues; returns its id and the record's
-/// sequence number. Transient messages and non-durable queues cost nothing here.
+/// Logs a persistent message bound for durable queues, and any message bound for quorum
+/// queues (which, as in RabbitMQ, keep every message whatever its delivery mode); returns
+/// its id and the record's sequence number. Transient messages into classic queues and
+/// non-durable queues cost nothing here.
 fn log_publish(vhost: &VHost, message: &Arc<Message>, targets: &[String]) -> Option<(u64, u64)> {
     let journal = vhost.journal.as_ref()?;
-    if *message.properties.delivery_mode() != Some(PERSISTENT) {
-        return None;
-    }
+    let persistent = *message.properties.delivery_mode() == Some(PERSISTENT);
     let queues: Vec<Arc<str>> = targets
         .iter()
         .filter_map(|t| vhost.queues.get(t))
-        .filter(|q| q.journal.is_some())
+        .filter(|q| q.journal.is_some() && (persistent || q.args.kind == QueueType::Quorum))
         .map(|q| q.name.clone())
         .collect();
     if queues.is_empty() {
@@ -1356,6 +1414,7 @@ fn dispatch(
             return;
         };
         q.delivered(&m, q.consumers[i].no_ack);
+        let outgoing = q.outgoing(&m, false);
         let (Some(state), c) = (channels.get_mut(&key), &mut q.consumers[i]) else {
             return;
         };
@@ -1369,7 +1428,7 @@ fn dispatch(
                 exchange: m.message.exchange.clone(),
                 routing_key: m.message.routing_key.clone(),
             })),
-            message: m.message.clone(),
+            message: outgoing,
         });
         q.stats.delivered(false, c.no_ack, m.redelivered);
         if !c.no_ack {
@@ -1396,6 +1455,7 @@ fn close_channel(core: &mut Core, conn: ConnId, channel: u16) {
         core.replies.remove(&reply.suffix);
     }
     let mut touched: Vec<Arc<str>> = Vec::new();
+    let mut dead = Vec::new();
     let in_tx = state
         .tx_settled
         .into_iter()
@@ -1403,7 +1463,10 @@ fn close_channel(core: &mut Core, conn: ConnId, channel: u16) {
     for u in state.unacked.into_values().chain(in_tx.map(|(_, u)| u)) {
         if let Some(q) = core.vhost.queues.get_mut(&*u.queue) {
             release_credit(q, conn, channel, u.consumer.as_ref());
-            q.requeue(u.message);
+            if let Some(m) = q.requeue(u.message) {
+                q.settled(&m);
+                dead.extend(dead_from(q, m.message, Reason::DeliveryLimit));
+            }
             if !touched.contains(&u.queue) {
                 touched.push(u.queue);
             }
@@ -1412,6 +1475,7 @@ fn close_channel(core: &mut Core, conn: ConnId, channel: u16) {
     for (queue, tag) in state.consumers {
         remove_consumer(core, &queue, conn, channel, &tag);
     }
+    dead_letter_all(core, dead);
     for name in touched {
         dispatch_queue(core, &name);
     }

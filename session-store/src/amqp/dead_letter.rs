@@ -15,6 +15,8 @@ pub enum Reason {
     Rejected,
     Expired,
     MaxLen,
+    /// Given back more often than a quorum queue's `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl Reason {
@@ -23,6 +25,7 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::Expired => "expired",
             Reason::MaxLen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
         }
     }
 }

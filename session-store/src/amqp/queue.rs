@@ -11,12 +11,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::basic::AMQPProperties;
-use amq_protocol::types::{FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::Bytes;
 
 use super::broker::ConnId;
 use super::flow::Charge;
-use super::queue_args::{Overflow, QueueArgs, parse_expiration};
+use super::queue_args::{Overflow, QueueArgs, QueueType, parse_expiration};
 use super::ready::Ready;
 use super::stats::MessageStats;
 use super::store::{Journal, Record};
@@ -74,6 +74,9 @@ pub struct QueuedMessage {
     pub seq: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// Times it was given back (nack or reject with requeue, a channel closed): a quorum
+    /// queue's delivery count.
+    pub returned: u32,
     /// When the message expires (the queue's TTL or its own `expiration`, the sooner).
     pub expires_at: Option<Instant>,
     /// Its id in the journal, when it is persistent and the queue durable.
@@ -193,6 +196,7 @@ impl Queue {
             seq: self.next_seq + 1,
             message,
             redelivered: false,
+            returned: 0,
             expires_at: ttl.map(|t| {
                 now.checked_add(t)
                     .unwrap_or(now + Duration::from_secs(1 << 32))
@@ -281,10 +285,44 @@ impl Queue {
 
     /// Puts a delivered message back at its original position, marked redelivered. It
     /// keeps its expiry time.
-    pub fn requeue(&mut self, mut message: QueuedMessage) {
+    /// Puts a message given back into its place. A quorum queue hands back one given
+    /// back more often than its `x-delivery-limit`: the caller settles and dead-letters it.
+    #[must_use]
+    pub fn requeue(&mut self, mut message: QueuedMessage) -> Option<QueuedMessage> {
         message.redelivered = true;
+        message.returned = message.returned.saturating_add(1);
+        if self.args.kind == QueueType::Quorum
+            && self
+                .args
+                .delivery_limit
+                .is_some_and(|limit| i64::from(message.returned) > limit)
+        {
+            return Some(message);
+        }
         self.add(message.size());
         self.messages.insert_in_place(message);
+        None
+    }
+
+    /// The message as a consumer (`get` false) or basic.get receives it: from a quorum
+    /// queue with RabbitMQ's `x-delivery-count` header, which basic.get always carries
+    /// and a delivery once the message has been given back.
+    pub fn outgoing(&self, m: &QueuedMessage, get: bool) -> Arc<Message> {
+        if self.args.kind != QueueType::Quorum || (!get && m.returned == 0) {
+            return m.message.clone();
+        }
+        let original = &m.message;
+        let mut headers = original.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            "x-delivery-count".into(),
+            AMQPValue::LongLongInt(i64::from(m.returned)),
+        );
+        Arc::new(Message::new(
+            original.exchange.clone(),
+            original.routing_key.clone(),
+            original.properties.clone().with_headers(headers),
+            original.body.clone(),
+        ))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -378,8 +416,8 @@ mod tests {
             4,
             "only ready messages count for x-max-length-bytes"
         );
-        q.requeue(second);
-        q.requeue(first);
+        assert!(q.requeue(second).is_none());
+        assert!(q.requeue(first).is_none());
         let order: Vec<(u64, bool)> = q.messages.iter().map(|m| (m.seq, m.redelivered)).collect();
         assert_eq!(order, vec![(1, true), (2, true), (3, false), (4, false)]);
         assert_eq!(q.purge(), 4);

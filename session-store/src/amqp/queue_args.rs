@@ -24,6 +24,61 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// `x-queue-type`: what kind of queue RabbitMQ would make. Both are served by the same
+/// in-memory queue with an optional journal; a quorum queue adds RabbitMQ's rules for
+/// its kind (always durable, every message persisted, `x-delivery-limit`,
+/// `x-delivery-count` headers, no priorities or global QoS). Streams are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    /// RabbitMQ's module name for the type, as its errors print it.
+    pub fn module(self) -> &'static str {
+        match self {
+            QueueType::Classic => "rabbit_classic_queue",
+            QueueType::Quorum => "rabbit_quorum_queue",
+        }
+    }
+
+    /// The name management tools show.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+
+    /// Arguments RabbitMQ knows but this type refuses ("invalid arg … of queue type").
+    fn unsupported(self) -> &'static [&'static str] {
+        match self {
+            QueueType::Classic => &[
+                "x-delivery-limit",
+                "x-dead-letter-strategy",
+                "x-quorum-initial-group-size",
+                "x-max-in-memory-length",
+                "x-max-in-memory-bytes",
+                "x-queue-leader-locator",
+                "x-max-age",
+                "x-stream-max-segment-size-bytes",
+                "x-initial-cluster-size",
+            ],
+            QueueType::Quorum => &[
+                "x-max-priority",
+                "x-queue-mode",
+                "x-queue-version",
+                "x-queue-master-locator",
+                "x-max-age",
+                "x-stream-max-segment-size-bytes",
+                "x-initial-cluster-size",
+            ],
+        }
+    }
+}
+
 /// The behaviour-changing arguments of a queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueArgs {
@@ -45,6 +100,10 @@ pub struct QueueArgs {
     /// `x-single-active-consumer`: only the oldest consumer receives messages; the next
     /// takes over when it goes.
     pub single_active_consumer: bool,
+    pub kind: QueueType,
+    /// `x-delivery-limit` (quorum queues): a message given back more often than this is
+    /// dead-lettered (or dropped) instead. Only an integer limits, as in RabbitMQ.
+    pub delivery_limit: Option<i64>,
 }
 
 impl QueueArgs {
@@ -57,6 +116,41 @@ impl QueueArgs {
             ))
         };
         let get = |key: &str| table.inner().get(key);
+        if let Some(v) = get("x-queue-type") {
+            args.kind = match text(v).map_err(|r| fail("x-queue-type", r))?.as_str() {
+                "classic" => QueueType::Classic,
+                "quorum" => QueueType::Quorum,
+                // Streams (and anything else) are not served here: refused in RabbitMQ's
+                // words for an unknown type rather than quietly made a classic queue.
+                other => {
+                    return Err(fail(
+                        "x-queue-type",
+                        format!("\"unsupported queue type '{other}'\""),
+                    ));
+                }
+            };
+        }
+        if let Some(key) = args
+            .kind
+            .unsupported()
+            .iter()
+            .find(|key| table.inner().contains_key(**key))
+        {
+            return Err(AmqpError::precondition(format_args!(
+                "invalid arg '{key}' for queue '{name}' in vhost '{vhost}' of queue type {}",
+                args.kind.module()
+            )));
+        }
+        if let Some(v) = get("x-dead-letter-strategy") {
+            let strategy = text(v).map_err(|r| fail("x-dead-letter-strategy", r))?;
+            if !matches!(strategy.as_str(), "at-most-once" | "at-least-once") {
+                return Err(fail(
+                    "x-dead-letter-strategy",
+                    "invalid_dlx_strategy".into(),
+                ));
+            }
+        }
+        args.delivery_limit = get("x-delivery-limit").and_then(|v| int(v).ok());
         if let Some(v) = get("x-message-ttl") {
             let ms = int(v)
                 .and_then(non_negative)
@@ -292,6 +386,39 @@ mod tests {
 
     fn s(v: &str) -> AMQPValue {
         AMQPValue::LongString(v.into())
+    }
+
+    #[test]
+    fn queue_types_and_their_arguments() {
+        let quorum = |extra: &[(&str, AMQPValue)]| {
+            let mut entries = vec![("x-queue-type", s("quorum"))];
+            entries.extend_from_slice(extra);
+            QueueArgs::parse(&table(&entries), "q", "/")
+        };
+        let args = quorum(&[("x-delivery-limit", AMQPValue::ShortInt(3))]).expect("quorum");
+        assert_eq!(args.kind, QueueType::Quorum);
+        assert_eq!(args.delivery_limit, Some(3));
+        // A limit that is not an integer limits nothing, as in RabbitMQ.
+        let args = quorum(&[("x-delivery-limit", s("3"))]).expect("quorum");
+        assert_eq!(args.delivery_limit, None);
+        let classic = QueueArgs::parse(&table(&[("x-queue-type", s("classic"))]), "q", "/");
+        assert_eq!(classic.expect("classic").kind, QueueType::Classic);
+        // Streams are not served: refused, not quietly made classic.
+        let e = QueueArgs::parse(&table(&[("x-queue-type", s("stream"))]), "q", "/")
+            .expect_err("stream refused");
+        assert!(
+            e.reply_text()
+                .as_str()
+                .ends_with("\"unsupported queue type 'stream'\""),
+            "{e:?}"
+        );
+        let e = quorum(&[("x-queue-mode", s("lazy"))]).expect_err("x-queue-mode refused");
+        assert!(
+            e.reply_text()
+                .as_str()
+                .ends_with("of queue type rabbit_quorum_queue"),
+            "{e:?}"
+        );
     }
 
     #[test]

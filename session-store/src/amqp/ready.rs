@@ -113,6 +113,7 @@ mod tests {
             seq,
             message: Arc::new(Message::new("".into(), "q".into(), properties, "b".into())),
             redelivered: false,
+            returned: 0,
             expires_at,
             stored: Some(seq),
         }

@@ -30,6 +30,8 @@ pub struct QueueInfo {
     pub durable: bool,
     pub auto_delete: bool,
     pub exclusive: bool,
+    /// `classic` or `quorum`.
+    pub kind: &'static str,
     pub arguments: FieldTable,
     pub messages_ready: u64,
     pub messages_unacknowledged: u64,
@@ -131,6 +133,7 @@ impl Broker {
                 durable: q.durable,
                 auto_delete: q.auto_delete,
                 exclusive: q.owner.is_some(),
+                kind: q.args.kind.name(),
                 arguments: q.arguments.clone(),
                 messages_ready: u64::from(q.message_count()),
                 messages_unacknowledged: unacked.get(&*q.name).copied().unwrap_or(0),

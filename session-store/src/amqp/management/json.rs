@@ -220,7 +220,7 @@ pub fn queues(node: &Node, vhosts: &[Arc<Broker>], only: Option<&str>) -> Value 
                         "name": q.name,
                         "vhost": v.name(),
                         "node": NODE,
-                        "type": "classic",
+                        "type": q.kind,
                         "state": "running",
                         "durable": q.durable,
                         "auto_delete": q.auto_delete,
