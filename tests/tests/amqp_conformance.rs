@@ -111,6 +111,10 @@ conformance!(
     consumer_priorities,
     direct_reply_to,
     quorum_queues,
+    alternate_exchange,
+    sender_selected_distribution,
+    rabbitmq_particulars,
+    unimplemented_methods_refused,
 );
 
 async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -4011,4 +4015,487 @@ async fn quorum_queues(url: String) {
         .expect("queue.delete");
     }
     close(conn).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// RabbitMQ's routing extensions and its refusals
+
+/// `alternate-exchange`: what an exchange's bindings take nowhere goes to its alternate
+/// exchange (a mandatory publish is then routed, not returned); a missing alternate is
+/// skipped; the argument is a string and takes part in redeclaration equivalence.
+async fn alternate_exchange(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let (x, ae, caught, bound) = (
+        uniq("ae-x"),
+        uniq("ae"),
+        uniq("ae-caught"),
+        uniq("ae-bound"),
+    );
+    declare_exchange(&ch, &ae, ExchangeKind::Fanout).await;
+    plain_queue(&ch, &caught).await;
+    bind(&ch, &caught, &ae, "", FieldTable::default()).await;
+    let with_ae = args(&[("alternate-exchange", lstr(&ae))]);
+    let opts = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    step(
+        "exchange.declare with an alternate",
+        ch.exchange_declare(
+            x.as_str().into(),
+            ExchangeKind::Direct,
+            opts,
+            with_ae.clone(),
+        ),
+    )
+    .await
+    .expect("exchange.declare");
+    plain_queue(&ch, &bound).await;
+    bind(&ch, &bound, &x, "k", FieldTable::default()).await;
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    for (key, body) in [("k", "routed"), ("other", "alternate")] {
+        let confirm = step(
+            "publish",
+            ch.basic_publish(
+                x.as_str().into(),
+                key.into(),
+                mandatory,
+                body.as_bytes(),
+                BasicProperties::default(),
+            ),
+        )
+        .await
+        .expect("publish");
+        let confirmation = step("confirm", confirm).await.expect("confirm");
+        assert!(confirmation.take_message().is_none(), "{body}: returned");
+    }
+    assert_eq!(drain(&ch, &bound).await, ["routed"]);
+    let m = get_eventually(&ch, &caught).await;
+    assert_eq!(m.delivery.data, b"alternate");
+    assert_eq!(m.delivery.exchange.as_str(), x, "the exchange published to");
+    assert_eq!(m.delivery.routing_key.as_str(), "other");
+
+    // A missing alternate exchange: unroutable after all.
+    let x2 = uniq("ae-x2");
+    let missing = args(&[("alternate-exchange", lstr(&uniq("ae-none")))]);
+    step(
+        "exchange.declare",
+        ch.exchange_declare(x2.as_str().into(), ExchangeKind::Direct, opts, missing),
+    )
+    .await
+    .expect("exchange.declare");
+    let confirm = step(
+        "publish",
+        ch.basic_publish(
+            x2.as_str().into(),
+            "k".into(),
+            mandatory,
+            b"lost",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("publish");
+    let confirmation = step("confirm", confirm).await.expect("confirm");
+    assert_eq!(confirmation.take_message().map(|r| r.reply_code), Some(312));
+
+    let declare = |name: String, a: FieldTable| {
+        let conn = &conn;
+        async move {
+            let ch = channel(conn).await;
+            step(
+                "exchange.declare",
+                ch.exchange_declare(name.as_str().into(), ExchangeKind::Direct, opts, a),
+            )
+            .await
+        }
+    };
+    let e = expect_code(
+        "alternate-exchange not a string",
+        declare(
+            uniq("ae-int"),
+            args(&[("alternate-exchange", AMQPValue::LongInt(5))]),
+        )
+        .await,
+        406,
+    );
+    expect_text(
+        &e,
+        "PRECONDITION_FAILED - invalid type 'signedint' for arg 'alternate-exchange' in exchange '",
+    );
+    let e = expect_code(
+        "redeclared with another alternate",
+        declare(
+            x.clone(),
+            args(&[("alternate-exchange", lstr("elsewhere"))]),
+        )
+        .await,
+        406,
+    );
+    expect_text(
+        &e,
+        &format!(
+            "PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for exchange '{x}' in vhost '/': received 'elsewhere' but current is '{ae}'"
+        ),
+    );
+    for q in [&caught, &bound] {
+        step(
+            "queue.delete",
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+    }
+    close(conn).await;
+}
+
+/// Sender-selected distribution: the `CC` and `BCC` header arrays add routing keys; the
+/// delivered message keeps its own key and `CC`, never `BCC`.
+async fn sender_selected_distribution(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let x = uniq("cc-x");
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    let queues: Vec<String> = (0..3).map(|i| uniq(&format!("cc{i}"))).collect();
+    for (i, q) in queues.iter().enumerate() {
+        plain_queue(&ch, q).await;
+        bind(&ch, q, &x, &format!("k{i}"), FieldTable::default()).await;
+    }
+    let array = |keys: &[&str]| {
+        AMQPValue::FieldArray(keys.iter().map(|k| lstr(k)).collect::<Vec<_>>().into())
+    };
+    let headers = args(&[
+        ("CC", array(&["k1"])),
+        ("BCC", array(&["k2"])),
+        ("n", AMQPValue::LongInt(7)),
+    ]);
+    publish_props(
+        &ch,
+        &x,
+        "k0",
+        b"m",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await;
+    for q in &queues {
+        let m = get_eventually(&ch, q).await;
+        assert_eq!(m.delivery.routing_key.as_str(), "k0", "{q}");
+        let h = &m.delivery.properties;
+        assert!(header(h, "CC").is_some(), "{q}: CC kept");
+        assert!(header(h, "BCC").is_none(), "{q}: BCC removed");
+        assert_eq!(int_of(header(h, "n")), 7);
+    }
+    // Through the default exchange the extra keys name queues.
+    let cc = args(&[("CC", array(&[&queues[1]]))]);
+    publish_props(
+        &ch,
+        "",
+        &queues[0],
+        b"d",
+        BasicProperties::default().with_headers(cc),
+    )
+    .await;
+    assert_eq!(drain(&ch, &queues[0]).await, ["d"]);
+    assert_eq!(drain(&ch, &queues[1]).await, ["d"]);
+
+    let mut events = Box::pin(conn.events_listener());
+    let bad = channel(&conn).await;
+    let not_array = BasicProperties::default().with_headers(args(&[("CC", lstr("k1"))]));
+    step(
+        "publish with a CC that is no array",
+        bad.basic_publish(
+            x.as_str().into(),
+            "k0".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            not_array,
+        ),
+    )
+    .await
+    .expect("send publish");
+    channel_closed_with(
+        &bad,
+        &mut events,
+        406,
+        "PRECONDITION_FAILED - invalid message: {unacceptable_type_in_header,\"CC\",longstr}",
+    )
+    .await;
+    for q in &queues {
+        step(
+            "queue.delete",
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+    }
+    close(conn).await;
+}
+
+/// Assorted answers clients depend on: user-id checking, numeric headers matching,
+/// `x-match` checking, idempotent unbinding, exclusivity on redeclaration, the trace
+/// exchange, the default and system exchanges, and integer argument texts.
+async fn rabbitmq_particulars(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+
+    // user-id must be the authenticated user's.
+    let q = uniq("uid");
+    plain_queue(&ch, &q).await;
+    publish_props(
+        &ch,
+        "",
+        &q,
+        b"mine",
+        BasicProperties::default().with_user_id("guest".into()),
+    )
+    .await;
+    assert_eq!(drain(&ch, &q).await, ["mine"]);
+    let mut events = Box::pin(conn.events_listener());
+    let bad = channel(&conn).await;
+    step(
+        "publish as someone else",
+        bad.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default().with_user_id("mallory".into()),
+        ),
+    )
+    .await
+    .expect("send publish");
+    channel_closed_with(
+        &bad,
+        &mut events,
+        406,
+        "PRECONDITION_FAILED - user_id property set to 'mallory' but authenticated user was 'guest'",
+    )
+    .await;
+
+    // A headers binding's numbers match numbers of any type; a string never does.
+    let hx = uniq("hdr-num");
+    declare_exchange(&ch, &hx, ExchangeKind::Headers).await;
+    let hq = uniq("hdr-num-q");
+    plain_queue(&ch, &hq).await;
+    bind(
+        &ch,
+        &hq,
+        &hx,
+        "",
+        args(&[("n", AMQPValue::ShortShortInt(1))]),
+    )
+    .await;
+    for (body, value) in [
+        ("long", AMQPValue::LongLongInt(1)),
+        ("unsigned-byte", AMQPValue::ShortShortUInt(1)),
+        ("double", AMQPValue::Double(1.0)),
+        ("string", lstr("1")),
+        ("two", AMQPValue::LongInt(2)),
+    ] {
+        let props = BasicProperties::default().with_headers(args(&[("n", value)]));
+        publish_props(&ch, &hx, "", body.as_bytes(), props).await;
+    }
+    assert_eq!(drain(&ch, &hq).await, ["long", "unsigned-byte", "double"]);
+    for (mode, text) in [
+        (
+            lstr("some"),
+            "PRECONDITION_FAILED - Invalid x-match field value <<\"some\">>; expected all, any, all-with-x, or any-with-x",
+        ),
+        (
+            AMQPValue::LongInt(1),
+            "PRECONDITION_FAILED - Invalid x-match field type signedint (value 1); expected longstr",
+        ),
+    ] {
+        let bch = channel(&conn).await;
+        let r = step(
+            "queue.bind",
+            bch.queue_bind(
+                hq.as_str().into(),
+                hx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                args(&[("x-match", mode)]),
+            ),
+        )
+        .await;
+        expect_text(&expect_code("bad x-match", r, 406), text);
+    }
+
+    // Unbinding what is not there is fine.
+    let uch = channel(&conn).await;
+    step(
+        "unbind from a missing exchange",
+        uch.queue_unbind(
+            hq.as_str().into(),
+            uniq("nox").as_str().into(),
+            "k".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.unbind");
+    step(
+        "unbind a missing queue",
+        uch.queue_unbind(
+            uniq("noq").as_str().into(),
+            hx.as_str().into(),
+            "k".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.unbind");
+    step(
+        "exchange.unbind with missing ends",
+        uch.exchange_unbind(
+            uniq("nod").as_str().into(),
+            uniq("nos").as_str().into(),
+            "k".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange.unbind");
+
+    // Redeclaring with the other exclusivity is a lock error; an exclusive queue is never
+    // durable, so asking for durable again changes nothing.
+    let ex = uniq("excl");
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    declare_queue(&ch, &ex, exclusive, FieldTable::default()).await;
+    let again = QueueDeclareOptions {
+        durable: true,
+        ..exclusive
+    };
+    try_declare(&conn, &ex, again, FieldTable::default())
+        .await
+        .expect("exclusive redeclared durable");
+    let e = expect_code(
+        "exclusive redeclared as shared",
+        try_declare(
+            &conn,
+            &ex,
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await,
+        405,
+    );
+    expect_text(
+        &e,
+        &format!("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{ex}'"),
+    );
+
+    // Exchanges every vhost has, and what may not be done to them.
+    let xch = channel(&conn).await;
+    step(
+        "passive declare of the trace exchange",
+        xch.exchange_declare(
+            "amq.rabbitmq.trace".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("amq.rabbitmq.trace exists");
+    let r = step(
+        "passive declare of the default exchange",
+        xch.exchange_declare(
+            "".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_text(
+        &expect_code("default exchange", r, 403),
+        "ACCESS_REFUSED - operation not permitted on the default exchange",
+    );
+    let dch = channel(&conn).await;
+    let r = step(
+        "delete amq.direct",
+        dch.exchange_delete("amq.direct".into(), ExchangeDeleteOptions::default()),
+    )
+    .await;
+    expect_text(
+        &expect_code("system exchange", r, 403),
+        "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed",
+    );
+    let e = expect_code(
+        "x-max-length not an integer",
+        try_declare(
+            &conn,
+            &uniq("arg"),
+            QueueDeclareOptions::default(),
+            args(&[("x-max-length", lstr("5"))]),
+        )
+        .await,
+        406,
+    );
+    expect_text(
+        &e,
+        "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue '",
+    );
+    let reason = e.to_string();
+    assert!(
+        reason.contains("\"expected integer, got longstr\""),
+        "{reason}"
+    );
+
+    for name in [&q, &hq] {
+        step(
+            "queue.delete",
+            ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+    }
+    close(conn).await;
+}
+
+/// channel.flow active=false and basic.qos with a prefetch size, which RabbitMQ does not
+/// implement: connection closed with 540.
+async fn unimplemented_methods_refused(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let r = step(
+        "channel.flow false",
+        ch.channel_flow(ChannelFlowOptions { active: false }),
+    )
+    .await;
+    expect_text(
+        &expect_code("channel.flow false", r.map(|_| ()), 540),
+        "NOT_IMPLEMENTED - active=false",
+    );
+
+    let mut raw = Raw::connect(&url).await;
+    raw.handshake(None).await;
+    let open = channel_methods::AMQPMethod::Open(channel_methods::Open {});
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Channel(open)))
+        .await;
+    assert!(matches!(
+        raw.method().await,
+        AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(_))
+    ));
+    // basic.qos by hand: amq-protocol always writes a zero prefetch-size.
+    let mut qos = vec![1u8, 0, 1, 0, 0, 0, 11, 0, 60, 0, 10];
+    qos.extend_from_slice(&10u32.to_be_bytes());
+    qos.extend_from_slice(&[0, 0, 0, 0xCE]);
+    raw.send_bytes(&qos).await;
+    raw.expect_connection_close(540).await;
 }

@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{AMQPClass, basic, exchange, queue};
-use amq_protocol::types::{FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use base64::Engine as _;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -35,7 +36,10 @@ use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::flow::MemoryMonitor;
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
-use super::queue_args::{Overflow, QueueArgs, QueueType, check_equivalent, consumer_priority};
+use super::queue_args::{
+    Overflow, QueueArgs, QueueType, check_args_equivalent, check_equivalent, consumer_priority,
+    display_value, type_name,
+};
 use super::reply_to::{self, Replies, ReplyConsumer};
 use super::stats::MessageStats;
 use super::store::{self, BindingRecord, Journal, Record};
@@ -75,6 +79,11 @@ impl VHost {
         ] {
             exchanges.insert(n.to_string(), Exchange::new(n, kind));
         }
+        // RabbitMQ's firehose tracer publishes here; clients may bind but not publish.
+        // Nothing is traced: the exchange exists so that code declaring or binding it works.
+        let mut trace = Exchange::new("amq.rabbitmq.trace", ExchangeKind::Topic);
+        trace.internal = true;
+        exchanges.insert(trace.name.clone(), trace);
         VHost {
             name: name.to_string(),
             exchanges,
@@ -107,13 +116,16 @@ impl VHost {
         Ok(q)
     }
 
-    /// Queues a message with this exchange and key reaches, each once, following
-    /// exchange-to-exchange bindings.
-    fn route(&self, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Vec<String> {
-        let mut queues = Vec::new();
+    /// Queues a message with this exchange and routing keys (its own, then any `CC` and
+    /// `BCC` ones) reaches, each once, following exchange-to-exchange bindings and, from
+    /// an exchange whose bindings take it nowhere, the exchange's `alternate-exchange`.
+    fn route(&self, exchange: &str, keys: &[&str], headers: Option<&FieldTable>) -> Vec<String> {
+        let mut queues: Vec<String> = Vec::new();
         if exchange.is_empty() {
-            if self.queues.contains_key(key) {
-                queues.push(key.to_string());
+            for key in keys {
+                if self.queues.contains_key(*key) && !queues.iter().any(|q| q == key) {
+                    queues.push((*key).to_string());
+                }
             }
             return queues;
         }
@@ -123,18 +135,31 @@ impl VHost {
         let mut pending: Vec<String> = Vec::new();
         let mut next = self.exchanges.get(exchange);
         while let Some(x) = next {
-            x.route(key, headers, |d| match d {
-                Destination::Queue(q) => {
-                    if !queues.contains(q) {
-                        queues.push(q.clone());
+            let mut routed = false;
+            for key in keys {
+                x.route(key, headers, |d| {
+                    routed = true;
+                    match d {
+                        Destination::Queue(q) => {
+                            if !queues.contains(q) {
+                                queues.push(q.clone());
+                            }
+                        }
+                        Destination::Exchange(e) => {
+                            if e != exchange && seen_exchanges.insert(e.clone()) {
+                                pending.push(e.clone());
+                            }
+                        }
                     }
-                }
-                Destination::Exchange(e) => {
-                    if e != exchange && seen_exchanges.insert(e.clone()) {
-                        pending.push(e.clone());
-                    }
-                }
-            });
+                });
+            }
+            if !routed
+                && let Some(alternate) = x.alternate()
+                && alternate != exchange
+                && seen_exchanges.insert(alternate.to_string())
+            {
+                pending.push(alternate.to_string());
+            }
             next = std::iter::from_fn(|| pending.pop()).find_map(|n| self.exchanges.get(&n));
         }
         queues
@@ -143,15 +168,19 @@ impl VHost {
 
 fn check_owner(q: &Queue, conn: ConnId, vhost: &str) -> Result<(), AmqpError> {
     match q.owner {
-        Some(owner) if owner != conn => Err(AmqpError::channel(
-            super::error::code::RESOURCE_LOCKED,
-            format!(
-                "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-                q.name
-            ),
-        )),
+        Some(owner) if owner != conn => Err(locked(q, vhost)),
         _ => Ok(()),
     }
+}
+
+fn locked(q: &Queue, vhost: &str) -> AmqpError {
+    AmqpError::channel(
+        super::error::code::RESOURCE_LOCKED,
+        format!(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            q.name
+        ),
+    )
 }
 
 /// A delivery awaiting ack.
@@ -361,6 +390,9 @@ impl Broker {
         let mut core = self.lock();
         let vhost = &mut core.vhost;
         let name = d.exchange.as_str();
+        if d.passive && name.is_empty() {
+            return Err(default_exchange_refused());
+        }
         if d.passive {
             vhost.exchange(name)?;
             return Ok(());
@@ -371,6 +403,8 @@ impl Broker {
         let kind = ExchangeKind::parse(d.kind.as_str()).ok_or_else(|| {
             AmqpError::connection(
                 super::error::code::COMMAND_INVALID,
+                // RabbitMQ says "invalid" for names that happen to be Erlang atoms and
+                // "unknown" for the rest, plugin types (x-delayed-message, …) among them.
                 format!("COMMAND_INVALID - unknown exchange type '{}'", d.kind),
             )
         })?;
@@ -390,7 +424,22 @@ impl Broker {
             if x.internal != d.internal {
                 return Err(arg("internal", &d.internal, &x.internal));
             }
+            check_args_equivalent(
+                &d.arguments,
+                &x.arguments,
+                &["alternate-exchange"],
+                &format!("exchange '{name}' in vhost '{}'", vhost.name),
+            )?;
             return Ok(());
+        }
+        if let Some(v) = d.arguments.inner().get("alternate-exchange")
+            && !matches!(v, AMQPValue::LongString(_))
+        {
+            return Err(AmqpError::precondition(format_args!(
+                "invalid type '{}' for arg 'alternate-exchange' in exchange '{name}' in vhost '{}'",
+                type_name(v),
+                vhost.name
+            )));
         }
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format_args!(
@@ -418,8 +467,14 @@ impl Broker {
     pub fn exchange_delete(&self, d: &exchange::Delete) -> Result<(), AmqpError> {
         let mut core = self.lock();
         let name = d.exchange.as_str();
-        if name.is_empty() || name.starts_with("amq.") {
+        if name.is_empty() {
             return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                core.vhost.name
+            )));
         }
         let vhost = &mut core.vhost;
         let Some(x) = vhost.exchanges.get(name) else {
@@ -457,14 +512,23 @@ impl Broker {
             return Err(default_exchange_refused());
         }
         let durable_destination = match &destination {
-            Destination::Queue(q) => vhost.usable_queue(q, conn)?.journal.is_some(),
-            Destination::Exchange(e) => vhost.exchange(e)?.durable,
+            Destination::Queue(q) => vhost.usable_queue(q, conn).map(|q| q.journal.is_some()),
+            Destination::Exchange(e) => vhost.exchange(e).map(|x| x.durable),
         };
         let vhost_name = vhost.name.clone();
-        let x = vhost
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| AmqpError::not_found("exchange", source, &vhost_name))?;
+        let x = vhost.exchanges.get_mut(source);
+        // Unbinding what is not there is not an error in RabbitMQ, whatever is missing.
+        let (durable_destination, x) = match (durable_destination, x) {
+            (Err(e), _) if unbind && e.code == super::error::code::NOT_FOUND => return Ok(()),
+            (_, None) if unbind => return Ok(()),
+            (d, x) => (
+                d?,
+                x.ok_or_else(|| AmqpError::not_found("exchange", source, &vhost_name))?,
+            ),
+        };
+        if !unbind && x.kind == ExchangeKind::Headers {
+            check_x_match(arguments)?;
+        }
         // As in RabbitMQ, a binding is durable when both its ends are.
         let record = (durable_destination && x.durable).then(|| BindingRecord {
             source: source.to_string(),
@@ -548,14 +612,17 @@ impl Broker {
             let arg = |a, r: &dyn std::fmt::Display, c: &dyn std::fmt::Display| {
                 AmqpError::inequivalent(a, "queue", requested, &vhost.name, r, c)
             };
-            if q.durable != d.durable {
-                return Err(arg("durable", &d.durable, &q.durable));
+            // As in RabbitMQ: exclusivity first, and the same lock error as another
+            // connection's exclusive queue gets; an exclusive queue is never durable.
+            if q.owner.is_some() != d.exclusive {
+                return Err(locked(q, &vhost.name));
+            }
+            let durable = d.durable && !d.exclusive;
+            if q.durable != durable {
+                return Err(arg("durable", &durable, &q.durable));
             }
             if q.auto_delete != d.auto_delete {
                 return Err(arg("auto_delete", &d.auto_delete, &q.auto_delete));
-            }
-            if q.owner.is_some() != d.exclusive {
-                return Err(arg("exclusive", &d.exclusive, &q.owner.is_some()));
             }
             check_equivalent(&d.arguments, &q.arguments, requested, &vhost.name)?;
             return Ok((q.name.to_string(), q.message_count(), q.consumer_count()));
@@ -584,7 +651,7 @@ impl Broker {
         };
         let mut q = Queue::new(
             &name,
-            d.durable,
+            d.durable && owner.is_none(),
             owner,
             d.auto_delete,
             d.arguments.clone(),
@@ -659,6 +726,15 @@ impl Broker {
         let mut core = self.lock();
         let core = &mut *core;
         check_publish(&core.vhost, message.exchange.as_str())?;
+        let cc = routing_headers(&message.properties)?;
+        if message
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.inner().contains_key("BCC"))
+        {
+            message.properties = strip_bcc(std::mem::take(&mut message.properties));
+        }
         message.charge(&core.memory);
         if message.exchange.as_str().is_empty()
             && let Some(suffix) = reply_to::suffix(message.routing_key.as_str())
@@ -677,7 +753,7 @@ impl Broker {
         }
         let targets = core.vhost.route(
             message.exchange.as_str(),
-            message.routing_key.as_str(),
+            &routing_keys(&message, &cc),
             message.properties.headers().as_ref(),
         );
         core.published += 1;
@@ -1045,6 +1121,80 @@ fn check_quorum_declare(d: &queue::Declare, name: &str, vhost: &str) -> Result<(
     }
 }
 
+/// The extra routing keys of RabbitMQ's sender-selected distribution: the strings in the
+/// `CC` and `BCC` header arrays (other elements are skipped, as RabbitMQ does). Either
+/// header holding anything but an array makes the message invalid.
+fn routing_headers(properties: &AMQPProperties) -> Result<Vec<String>, AmqpError> {
+    let Some(headers) = properties.headers() else {
+        return Ok(Vec::new());
+    };
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        match headers.inner().get(name) {
+            None => {}
+            Some(AMQPValue::FieldArray(array)) => {
+                keys.extend(array.as_slice().iter().filter_map(|v| match v {
+                    AMQPValue::LongString(s) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    _ => None,
+                }));
+            }
+            Some(other) => {
+                return Err(AmqpError::precondition(format_args!(
+                    "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                    type_name(other)
+                )));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// A message's routing key followed by its `CC`/`BCC` keys.
+fn routing_keys<'a>(message: &'a Message, cc: &'a [String]) -> Vec<&'a str> {
+    let mut keys = Vec::with_capacity(1 + cc.len());
+    keys.push(message.routing_key.as_str());
+    keys.extend(cc.iter().map(String::as_str));
+    keys
+}
+
+/// The properties without the `BCC` header, which no consumer may see.
+fn strip_bcc(properties: AMQPProperties) -> AMQPProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    let kept: BTreeMap<_, _> = headers
+        .inner()
+        .iter()
+        .filter(|(k, _)| k.as_str() != "BCC")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    headers = FieldTable::from(kept);
+    properties.with_headers(headers)
+}
+
+/// A headers binding's `x-match`, checked as RabbitMQ checks it when binding.
+fn check_x_match(arguments: &FieldTable) -> Result<(), AmqpError> {
+    match arguments.inner().get("x-match") {
+        None => Ok(()),
+        Some(AMQPValue::LongString(s)) => match s.as_bytes() {
+            b"all" | b"any" | b"all-with-x" | b"any-with-x" => Ok(()),
+            other => Err(AmqpError::precondition(format_args!(
+                "Invalid x-match field value <<{}>>; expected all, any, all-with-x, or any-with-x",
+                if other.is_empty() {
+                    String::new()
+                } else {
+                    format!("{:?}", String::from_utf8_lossy(other))
+                }
+            ))),
+        },
+        Some(other) => Err(AmqpError::precondition(format_args!(
+            "Invalid x-match field type {} (value {}); expected longstr",
+            type_name(other),
+            display_value(other)
+        ))),
+    }
+}
+
 /// The exchange exists and takes publishes from clients.
 fn check_publish(vhost: &VHost, exchange: &str) -> Result<(), AmqpError> {
     let x = vhost.exchange(exchange)?;
@@ -1246,13 +1396,13 @@ fn dead_letter_all(core: &mut Core, dead: Vec<Dead>) {
         let mut letter =
             dead_letter::dead_letter(&d.message, d.reason, &d.queue, &target, now_secs);
         letter.charge(&core.memory);
+        // The letter's CC keys are still its keys here, unless its routing key was
+        // replaced; a bad CC header routes by the key alone.
+        let cc = routing_headers(&letter.properties).unwrap_or_default();
+        let keys = routing_keys(&letter, &cc);
         let targets: Vec<String> = core
             .vhost
-            .route(
-                &d.dlx,
-                letter.routing_key.as_str(),
-                letter.properties.headers().as_ref(),
-            )
+            .route(&d.dlx, &keys, letter.properties.headers().as_ref())
             .into_iter()
             .filter(|q| !dead_letter::is_cycle(&letter, q))
             .collect();

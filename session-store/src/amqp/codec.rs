@@ -85,6 +85,10 @@ pub enum CodecError {
     Syntax(String),
     #[error("cannot serialise a frame: {0}")]
     Generate(String),
+    /// basic.qos with a prefetch size, which RabbitMQ refuses (amq-protocol's parser
+    /// drops the field, so the decoder reads it from the frame).
+    #[error("prefetch_size!=0 ({0})")]
+    PrefetchSize(u32),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -94,6 +98,7 @@ impl CodecError {
     pub fn reply_code(&self) -> u16 {
         match self {
             CodecError::Syntax(_) => code::SYNTAX_ERROR,
+            CodecError::PrefetchSize(_) => code::NOT_IMPLEMENTED,
             _ => code::FRAME_ERROR,
         }
     }
@@ -189,6 +194,13 @@ impl Decoder for AmqpCodec {
             frame.advance(7);
             frame.truncate(size);
             return Ok(Some(Inbound::Body(channel, frame.freeze())));
+        }
+        // basic.qos (class 60, method 10): its first argument is prefetch-size.
+        if kind == FRAME_METHOD && frame.len() >= 15 && frame[7..11] == [0, 60, 0, 10] {
+            let size = u32::from_be_bytes([frame[11], frame[12], frame[13], frame[14]]);
+            if size != 0 {
+                return Err(CodecError::PrefetchSize(size));
+            }
         }
         match parse_frame(&frame[..]) {
             Ok((_, parsed)) => Ok(Some(Inbound::Frame(parsed))),

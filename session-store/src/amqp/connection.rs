@@ -450,6 +450,14 @@ impl Conn {
                     self.method(0, close_ok()).await;
                     Ok(Flow::Closed)
                 }
+                // A client refreshing its credentials (an OAuth token): with password
+                // users there is nothing to update, and RabbitMQ's internal backend also
+                // just says ok.
+                connection::AMQPMethod::UpdateSecret(_) => {
+                    let ok = connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {});
+                    self.method(0, AMQPClass::Connection(ok)).await;
+                    Ok(Flow::Continue)
+                }
                 _ => Err(AmqpError::connection(
                     code::COMMAND_INVALID,
                     "COMMAND_INVALID - unexpected connection method",
@@ -655,6 +663,13 @@ impl Conn {
         let id = self.id;
         let broker = self.broker.clone();
         let reply = match m {
+            // RabbitMQ never lets a client pause its deliveries this way (prefetch does).
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) if !f.active => {
+                return Err(AmqpError::connection(
+                    code::NOT_IMPLEMENTED,
+                    "NOT_IMPLEMENTED - active=false",
+                ));
+            }
             AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => Some(AMQPClass::Channel(
                 channel::AMQPMethod::FlowOk(channel::FlowOk { active: f.active }),
             )),
@@ -960,6 +975,16 @@ impl Conn {
         if let Err(e) = self.allow_publish(ch, &message.exchange) {
             return self.fail(ch, e.during(&method)).await;
         }
+        if let Some(claimed) = message.properties.user_id()
+            && claimed.as_str() != self.user.name
+            && !self.user.has_tag("impersonator")
+        {
+            let e = AmqpError::precondition(format_args!(
+                "user_id property set to '{claimed}' but authenticated user was '{}'",
+                self.user.name
+            ));
+            return self.fail(ch, e.during(&method)).await;
+        }
         if message
             .properties
             .reply_to()
@@ -1103,9 +1128,16 @@ async fn codec_failed(tx: &mpsc::Sender<Outbound>, id: ConnId, e: &CodecError) {
     debug!(id, "closing on bad input: {e}");
     let text = match e.reply_code() {
         code::SYNTAX_ERROR => format!("SYNTAX_ERROR - {e}"),
+        code::NOT_IMPLEMENTED => format!("NOT_IMPLEMENTED - {e}"),
         _ => format!("FRAME_ERROR - {e}"),
     };
-    send_close(tx, &AmqpError::connection(e.reply_code(), text)).await;
+    let mut close = AmqpError::connection(e.reply_code(), text);
+    if let CodecError::PrefetchSize(_) = e {
+        close = close.during(&AMQPClass::Basic(basic::AMQPMethod::Qos(
+            basic::Qos::default(),
+        )));
+    }
+    send_close(tx, &close).await;
 }
 
 async fn send_close(tx: &mpsc::Sender<Outbound>, e: &AmqpError) {

@@ -113,9 +113,15 @@ fn update_x_death(
     let (matches, others): (Vec<AMQPValue>, Vec<AMQPValue>) = deaths.into_iter().partition(same);
     let first = match matches.into_iter().next() {
         Some(AMQPValue::FieldTable(mut previous)) => {
+            // Whatever integer type a client re-encoded it as (amqplib sends a byte).
             let count = match previous.inner().get("count") {
                 Some(AMQPValue::LongLongInt(n)) => *n,
                 Some(AMQPValue::LongInt(n)) => i64::from(*n),
+                Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+                Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+                Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
+                Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+                Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
                 _ => 0,
             };
             previous.insert("count".into(), AMQPValue::LongLongInt(count + 1));

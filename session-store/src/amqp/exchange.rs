@@ -76,6 +76,14 @@ impl Exchange {
         }
     }
 
+    /// The `alternate-exchange` argument: where messages its bindings take nowhere go.
+    pub fn alternate(&self) -> Option<&str> {
+        match self.arguments.inner().get("alternate-exchange") {
+            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+            _ => None,
+        }
+    }
+
     /// Every binding with its routing key.
     pub fn bindings(&self) -> impl Iterator<Item = (&str, &Binding)> {
         self.bindings
@@ -180,6 +188,46 @@ fn topic_matches(pattern: &[&str], words: &[&str]) -> bool {
     }
 }
 
+/// Equal as RabbitMQ's headers exchange compares: numbers of any AMQP type by value (a
+/// byte 1 binding matches a long 1 or a double 1.0), anything else by type and value.
+fn same_header_value(a: &AMQPValue, b: &AMQPValue) -> bool {
+    match (number(a), number(b)) {
+        (Some(Number::Int(x)), Some(Number::Int(y))) => x == y,
+        (Some(x), Some(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    fn as_f64(self) -> f64 {
+        match self {
+            Number::Int(n) => n as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+fn number(v: &AMQPValue) -> Option<Number> {
+    Some(match v {
+        AMQPValue::ShortShortInt(n) => Number::Int(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Number::Int(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Number::Int(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Number::Int(i64::from(*n)),
+        AMQPValue::LongInt(n) => Number::Int(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Number::Int(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Number::Int(*n),
+        AMQPValue::Float(f) => Number::Float(f64::from(*f)),
+        AMQPValue::Double(f) => Number::Float(*f),
+        _ => return None,
+    })
+}
+
 /// RabbitMQ's headers matching: `x-match` is `all` (default) or `any`, with `-with-x`
 /// variants that also compare `x-` headers; otherwise binding arguments starting with
 /// `x-` are ignored. A void binding value only asks for the header to be present.
@@ -204,7 +252,7 @@ fn headers_match(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
         .map(|(k, v)| match (headers.get(k), v) {
             (None, _) => false,
             (Some(_), AMQPValue::Void) => true,
-            (Some(actual), expected) => actual == expected,
+            (Some(actual), expected) => same_header_value(actual, expected),
         });
     if any {
         wanted.any(|ok| ok)

@@ -290,6 +290,12 @@ fn start() -> connection::Start {
     props.insert("product".into(), long("session-store"));
     props.insert("version".into(), long(env!("CARGO_PKG_VERSION")));
     props.insert("platform".into(), long("Rust"));
+    // The keys RabbitMQ sends, so clients that read them find them.
+    props.insert("cluster_name".into(), long("session-store@localhost"));
+    props.insert(
+        "copyright".into(),
+        long("The session-store authors; MIT OR Apache-2.0"),
+    );
     props.insert(
         "information".into(),
         long("An AMQP 0-9-1 broker embedded in session-store, RabbitMQ-compatible"),

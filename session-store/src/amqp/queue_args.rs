@@ -152,14 +152,14 @@ impl QueueArgs {
         }
         args.delivery_limit = get("x-delivery-limit").and_then(|v| int(v).ok());
         if let Some(v) = get("x-message-ttl") {
-            let ms = int(v)
+            let ms = integer(v)
                 .and_then(non_negative)
                 .and_then(at_most_max)
                 .map_err(|r| fail("x-message-ttl", r))?;
             args.message_ttl = Some(Duration::from_millis(ms));
         }
         if let Some(v) = get("x-expires") {
-            let ms = int(v)
+            let ms = integer(v)
                 .and_then(|n| {
                     if n == 0 {
                         Err("{value_zero,0}".to_string())
@@ -172,19 +172,19 @@ impl QueueArgs {
             args.expires = Some(Duration::from_millis(ms));
         }
         if let Some(v) = get("x-max-length") {
-            let n = int(v)
+            let n = integer(v)
                 .and_then(non_negative)
                 .map_err(|r| fail("x-max-length", r))?;
             args.max_length = Some(n);
         }
         if let Some(v) = get("x-max-length-bytes") {
-            let n = int(v)
+            let n = integer(v)
                 .and_then(non_negative)
                 .map_err(|r| fail("x-max-length-bytes", r))?;
             args.max_length_bytes = Some(n);
         }
         if let Some(v) = get("x-max-priority") {
-            let n = int(v)
+            let n = integer(v)
                 .and_then(non_negative)
                 .and_then(|n| u8::try_from(n).map_err(|_| format!("{{max_value_exceeded,{n}}}")))
                 .map_err(|r| fail("x-max-priority", r))?;
@@ -205,8 +205,13 @@ impl QueueArgs {
             };
         }
         if let Some(v) = get("x-dead-letter-exchange") {
-            args.dead_letter_exchange =
-                Some(text(v).map_err(|r| fail("x-dead-letter-exchange", r))?);
+            let AMQPValue::LongString(dlx) = v else {
+                return Err(AmqpError::precondition(format_args!(
+                    "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{name}' in vhost '{vhost}'",
+                    type_name(v)
+                )));
+            };
+            args.dead_letter_exchange = Some(String::from_utf8_lossy(dlx.as_bytes()).into_owned());
         }
         if let Some(v) = get("x-dead-letter-routing-key") {
             let key = text(v).map_err(|r| fail("x-dead-letter-routing-key", r))?;
@@ -262,32 +267,67 @@ const EQUIVALENCE_KEYS: &[&str] = &[
 ];
 
 /// RabbitMQ's check that a redeclaration asks for the same queue: each argument that
-/// matters must be absent from both or equal in type and value.
+/// matters must be absent from both or equal in value (integers of any width compare
+/// as numbers).
 pub fn check_equivalent(
     received: &FieldTable,
     current: &FieldTable,
     name: &str,
     vhost: &str,
 ) -> Result<(), AmqpError> {
-    let describe = |v: Option<&AMQPValue>| match v {
+    check_args_equivalent(
+        received,
+        current,
+        EQUIVALENCE_KEYS,
+        &format!("queue '{name}' in vhost '{vhost}'"),
+    )
+}
+
+/// [`check_equivalent`] over `keys` for any resource (`exchange 'x' in vhost '/'`), with
+/// RabbitMQ's wording: values alone when both sides have one, value and type when one
+/// side has none.
+pub fn check_args_equivalent(
+    received: &FieldTable,
+    current: &FieldTable,
+    keys: &[&str],
+    resource: &str,
+) -> Result<(), AmqpError> {
+    let typed = |v: Option<&AMQPValue>| match v {
         None => "none".to_string(),
-        Some(v) => format!("the value '{}' of type '{}'", display(v), type_name(v)),
+        Some(v) => format!(
+            "the value '{}' of type '{}'",
+            display_value(v),
+            type_name(v)
+        ),
     };
-    for key in EQUIVALENCE_KEYS {
+    for key in keys {
         let (r, c) = (received.inner().get(*key), current.inner().get(*key));
-        if r != c {
-            return Err(AmqpError::precondition(format_args!(
-                "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
-                describe(r),
-                describe(c)
-            )));
-        }
+        let (r, c) = match (r, c) {
+            (Some(r), Some(c)) if same_value(r, c) => continue,
+            (None, None) => continue,
+            (Some(r), Some(c)) => (
+                format!("'{}'", display_value(r)),
+                format!("'{}'", display_value(c)),
+            ),
+            (r, c) => (typed(r), typed(c)),
+        };
+        return Err(AmqpError::precondition(format_args!(
+            "inequivalent arg '{key}' for {resource}: received {r} but current is {c}"
+        )));
     }
     Ok(())
 }
 
+/// Equal as RabbitMQ compares arguments: integers of any width by value.
+fn same_value(a: &AMQPValue, b: &AMQPValue) -> bool {
+    match (int(a), int(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 /// A value as RabbitMQ prints it in errors: numbers and strings plainly.
-fn display(v: &AMQPValue) -> String {
+pub fn display_value(v: &AMQPValue) -> String {
     match v {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.as_str().to_string(),
@@ -335,6 +375,11 @@ fn int(v: &AMQPValue) -> Result<i64, String> {
         AMQPValue::LongLongInt(n) => Ok(*n),
         other => Err(unacceptable(other)),
     }
+}
+
+/// An integer argument (TTLs, lengths, priority), with RabbitMQ's reason for another type.
+fn integer(v: &AMQPValue) -> Result<i64, String> {
+    int(v).map_err(|_| format!("\"expected integer, got {}\"", type_name(v)))
 }
 
 fn non_negative(n: i64) -> Result<u64, String> {
@@ -459,7 +504,7 @@ mod tests {
             err(&[("x-max-length", s("2"))]),
             (
                 406,
-                "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': {unacceptable_type,longstr}".into()
+                "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue 'q' in vhost '/': \"expected integer, got longstr\"".into()
             )
         );
         assert!(
