@@ -100,6 +100,7 @@ conformance!(
     per_message_expiration,
     transactions,
     pika_client,
+    amqplib_client,
     second_protocol_header_after_handshake,
     queue_expires_when_unused,
     max_length_bytes,
@@ -3148,6 +3149,34 @@ async fn pika_client(url: String) {
     .await
     .expect("run the pika script");
     assert!(out.0, "pika script failed:\n{}", out.1);
+}
+
+async fn amqplib_client(url: String) {
+    let amqplib = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/amqp_js/node_modules/amqplib/package.json"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/amqp_js/test_amqplib.js");
+    let Some(node) = which("node") else {
+        assert!(!engines_required(), "node is required in CI");
+        eprintln!("node not installed: amqplib scenario skipped");
+        return;
+    };
+    if !std::path::Path::new(amqplib).is_file() {
+        assert!(
+            !engines_required(),
+            "amqplib is required in CI (npm ci --prefix tests/amqp_js)"
+        );
+        eprintln!("tests/amqp_js/node_modules/amqplib missing: amqplib scenario skipped");
+        return;
+    }
+    let prefix = uniq("amqplib");
+    let out = tokio::task::spawn_blocking(move || {
+        run_with_timeout(&node, &[script, &url, &prefix], Duration::from_secs(30))
+    })
+    .await
+    .expect("run the amqplib script");
+    assert!(out.0, "amqplib script failed:\n{}", out.1);
 }
 
 /// Runs a program, killing it after `limit`; returns (success, stdout+stderr).
