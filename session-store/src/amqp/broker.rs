@@ -751,11 +751,14 @@ impl Broker {
                 synced_at: None,
             });
         }
-        let targets = core.vhost.route(
-            message.exchange.as_str(),
-            &routing_keys(&message, &cc),
-            message.properties.headers().as_ref(),
-        );
+        let headers = message.properties.headers().as_ref();
+        let targets = if cc.is_empty() {
+            let key = [message.routing_key.as_str()];
+            core.vhost.route(message.exchange.as_str(), &key, headers)
+        } else {
+            let keys = routing_keys(&message, &cc);
+            core.vhost.route(message.exchange.as_str(), &keys, headers)
+        };
         core.published += 1;
         if targets.is_empty() {
             core.unroutable += 1;

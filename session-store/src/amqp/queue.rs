@@ -283,10 +283,9 @@ impl Queue {
         expired
     }
 
-    /// Puts a delivered message back at its original position, marked redelivered. It
-    /// keeps its expiry time.
-    /// Puts a message given back into its place. A quorum queue hands back one given
-    /// back more often than its `x-delivery-limit`: the caller settles and dead-letters it.
+    /// Puts a delivered message back at its original position, marked redelivered; it
+    /// keeps its expiry time. A quorum queue hands back one given back more often than
+    /// its `x-delivery-limit`: the caller settles and dead-letters it.
     #[must_use]
     pub fn requeue(&mut self, mut message: QueuedMessage) -> Option<QueuedMessage> {
         message.redelivered = true;
