@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use serde_json::Value;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{Value, json as js};
 use session_store::amqp::{AmqpConfig, Definitions, Node, management, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -25,6 +26,7 @@ async fn step<T>(fut: impl Future<Output = T>) -> T {
 
 struct Running {
     amqp: u16,
+    http_port: u16,
     http: String,
     _stop: Vec<oneshot::Sender<()>>,
 }
@@ -32,6 +34,11 @@ struct Running {
 /// The broker with vhosts `/` and `other` and a `watcher` user (tag management) who may
 /// only see `other`.
 async fn running() -> Running {
+    running_with(session_store::amqp::default_watermark()).await
+}
+
+/// [`running`] with this memory high watermark, in bytes.
+async fn running_with(memory_high_watermark: u64) -> Running {
     let mut definitions = Definitions::default();
     definitions.vhosts.push("other".into());
     definitions.users.grant(
@@ -57,6 +64,7 @@ async fn running() -> Running {
     });
     let node = Node::new(AmqpConfig {
         definitions,
+        memory_high_watermark,
         ..AmqpConfig::default()
     })
     .expect("node");
@@ -74,6 +82,7 @@ async fn running() -> Running {
     }));
     Running {
         amqp: amqp_port,
+        http_port: http_addr.port(),
         http: format!("http://{http_addr}"),
         _stop: vec![stop_amqp, stop_http],
     }
@@ -117,6 +126,34 @@ async fn publish(ch: &Channel, queue: &str, n: usize) {
         .await
         .expect("publish");
     }
+}
+
+/// The status and JSON body of a GET as guest.
+async fn status_and_json(r: &Running, path: &str) -> (u16, Value) {
+    let response = get(r, path, "guest", "guest").await;
+    let status = response.status().as_u16();
+    (status, step(response.json()).await.expect("json"))
+}
+
+/// Polls `path` until its status is `status`; returns the body then.
+async fn until_status(r: &Running, path: &str, status: u16) -> Value {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (got, body) = status_and_json(r, path).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path}: {got} {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The entries of a JSON list.
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
 }
 
 /// Polls `path` until `ok` holds for its JSON.
@@ -208,7 +245,48 @@ async fn overview_and_queues_follow_publishing_and_consuming() {
     assert_eq!(q["message_stats"]["publish"], 5);
     assert_eq!(q["message_stats"]["deliver_get"], 3);
     assert_eq!(q["message_stats"]["get_no_ack"], 1);
+    assert_eq!(q["message_bytes_ready"], 2);
+    assert_eq!(q["message_bytes_unacknowledged"], 2);
+    assert_eq!(q["message_bytes"], 4);
+    assert!(q["messages_details"]["rate"].is_number());
+    assert!(q["messages_unacknowledged_details"]["rate"].is_number());
+    assert_eq!(q["exclusive_consumer_tag"], Value::Null);
+    assert_eq!(q["policy"], Value::Null);
+    assert_eq!(
+        q["consumer_capacity"], 0.0,
+        "the one consumer is at its prefetch"
+    );
+    for not_per_queue in ["confirm", "return_unroutable", "drop_unroutable"] {
+        assert!(
+            q["message_stats"].get(not_per_queue).is_none(),
+            "{not_per_queue}"
+        );
+    }
+    let details = list(&q["consumer_details"]);
+    assert_eq!(details.len(), 1, "{q:#}");
+    assert_eq!(details[0]["consumer_tag"], "c1");
+    assert_eq!(details[0]["prefetch_count"], 2);
+    let listed = json(&r, "/api/queues/%2F").await;
+    assert!(
+        listed[0].get("consumer_details").is_none(),
+        "only the single queue lists its consumers"
+    );
     let o = json(&r, "/api/overview").await;
+    assert!(o["queue_totals"]["messages_details"]["rate"].is_number());
+    assert_eq!(o["rabbitmq_version"], o["management_version"]);
+    let types: Vec<&str> = list(&o["exchange_types"])
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(types, ["direct", "fanout", "headers", "topic"]);
+    for (protocol, port) in [("http", r.http_port), ("amqp", r.amqp)] {
+        assert!(
+            list(&o["listeners"])
+                .iter()
+                .any(|l| l["protocol"] == protocol && l["port"] == port),
+            "{protocol} listener in {o:#}"
+        );
+    }
     assert_eq!(o["object_totals"]["consumers"], 1);
     assert_eq!(o["queue_totals"]["messages"], 4);
     assert_eq!(o["message_stats"]["deliver_get"], 3);
@@ -366,6 +444,14 @@ async fn consumers_list_their_queue_channel_and_standing() {
     assert_eq!(auto["exclusive"], true);
     assert_eq!(auto["activity_status"], "up");
 
+    let sac_queue = json(&r, "/api/queues/%2F/sac").await;
+    assert_eq!(sac_queue["single_active_consumer_tag"], "first");
+    assert_eq!(sac_queue["exclusive_consumer_tag"], Value::Null);
+    assert_eq!(list(&sac_queue["consumer_details"]).len(), 2);
+    assert_eq!(
+        json(&r, "/api/queues/other/plain").await["exclusive_consumer_tag"],
+        "auto"
+    );
     let in_other = json(&r, "/api/consumers/other").await;
     assert_eq!(in_other.as_array().map(Vec::len), Some(1), "{in_other:#}");
     assert_eq!(
@@ -386,6 +472,10 @@ async fn consumers_list_their_queue_channel_and_standing() {
         })
     })
     .await;
+    assert_eq!(
+        json(&r, "/api/queues/%2F/sac").await["single_active_consumer_tag"],
+        "second"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -403,4 +493,360 @@ async fn the_page_loads() {
     assert!(body.contains("textContent"));
     assert!(!body.contains("innerHTML"));
     assert!(!body.contains("src=\"http"), "no external assets");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_pass_on_a_healthy_broker() {
+    let r = running().await;
+    for path in [
+        "/api/healthchecks/node",
+        "/api/health/checks/alarms",
+        "/api/health/checks/local-alarms",
+        "/api/health/checks/virtual-hosts",
+        "/api/aliveness-test/%2F",
+        "/api/aliveness-test/other",
+    ] {
+        assert_eq!(json(&r, path).await, js!({"status": "ok"}), "{path}");
+    }
+    // The round trip leaves RabbitMQ's queue behind, empty, and counts the publish.
+    let q = json(&r, "/api/queues/%2F/aliveness-test").await;
+    assert_eq!(q["messages"], 0);
+    assert_eq!(q["message_stats"]["publish"], 1);
+    assert_eq!(q["message_stats"]["get_no_ack"], 1);
+    assert_eq!(
+        json(&r, "/api/aliveness-test/%2F").await["status"],
+        "ok",
+        "a second run finds the queue declared"
+    );
+    let (status, body) = status_and_json(&r, "/api/aliveness-test/nowhere").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["reason"], "Not Found");
+    let watcher = get(&r, "/api/aliveness-test/%2F", "watcher", "pw").await;
+    assert_eq!(watcher.status(), 404, "a vhost the user may not see");
+
+    let (status, body) = status_and_json(&r, "/api/health/checks/port-listener/abc").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["reason"], "Invalid port");
+    for port in [r.amqp, r.http_port] {
+        let ok = json(&r, &format!("/api/health/checks/port-listener/{port}")).await;
+        assert_eq!(ok, js!({"status": "ok", "port": port}));
+    }
+    let (status, body) = status_and_json(&r, "/api/health/checks/port-listener/1").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["reason"], "No active listener");
+    assert_eq!(body["missing"], 1);
+    assert!(
+        list(&body["ports"]).iter().any(|p| *p == r.amqp),
+        "{body:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_alarm_fails_the_alarm_checks_until_it_clears() {
+    // One byte: the first message body held trips the alarm.
+    let r = running_with(1).await;
+    let (_publisher, ch) = channel(&r, "%2f").await;
+    step(ch.queue_declare(
+        "held".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("declare");
+    step(ch.basic_publish(
+        "".into(),
+        "held".into(),
+        BasicPublishOptions::default(),
+        b"twelve bytes",
+        BasicProperties::default(),
+    ))
+    .await
+    .expect("publish");
+    let body = until_status(&r, "/api/health/checks/alarms", 503).await;
+    assert_eq!(
+        body,
+        js!({
+            "status": "failed",
+            "reason": "There are alarms in effect in the cluster",
+            "alarms": [{"node": "session-store@localhost", "resource": "memory"}],
+        })
+    );
+    let (status, local) = status_and_json(&r, "/api/health/checks/local-alarms").await;
+    assert_eq!(status, 503);
+    assert_eq!(local["reason"], "There are alarms in effect on the node");
+    assert_eq!(local["alarms"][0]["resource"], "memory");
+    assert_eq!(
+        json(&r, "/api/healthchecks/node").await["status"],
+        "ok",
+        "the node itself is up"
+    );
+
+    // Taking the message (on a connection that never published, so is not blocked)
+    // releases its bytes and the alarm clears.
+    let (_reader, reader) = channel(&r, "%2f").await;
+    let got = step(reader.basic_get("held".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .expect("get");
+    assert!(got.is_some(), "the held message");
+    drop(got);
+    assert_eq!(
+        until_status(&r, "/api/health/checks/alarms", 200).await,
+        js!({"status": "ok"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn single_objects_and_binding_listings() {
+    let r = running().await;
+    let (_conn, ch) = channel(&r, "%2f").await;
+    for (name, kind) in [("ex", ExchangeKind::Topic), ("ex2", ExchangeKind::Fanout)] {
+        step(ch.exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .expect("exchange");
+    }
+    step(ch.queue_declare(
+        "q1".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("queue");
+    let mut args = FieldTable::default();
+    args.insert("k".into(), AMQPValue::LongString("v".into()));
+    for (key, args) in [("a.#", FieldTable::default()), ("", args)] {
+        step(ch.queue_bind(
+            "q1".into(),
+            "ex".into(),
+            key.into(),
+            QueueBindOptions::default(),
+            args,
+        ))
+        .await
+        .expect("bind");
+    }
+    step(ch.exchange_bind(
+        "ex2".into(),
+        "ex".into(),
+        "a b".into(),
+        ExchangeBindOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("exchange bind");
+
+    let x = json(&r, "/api/exchanges/%2F/ex").await;
+    assert_eq!(x["name"], "ex");
+    assert_eq!(x["type"], "topic");
+    assert_eq!(x["vhost"], "/");
+    assert_eq!(x["incoming"], js!([]));
+    let default = json(&r, "/api/exchanges/%2F/amq.default").await;
+    assert_eq!(default["name"], "");
+    assert_eq!(default["type"], "direct");
+    assert_eq!(
+        get(&r, "/api/exchanges/%2F/nope", "guest", "guest")
+            .await
+            .status(),
+        404
+    );
+
+    let v = json(&r, "/api/vhosts/other").await;
+    assert_eq!(v["name"], "other");
+    assert!(v["messages_details"]["rate"].is_number());
+    assert_eq!(
+        get(&r, "/api/vhosts/nope", "guest", "guest").await.status(),
+        404
+    );
+    assert_eq!(
+        get(&r, "/api/vhosts/%2F", "watcher", "pw").await.status(),
+        404,
+        "a vhost the user may not see"
+    );
+
+    let q = json(&r, "/api/queues/%2F/q1/bindings").await;
+    let keys: Vec<(&str, &str, &str)> = list(&q)
+        .iter()
+        .map(|b| {
+            (
+                b["source"].as_str().unwrap_or("?"),
+                b["routing_key"].as_str().unwrap_or("?"),
+                b["properties_key"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(keys.len(), 3, "{q:#}");
+    assert_eq!(keys[0], ("", "q1", "q1"), "the default exchange's first");
+    assert_eq!(keys[2], ("ex", "a.#", "a.%23"));
+    let (source, key, with_args) = keys[1];
+    assert_eq!((source, key), ("ex", ""));
+    assert!(
+        with_args.starts_with('~') && with_args.len() > 1,
+        "arguments add a hash: {with_args}"
+    );
+    assert_eq!(
+        get(&r, "/api/queues/%2F/missing/bindings", "guest", "guest")
+            .await
+            .status(),
+        404
+    );
+
+    let source = json(&r, "/api/exchanges/%2F/ex/bindings/source").await;
+    assert_eq!(list(&source).len(), 3, "{source:#}");
+    let destination = json(&r, "/api/exchanges/%2F/ex2/bindings/destination").await;
+    assert_eq!(list(&destination).len(), 1, "{destination:#}");
+    assert_eq!(destination[0]["source"], "ex");
+    assert_eq!(destination[0]["destination_type"], "exchange");
+    assert_eq!(destination[0]["properties_key"], "a+b");
+    assert_eq!(
+        json(&r, "/api/exchanges/%2F/ex2/bindings/source").await,
+        js!([])
+    );
+    assert_eq!(
+        list(&json(&r, "/api/bindings/%2F/e/ex/q/q1").await).len(),
+        2
+    );
+    assert_eq!(
+        json(&r, "/api/bindings/%2F/e/ex/e/ex2").await,
+        destination,
+        "the same binding"
+    );
+    assert_eq!(json(&r, "/api/bindings/%2F/e/ex2/q/q1").await, js!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_permissions_and_definitions_are_for_administrators() {
+    let r = running().await;
+    for path in [
+        "/api/users",
+        "/api/users/guest",
+        "/api/permissions",
+        "/api/definitions",
+    ] {
+        let refused = get(&r, path, "watcher", "pw").await;
+        assert_eq!(refused.status(), 401, "{path}");
+        let body: Value = step(refused.json()).await.expect("json");
+        assert_eq!(body["reason"], "Not administrator user");
+    }
+    let users = json(&r, "/api/users").await;
+    let names: Vec<&str> = list(&users)
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert_eq!(names, ["guest", "plain", "watcher"]);
+    let watcher = json(&r, "/api/users/watcher").await;
+    assert_eq!(watcher["tags"], js!(["management"]));
+    assert_eq!(
+        watcher["hashing_algorithm"],
+        "rabbit_password_hashing_sha256"
+    );
+    assert_eq!(watcher["limits"], js!({}));
+    assert!(
+        watcher["password_hash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 48),
+        "base64 of 4 bytes of salt and a SHA-256 digest"
+    );
+    assert_eq!(
+        get(&r, "/api/users/nobody", "guest", "guest")
+            .await
+            .status(),
+        404
+    );
+    let permissions = json(&r, "/api/permissions").await;
+    assert!(
+        list(&permissions).contains(&js!({
+            "user": "watcher", "vhost": "other", "configure": ".*", "write": ".*", "read": ".*"
+        })),
+        "{permissions:#}"
+    );
+
+    // Declared topology, an exclusive queue and a binding to it, which are left out.
+    let (_conn, ch) = channel(&r, "%2f").await;
+    step(ch.exchange_declare(
+        "orders".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    ))
+    .await
+    .expect("exchange");
+    for (name, exclusive) in [("orders.new", false), ("mine", true)] {
+        step(ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: !exclusive,
+                exclusive,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ))
+        .await
+        .expect("queue");
+        step(ch.queue_bind(
+            name.into(),
+            "orders".into(),
+            "new".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ))
+        .await
+        .expect("bind");
+    }
+    let d = json(&r, "/api/definitions").await;
+    for empty in [
+        "topic_permissions",
+        "parameters",
+        "global_parameters",
+        "policies",
+    ] {
+        assert_eq!(d[empty], js!([]), "{empty}");
+    }
+    assert_eq!(
+        d["exchanges"],
+        js!([{
+            "name": "orders", "vhost": "/", "type": "direct", "durable": true,
+            "auto_delete": false, "internal": false, "arguments": {}
+        }]),
+        "only declared exchanges"
+    );
+    assert_eq!(
+        d["queues"],
+        js!([{
+            "name": "orders.new", "vhost": "/", "durable": true, "auto_delete": false,
+            "arguments": {}
+        }])
+    );
+    assert_eq!(
+        d["bindings"],
+        js!([{
+            "source": "orders", "vhost": "/", "destination": "orders.new",
+            "destination_type": "queue", "routing_key": "new", "arguments": {}
+        }])
+    );
+
+    // What is exported loads as definitions, users' passwords included.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("definitions.json");
+    std::fs::write(&file, d.to_string()).expect("write");
+    let loaded = Definitions::load(&file).expect("exported definitions load");
+    assert_eq!(loaded.vhosts, ["/", "other"]);
+    assert_eq!(loaded.exchanges.len(), 1);
+    assert_eq!(loaded.queues.len(), 1);
+    assert_eq!(loaded.bindings.len(), 1);
+    assert!(
+        loaded
+            .users
+            .login(b"watcher", b"pw", None)
+            .is_some_and(|u| u.has_tag("management"))
+    );
+    assert!(loaded.users.permissions("watcher", "other").is_some());
+    assert!(loaded.users.permissions("watcher", "/").is_none());
 }

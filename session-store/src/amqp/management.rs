@@ -3,12 +3,17 @@
 //! `/`. Users log in with HTTP basic auth and need a management tag (`administrator`,
 //! `management`, `monitoring` or `policymaker`), as in RabbitMQ; `guest` only from
 //! loopback. Only administrators and monitors see every vhost; other users see those they
-//! have permissions on.
+//! have permissions on. Users, permissions and definitions (which carry password
+//! hashes) are for administrators only, as in RabbitMQ.
+//!
+//! The health checks Kubernetes probes and monitors call answer as RabbitMQ's do:
+//! `{"status":"ok"}`, or HTTP 503 with `"status":"failed"` and the reason.
 
+mod depths;
 mod json;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Request, State};
@@ -17,12 +22,19 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
+use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use super::broker::Broker;
+use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::protocol::queue as amqp_queue;
+use amq_protocol::types::FieldTable;
+
+use self::depths::Depths;
+use super::broker::{Broker, ConnId};
 use super::node::Node;
+use super::queue::Message;
 use super::users::User;
 
 /// The page at `/`.
@@ -34,34 +46,82 @@ pub async fn serve(
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let app = router(node).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        warn!("amqp management server failed: {e}");
+    if let Ok(addr) = listener.local_addr() {
+        node.add_listener("http", addr);
+    }
+    let depths = Arc::new(Depths::default());
+    let app = app(node.clone(), depths.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let sampling = async {
+        let mut every = tokio::time::interval(depths::INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            depths.sample(&node);
+        }
+    };
+    tokio::select! {
+        served = axum::serve(listener, app).with_graceful_shutdown(shutdown) => {
+            if let Err(e) = served {
+                warn!("amqp management server failed: {e}");
+            }
+        }
+        () = sampling => {}
     }
 }
 
-/// The API's routes, every one behind basic auth.
-pub fn router(node: Arc<Node>) -> Router {
+/// The API's routes, every one behind basic auth; `depths` holds the queue-length
+/// samples its rates come from.
+fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
+        .route("/api/aliveness-test/{vhost}", get(aliveness_test))
+        .route("/api/healthchecks/node", get(status_ok))
+        .route("/api/health/checks/alarms", get(alarms))
+        .route("/api/health/checks/local-alarms", get(local_alarms))
+        .route("/api/health/checks/virtual-hosts", get(status_ok))
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(port_listener),
+        )
+        .route("/api/users", get(users))
+        .route("/api/users/{name}", get(user))
+        .route("/api/permissions", get(permissions))
+        .route("/api/definitions", get(definitions))
         .route("/api/vhosts", get(vhosts))
+        .route("/api/vhosts/{name}", get(vhost))
         .route("/api/connections", get(connections))
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/consumers/{vhost}", get(consumers_in))
         .route("/api/exchanges", get(exchanges))
         .route("/api/exchanges/{vhost}", get(exchanges_in))
+        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(exchange_bindings_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(exchange_bindings_destination),
+        )
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues_in))
         .route("/api/queues/{vhost}/{name}", get(queue))
+        .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings_in))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/q/{destination}",
+            get(bindings_to_queue),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/e/{destination}",
+            get(bindings_to_exchange),
+        )
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
+        .layer(axum::Extension(depths))
         .with_state(node)
 }
 
@@ -78,18 +138,30 @@ async fn authenticate(
             request.extensions_mut().insert(user);
             next.run(request).await
         }
-        _ => {
-            let mut response = (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(json!({"error": "not_authorized", "reason": "Not_Authorized"})),
-            )
-                .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
-            );
-            response
-        }
+        _ => not_authorized("Not_Authorized"),
+    }
+}
+
+/// RabbitMQ's 401, with the challenge that makes clients send credentials.
+fn not_authorized(reason: &str) -> Response {
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(json!({"error": "not_authorized", "reason": reason})),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+    );
+    response
+}
+
+/// `body` for administrators; RabbitMQ's refusal for everyone else.
+fn admin_only(user: &User, body: impl FnOnce() -> Value) -> Response {
+    if user.has_tag("administrator") {
+        axum::Json(body()).into_response()
+    } else {
+        not_authorized("Not administrator user")
     }
 }
 
@@ -138,20 +210,41 @@ async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
-async fn overview(State(node): State<Arc<Node>>) -> axum::Json<Value> {
-    axum::Json(json::overview(&node))
+type Lengths = axum::Extension<Arc<Depths>>;
+
+async fn overview(
+    State(node): State<Arc<Node>>,
+    axum::Extension(depths): Lengths,
+) -> axum::Json<Value> {
+    axum::Json(json::overview(&node, &depths))
 }
 
 async fn whoami(axum::Extension(user): Caller) -> axum::Json<Value> {
     axum::Json(json!({"name": user.name, "tags": user.tags}))
 }
 
-async fn vhosts(State(node): State<Arc<Node>>, axum::Extension(user): Caller) -> axum::Json<Value> {
+async fn vhosts(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    axum::Extension(depths): Lengths,
+) -> axum::Json<Value> {
     let list = visible(&node, &user)
         .iter()
-        .map(|v| json::vhost(&node, v))
+        .map(|v| json::vhost(&node, v, &depths))
         .collect();
     axum::Json(Value::Array(list))
+}
+
+async fn vhost(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    axum::Extension(depths): Lengths,
+    Path(name): Path<String>,
+) -> Response {
+    match the_vhost(&node, &user, &name) {
+        Some(v) => axum::Json(json::vhost(&node, &v, &depths)).into_response(),
+        None => not_found(),
+    }
 }
 
 async fn connections(
@@ -204,17 +297,22 @@ async fn exchanges_in(
     }
 }
 
-async fn queues(State(node): State<Arc<Node>>, axum::Extension(user): Caller) -> axum::Json<Value> {
-    axum::Json(json::queues(&node, &visible(&node, &user), None))
+async fn queues(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    axum::Extension(depths): Lengths,
+) -> axum::Json<Value> {
+    axum::Json(json::queues(&node, &depths, &visible(&node, &user), None))
 }
 
 async fn queues_in(
     State(node): State<Arc<Node>>,
     axum::Extension(user): Caller,
+    axum::Extension(depths): Lengths,
     Path(vhost): Path<String>,
 ) -> Response {
     match one(&node, &user, &vhost) {
-        Some(v) => axum::Json(json::queues(&node, &v, None)).into_response(),
+        Some(v) => axum::Json(json::queues(&node, &depths, &v, None)).into_response(),
         None => not_found(),
     }
 }
@@ -222,17 +320,135 @@ async fn queues_in(
 async fn queue(
     State(node): State<Arc<Node>>,
     axum::Extension(user): Caller,
+    axum::Extension(depths): Lengths,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Response {
-    let Some(v) = one(&node, &user, &vhost) else {
-        return not_found();
-    };
-    match json::queues(&node, &v, Some(&name)) {
-        Value::Array(mut list) if !list.is_empty() => {
-            axum::Json(list.swap_remove(0)).into_response()
+    match the_vhost(&node, &user, &vhost).and_then(|v| json::queue(&node, &depths, &v, &name)) {
+        Some(q) => axum::Json(q).into_response(),
+        None => not_found(),
+    }
+}
+
+/// The vhost named in the path, if the user may see it.
+fn the_vhost(node: &Node, user: &User, vhost: &str) -> Option<Arc<Broker>> {
+    one(node, user, vhost)?.into_iter().next()
+}
+
+/// RabbitMQ's URLs name the default exchange `amq.default`.
+fn exchange_name(name: &str) -> &str {
+    if name == "amq.default" { "" } else { name }
+}
+
+fn has_queue(v: &Broker, name: &str) -> bool {
+    v.queues().iter().any(|q| q.name == name)
+}
+
+async fn exchange(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Response {
+    match the_vhost(&node, &user, &vhost).and_then(|v| json::exchange(&v, exchange_name(&name))) {
+        Some(x) => axum::Json(x).into_response(),
+        None => not_found(),
+    }
+}
+
+/// The bindings of one vhost that `keep` selects, if `exists` holds for that vhost; 404
+/// otherwise. As in RabbitMQ, the binding listings of exchanges answer an empty list
+/// for an exchange that does not exist; a queue's listing answers 404 (where RabbitMQ
+/// would show the default exchange's binding to the missing queue).
+fn bindings_of(
+    node: &Node,
+    user: &User,
+    vhost: &str,
+    exists: impl FnOnce(&Broker) -> bool,
+    keep: impl Fn(&Value) -> bool,
+) -> Response {
+    match the_vhost(node, user, vhost) {
+        Some(v) if exists(&v) => {
+            axum::Json(json::bindings_where(std::slice::from_ref(&v), keep)).into_response()
         }
         _ => not_found(),
     }
+}
+
+/// `/api/queues/{vhost}/{name}/bindings`: the default exchange's implicit binding first,
+/// then the explicit ones.
+async fn queue_bindings(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Response {
+    bindings_of(
+        &node,
+        &user,
+        &vhost,
+        |v| has_queue(v, &name),
+        |b| b["destination_type"] == "queue" && b["destination"] == name.as_str(),
+    )
+}
+
+async fn exchange_bindings_source(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Response {
+    let name = exchange_name(&name);
+    bindings_of(&node, &user, &vhost, |_| true, |b| b["source"] == name)
+}
+
+async fn exchange_bindings_destination(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> Response {
+    let name = exchange_name(&name);
+    bindings_of(
+        &node,
+        &user,
+        &vhost,
+        |_| true,
+        |b| b["destination_type"] == "exchange" && b["destination"] == name,
+    )
+}
+
+async fn bindings_to_queue(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, source, destination)): Path<(String, String, String)>,
+) -> Response {
+    let source = exchange_name(&source);
+    bindings_of(
+        &node,
+        &user,
+        &vhost,
+        |_| true,
+        |b| {
+            b["source"] == source
+                && b["destination_type"] == "queue"
+                && b["destination"] == destination.as_str()
+        },
+    )
+}
+
+async fn bindings_to_exchange(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, source, destination)): Path<(String, String, String)>,
+) -> Response {
+    let (source, destination) = (exchange_name(&source), exchange_name(&destination));
+    bindings_of(
+        &node,
+        &user,
+        &vhost,
+        |_| true,
+        |b| {
+            b["source"] == source
+                && b["destination_type"] == "exchange"
+                && b["destination"] == destination
+        },
+    )
 }
 
 async fn bindings(
@@ -250,6 +466,153 @@ async fn bindings_in(
     match one(&node, &user, &vhost) {
         Some(v) => axum::Json(json::bindings(&v)).into_response(),
         None => not_found(),
+    }
+}
+
+async fn users(State(node): State<Arc<Node>>, axum::Extension(user): Caller) -> Response {
+    admin_only(&user, || json::users(&node))
+}
+
+async fn user(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    if !caller.has_tag("administrator") {
+        return not_authorized("Not administrator user");
+    }
+    match node.users().get(&name) {
+        Some(u) => axum::Json(json::user(u)).into_response(),
+        None => not_found(),
+    }
+}
+
+async fn permissions(State(node): State<Arc<Node>>, axum::Extension(user): Caller) -> Response {
+    admin_only(&user, || json::permissions(&node))
+}
+
+async fn definitions(State(node): State<Arc<Node>>, axum::Extension(user): Caller) -> Response {
+    admin_only(&user, || json::definitions(&node))
+}
+
+/// A health check that passed.
+async fn status_ok() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// A health check that failed: 503 with RabbitMQ's `status`, `reason` and whatever else
+/// the check reports.
+fn check_failed(reason: &str, extra: Value) -> Response {
+    let mut body = json!({"status": "failed", "reason": reason});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// Whether the memory alarm is on. The vhosts share one memory monitor, so any of them
+/// tells; a node without vhosts holds no messages and raises no alarm.
+fn memory_alarm(node: &Node) -> bool {
+    node.vhosts()
+        .next()
+        .is_some_and(|v| *v.memory_alarm().borrow())
+}
+
+/// RabbitMQ's alarm check: 503 with each alarm's node and resource while one is on.
+fn alarm_check(node: &Node, reason: &str) -> Response {
+    if memory_alarm(node) {
+        check_failed(
+            reason,
+            json!({"alarms": [{"node": json::NODE, "resource": "memory"}]}),
+        )
+    } else {
+        axum::Json(json!({"status": "ok"})).into_response()
+    }
+}
+
+/// `/api/health/checks/alarms`; with one node, the cluster's alarms are the node's.
+async fn alarms(State(node): State<Arc<Node>>) -> Response {
+    alarm_check(&node, "There are alarms in effect in the cluster")
+}
+
+async fn local_alarms(State(node): State<Arc<Node>>) -> Response {
+    alarm_check(&node, "There are alarms in effect on the node")
+}
+
+/// Whether this node listens on the port: its AMQP listener or this API's, as RabbitMQ
+/// counts all of its listeners.
+async fn port_listener(State(node): State<Arc<Node>>, Path(port): Path<String>) -> Response {
+    let Ok(port) = port.parse::<i64>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "bad_request", "reason": "Invalid port"})),
+        )
+            .into_response();
+    };
+    let ports: Vec<u16> = node.listeners().iter().map(|(_, a)| a.port()).collect();
+    if ports.iter().any(|p| i64::from(*p) == port) {
+        axum::Json(json!({"status": "ok", "port": port})).into_response()
+    } else {
+        check_failed(
+            "No active listener",
+            json!({"missing": port, "ports": ports}),
+        )
+    }
+}
+
+/// The queue RabbitMQ's aliveness test declares, publishes to and reads from.
+const ALIVENESS_QUEUE: &str = "aliveness-test";
+
+/// Serializes aliveness tests, as each borrows the same internal channel.
+static ALIVENESS: Mutex<()> = Mutex::new(());
+
+/// A connection id no client has (the node numbers connections from 1), under which the
+/// aliveness test opens its channel.
+const INTERNAL_CONN: ConnId = 0;
+
+/// RabbitMQ's aliveness test: declares the `aliveness-test` queue, publishes a message
+/// to it through the default exchange and gets it back, all through the vhost's broker.
+async fn aliveness_test(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(vhost): Path<String>,
+) -> Response {
+    let Some(v) = the_vhost(&node, &user, &vhost) else {
+        return not_found();
+    };
+    match round_trip(&v) {
+        Ok(()) => axum::Json(json!({"status": "ok"})).into_response(),
+        Err(reason) => check_failed(&reason, json!({})),
+    }
+}
+
+fn round_trip(v: &Broker) -> Result<(), String> {
+    let _one_at_a_time = ALIVENESS.lock().unwrap_or_else(PoisonError::into_inner);
+    let declare = amqp_queue::Declare {
+        queue: ALIVENESS_QUEUE.into(),
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    };
+    v.queue_declare(INTERNAL_CONN, &declare, |_| Ok(()))
+        .map_err(|e| e.text)?;
+    v.publish(Message::new(
+        "".into(),
+        ALIVENESS_QUEUE.into(),
+        AMQPProperties::default(),
+        Bytes::from_static(b"test_message"),
+    ))
+    .map_err(|e| e.text)?;
+    v.open_channel(INTERNAL_CONN, 0);
+    let got = v.get(INTERNAL_CONN, 0, ALIVENESS_QUEUE, true);
+    v.close_channel(INTERNAL_CONN, 0);
+    match got {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("aliveness-test queue is empty".to_string()),
+        Err(e) => Err(e.text),
     }
 }
 

@@ -137,6 +137,9 @@ pub async fn run(
 /// (at most 5 s) for the connections to end. Last, the vhosts' journals write out what
 /// they hold and stop.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    if let Ok(addr) = listener.local_addr() {
+        node.add_listener("amqp", addr);
+    }
     let config = node.config();
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let stop = CancellationToken::new();

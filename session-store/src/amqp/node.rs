@@ -67,6 +67,8 @@ pub struct Node {
     next_conn: AtomicU64,
     connections: Mutex<BTreeMap<ConnId, ConnInfo>>,
     rates: Mutex<Sampler>,
+    /// The addresses its servers listen on, by protocol (`amqp`, `http`), as they bound.
+    listeners: Mutex<Vec<(&'static str, SocketAddr)>>,
 }
 
 /// The sampler's key for the node's totals.
@@ -105,6 +107,7 @@ impl Node {
             next_conn: AtomicU64::new(1),
             connections: Mutex::new(BTreeMap::new()),
             rates: Mutex::new(Sampler::default()),
+            listeners: Mutex::new(Vec::new()),
             config,
         };
         if let Err(e) = node.settle_definitions() {
@@ -242,6 +245,22 @@ impl Node {
     }
 
     /// The open connections, oldest first.
+    /// Records where one of the node's servers listens (its bound address, so port 0 is
+    /// resolved), for the management API's listeners and port health check.
+    pub fn add_listener(&self, protocol: &'static str, addr: SocketAddr) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((protocol, addr));
+    }
+
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn connections(&self) -> Vec<ConnInfo> {
         self.conns().values().cloned().collect()
     }

@@ -141,6 +141,66 @@ impl Sampler {
     }
 }
 
+/// A queue's length: ready messages and deliveries awaiting an ack.
+pub type Depth = [u64; 2];
+
+/// Per-second rates of change of `messages` (ready and unacknowledged together),
+/// `messages_ready` and `messages_unacknowledged`: RabbitMQ's `*_details.rate` of queue
+/// lengths, negative while a queue drains.
+pub type DepthRates = [f64; 3];
+
+#[derive(Debug)]
+struct DepthSample {
+    at: Instant,
+    depth: Depth,
+    rates: DepthRates,
+    seen: bool,
+}
+
+/// The last sampled length of each queue, vhost and the node, by key, and its rates of
+/// change since the sample before: sampled by the management API every few seconds,
+/// read when it answers.
+#[derive(Debug, Default)]
+pub struct DepthSampler {
+    samples: HashMap<String, DepthSample>,
+}
+
+impl DepthSampler {
+    /// Records `depth` for `key` at `now`; the rates are the change since the last sample.
+    pub fn record(&mut self, key: String, depth: Depth, now: Instant) {
+        let sample = self.samples.entry(key).or_insert(DepthSample {
+            at: now,
+            depth,
+            rates: [0.0; 3],
+            seen: true,
+        });
+        let secs = now.saturating_duration_since(sample.at).as_secs_f64();
+        if secs > 0.0 {
+            let change = |new: u64, old: u64| (new as f64 - old as f64) / secs;
+            let [ready, unacked] = depth;
+            let [old_ready, old_unacked] = sample.depth;
+            sample.rates = [
+                change(ready + unacked, old_ready + old_unacked),
+                change(ready, old_ready),
+                change(unacked, old_unacked),
+            ];
+        }
+        sample.at = now;
+        sample.depth = depth;
+        sample.seen = true;
+    }
+
+    /// Forgets what was not recorded since the last call (deleted queues).
+    pub fn end_round(&mut self) {
+        self.samples.retain(|_, s| std::mem::take(&mut s.seen));
+    }
+
+    /// The latest rates of `key`; zero before two samples.
+    pub fn rates(&self, key: &str) -> DepthRates {
+        self.samples.get(key).map_or([0.0; 3], |s| s.rates)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -164,5 +224,18 @@ mod tests {
         s.end_round();
         s.end_round();
         assert_eq!(s.rates("q")[0], 0.0, "unrecorded keys are forgotten");
+    }
+
+    #[test]
+    fn depth_rates_follow_queue_lengths() {
+        let mut s = DepthSampler::default();
+        let t0 = Instant::now();
+        s.record("q".into(), [10, 0], t0);
+        assert_eq!(s.rates("q"), [0.0; 3]);
+        s.record("q".into(), [0, 5], t0 + Duration::from_secs(5));
+        assert_eq!(s.rates("q"), [-1.0, -2.0, 1.0]);
+        s.end_round();
+        s.end_round();
+        assert_eq!(s.rates("q"), [0.0; 3], "unrecorded keys are forgotten");
     }
 }

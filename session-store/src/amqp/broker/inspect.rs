@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use amq_protocol::types::FieldTable;
 
-use super::{Broker, ConnId, Destination};
+use super::{Broker, ConnId, Destination, Settle};
 use crate::amqp::stats::MessageStats;
 
 /// A vhost's totals.
@@ -36,8 +36,18 @@ pub struct QueueInfo {
     pub messages_ready: u64,
     pub messages_unacknowledged: u64,
     pub message_bytes_ready: u64,
+    /// Body bytes of the deliveries awaiting an ack.
+    pub message_bytes_unacknowledged: u64,
     pub consumers: usize,
     pub stats: MessageStats,
+    /// The tag of the queue's exclusive consumer, if it has one.
+    pub exclusive_consumer_tag: Option<String>,
+    /// On a single-active-consumer queue, the tag of the consumer that receives.
+    pub single_active_consumer_tag: Option<String>,
+    /// Whether some consumer could take a delivery right now: it is active, below its
+    /// prefetch and its channel's, and its connection is not congested. A point sample
+    /// of what RabbitMQ's `consumer_capacity` averages over time.
+    pub consumer_ready: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +79,8 @@ pub struct ChannelInfo {
     pub prefetch_count: u16,
     pub global_prefetch_count: u16,
     pub transactional: bool,
+    /// Deliveries acked inside the open transaction, settled at tx.commit.
+    pub acks_uncommitted: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -118,32 +130,91 @@ impl Broker {
     /// Every queue, sorted by name.
     pub fn queues(&self) -> Vec<QueueInfo> {
         let core = self.lock();
-        let mut unacked: HashMap<&str, u64> = HashMap::new();
+        // (count, body bytes) of the deliveries awaiting an ack, by queue.
+        let mut unacked: HashMap<&str, (u64, u64)> = HashMap::new();
         for state in core.channels.values() {
             for u in state.unacked.values() {
-                *unacked.entry(&*u.queue).or_default() += 1;
+                let entry = unacked.entry(&*u.queue).or_default();
+                entry.0 += 1;
+                entry.1 += u.message.message.body.len() as u64;
             }
         }
         let mut list: Vec<QueueInfo> = core
             .vhost
             .queues
             .values()
-            .map(|q| QueueInfo {
-                name: q.name.to_string(),
-                durable: q.durable,
-                auto_delete: q.auto_delete,
-                exclusive: q.owner.is_some(),
-                kind: q.args.kind.name(),
-                arguments: q.arguments.clone(),
-                messages_ready: u64::from(q.message_count()),
-                messages_unacknowledged: unacked.get(&*q.name).copied().unwrap_or(0),
-                message_bytes_ready: q.bytes(),
-                consumers: q.consumers.len(),
-                stats: q.stats,
+            .map(|q| {
+                let (messages_unacknowledged, message_bytes_unacknowledged) =
+                    unacked.get(&*q.name).copied().unwrap_or_default();
+                let sac = q.args.single_active_consumer;
+                // Of a single-active-consumer queue only the first consumer receives.
+                let receiving = &q.consumers[..if sac {
+                    q.consumers.len().min(1)
+                } else {
+                    q.consumers.len()
+                }];
+                let consumer_ready = receiving.iter().any(|c| {
+                    let channel_room = core.channels.get(&(c.conn, c.channel)).is_some_and(|s| {
+                        s.channel_prefetch == 0 || s.unacked.len() < usize::from(s.channel_prefetch)
+                    });
+                    let flowing = core
+                        .connections
+                        .get(&c.conn)
+                        .is_some_and(|h| !h.congested.load(Ordering::Relaxed));
+                    c.active
+                        && (c.prefetch == 0 || c.unacked < u32::from(c.prefetch))
+                        && channel_room
+                        && flowing
+                });
+                QueueInfo {
+                    name: q.name.to_string(),
+                    durable: q.durable,
+                    auto_delete: q.auto_delete,
+                    exclusive: q.owner.is_some(),
+                    kind: q.args.kind.name(),
+                    arguments: q.arguments.clone(),
+                    messages_ready: u64::from(q.message_count()),
+                    messages_unacknowledged,
+                    message_bytes_ready: q.bytes(),
+                    message_bytes_unacknowledged,
+                    consumers: q.consumers.len(),
+                    stats: q.stats,
+                    exclusive_consumer_tag: q
+                        .consumers
+                        .iter()
+                        .find(|c| c.exclusive)
+                        .map(|c| c.tag.to_string()),
+                    single_active_consumer_tag: receiving
+                        .first()
+                        .filter(|_| sac)
+                        .map(|c| c.tag.to_string()),
+                    consumer_ready,
+                }
             })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+
+    /// Each queue's name, ready messages and deliveries awaiting an ack: what the
+    /// management API samples for the rates of change of queue lengths, without the
+    /// rest of [`Broker::queues`].
+    pub fn depths(&self) -> Vec<(String, u64, u64)> {
+        let core = self.lock();
+        let mut unacked: HashMap<&str, u64> = HashMap::new();
+        for state in core.channels.values() {
+            for u in state.unacked.values() {
+                *unacked.entry(&*u.queue).or_default() += 1;
+            }
+        }
+        core.vhost
+            .queues
+            .values()
+            .map(|q| {
+                let pending = unacked.get(&*q.name).copied().unwrap_or(0);
+                (q.name.to_string(), u64::from(q.message_count()), pending)
+            })
+            .collect()
     }
 
     /// Every exchange, the default one included (as `""`), sorted by name.
@@ -257,6 +328,12 @@ impl Broker {
                 prefetch_count: s.consumer_prefetch,
                 global_prefetch_count: s.channel_prefetch,
                 transactional: s.tx,
+                acks_uncommitted: s
+                    .tx_settled
+                    .iter()
+                    .filter(|(_, settle)| *settle == Settle::Ack)
+                    .map(|(tags, _)| tags.len())
+                    .sum(),
             })
             .collect();
         list.sort_by_key(|c| (c.conn, c.number));

@@ -5,33 +5,114 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
+use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use super::depths::Depths;
 use crate::amqp::broker::{Broker, ConnId};
 use crate::amqp::node::{ConnInfo, Node};
-use crate::amqp::stats::{MessageStats, Rates};
+use crate::amqp::stats::{DepthRates, MessageStats, Rates};
+use crate::amqp::users::User;
 
-/// The management API version whose shapes these follow.
-const MANAGEMENT_VERSION: &str = "3.12.0";
-const NODE: &str = "session-store@localhost";
+/// The management API version whose shapes these follow; also the `rabbitmq_version`
+/// reported, so tools that branch on the version see one story.
+pub const MANAGEMENT_VERSION: &str = "3.12.0";
+/// The node name every object reports (there is one node, no cluster).
+pub const NODE: &str = "session-store@localhost";
 
-/// `message_stats`: each counter, and its rate under `<name>_details`.
-fn message_stats(stats: &MessageStats, rates: &Rates) -> Value {
+/// Counters RabbitMQ reports for channels, exchanges, vhosts and the node but not for
+/// queues: publisher confirms and unroutable messages never concern a queue.
+const NOT_PER_QUEUE: [&str; 3] = ["confirm", "return_unroutable", "drop_unroutable"];
+
+/// `message_stats`: each counter but those in `skip`, and its rate under
+/// `<name>_details`.
+fn message_stats(stats: &MessageStats, rates: &Rates, skip: &[&str]) -> Value {
     let mut out = Map::new();
     for (i, (name, count)) in stats.fields().into_iter().enumerate() {
+        if skip.contains(&name) {
+            continue;
+        }
         out.insert(name.to_string(), json!(count));
         out.insert(format!("{name}_details"), json!({"rate": rates[i]}));
     }
     Value::Object(out)
 }
 
-pub fn overview(node: &Node) -> Value {
+/// The `*_details` of queue lengths: `messages_details`, `messages_ready_details` and
+/// `messages_unacknowledged_details`, added to `out`.
+fn depth_details(out: &mut Value, rates: DepthRates) {
+    if let Value::Object(map) = out {
+        for (name, rate) in [
+            "messages_details",
+            "messages_ready_details",
+            "messages_unacknowledged_details",
+        ]
+        .into_iter()
+        .zip(rates)
+        {
+            map.insert(name.to_string(), json!({"rate": rate}));
+        }
+    }
+}
+
+/// RabbitMQ's exchange types and their descriptions, as `/api/overview` lists them.
+const EXCHANGE_TYPES: [(&str, &str); 4] = [
+    (
+        "direct",
+        "AMQP direct exchange, as per the AMQP specification",
+    ),
+    (
+        "fanout",
+        "AMQP fanout exchange, as per the AMQP specification",
+    ),
+    (
+        "headers",
+        "AMQP headers exchange, as per the AMQP specification",
+    ),
+    (
+        "topic",
+        "AMQP topic exchange, as per the AMQP specification",
+    ),
+];
+
+/// `/api/overview`.
+pub fn overview(node: &Node, depths: &Depths) -> Value {
     let (total, rates) = node.overview();
+    let listeners: Vec<Value> = node
+        .listeners()
+        .into_iter()
+        .map(|(protocol, a)| {
+            json!({
+                "node": NODE,
+                "protocol": protocol,
+                "ip_address": a.ip().to_string(),
+                "port": a.port(),
+            })
+        })
+        .collect();
+    let exchange_types: Vec<Value> = EXCHANGE_TYPES
+        .iter()
+        .map(|(name, description)| {
+            json!({"name": name, "description": description, "enabled": true})
+        })
+        .collect();
+    let mut queue_totals = json!({
+        "messages": total.messages_ready + total.messages_unacknowledged,
+        "messages_ready": total.messages_ready,
+        "messages_unacknowledged": total.messages_unacknowledged,
+    });
+    depth_details(&mut queue_totals, depths.overview());
     json!({
         "management_version": MANAGEMENT_VERSION,
+        "rabbitmq_version": MANAGEMENT_VERSION,
+        // Rates come from samples of the counters, as in RabbitMQ's basic mode.
+        "rates_mode": "basic",
         "product_name": "session-store",
         "product_version": env!("CARGO_PKG_VERSION"),
         "node": NODE,
+        "cluster_name": NODE,
+        "listeners": listeners,
+        "exchange_types": exchange_types,
         "object_totals": {
             "connections": node.connections().len(),
             "channels": total.channels,
@@ -39,27 +120,28 @@ pub fn overview(node: &Node) -> Value {
             "queues": total.queues,
             "consumers": total.consumers,
         },
-        "queue_totals": {
-            "messages": total.messages_ready + total.messages_unacknowledged,
-            "messages_ready": total.messages_ready,
-            "messages_unacknowledged": total.messages_unacknowledged,
-        },
-        "message_stats": message_stats(&total.stats, &rates),
+        "queue_totals": queue_totals,
+        "message_stats": message_stats(&total.stats, &rates, &[]),
     })
 }
 
-pub fn vhost(node: &Node, vhost: &Broker) -> Value {
+pub fn vhost(node: &Node, vhost: &Broker, depths: &Depths) -> Value {
     let info = vhost.info();
-    json!({
+    let mut out = json!({
         "name": info.name,
         "description": "",
         "tags": [],
+        "metadata": {"description": "", "tags": []},
+        // RabbitMQ's word for a vhost without a default queue type.
+        "default_queue_type": "undefined",
         "tracing": false,
         "messages": info.messages_ready + info.messages_unacknowledged,
         "messages_ready": info.messages_ready,
         "messages_unacknowledged": info.messages_unacknowledged,
-        "message_stats": message_stats(&info.stats, &node.vhost_rates(&info.name)),
-    })
+        "message_stats": message_stats(&info.stats, &node.vhost_rates(&info.name), &[]),
+    });
+    depth_details(&mut out, depths.vhost(&info.name));
+    out
 }
 
 /// Open channels per connection, over the given vhosts.
@@ -101,6 +183,7 @@ pub fn connections(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
                 "timeout": c.heartbeat,
                 "connected_at": c.connected_at,
                 "client_properties": {"product": c.client},
+                "ssl": false,
             })
         })
         .collect()
@@ -136,6 +219,7 @@ pub fn channels(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
                 "prefetch_count": ch.prefetch_count,
                 "global_prefetch_count": ch.global_prefetch_count,
                 "transactional": ch.transactional,
+                "acks_uncommitted": ch.acks_uncommitted,
             }));
         }
     }
@@ -206,8 +290,28 @@ pub fn exchanges(vhosts: &[Arc<Broker>]) -> Value {
         .collect()
 }
 
-/// The queues of `vhosts`, or only the one called `only`.
-pub fn queues(node: &Node, vhosts: &[Arc<Broker>], only: Option<&str>) -> Value {
+/// `/api/exchanges/{vhost}/{name}` (the default exchange is `""`), with the per-channel
+/// and per-queue traffic lists RabbitMQ keeps only in its detailed rates mode, empty as
+/// in its default basic mode.
+pub fn exchange(vhost: &Arc<Broker>, name: &str) -> Option<Value> {
+    let Value::Array(list) = exchanges(std::slice::from_ref(vhost)) else {
+        return None;
+    };
+    let mut found = list.into_iter().find(|x| x["name"] == name)?;
+    if let Value::Object(map) = &mut found {
+        map.insert("incoming".into(), json!([]));
+        map.insert("outgoing".into(), json!([]));
+    }
+    Some(found)
+}
+
+/// The queues of `vhosts`, or only the one called `only`. `memory` is the body bytes a
+/// queue holds (ready and awaiting acks), a lower bound of what RabbitMQ reports (its
+/// queue process's memory). `consumer_capacity` and `consumer_utilisation` are sampled
+/// now (1 when some consumer could take a delivery at once, else 0) rather than
+/// averaged over time. RabbitMQ's `idle_since`, `messages_persistent` and
+/// `head_message_timestamp` are left out: nothing here knows them.
+pub fn queues(node: &Node, depths: &Depths, vhosts: &[Arc<Broker>], only: Option<&str>) -> Value {
     vhosts
         .iter()
         .flat_map(|v| {
@@ -216,7 +320,9 @@ pub fn queues(node: &Node, vhosts: &[Arc<Broker>], only: Option<&str>) -> Value 
                 .filter(|q| only.is_none_or(|name| q.name == name))
                 .map(|q| {
                     let rates = node.queue_rates(v.name(), &q.name);
-                    json!({
+                    let capacity = if q.consumer_ready { 1.0 } else { 0.0 };
+                    let message_bytes = q.message_bytes_ready + q.message_bytes_unacknowledged;
+                    let mut out = json!({
                         "name": q.name,
                         "vhost": v.name(),
                         "node": NODE,
@@ -226,41 +332,228 @@ pub fn queues(node: &Node, vhosts: &[Arc<Broker>], only: Option<&str>) -> Value 
                         "auto_delete": q.auto_delete,
                         "exclusive": q.exclusive,
                         "arguments": table(&q.arguments),
+                        "policy": null,
+                        "operator_policy": null,
                         "messages": q.messages_ready + q.messages_unacknowledged,
                         "messages_ready": q.messages_ready,
                         "messages_unacknowledged": q.messages_unacknowledged,
+                        "message_bytes": message_bytes,
                         "message_bytes_ready": q.message_bytes_ready,
+                        "message_bytes_unacknowledged": q.message_bytes_unacknowledged,
+                        "memory": message_bytes,
                         "consumers": q.consumers,
-                        "message_stats": message_stats(&q.stats, &rates),
-                    })
+                        "consumer_capacity": capacity,
+                        "consumer_utilisation": capacity,
+                        "exclusive_consumer_tag": q.exclusive_consumer_tag,
+                        "single_active_consumer_tag": q.single_active_consumer_tag,
+                        "message_stats": message_stats(&q.stats, &rates, &NOT_PER_QUEUE),
+                    });
+                    depth_details(&mut out, depths.queue(v.name(), &q.name));
+                    out
                 })
                 .collect::<Vec<_>>()
         })
         .collect()
 }
 
+/// `/api/queues/{vhost}/{name}`: the listing's fields and the queue's consumers, shaped
+/// like `/api/consumers` entries.
+pub fn queue(node: &Node, depths: &Depths, vhost: &Arc<Broker>, name: &str) -> Option<Value> {
+    let Value::Array(mut found) = queues(node, depths, std::slice::from_ref(vhost), Some(name))
+    else {
+        return None;
+    };
+    let mut out = found.pop()?;
+    let details: Vec<Value> = match consumers(node, std::slice::from_ref(vhost)) {
+        Value::Array(list) => list
+            .into_iter()
+            .filter(|c| c["queue"]["name"] == name)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Value::Object(map) = &mut out {
+        map.insert("consumer_details".into(), Value::Array(details));
+    }
+    Some(out)
+}
+
+/// Every binding of `vhosts` (the default exchange's implicit ones included, as
+/// RabbitMQ lists them).
 pub fn bindings(vhosts: &[Arc<Broker>]) -> Value {
+    bindings_where(vhosts, |_| true)
+}
+
+/// The bindings of `vhosts` that `keep` selects, by their JSON.
+pub fn bindings_where(vhosts: &[Arc<Broker>], keep: impl Fn(&Value) -> bool) -> Value {
     vhosts
         .iter()
         .flat_map(|v| {
-            v.bindings().into_iter().map(|b| {
-                let properties_key = if b.routing_key.is_empty() {
-                    "~".to_string()
-                } else {
-                    b.routing_key.clone()
-                };
-                json!({
-                    "source": b.source,
-                    "vhost": v.name(),
-                    "destination": b.destination,
-                    "destination_type": b.destination_type,
-                    "routing_key": b.routing_key,
-                    "arguments": table(&b.arguments),
-                    "properties_key": properties_key,
+            v.bindings()
+                .into_iter()
+                .map(|b| {
+                    json!({
+                        "source": b.source,
+                        "vhost": v.name(),
+                        "destination": b.destination,
+                        "destination_type": b.destination_type,
+                        "routing_key": b.routing_key,
+                        "arguments": table(&b.arguments),
+                        "properties_key": properties_key(&b.routing_key, &b.arguments),
+                    })
                 })
-            })
+                .filter(|b| keep(b))
+                .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// What names a binding in RabbitMQ's URLs: `~` for an empty routing key without
+/// arguments, else the routing key form-encoded (`a.#` is `a.%23`, a space `+`). With
+/// arguments RabbitMQ appends `~` and a hash of the Erlang terms; this appends `~` and a
+/// short hash of our own (FNV-1a of the arguments' JSON, base64url), so keys tell
+/// bindings apart the same way without matching RabbitMQ's digits.
+pub fn properties_key(routing_key: &str, arguments: &FieldTable) -> String {
+    if arguments.inner().is_empty() {
+        return if routing_key.is_empty() {
+            "~".to_string()
+        } else {
+            quote_plus(routing_key)
+        };
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in table(arguments).to_string().bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.to_be_bytes());
+    format!("{}~{}", quote_plus(routing_key), quote_plus(&digest))
+}
+
+/// Form encoding as RabbitMQ's `quote_plus`: letters, digits, `.`, `-` and `_` stay, a
+/// space becomes `+`, every other byte `%XX`.
+fn quote_plus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                out.push(char::from(byte));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// A user as `/api/users` and definitions list it.
+pub fn user(u: &User) -> Value {
+    json!({
+        "name": u.name,
+        "password_hash": u.password.encode(),
+        "hashing_algorithm": u.password.hashing().as_str(),
+        "tags": u.tags,
+        "limits": {},
+    })
+}
+
+/// Every user, by name.
+pub fn users(node: &Node) -> Value {
+    let mut list: Vec<&Arc<User>> = node.users().all().collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list.into_iter().map(|u| user(u)).collect()
+}
+
+/// Every user's permissions in every vhost, by user then vhost.
+pub fn permissions(node: &Node) -> Value {
+    let mut names: Vec<&str> = node.users().all().map(|u| u.name.as_str()).collect();
+    names.sort_unstable();
+    let mut list = Vec::new();
+    for name in names {
+        for v in node.vhosts() {
+            if let Some(p) = node.users().permissions(name, v.name()) {
+                list.push(json!({
+                    "user": name,
+                    "vhost": v.name(),
+                    "configure": p.configure,
+                    "write": p.write,
+                    "read": p.read,
+                }));
+            }
+        }
+    }
+    Value::Array(list)
+}
+
+/// `/api/definitions`: what `rabbitmqctl export_definitions` writes, and what
+/// `--amqp-definitions` loads. Exchanges are the declared ones (not the default or the
+/// predeclared `amq.*`), bindings the explicit ones; exclusive queues, and bindings to
+/// them, are left out as RabbitMQ leaves them out, since they die with their connection.
+pub fn definitions(node: &Node) -> Value {
+    let mut queues = Vec::new();
+    let mut exchanges = Vec::new();
+    let mut bindings = Vec::new();
+    for v in node.vhosts() {
+        let mut exclusive = Vec::new();
+        for q in v.queues() {
+            if q.exclusive {
+                exclusive.push(q.name);
+                continue;
+            }
+            queues.push(json!({
+                "name": q.name,
+                "vhost": v.name(),
+                "durable": q.durable,
+                "auto_delete": q.auto_delete,
+                "arguments": table(&q.arguments),
+            }));
+        }
+        for x in v.exchanges() {
+            if x.name.is_empty() || x.name.starts_with("amq.") {
+                continue;
+            }
+            exchanges.push(json!({
+                "name": x.name,
+                "vhost": v.name(),
+                "type": x.kind,
+                "durable": x.durable,
+                "auto_delete": x.auto_delete,
+                "internal": x.internal,
+                "arguments": table(&x.arguments),
+            }));
+        }
+        for b in v.bindings() {
+            if b.source.is_empty()
+                || (b.destination_type == "queue" && exclusive.contains(&b.destination))
+            {
+                continue;
+            }
+            bindings.push(json!({
+                "source": b.source,
+                "vhost": v.name(),
+                "destination": b.destination,
+                "destination_type": b.destination_type,
+                "routing_key": b.routing_key,
+                "arguments": table(&b.arguments),
+            }));
+        }
+    }
+    let vhosts: Vec<Value> = node.vhosts().map(|v| json!({"name": v.name()})).collect();
+    json!({
+        "rabbit_version": MANAGEMENT_VERSION,
+        "rabbitmq_version": MANAGEMENT_VERSION,
+        "product_name": "session-store",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": users(node),
+        "vhosts": vhosts,
+        "permissions": permissions(node),
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    })
 }
 
 /// An AMQP table as JSON, the way RabbitMQ shows arguments.
@@ -293,5 +586,36 @@ fn value(v: &AMQPValue) -> Value {
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value).collect()),
         AMQPValue::FieldTable(t) => table(t),
         AMQPValue::Void => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_keys_encode_like_rabbitmq() {
+        let none = FieldTable::default();
+        // What RabbitMQ 3.10 answers for these routing keys.
+        for (key, expected) in [
+            ("", "~"),
+            ("a.#", "a.%23"),
+            ("a b", "a+b"),
+            ("a/b", "a%2Fb"),
+            ("a~b", "a%7Eb"),
+            ("a-b_c.d", "a-b_c.d"),
+            ("a'b(c)!", "a%27b%28c%29%21"),
+            ("é", "%C3%A9"),
+        ] {
+            assert_eq!(properties_key(key, &none), expected, "{key}");
+        }
+        let mut args = FieldTable::default();
+        args.insert("k".into(), AMQPValue::LongString("v".into()));
+        let with_args = properties_key("a b", &args);
+        assert!(with_args.starts_with("a+b~"), "{with_args}");
+        assert_eq!(with_args, properties_key("a b", &args), "stable");
+        let mut other = FieldTable::default();
+        other.insert("k".into(), AMQPValue::LongString("w".into()));
+        assert_ne!(with_args, properties_key("a b", &other));
     }
 }
