@@ -838,21 +838,8 @@ impl Broker {
         let mut core = self.lock();
         let core = &mut *core;
         let vhost_name = core.vhost.name.clone();
-        let state = core
-            .channels
-            .get_mut(&(conn, channel))
-            .ok_or_else(|| AmqpError::channel(super::error::code::CHANNEL_ERROR, "no channel"))?;
-        let tag = if c.consumer_tag.as_str().is_empty() {
-            ShortString::from(unique_name("amq.ctag-"))
-        } else {
-            c.consumer_tag.clone()
-        };
-        if state.consumers.iter().any(|(_, t)| *t == tag) {
-            return Err(AmqpError::connection(
-                super::error::code::NOT_ALLOWED,
-                format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
-            ));
-        }
+        let state = channel_state(&mut core.channels, conn, channel)?;
+        let tag = consumer_tag(state, &c.consumer_tag)?;
         let q = core.vhost.usable_queue(c.queue.as_str(), conn)?;
         if q.args.kind == QueueType::Quorum && state.channel_prefetch > 0 {
             return Err(AmqpError::connection(
@@ -899,28 +886,14 @@ impl Broker {
     ) -> Result<ShortString, AmqpError> {
         let mut core = self.lock();
         let core = &mut *core;
-        let state = core
-            .channels
-            .get_mut(&(conn, channel))
-            .ok_or_else(|| AmqpError::channel(super::error::code::CHANNEL_ERROR, "no channel"))?;
-        let requested = &c.consumer_tag;
-        if state.consumers.iter().any(|(_, t)| t == requested) {
-            return Err(AmqpError::connection(
-                super::error::code::NOT_ALLOWED,
-                format!("NOT_ALLOWED - attempt to reuse consumer tag '{requested}'"),
-            ));
-        }
+        let state = channel_state(&mut core.channels, conn, channel)?;
+        let tag = consumer_tag(state, &c.consumer_tag)?;
         if !c.no_ack {
             return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
         }
         if state.reply.is_some() {
             return Err(AmqpError::precondition("reply consumer already set"));
         }
-        let tag = if requested.as_str().is_empty() {
-            ShortString::from(unique_name("amq.ctag-"))
-        } else {
-            requested.clone()
-        };
         let suffix = unique_name("");
         core.replies.insert(suffix.clone(), (conn, channel));
         state.reply = Some(ReplyConsumer::new(tag.clone(), suffix));
@@ -1465,6 +1438,33 @@ fn redispatch_for(core: &mut Core, on: impl Fn((ConnId, u16)) -> bool) {
     for name in queues {
         dispatch_queue(core, &name);
     }
+}
+
+/// The broker side of a channel the connection opened.
+fn channel_state(
+    channels: &mut HashMap<(ConnId, u16), ChannelState>,
+    conn: ConnId,
+    channel: u16,
+) -> Result<&mut ChannelState, AmqpError> {
+    channels
+        .get_mut(&(conn, channel))
+        .ok_or_else(|| AmqpError::channel(super::error::code::CHANNEL_ERROR, "no channel"))
+}
+
+/// The tag a basic.consume asked for, or a generated one; reusing one of the channel's
+/// is a connection error in RabbitMQ.
+fn consumer_tag(state: &ChannelState, requested: &ShortString) -> Result<ShortString, AmqpError> {
+    if state.consumers.iter().any(|(_, t)| t == requested) {
+        return Err(AmqpError::connection(
+            super::error::code::NOT_ALLOWED,
+            format!("NOT_ALLOWED - attempt to reuse consumer tag '{requested}'"),
+        ));
+    }
+    Ok(if requested.as_str().is_empty() {
+        ShortString::from(unique_name("amq.ctag-"))
+    } else {
+        requested.clone()
+    })
 }
 
 /// Hands a reply to the channel whose address ends in `suffix`, if it still consumes
