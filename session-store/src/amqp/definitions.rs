@@ -81,6 +81,10 @@ pub struct Definitions {
     pub exchanges: Vec<ExchangeDef>,
     pub queues: Vec<QueueDef>,
     pub bindings: Vec<BindingDef>,
+    /// What the file holds that this broker does not apply (policies, topic permissions,
+    /// runtime parameters), one line each, so that the start can say so instead of the
+    /// broker quietly behaving otherwise than the file's RabbitMQ did.
+    pub ignored: Vec<String>,
 }
 
 /// RabbitMQ's fresh node: vhost `/` and `guest`/`guest`, an administrator with every
@@ -103,6 +107,7 @@ impl Definitions {
             exchanges: Vec::new(),
             queues: Vec::new(),
             bindings: Vec::new(),
+            ignored: Vec::new(),
         }
     }
 
@@ -138,7 +143,15 @@ impl Definitions {
             path: shown.clone(),
             error,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let parsed = Self::parse(&text);
+        if let Ok(d) = &parsed {
+            for what in &d.ignored {
+                tracing::warn!(
+                    "{shown}: {what} not applied: this broker does not support them; set what they do as queue or exchange arguments"
+                );
+            }
+        }
+        parsed.map_err(|e| match e {
             ParseError::Json(error) => DefinitionsError::Json {
                 path: shown.clone(),
                 error,
@@ -228,6 +241,29 @@ impl Definitions {
                 routing_key: b.routing_key,
             });
         }
+        let names = |list: &[Named]| {
+            list.iter()
+                .map(|n| format!("'{}'", n.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !file.policies.is_empty() {
+            d.ignored
+                .push(format!("policies {}", names(&file.policies)));
+        }
+        if !file.topic_permissions.is_empty() {
+            let who: Vec<String> = file
+                .topic_permissions
+                .iter()
+                .map(|t| format!("'{}' in vhost '{}'", t.user, t.vhost))
+                .collect();
+            d.ignored
+                .push(format!("topic permissions of {}", who.join(", ")));
+        }
+        if !file.parameters.is_empty() {
+            d.ignored
+                .push(format!("parameters {}", names(&file.parameters)));
+        }
         Ok(d)
     }
 
@@ -253,9 +289,16 @@ fn invalid(problem: String) -> ParseError {
     ParseError::Invalid(problem)
 }
 
-/// The sections read; others (`parameters`, `policies`, ...) are ignored.
+/// The sections read. `policies`, `topic_permissions` and `parameters` are read only to
+/// name what is not applied; others are ignored.
 #[derive(Deserialize)]
 struct File {
+    #[serde(default)]
+    policies: Vec<Named>,
+    #[serde(default)]
+    topic_permissions: Vec<TopicPermissionJson>,
+    #[serde(default)]
+    parameters: Vec<Named>,
     #[serde(default)]
     users: Vec<UserJson>,
     vhosts: Option<Vec<VHostJson>>,
@@ -267,6 +310,17 @@ struct File {
     queues: Vec<QueueJson>,
     #[serde(default)]
     bindings: Vec<BindingJson>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct TopicPermissionJson {
+    user: String,
+    vhost: String,
 }
 
 #[derive(Deserialize)]
@@ -462,6 +516,26 @@ mod tests {
             Some(&AMQPValue::LongLongInt(1000))
         );
         assert!(!d.bindings[0].to_exchange);
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+    }
+
+    #[test]
+    fn names_what_it_does_not_apply() {
+        let d = Definitions::parse(
+            r#"{"policies": [{"vhost": "/", "name": "dlx", "pattern": ".*", "apply-to": "queues",
+                 "definition": {"dead-letter-exchange": "dead"}, "priority": 0}],
+                "topic_permissions": [{"user": "guest", "vhost": "/", "exchange": "amq.topic",
+                 "write": "^a", "read": ".*"}],
+                "parameters": []}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            d.ignored,
+            [
+                "policies 'dlx'",
+                "topic permissions of 'guest' in vhost '/'"
+            ]
+        );
     }
 
     #[test]
