@@ -850,3 +850,243 @@ async fn users_permissions_and_definitions_are_for_administrators() {
     assert!(loaded.users.permissions("watcher", "other").is_some());
     assert!(loaded.users.permissions("watcher", "/").is_none());
 }
+
+/// A write to the API as `user`: (status, Location header, JSON body or Null).
+async fn send(
+    r: &Running,
+    method: reqwest::Method,
+    path: &str,
+    user: (&str, &str),
+    body: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", r.http))
+        .basic_auth(user.0, Some(user.1))
+        .header("content-type", "application/json");
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = step(request.send()).await.expect("request");
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = step(response.text()).await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, location, json)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_declare_bind_publish_get_and_delete_as_rabbitmq_answers() {
+    use reqwest::Method;
+    let r = running().await;
+    let guest = ("guest", "guest");
+    let put = |path: &'static str, body: &'static str| {
+        let r = &r;
+        async move { send(r, Method::PUT, path, guest, Some(body)).await }
+    };
+    // Queues: 201 new, 204 again, 400 with the broker's reason when inequivalent.
+    let q = r#"{"durable": true, "arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "wdead"}}"#;
+    assert_eq!(put("/api/queues/%2F/wq", q).await.0, 201);
+    assert_eq!(put("/api/queues/%2F/wq", q).await.0, 204);
+    let (status, _, body) = put("/api/queues/%2F/wq", r#"{"durable": false}"#).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("inequivalent arg 'durable' for queue 'wq'")),
+        "{body}"
+    );
+    assert_eq!(put("/api/queues/%2F/wdead", "{}").await.0, 201);
+    assert_eq!(
+        put("/api/queues/%2F/amq.x", "{}").await.0,
+        401,
+        "reserved name"
+    );
+    assert_eq!(
+        put("/api/queues/%2F/bad", "not json").await.2["reason"],
+        "not_json"
+    );
+    assert_eq!(
+        put("/api/queues/nowhere/q", "{}").await.2["reason"],
+        "vhost_not_found"
+    );
+    let watcher = send(
+        &r,
+        Method::PUT,
+        "/api/queues/%2F/w",
+        ("watcher", "pw"),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(watcher.0, 401, "no permissions on the vhost");
+    assert_eq!(watcher.2["reason"], "Access refused.");
+    let listed = json(&r, "/api/queues/%2F/wq").await;
+    assert_eq!(listed["durable"], true);
+    assert_eq!(listed["arguments"]["x-dead-letter-routing-key"], "wdead");
+
+    // Exchanges and a binding; the Location names the binding by its properties key.
+    assert_eq!(
+        put("/api/exchanges/%2F/wx", r#"{"type": "topic"}"#).await.0,
+        201
+    );
+    assert_eq!(
+        put("/api/exchanges/%2F/wx", r#"{"type": "topic"}"#).await.0,
+        204
+    );
+    let (status, _, body) = put("/api/exchanges/%2F/wy", r#"{"type": "nope"}"#).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("unknown exchange type 'nope'"))
+    );
+    let (status, location, _) = send(
+        &r,
+        Method::POST,
+        "/api/bindings/%2F/e/wx/q/wq",
+        guest,
+        Some(r#"{"routing_key": "a.#"}"#),
+    )
+    .await;
+    assert_eq!((status, location.as_deref()), (201, Some("wq/a.%2523")));
+    let (status, _, body) = send(
+        &r,
+        Method::POST,
+        "/api/bindings/%2F/e/nox/q/wq",
+        guest,
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (404, Some("no exchange 'nox' in vhost '/'"))
+    );
+
+    // Publish: routed or not; a publish as someone else is refused.
+    let publish = |exchange: &'static str, body: &'static str| {
+        let r = &r;
+        async move {
+            send(
+                r,
+                Method::POST,
+                &format!("/api/exchanges/%2F/{exchange}/publish"),
+                guest,
+                Some(body),
+            )
+            .await
+        }
+    };
+    let routed = publish(
+        "wx",
+        r#"{"routing_key": "a.b", "payload": "hello", "payload_encoding": "string",
+            "properties": {"delivery_mode": 2, "headers": {"h": 1}, "message_id": "m1"}}"#,
+    )
+    .await;
+    assert_eq!((routed.0, routed.2.clone()), (200, js!({"routed": true})));
+    let nowhere = publish("wx", r#"{"routing_key": "zz", "payload": "x"}"#).await;
+    assert_eq!(nowhere.2, js!({"routed": false}));
+    let default = publish(
+        "amq.default",
+        r#"{"routing_key": "wq", "payload": "/w==", "payload_encoding": "base64"}"#,
+    )
+    .await;
+    assert_eq!(default.2, js!({"routed": true}));
+    let spoofed = publish(
+        "wx",
+        r#"{"routing_key": "a.b", "payload": "x", "properties": {"user_id": "mallory"}}"#,
+    )
+    .await;
+    assert_eq!(spoofed.0, 400);
+
+    // Get: requeued (then redelivered), acked away, rejected into the dead-letter queue.
+    let get = |body: &'static str| {
+        let r = &r;
+        async move { send(r, Method::POST, "/api/queues/%2F/wq/get", guest, Some(body)).await }
+    };
+    let (status, _, first) =
+        get(r#"{"count": 5, "ackmode": "ack_requeue_true", "encoding": "auto"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(first[0]["payload"], "hello");
+    assert_eq!(first[0]["payload_encoding"], "string");
+    assert_eq!(first[0]["redelivered"], false);
+    assert_eq!(first[0]["message_count"], 1);
+    assert_eq!(first[0]["properties"]["message_id"], "m1");
+    assert_eq!(first[0]["properties"]["headers"]["h"], 1);
+    assert_eq!(first[1]["payload"], "/w==", "not UTF-8: base64");
+    assert_eq!(first[1]["payload_encoding"], "base64");
+    assert_eq!(
+        first[1]["properties"],
+        js!([]),
+        "RabbitMQ's empty properties"
+    );
+    let (_, _, again) = get(r#"{"count": 1, "ackmode": "ack_requeue_false"}"#).await;
+    assert_eq!(
+        (
+            again[0]["payload"].as_str(),
+            again[0]["redelivered"].as_bool()
+        ),
+        (Some("hello"), Some(true))
+    );
+    let (_, _, rejected) = get(r#"{"count": 1, "ackmode": "reject_requeue_false"}"#).await;
+    assert_eq!(rejected[0]["payload_bytes"], 1);
+    let (_, _, dead) = send(
+        &r,
+        Method::POST,
+        "/api/queues/%2F/wdead/get",
+        guest,
+        Some(r#"{"count": 5, "ackmode": "ack_requeue_false"}"#),
+    )
+    .await;
+    assert_eq!(dead.as_array().map(Vec::len), Some(1), "{dead}");
+    assert_eq!(json(&r, "/api/queues/%2F/wq").await["messages_ready"], 0);
+    assert_eq!(get(r#"{"ackmode": "sometimes"}"#).await.0, 400);
+
+    // Purge, unbind, delete; what is gone is 404.
+    publish("amq.default", r#"{"routing_key": "wq", "payload": "p"}"#).await;
+    let del = |path: &'static str| {
+        let r = &r;
+        async move { send(r, Method::DELETE, path, guest, None).await.0 }
+    };
+    assert_eq!(del("/api/queues/%2F/wq/contents").await, 204);
+    assert_eq!(json(&r, "/api/queues/%2F/wq").await["messages_ready"], 0);
+    assert_eq!(del("/api/bindings/%2F/e/wx/q/wq/a.%2523").await, 204);
+    assert_eq!(del("/api/bindings/%2F/e/wx/q/wq/a.%2523").await, 404);
+    assert_eq!(del("/api/exchanges/%2F/amq.direct").await, 401);
+    assert_eq!(del("/api/exchanges/%2F/wx?if-unused=true").await, 204);
+    assert_eq!(del("/api/exchanges/%2F/wx").await, 404);
+    publish("amq.default", r#"{"routing_key": "wq", "payload": "p"}"#).await;
+    assert_eq!(del("/api/queues/%2F/wq?if-empty=true").await, 400);
+    assert_eq!(del("/api/queues/%2F/wq").await, 204);
+    assert_eq!(del("/api/queues/%2F/wq").await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_refuse_names_longer_than_amqp_allows() {
+    let r = running().await;
+    let long = "q".repeat(300);
+    let (status, _, body) = send(
+        &r,
+        reqwest::Method::PUT,
+        &format!("/api/queues/%2F/{long}"),
+        ("guest", "guest"),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("queue name longer than 255 bytes"))
+    );
+    let body = format!(r#"{{"routing_key": "{long}", "payload": "x"}}"#);
+    let (status, _, _) = send(
+        &r,
+        reqwest::Method::POST,
+        "/api/exchanges/%2F/amq.default/publish",
+        ("guest", "guest"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // The API still answers.
+    assert_eq!(json(&r, "/api/whoami").await["name"], "guest");
+}

@@ -444,7 +444,8 @@ fn yes() -> bool {
 
 /// JSON arguments as RabbitMQ turns them into an AMQP table: integers are `long`s,
 /// strings `longstr`s.
-fn table(map: &serde_json::Map<String, Value>) -> FieldTable {
+/// JSON arguments (`{"x-message-ttl": 1000}`) as an AMQP table, as RabbitMQ reads them.
+pub(crate) fn table(map: &serde_json::Map<String, Value>) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in map {
         t.insert(k.as_str().into(), value(v));

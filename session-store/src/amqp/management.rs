@@ -11,6 +11,7 @@
 
 mod depths;
 mod json;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,7 +21,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -97,7 +98,16 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         .route("/api/consumers/{vhost}", get(consumers_in))
         .route("/api/exchanges", get(exchanges))
         .route("/api/exchanges/{vhost}", get(exchanges_in))
-        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(exchange)
+                .put(write::put_exchange)
+                .delete(write::delete_exchange),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            post(write::publish),
+        )
         .route(
             "/api/exchanges/{vhost}/{name}/bindings/source",
             get(exchange_bindings_source),
@@ -108,13 +118,25 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         )
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues_in))
-        .route("/api/queues/{vhost}/{name}", get(queue))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(queue).put(write::put_queue).delete(write::delete_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            axum::routing::delete(write::purge_queue),
+        )
+        .route("/api/queues/{vhost}/{name}/get", post(write::get_messages))
         .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings_in))
         .route(
             "/api/bindings/{vhost}/e/{source}/q/{destination}",
-            get(bindings_to_queue),
+            get(bindings_to_queue).post(write::bind_queue),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/q/{destination}/{props}",
+            axum::routing::delete(write::unbind_queue),
         )
         .route(
             "/api/bindings/{vhost}/e/{source}/e/{destination}",

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -554,6 +555,43 @@ pub fn definitions(node: &Node) -> Value {
         "exchanges": exchanges,
         "bindings": bindings,
     })
+}
+
+/// A message's properties as the management plugin shows a fetched message's: the set
+/// ones by their JSON names, and `[]` (RabbitMQ's empty list) when none is set.
+pub fn properties(p: &AMQPProperties) -> Value {
+    let mut out = Map::new();
+    let mut text = |key: &str, v: &Option<amq_protocol::types::ShortString>| {
+        if let Some(v) = v {
+            out.insert(key.to_string(), json!(v.as_str()));
+        }
+    };
+    text("content_type", p.content_type());
+    text("content_encoding", p.content_encoding());
+    text("correlation_id", p.correlation_id());
+    text("reply_to", p.reply_to());
+    text("expiration", p.expiration());
+    text("message_id", p.message_id());
+    text("type", p.kind());
+    text("user_id", p.user_id());
+    text("app_id", p.app_id());
+    if let Some(v) = p.delivery_mode() {
+        out.insert("delivery_mode".into(), json!(v));
+    }
+    if let Some(v) = p.priority() {
+        out.insert("priority".into(), json!(v));
+    }
+    if let Some(v) = p.timestamp() {
+        out.insert("timestamp".into(), json!(v));
+    }
+    if let Some(h) = p.headers() {
+        out.insert("headers".into(), table(h));
+    }
+    if out.is_empty() {
+        Value::Array(Vec::new())
+    } else {
+        Value::Object(out)
+    }
 }
 
 /// An AMQP table as JSON, the way RabbitMQ shows arguments.
