@@ -1090,3 +1090,65 @@ async fn writes_refuse_names_longer_than_amqp_allows() {
     // The API still answers.
     assert_eq!(json(&r, "/api/whoami").await["name"], "guest");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_bind_exchanges_to_exchanges() {
+    use reqwest::Method;
+    let r = running().await;
+    let guest = ("guest", "guest");
+    for x in ["src", "dst"] {
+        let path = format!("/api/exchanges/%2F/{x}");
+        let (status, _, _) =
+            send(&r, Method::PUT, &path, guest, Some(r#"{"type": "direct"}"#)).await;
+        assert_eq!(status, 201, "{x}");
+    }
+    let (status, _, _) = send(&r, Method::PUT, "/api/queues/%2F/end", guest, Some("{}")).await;
+    assert_eq!(status, 201);
+    for (path, body) in [
+        ("/api/bindings/%2F/e/src/e/dst", r#"{"routing_key": "k"}"#),
+        ("/api/bindings/%2F/e/dst/q/end", r#"{"routing_key": "k"}"#),
+    ] {
+        let (status, location, _) = send(&r, Method::POST, path, guest, Some(body)).await;
+        assert_eq!(status, 201, "{path}");
+        assert!(location.is_some_and(|l| l.ends_with("/k")), "{path}");
+    }
+    let listed = json(&r, "/api/bindings/%2F/e/src/e/dst").await;
+    assert_eq!(listed[0]["destination_type"], "exchange");
+    // Through both bindings to the queue.
+    let (_, _, routed) = send(
+        &r,
+        Method::POST,
+        "/api/exchanges/%2F/src/publish",
+        guest,
+        Some(r#"{"routing_key": "k", "payload": "via"}"#),
+    )
+    .await;
+    assert_eq!(routed, js!({"routed": true}));
+    let (status, _, _) = send(
+        &r,
+        Method::DELETE,
+        "/api/bindings/%2F/e/src/e/dst/k",
+        guest,
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _, _) = send(
+        &r,
+        Method::DELETE,
+        "/api/bindings/%2F/e/src/e/dst/k",
+        guest,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (_, _, unrouted) = send(
+        &r,
+        Method::POST,
+        "/api/exchanges/%2F/src/publish",
+        guest,
+        Some(r#"{"routing_key": "k", "payload": "lost"}"#),
+    )
+    .await;
+    assert_eq!(unrouted, js!({"routed": false}));
+}

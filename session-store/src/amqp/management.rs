@@ -140,7 +140,11 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         )
         .route(
             "/api/bindings/{vhost}/e/{source}/e/{destination}",
-            get(bindings_to_exchange),
+            get(bindings_to_exchange).post(write::bind_exchange),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/e/{destination}/{props}",
+            axum::routing::delete(write::unbind_exchange),
         )
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::Extension(depths))

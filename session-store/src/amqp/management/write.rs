@@ -309,18 +309,104 @@ pub async fn bind_queue(
     Path((vhost, source, queue)): Path<(String, String, String)>,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
-    let (broker, perms) = target(&node, &user, &vhost)?;
-    let b: BindingBody = body(&raw)?;
-    let source = super::exchange_name(&source);
-    for (perm, resource, name) in [
-        (Perm::Write, Resource::Queue, queue.as_str()),
-        (Perm::Read, Resource::Exchange, source),
-    ] {
-        allow(&perms, perm, resource, name)?;
+    bind(
+        &node,
+        &user,
+        &vhost,
+        &source,
+        Destination::Queue(queue),
+        &raw,
+    )
+}
+
+/// `POST /api/bindings/{vhost}/e/{source}/e/{destination}`: exchange to exchange.
+pub async fn bind_exchange(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, source, destination)): Path<(String, String, String)>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let destination = super::exchange_name(&destination).to_string();
+    bind(
+        &node,
+        &user,
+        &vhost,
+        &source,
+        Destination::Exchange(destination),
+        &raw,
+    )
+}
+
+/// `DELETE /api/bindings/{vhost}/e/{source}/q/{queue}/{props}`: the binding whose
+/// properties key is `props`.
+pub async fn unbind_queue(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, source, queue, props)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    unbind(
+        &node,
+        &user,
+        &vhost,
+        &source,
+        Destination::Queue(queue),
+        &props,
+    )
+}
+
+/// `DELETE /api/bindings/{vhost}/e/{source}/e/{destination}/{props}`.
+pub async fn unbind_exchange(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path((vhost, source, destination, props)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    let destination = super::exchange_name(&destination).to_string();
+    unbind(
+        &node,
+        &user,
+        &vhost,
+        &source,
+        Destination::Exchange(destination),
+        &props,
+    )
+}
+
+/// Binding needs write on the destination and read on the source, as over AMQP.
+fn allow_binding(
+    perms: &Permissions,
+    source: &str,
+    destination: &Destination,
+) -> Result<(), ApiError> {
+    match destination {
+        Destination::Queue(q) => allow(perms, Perm::Write, Resource::Queue, q)?,
+        Destination::Exchange(x) => allow(perms, Perm::Write, Resource::Exchange, x)?,
     }
+    allow(perms, Perm::Read, Resource::Exchange, source)
+}
+
+fn destination_name(destination: &Destination) -> (&str, &'static str) {
+    match destination {
+        Destination::Queue(q) => (q, "queue"),
+        Destination::Exchange(x) => (x, "exchange"),
+    }
+}
+
+fn bind(
+    node: &Node,
+    user: &User,
+    vhost: &str,
+    source: &str,
+    destination: Destination,
+    raw: &Bytes,
+) -> Result<Response, ApiError> {
+    let (broker, perms) = target(node, user, vhost)?;
+    let b: BindingBody = body(raw)?;
+    let source = super::exchange_name(source);
+    allow_binding(&perms, source, &destination)?;
     short("routing key", &b.routing_key)?;
     let arguments = definitions::table(&b.arguments);
-    let destination = Destination::Queue(queue.clone());
+    let (name, _) = destination_name(&destination);
+    let name = name.to_string();
     broker
         .bind(
             API_CONN,
@@ -332,38 +418,34 @@ pub async fn bind_queue(
         )
         .map_err(|e| refusal(&e))?;
     let key = super::json::properties_key(&b.routing_key, &arguments);
-    let location = format!("{}/{}", queue, utf8_percent_encode(&key));
+    let location = format!("{name}/{}", utf8_percent_encode(&key));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
-/// `DELETE /api/bindings/{vhost}/e/{source}/q/{queue}/{props}`: the binding whose
-/// properties key is `props`.
-pub async fn unbind_queue(
-    State(node): State<Arc<Node>>,
-    axum::Extension(user): Caller,
-    Path((vhost, source, queue, props)): Path<(String, String, String, String)>,
+fn unbind(
+    node: &Node,
+    user: &User,
+    vhost: &str,
+    source: &str,
+    destination: Destination,
+    props: &str,
 ) -> Result<Response, ApiError> {
-    let (broker, perms) = target(&node, &user, &vhost)?;
-    let source = super::exchange_name(&source);
-    for (perm, resource, name) in [
-        (Perm::Write, Resource::Queue, queue.as_str()),
-        (Perm::Read, Resource::Exchange, source),
-    ] {
-        allow(&perms, perm, resource, name)?;
-    }
+    let (broker, perms) = target(node, user, vhost)?;
+    let source = super::exchange_name(source);
+    allow_binding(&perms, source, &destination)?;
+    let (name, kind) = destination_name(&destination);
     // The path's last segment arrives percent-decoded: `a.%23` names the key `a.#`,
     // whose properties key is `a.%23` again.
     let found = broker.bindings().into_iter().find(|b| {
         let key = super::json::properties_key(&b.routing_key, &b.arguments);
         b.source == source
-            && b.destination == queue
-            && b.destination_type == "queue"
-            && (key == props || key == super::json::properties_key(&props, &b.arguments))
+            && b.destination == name
+            && b.destination_type == kind
+            && (key == props || key == super::json::properties_key(props, &b.arguments))
     });
     let Some(b) = found else {
         return Ok(not_found());
     };
-    let destination = Destination::Queue(queue.clone());
     broker
         .bind(
             API_CONN,
