@@ -18,7 +18,7 @@ use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{
     AMQPClass, access, basic, channel, confirm, connection, exchange, queue, tx as tx_class,
 };
-use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+use amq_protocol::types::{FieldTable, ShortString};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::io::AsyncRead;
@@ -608,18 +608,6 @@ impl Conn {
             .check(perm, resource, name, self.broker.name(), &self.user.name)
     }
 
-    /// queue.declare's permissions, on the final (perhaps generated) name: configure, and
-    /// with a dead-letter exchange read on the queue and write on that exchange.
-    fn allow_declare(&self, queue: &str, arguments: &FieldTable) -> Result<(), AmqpError> {
-        self.allow(Perm::Configure, Resource::Queue, queue)?;
-        if let Some(AMQPValue::LongString(dlx)) = arguments.inner().get("x-dead-letter-exchange") {
-            self.allow(Perm::Read, Resource::Queue, queue)?;
-            let dlx = String::from_utf8_lossy(dlx.as_bytes());
-            self.allow(Perm::Write, Resource::Exchange, &dlx)?;
-        }
-        Ok(())
-    }
-
     /// bind and unbind: write on the destination, read on the source exchange (whose
     /// being the default exchange the broker refuses first).
     /// Binds (or, with `unbind`, unbinds) `destination` to `source`, if permitted.
@@ -838,8 +826,14 @@ impl Conn {
         let (nowait, ok) = match m {
             queue::AMQPMethod::Declare(d) => {
                 let (name, message_count, consumer_count) =
-                    broker
-                        .queue_declare(self.id, d, |name| self.allow_declare(name, &d.arguments))?;
+                    broker.queue_declare(self.id, d, |name| {
+                        self.permissions.check_declare(
+                            name,
+                            &d.arguments,
+                            broker.name(),
+                            &self.user.name,
+                        )
+                    })?;
                 if let Some(chan) = self.channels.get_mut(&ch) {
                     chan.last_queue = Some(name.clone());
                 }

@@ -14,6 +14,7 @@
 //!
 //! Passive declarations need no permission.
 
+use amq_protocol::types::{AMQPValue, FieldTable};
 use regex::Regex;
 
 use super::error::AmqpError;
@@ -104,6 +105,25 @@ impl Permissions {
             resource.as_str(),
             resource_name(resource, name)
         )))
+    }
+
+    /// queue.declare's permissions, on the final (perhaps generated) name, as RabbitMQ
+    /// checks them: configure, and with a dead-letter exchange read on the queue and
+    /// write on that exchange.
+    pub fn check_declare(
+        &self,
+        queue: &str,
+        arguments: &FieldTable,
+        vhost: &str,
+        user: &str,
+    ) -> Result<(), AmqpError> {
+        self.check(Perm::Configure, Resource::Queue, queue, vhost, user)?;
+        if let Some(AMQPValue::LongString(dlx)) = arguments.inner().get("x-dead-letter-exchange") {
+            self.check(Perm::Read, Resource::Queue, queue, vhost, user)?;
+            let dlx = String::from_utf8_lossy(dlx.as_bytes());
+            self.check(Perm::Write, Resource::Exchange, &dlx, vhost, user)?;
+        }
+        Ok(())
     }
 }
 

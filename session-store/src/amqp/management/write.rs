@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{exchange as amqp_exchange, queue as amqp_queue};
-use amq_protocol::types::{AMQPValue, ShortString};
+use amq_protocol::types::ShortString;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -174,15 +174,7 @@ pub async fn put_queue(
         nowait: false,
         arguments: arguments.clone(),
     };
-    let authorize = |queue: &str| {
-        perms.check(Perm::Configure, Resource::Queue, queue, &vhost, &user.name)?;
-        if let Some(AMQPValue::LongString(dlx)) = arguments.inner().get("x-dead-letter-exchange") {
-            perms.check(Perm::Read, Resource::Queue, queue, &vhost, &user.name)?;
-            let dlx = String::from_utf8_lossy(dlx.as_bytes());
-            perms.check(Perm::Write, Resource::Exchange, &dlx, &vhost, &user.name)?;
-        }
-        Ok(())
-    };
+    let authorize = |queue: &str| perms.check_declare(queue, &arguments, &vhost, &user.name);
     broker
         .queue_declare(API_CONN, &declare, authorize)
         .map_err(|e| refusal(&e))?;
