@@ -58,7 +58,12 @@ impl Store {
             .args(["--bind", "127.0.0.1:0", "--amqp-bind", "127.0.0.1:0"])
             .arg("--amqp-data-dir")
             .arg(dir)
-            .args(["--no-amqp-management"])
+            // The management API only where a test asks for it by address.
+            .args(if extra.contains(&"--amqp-management-bind") {
+                &[][..]
+            } else {
+                &["--no-amqp-management"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
@@ -115,10 +120,33 @@ impl Store {
 
     /// The port in the log line `amqp listening on 127.0.0.1:PORT`.
     fn logged_port(&self) -> Option<u16> {
+        self.port_after("amqp listening on 127.0.0.1:")
+    }
+
+    fn port_after(&self, text: &str) -> Option<u16> {
         let output = self.output();
-        let (_, rest) = output.split_once("amqp listening on 127.0.0.1:")?;
+        let (_, rest) = output.split_once(text)?;
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
+    }
+
+    /// Starts the binary with its management API on a free port; waits for both.
+    async fn start_managed(dir: &Path, log: &Path) -> (Store, String) {
+        let mut store = Store::spawn_with(dir, log, &["--amqp-management-bind", "127.0.0.1:0"]);
+        store.ready().await;
+        let deadline = Instant::now() + PROCESS;
+        let port = loop {
+            if let Some(port) = store.port_after("amqp management listening on 127.0.0.1:") {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "management address not logged:\n{}",
+                store.output()
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        (store, format!("http://127.0.0.1:{port}"))
     }
 
     fn output(&self) -> String {
@@ -377,6 +405,77 @@ async fn a_quorum_queue_keeps_transient_messages_through_kill_9() {
         ["transient", "persistent"]
     );
     assert_eq!(bodies(drain(&ch, "audit").await), ["persistent"]);
+    store.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policies_the_api_accepted_survive_kill_9_and_apply_after_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, url: String, body: Option<serde_json::Value>| {
+        let mut request = http.request(method, url).basic_auth("guest", Some("guest"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+    let (store, api) = Store::start_managed(&data, &log).await;
+    let capped = serde_json::json!({"pattern": "^capped$", "apply-to": "queues",
+                                    "definition": {"max-length": 2}});
+    for (method, name, body, status) in [
+        (reqwest::Method::PUT, "capped", Some(capped), 201),
+        (
+            reqwest::Method::PUT,
+            "gone",
+            Some(serde_json::json!({"pattern": "x",
+            "definition": {"message-ttl": 5}})),
+            201,
+        ),
+        (reqwest::Method::DELETE, "gone", None, 204),
+    ] {
+        let url = format!("{api}/api/policies/%2F/{name}");
+        let response = step(call(method, url, body)).await.expect("request");
+        assert_eq!(response.status().as_u16(), status, "{name}");
+    }
+    // Killed right after the answers: what they acknowledged must be on disk.
+    store.kill9();
+
+    let (store, api) = Store::start_managed(&data, &log).await;
+    let listed: serde_json::Value = step(async {
+        call(reqwest::Method::GET, format!("{api}/api/policies"), None)
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    })
+    .await;
+    let names: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["capped"]);
+    let (_conn, ch) = channel(&store.url()).await;
+    declare(&ch, "capped", true, FieldTable::default()).await;
+    step(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .expect("confirm.select");
+    for body in ["1", "2", "3", "4", "5"] {
+        publish_confirmed(&ch, "", "capped", body.as_bytes(), true).await;
+    }
+    let kept: Vec<String> = drain(&ch, "capped")
+        .await
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(
+        kept,
+        ["4", "5"],
+        "the recovered policy's max-length applies"
+    );
     store.stop().await;
 }
 

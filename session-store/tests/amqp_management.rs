@@ -1152,3 +1152,94 @@ async fn writes_bind_exchanges_to_exchanges() {
     .await;
     assert_eq!(unrouted, js!({"routed": false}));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policies_need_a_policymaker_and_round_trip_through_definitions() {
+    use reqwest::Method;
+    let r = running().await;
+    let body = r#"{"pattern": "^capped", "apply-to": "queues", "priority": 3,
+                   "definition": {"max-length": 1}}"#;
+    // Listing is for any management user, in the vhosts they can see; changing a policy
+    // takes the policymaker (or administrator) tag, as in RabbitMQ.
+    let (status, _, refused) = send(
+        &r,
+        Method::PUT,
+        "/api/policies/other/cap",
+        ("watcher", "pw"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(refused["reason"], "User not authorised to access object");
+    let guest = ("guest", "guest");
+    for (vhost, status) in [("other", 201), ("other", 204), ("%2F", 201)] {
+        let path = format!("/api/policies/{vhost}/cap");
+        assert_eq!(
+            send(&r, Method::PUT, &path, guest, Some(body)).await.0,
+            status
+        );
+    }
+    let seen: Value = step(
+        get(&r, "/api/policies", "watcher", "pw")
+            .await
+            .json::<Value>(),
+    )
+    .await
+    .expect("json");
+    let vhosts: Vec<&str> = list(&seen)
+        .iter()
+        .filter_map(|p| p["vhost"].as_str())
+        .collect();
+    assert_eq!(vhosts, ["other"], "only the vhosts the watcher may see");
+    assert_eq!(
+        send(
+            &r,
+            Method::PUT,
+            "/api/policies/nowhere/cap",
+            guest,
+            Some(body)
+        )
+        .await
+        .0,
+        404
+    );
+
+    // In force on a queue declared afterwards, and listed on it.
+    let (_conn, ch) = channel(&r, "other").await;
+    step(ch.queue_declare(
+        "capped".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("declare");
+    publish(&ch, "capped", 3).await;
+    let queue = until(&r, "/api/queues/other/capped", |q| q["messages"] == 1).await;
+    assert_eq!(queue["policy"], "cap");
+    assert_eq!(queue["effective_policy_definition"], js!({"max-length": 1}));
+
+    // The export carries them in the shape a definitions file loads back.
+    let exported = json(&r, "/api/definitions").await;
+    let policies = list(&exported["policies"]);
+    assert_eq!(policies.len(), 2);
+    assert!(
+        policies
+            .iter()
+            .all(|p| p["definition"] == js!({"max-length": 1})
+                && p["priority"] == 3
+                && p["apply-to"] == "queues")
+    );
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), exported.to_string()).expect("write");
+    let loaded = Definitions::load(file.path()).expect("the export loads");
+    let names: Vec<(&str, &str)> = loaded
+        .policies
+        .iter()
+        .map(|(vhost, p)| (vhost.as_str(), p.name.as_str()))
+        .collect();
+    assert_eq!(names, [("/", "cap"), ("other", "cap")]);
+
+    let path = "/api/policies/other/cap";
+    assert_eq!(send(&r, Method::DELETE, path, guest, None).await.0, 204);
+    assert_eq!(send(&r, Method::GET, path, guest, None).await.0, 404);
+}

@@ -35,6 +35,7 @@ use super::dead_letter::{self, Reason, Target};
 use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::flow::MemoryMonitor;
+use super::policy::{Policies, Policy};
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
 use super::queue_args::{
     Overflow, QueueArgs, QueueType, check_args_equivalent, check_equivalent, consumer_priority,
@@ -61,6 +62,7 @@ pub struct VHost {
     pub name: String,
     pub(super) exchanges: HashMap<String, Exchange>,
     pub(super) queues: HashMap<String, Queue>,
+    pub(super) policies: Policies,
     /// Where durable changes are logged; none when nothing persists.
     journal: Option<Journal>,
 }
@@ -88,15 +90,16 @@ impl VHost {
             name: name.to_string(),
             exchanges,
             queues: HashMap::new(),
+            policies: Policies::default(),
             journal: None,
         }
     }
 
-    /// Appends a record to the journal, if there is one.
-    fn log(&self, record: impl FnOnce() -> Record) {
-        if let Some(journal) = &self.journal {
-            journal.append(record());
-        }
+    /// Appends a record to the journal, if there is one; returns its sequence number.
+    fn log(&self, record: impl FnOnce() -> Record) -> Option<u64> {
+        self.journal
+            .as_ref()
+            .map(|journal| journal.append(record()))
     }
 
     fn exchange(&self, name: &str) -> Result<&Exchange, AmqpError> {
@@ -451,6 +454,7 @@ impl Broker {
         x.auto_delete = d.auto_delete;
         x.internal = d.internal;
         x.arguments = d.arguments.clone();
+        x.policy = vhost.policies.for_exchange(name);
         if x.durable {
             vhost.log(|| Record::DeclareExchange {
                 name: name.to_string(),
@@ -657,6 +661,8 @@ impl Broker {
             d.arguments.clone(),
             args,
         );
+        let none_yet = q.set_policy(vhost.policies.for_queue(&name));
+        debug_assert!(none_yet.is_empty(), "an empty queue drops nothing");
         // Exclusive queues die with their connection, so they are never logged.
         if d.durable && owner.is_none() && vhost.journal.is_some() {
             q.journal = vhost.journal.clone();
@@ -668,6 +674,48 @@ impl Broker {
         }
         vhost.queues.insert(name.clone(), q);
         Ok((name, 0, 0))
+    }
+
+    /// The vhost's policies, highest priority first.
+    pub fn policies(&self) -> Vec<Arc<Policy>> {
+        self.lock().vhost.policies.iter().cloned().collect()
+    }
+
+    /// Adds or replaces a policy and applies the vhost's policies anew to every queue and
+    /// exchange. Returns whether one of that name existed, and the journal position to
+    /// await (see [`Broker::synced`]) before telling the caller it is kept.
+    pub fn set_policy(&self, policy: Policy) -> (bool, Option<u64>) {
+        let mut core = self.lock();
+        let vhost = &mut core.vhost;
+        let (name, json) = (policy.name.clone(), policy.to_json(&vhost.name).to_string());
+        let existed = vhost.policies.set(policy);
+        let logged = vhost.log(|| Record::SetPolicy { name, json });
+        reapply_policies(&mut core);
+        drop(core);
+        self.memory.check();
+        (existed, logged)
+    }
+
+    /// Removes a policy and applies the rest anew. None when there was no such policy;
+    /// else the journal position to await, as for [`Broker::set_policy`].
+    pub fn clear_policy(&self, name: &str) -> Option<Option<u64>> {
+        let mut core = self.lock();
+        let vhost = &mut core.vhost;
+        if !vhost.policies.remove(name) {
+            return None;
+        }
+        let logged = vhost.log(|| Record::ClearPolicy {
+            name: name.to_string(),
+        });
+        reapply_policies(&mut core);
+        Some(logged)
+    }
+
+    /// Waits until the journal has `position` on disk (at once without one).
+    pub async fn synced(&self, position: Option<u64>) {
+        if let (Some(position), Some(mut synced)) = (position, self.journal_synced()) {
+            let _ = synced.wait_for(|on_disk| *on_disk >= position).await;
+        }
     }
 
     pub fn queue_purge(&self, conn: ConnId, name: &str) -> Result<u32, AmqpError> {
@@ -1262,6 +1310,25 @@ fn dead_from(q: &Queue, message: Arc<Message>, reason: Reason) -> Option<Dead> {
         message,
         reason,
     })
+}
+
+/// Puts every queue and exchange under the policy that now matches it; messages a
+/// lowered length limit pushed out are dead-lettered as RabbitMQ does (`maxlen`).
+fn reapply_policies(core: &mut Core) {
+    let vhost = &mut core.vhost;
+    let mut dead = Vec::new();
+    for (name, q) in &mut vhost.queues {
+        let dropped = q.set_policy(vhost.policies.for_queue(name));
+        dead.extend(
+            dropped
+                .into_iter()
+                .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
+        );
+    }
+    for (name, x) in &mut vhost.exchanges {
+        x.policy = vhost.policies.for_exchange(name);
+    }
+    dead_letter_all(core, dead);
 }
 
 /// Puts a message in each target queue under its limits, delivering at once where a

@@ -1,6 +1,7 @@
 //! RabbitMQ definitions: the JSON `rabbitmqctl export_definitions` writes and
 //! `load_definitions` reads. The `users`, `vhosts` and `permissions` sections configure
-//! who may connect where; `exchanges`, `queues` and `bindings` are declared at start-up.
+//! who may connect where; `policies` are set, then `exchanges`, `queues` and `bindings`
+//! declared at start-up.
 //! Everything is checked while loading (hashes, regexes, exchange types, queue arguments,
 //! that every vhost and user named exists), so a bad file stops the broker before it
 //! serves anyone, with the file and the problem in the message.
@@ -9,10 +10,11 @@ use std::path::Path;
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::exchange::ExchangeKind;
 use super::permissions::Permissions;
+use super::policy::Policy;
 use super::queue_args::QueueArgs;
 use super::users::{GUEST, Hashing, PasswordHash, User, Users};
 
@@ -81,9 +83,11 @@ pub struct Definitions {
     pub exchanges: Vec<ExchangeDef>,
     pub queues: Vec<QueueDef>,
     pub bindings: Vec<BindingDef>,
-    /// What the file holds that this broker does not apply (policies, topic permissions,
-    /// runtime parameters), one line each, so that the start can say so instead of the
-    /// broker quietly behaving otherwise than the file's RabbitMQ did.
+    /// Policies by vhost, set before anything is declared.
+    pub policies: Vec<(String, Policy)>,
+    /// What the file holds that this broker does not apply (topic permissions, runtime
+    /// parameters), one line each, so that the start can say so instead of the broker
+    /// quietly behaving otherwise than the file's RabbitMQ did.
     pub ignored: Vec<String>,
 }
 
@@ -107,6 +111,7 @@ impl Definitions {
             exchanges: Vec::new(),
             queues: Vec::new(),
             bindings: Vec::new(),
+            policies: Vec::new(),
             ignored: Vec::new(),
         }
     }
@@ -146,9 +151,7 @@ impl Definitions {
         let parsed = Self::parse(&text);
         if let Ok(d) = &parsed {
             for what in &d.ignored {
-                tracing::warn!(
-                    "{shown}: {what} not applied: this broker does not support them; set what they do as queue or exchange arguments"
-                );
+                tracing::warn!("{shown}: {what} not applied: this broker does not support them");
             }
         }
         parsed.map_err(|e| match e {
@@ -247,9 +250,17 @@ impl Definitions {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if !file.policies.is_empty() {
-            d.ignored
-                .push(format!("policies {}", names(&file.policies)));
+        for p in file.policies {
+            d.known_vhost(&p.vhost, || format!("policy '{}'", p.name))?;
+            let policy = Policy::parse(&p.name, &Value::Object(p.body)).map_err(|reason| {
+                invalid(format!(
+                    "policy '{}' in vhost '{}': {}",
+                    p.name,
+                    p.vhost,
+                    reason.trim_end()
+                ))
+            })?;
+            d.policies.push((p.vhost, policy));
         }
         if !file.topic_permissions.is_empty() {
             let who: Vec<String> = file
@@ -289,12 +300,12 @@ fn invalid(problem: String) -> ParseError {
     ParseError::Invalid(problem)
 }
 
-/// The sections read. `policies`, `topic_permissions` and `parameters` are read only to
-/// name what is not applied; others are ignored.
+/// The sections read. `topic_permissions` and `parameters` are read only to name what is
+/// not applied; others are ignored.
 #[derive(Deserialize)]
 struct File {
     #[serde(default)]
-    policies: Vec<Named>,
+    policies: Vec<PolicyJson>,
     #[serde(default)]
     topic_permissions: Vec<TopicPermissionJson>,
     #[serde(default)]
@@ -315,6 +326,15 @@ struct File {
 #[derive(Deserialize)]
 struct Named {
     name: String,
+}
+
+/// A policy entry: its place and name, and the rest as the management API takes it.
+#[derive(Deserialize)]
+struct PolicyJson {
+    vhost: String,
+    name: String,
+    #[serde(flatten)]
+    body: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -530,12 +550,22 @@ mod tests {
                 "parameters": []}"#,
         )
         .expect("valid");
-        assert_eq!(
-            d.ignored,
-            [
-                "policies 'dlx'",
-                "topic permissions of 'guest' in vhost '/'"
-            ]
+        assert_eq!(d.ignored, ["topic permissions of 'guest' in vhost '/'"]);
+        let (vhost, policy) = &d.policies[0];
+        assert_eq!((vhost.as_str(), policy.name.as_str()), ("/", "dlx"));
+        assert_eq!(policy.effect.dead_letter_exchange.as_deref(), Some("dead"));
+    }
+
+    #[test]
+    fn refuses_a_policy_rabbitmq_would_refuse() {
+        let reason = problem(
+            r#"{"policies": [{"vhost": "/", "name": "p", "pattern": ".*",
+                 "definition": {"message-ttl": -5}}]}"#,
+        );
+        assert!(
+            reason.contains("policy 'p' in vhost '/': Validation failed")
+                && reason.contains("-5 is not a valid message TTL"),
+            "{reason}"
         );
     }
 

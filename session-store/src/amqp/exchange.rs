@@ -3,8 +3,11 @@
 //! lookup; topic and headers exchanges test each of their own bindings.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
+
+use super::policy::Policy;
 
 /// The routing rule of an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,8 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    /// The vhost's policy that matches the exchange, if any.
+    pub policy: Option<Arc<Policy>>,
     /// Bindings by routing key.
     bindings: HashMap<String, Vec<Binding>>,
 }
@@ -72,15 +77,20 @@ impl Exchange {
             auto_delete: false,
             internal: false,
             arguments: FieldTable::default(),
+            policy: None,
             bindings: HashMap::new(),
         }
     }
 
-    /// The `alternate-exchange` argument: where messages its bindings take nowhere go.
+    /// Where messages its bindings take nowhere go: its `alternate-exchange` argument,
+    /// else its policy's (RabbitMQ's precedence).
     pub fn alternate(&self) -> Option<&str> {
         match self.arguments.inner().get("alternate-exchange") {
             Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
-            _ => None,
+            _ => self
+                .policy
+                .as_ref()
+                .and_then(|p| p.effect.alternate_exchange.as_deref()),
         }
     }
 

@@ -11,6 +11,7 @@
 
 mod depths;
 mod json;
+mod policies;
 mod write;
 
 use std::net::SocketAddr;
@@ -115,6 +116,14 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         .route(
             "/api/exchanges/{vhost}/{name}/bindings/destination",
             get(exchange_bindings_destination),
+        )
+        .route("/api/policies", get(policies::list))
+        .route("/api/policies/{vhost}", get(policies::list_in))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policies::get_one)
+                .put(policies::put)
+                .delete(policies::delete),
         )
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues_in))

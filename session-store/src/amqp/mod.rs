@@ -26,6 +26,7 @@ mod handshake;
 pub mod management;
 mod node;
 pub mod permissions;
+mod policy;
 mod queue;
 mod queue_args;
 mod ready;

@@ -77,7 +77,8 @@ const OVERVIEW: &str = "overview";
 impl Node {
     /// Creates the configured vhosts, recovers the durable state of each from its journal
     /// in the data directory (locking the directory first), then declares the
-    /// definitions' exchanges, queues and bindings, which are journaled like any others.
+    /// definitions' policies, exchanges, queues and bindings, which are journaled like any
+    /// others.
     /// Reads the disk: in async code, prefer [`Node::open`].
     pub fn new(config: AmqpConfig) -> Result<Arc<Self>, NodeError> {
         let memory = Arc::new(MemoryMonitor::new(config.memory_high_watermark));
@@ -153,6 +154,9 @@ impl Node {
             self.vhost(vhost)
                 .ok_or_else(|| DefinitionsError::Apply(format!("vhost '{vhost}' is not defined")))
         };
+        for (vhost, policy) in &d.policies {
+            broker(vhost)?.set_policy(policy.clone());
+        }
         for x in &d.exchanges {
             let declare = exchange::Declare {
                 exchange: short(&x.name),

@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use super::broker::ConnId;
 use super::flow::Charge;
+use super::policy::Policy;
 use super::queue_args::{Overflow, QueueArgs, QueueType, parse_expiration};
 use super::ready::Ready;
 use super::stats::MessageStats;
@@ -128,7 +129,12 @@ pub struct Queue {
     pub owner: Option<ConnId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// What `arguments` say.
+    pub declared: QueueArgs,
+    /// What applies: `declared` under `policy`.
     pub args: QueueArgs,
+    /// The vhost's policy that matches the queue, if any.
+    pub policy: Option<Arc<Policy>>,
     messages: Ready,
     /// Body bytes of `messages`, for `x-max-length-bytes`.
     bytes: u64,
@@ -162,7 +168,9 @@ impl Queue {
             owner,
             auto_delete,
             arguments,
+            declared: args.clone(),
             args,
+            policy: None,
             messages,
             bytes: 0,
             next_seq: 0,
@@ -215,6 +223,11 @@ impl Queue {
         self.next_seq += 1;
         self.add(size);
         self.messages.push_back(m);
+        Admission::Accepted(self.drop_over_limit())
+    }
+
+    /// Drops messages from the head while the queue is over its length limits.
+    fn drop_over_limit(&mut self) -> Vec<QueuedMessage> {
         let mut dropped = Vec::new();
         while self.args.over_limit(self.messages.len(), self.bytes) {
             match self.pop() {
@@ -225,7 +238,23 @@ impl Queue {
                 None => break,
             }
         }
-        Admission::Accepted(dropped)
+        dropped
+    }
+
+    /// Puts the queue under `policy` (or none). A drop-head queue whose limit fell drops
+    /// its oldest messages at once, as RabbitMQ's does; the caller dead-letters them.
+    /// Messages already queued keep the expiry they were given.
+    #[must_use]
+    pub fn set_policy(&mut self, policy: Option<Arc<Policy>>) -> Vec<QueuedMessage> {
+        self.args = self
+            .declared
+            .with_policy(&self.arguments, policy.as_deref().map(|p| &p.effect));
+        self.policy = policy;
+        if self.args.overflow == Overflow::DropHead {
+            self.drop_over_limit()
+        } else {
+            Vec::new()
+        }
     }
 
     /// Puts back a message recovered from the journal, at the tail, as published at

@@ -8,6 +8,7 @@ use std::time::Duration;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::error::AmqpError;
+use super::policy::Effect;
 
 /// RabbitMQ's largest TTL or expiry, in milliseconds.
 const MAX_EXPIRY_MS: i64 = 4_294_967_295;
@@ -226,6 +227,49 @@ impl QueueArgs {
         Ok(args)
     }
 
+    /// These (declared) arguments under a policy's `effect`, with RabbitMQ's precedence:
+    /// the smaller of two TTLs, expiries, lengths and delivery limits; the queue's own
+    /// dead-letter exchange and routing key; its own overflow on a classic queue, the
+    /// policy's overflow and expiry on a quorum queue. `declared` is the declare's table,
+    /// which tells an explicit `x-overflow` from the default.
+    pub fn with_policy(&self, declared: &FieldTable, effect: Option<&Effect>) -> QueueArgs {
+        let Some(e) = effect else {
+            return self.clone();
+        };
+        let min = |own: Option<u64>, policy: Option<u64>| match (own, policy) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let quorum = self.kind == QueueType::Quorum;
+        let mut args = self.clone();
+        args.message_ttl = min(ms(self.message_ttl), e.message_ttl).map(Duration::from_millis);
+        args.expires = if quorum && e.expires.is_some() {
+            e.expires.map(Duration::from_millis)
+        } else {
+            min(ms(self.expires), e.expires).map(Duration::from_millis)
+        };
+        args.max_length = min(self.max_length, e.max_length);
+        args.max_length_bytes = min(self.max_length_bytes, e.max_length_bytes);
+        let own_limit = self.delivery_limit.and_then(|n| u64::try_from(n).ok());
+        args.delivery_limit =
+            min(own_limit, e.delivery_limit).map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        if let Some(overflow) = e.overflow
+            && (quorum || !declared.inner().contains_key("x-overflow"))
+        {
+            args.overflow = overflow;
+        }
+        if args.dead_letter_exchange.is_none() {
+            args.dead_letter_exchange
+                .clone_from(&e.dead_letter_exchange);
+        }
+        if args.dead_letter_routing_key.is_none() {
+            args.dead_letter_routing_key
+                .clone_from(&e.dead_letter_routing_key);
+        }
+        args
+    }
+
     /// Whether a queue holding `len` messages of `bytes` bytes is over its limits.
     pub fn over_limit(&self, len: usize, bytes: u64) -> bool {
         self.max_length.is_some_and(|max| len as u64 > max)
@@ -431,6 +475,48 @@ mod tests {
 
     fn s(v: &str) -> AMQPValue {
         AMQPValue::LongString(v.into())
+    }
+
+    #[test]
+    fn policies_merge_with_rabbitmqs_precedence() {
+        let declared = table(&[
+            ("x-message-ttl", AMQPValue::LongInt(5000)),
+            ("x-max-length", AMQPValue::LongInt(2)),
+            ("x-overflow", s("reject-publish")),
+            ("x-dead-letter-exchange", s("own")),
+        ]);
+        let own = QueueArgs::parse(&declared, "q", "/").expect("valid");
+        let effect = Effect {
+            message_ttl: Some(1000),
+            max_length: Some(10),
+            max_length_bytes: Some(64),
+            expires: Some(60_000),
+            overflow: Some(Overflow::DropHead),
+            dead_letter_exchange: Some("policy".into()),
+            dead_letter_routing_key: Some("rk".into()),
+            ..Effect::default()
+        };
+        let merged = own.with_policy(&declared, Some(&effect));
+        // The smaller limit wins either way.
+        assert_eq!(merged.message_ttl, Some(Duration::from_millis(1000)));
+        assert_eq!(merged.max_length, Some(2));
+        assert_eq!(merged.max_length_bytes, Some(64));
+        assert_eq!(merged.expires, Some(Duration::from_millis(60_000)));
+        // The queue's own overflow and dead-letter exchange win; a routing key it lacks
+        // comes from the policy.
+        assert_eq!(merged.overflow, Overflow::RejectPublish);
+        assert_eq!(merged.dead_letter_exchange.as_deref(), Some("own"));
+        assert_eq!(merged.dead_letter_routing_key.as_deref(), Some("rk"));
+        // Without a declared overflow the policy's applies; without a policy, the
+        // declared arguments are all there is.
+        let bare = QueueArgs::default();
+        let reject = Effect {
+            overflow: Some(Overflow::RejectPublish),
+            ..Effect::default()
+        };
+        let merged = bare.with_policy(&FieldTable::default(), Some(&reject));
+        assert_eq!(merged.overflow, Overflow::RejectPublish);
+        assert_eq!(own.with_policy(&declared, None), own);
     }
 
     #[test]

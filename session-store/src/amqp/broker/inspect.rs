@@ -3,11 +3,13 @@
 //! rendering.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use amq_protocol::types::FieldTable;
 
 use super::{Broker, ConnId, Destination, Settle};
+use crate::amqp::policy::Policy;
 use crate::amqp::stats::MessageStats;
 
 /// A vhost's totals.
@@ -48,6 +50,8 @@ pub struct QueueInfo {
     /// prefetch and its channel's, and its connection is not congested. A point sample
     /// of what RabbitMQ's `consumer_capacity` averages over time.
     pub consumer_ready: bool,
+    /// The policy that applies, and its definition.
+    pub policy: Option<Arc<Policy>>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +62,7 @@ pub struct ExchangeInfo {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    pub policy: Option<Arc<Policy>>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +194,7 @@ impl Broker {
                         .filter(|_| sac)
                         .map(|c| c.tag.to_string()),
                     consumer_ready,
+                    policy: q.policy.clone(),
                 }
             })
             .collect();
@@ -231,6 +237,7 @@ impl Broker {
                 auto_delete: x.auto_delete,
                 internal: x.internal,
                 arguments: x.arguments.clone(),
+                policy: x.policy.clone(),
             })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));

@@ -277,7 +277,7 @@ pub fn exchanges(vhosts: &[Arc<Broker>]) -> Value {
         .iter()
         .flat_map(|v| {
             v.exchanges().into_iter().map(|x| {
-                json!({
+                let mut out = json!({
                     "name": x.name,
                     "vhost": v.name(),
                     "type": x.kind,
@@ -285,7 +285,12 @@ pub fn exchanges(vhosts: &[Arc<Broker>]) -> Value {
                     "auto_delete": x.auto_delete,
                     "internal": x.internal,
                     "arguments": table(&x.arguments),
-                })
+                });
+                // RabbitMQ lists the key only for an exchange a policy applies to.
+                if let Some(p) = &x.policy {
+                    out["policy"] = json!(p.name);
+                }
+                out
             })
         })
         .collect()
@@ -333,8 +338,10 @@ pub fn queues(node: &Node, depths: &Depths, vhosts: &[Arc<Broker>], only: Option
                         "auto_delete": q.auto_delete,
                         "exclusive": q.exclusive,
                         "arguments": table(&q.arguments),
-                        "policy": null,
+                        "policy": q.policy.as_ref().map(|p| p.name.as_str()),
                         "operator_policy": null,
+                        "effective_policy_definition":
+                            q.policy.as_ref().map_or_else(Map::new, |p| p.definition.clone()),
                         "messages": q.messages_ready + q.messages_unacknowledged,
                         "messages_ready": q.messages_ready,
                         "messages_unacknowledged": q.messages_unacknowledged,
@@ -550,7 +557,7 @@ pub fn definitions(node: &Node) -> Value {
         "topic_permissions": [],
         "parameters": [],
         "global_parameters": [],
-        "policies": [],
+        "policies": policies(node.vhosts()),
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -625,6 +632,19 @@ fn value(v: &AMQPValue) -> Value {
         AMQPValue::FieldTable(t) => table(t),
         AMQPValue::Void => Value::Null,
     }
+}
+
+/// `/api/policies`: the given vhosts' policies, each vhost's highest priority first.
+pub fn policies<'a>(vhosts: impl IntoIterator<Item = &'a Arc<Broker>>) -> Value {
+    vhosts
+        .into_iter()
+        .flat_map(|v| {
+            v.policies()
+                .into_iter()
+                .map(|p| p.to_json(v.name()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]

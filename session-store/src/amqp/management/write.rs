@@ -70,7 +70,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn error(status: StatusCode, kind: &'static str, reason: &str) -> ApiError {
+pub(super) fn error(status: StatusCode, kind: &'static str, reason: &str) -> ApiError {
     ApiError {
         status,
         kind,
@@ -119,7 +119,7 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, ApiError> {
 }
 
 /// 204 when the thing was already there (an equivalent redeclaration), 201 when new.
-fn created_or_not(existed: bool) -> Response {
+pub(super) fn created_or_not(existed: bool) -> Response {
     if existed {
         StatusCode::NO_CONTENT.into_response()
     } else {

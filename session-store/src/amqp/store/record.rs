@@ -74,6 +74,14 @@ pub enum Record {
     Purge {
         queue: Arc<str>,
     },
+    /// A policy set (or replaced), as its management API JSON.
+    SetPolicy {
+        name: String,
+        json: String,
+    },
+    ClearPolicy {
+        name: String,
+    },
 }
 
 /// A binding between durable ends.
@@ -101,6 +109,8 @@ const PUBLISH: u8 = 8;
 const DELIVERED: u8 = 9;
 const SETTLE: u8 = 10;
 const PURGE: u8 = 11;
+const SET_POLICY: u8 = 12;
+const CLEAR_POLICY: u8 = 13;
 
 const TO_QUEUE: u8 = 0;
 const TO_EXCHANGE: u8 = 1;
@@ -214,6 +224,15 @@ impl Record {
                 out.push(PURGE);
                 put_str(out, queue);
             }
+            Record::SetPolicy { name, json } => {
+                out.push(SET_POLICY);
+                put_str(out, name);
+                put_str(out, json);
+            }
+            Record::ClearPolicy { name } => {
+                out.push(CLEAR_POLICY);
+                put_str(out, name);
+            }
         }
     }
 
@@ -288,6 +307,11 @@ impl Record {
             PURGE => Record::Purge {
                 queue: r.string()?.into(),
             },
+            SET_POLICY => Record::SetPolicy {
+                name: r.string()?,
+                json: r.string()?,
+            },
+            CLEAR_POLICY => Record::ClearPolicy { name: r.string()? },
             other => return Err(bad(format!("unknown record type {other}"))),
         };
         if !r.buf.is_empty() {
@@ -480,6 +504,11 @@ mod tests {
                 id: u64::MAX,
             },
             Record::Purge { queue: "q".into() },
+            Record::SetPolicy {
+                name: "ttl".into(),
+                json: r#"{"pattern":"^q","definition":{"message-ttl":5}}"#.into(),
+            },
+            Record::ClearPolicy { name: "ttl".into() },
         ]
     }
 

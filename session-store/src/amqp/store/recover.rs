@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::super::broker::VHost;
 use super::super::exchange::{Binding, Exchange, ExchangeKind};
+use super::super::policy::Policy;
 use super::super::queue::Queue;
 use super::super::queue_args::QueueArgs;
 use super::Journal;
@@ -23,9 +24,21 @@ pub fn restore(vhost: &mut VHost, state: State, journal: &Journal) {
         exchanges,
         queues,
         bindings,
+        policies,
         messages,
         ..
     } = state;
+    for (name, json) in policies {
+        match serde_json::from_str(&json)
+            .map_err(|e| e.to_string())
+            .and_then(|body| Policy::parse(&name, &body))
+        {
+            Ok(policy) => {
+                vhost.policies.set(policy);
+            }
+            Err(e) => warn!("amqp store: policy '{name}' not recovered: {e}"),
+        }
+    }
     for (name, def) in exchanges {
         let Some(kind) = ExchangeKind::parse(&def.kind) else {
             warn!(
@@ -38,6 +51,7 @@ pub fn restore(vhost: &mut VHost, state: State, journal: &Journal) {
         x.auto_delete = def.auto_delete;
         x.internal = def.internal;
         x.arguments = def.arguments;
+        x.policy = vhost.policies.for_exchange(&name);
         vhost.exchanges.insert(name, x);
     }
     let now = Instant::now();
@@ -49,6 +63,8 @@ pub fn restore(vhost: &mut VHost, state: State, journal: &Journal) {
         });
         let mut q = Queue::new(&name, true, None, def.auto_delete, def.arguments, args);
         q.journal = Some(journal.clone());
+        let none_yet = q.set_policy(vhost.policies.for_queue(&name));
+        debug_assert!(none_yet.is_empty(), "an empty queue drops nothing");
         for (id, delivered) in def.messages {
             let Some(m) = messages.get(&id) else {
                 continue;

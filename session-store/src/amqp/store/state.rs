@@ -45,6 +45,8 @@ pub struct State {
     pub exchanges: BTreeMap<String, ExchangeDef>,
     pub queues: BTreeMap<Arc<str>, QueueDef>,
     pub bindings: Vec<BindingRecord>,
+    /// Policies by name, as their JSON.
+    pub policies: BTreeMap<String, String>,
     pub messages: HashMap<u64, StoredMessage>,
     /// The highest message id seen, so new ids never repeat old ones.
     pub max_id: u64,
@@ -164,6 +166,12 @@ impl State {
                     }
                 }
             }
+            Record::SetPolicy { name, json } => {
+                self.policies.insert(name.clone(), json.clone());
+            }
+            Record::ClearPolicy { name } => {
+                self.policies.remove(name);
+            }
         }
     }
 
@@ -180,7 +188,8 @@ impl State {
 
     /// Approximate bytes of [`State::snapshot`]'s records.
     pub fn live_bytes(&self) -> u64 {
-        let entities = self.exchanges.len() + self.queues.len() + self.bindings.len();
+        let entities =
+            self.exchanges.len() + self.queues.len() + self.bindings.len() + self.policies.len();
         self.live_bytes + ENTITY_BYTES * entities as u64
     }
 
@@ -188,6 +197,12 @@ impl State {
     /// [`Record::Snapshot`]; messages in id order, so each queue keeps its order.
     pub fn snapshot(&self) -> Vec<Record> {
         let mut out = vec![Record::Snapshot];
+        for (name, json) in &self.policies {
+            out.push(Record::SetPolicy {
+                name: name.clone(),
+                json: json.clone(),
+            });
+        }
         for (name, x) in &self.exchanges {
             out.push(Record::DeclareExchange {
                 name: name.clone(),
@@ -346,10 +361,22 @@ mod tests {
             },
             settle("b", 1),
             Record::DeleteQueue { name: "c".into() },
+            Record::SetPolicy {
+                name: "kept".into(),
+                json: "{}".into(),
+            },
+            Record::SetPolicy {
+                name: "cleared".into(),
+                json: "{}".into(),
+            },
+            Record::ClearPolicy {
+                name: "cleared".into(),
+            },
         ]);
         let snapshot = s.snapshot();
         assert_eq!(snapshot[0], Record::Snapshot);
         let rebuilt = replay(&snapshot);
+        assert_eq!(rebuilt.policies.keys().collect::<Vec<_>>(), ["kept"]);
         assert_eq!(rebuilt.exchanges, s.exchanges);
         assert_eq!(rebuilt.queues, s.queues);
         assert_eq!(rebuilt.bindings, s.bindings);
