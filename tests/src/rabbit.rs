@@ -28,6 +28,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A private RabbitMQ node. Dropping it kills the node and its epmd and removes its state.
 pub struct RabbitMq {
     port: u16,
+    /// The management plugin's HTTP port, when it was enabled.
+    management_port: Option<u16>,
     dist_port: u16,
     epmd_port: u16,
     dir: PathBuf,
@@ -44,6 +46,13 @@ impl RabbitMq {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`
     pub fn url(&self) -> String {
         amqp_url(self.port)
+    }
+
+    /// `http://127.0.0.1:<port>` of the management API, when the node was started with
+    /// [`start_rabbitmq_with_management`].
+    pub fn management_url(&self) -> Option<String> {
+        self.management_port
+            .map(|port| format!("http://127.0.0.1:{port}"))
     }
 
     /// The directory holding the node's configuration, logs and database.
@@ -107,6 +116,9 @@ impl RabbitMq {
                 self.port
             );
         }
+        if let Some(port) = self.management_port {
+            wait_port(port, START_TIMEOUT);
+        }
     }
 }
 
@@ -130,6 +142,16 @@ pub fn amqp_url(port: u16) -> String {
 /// does not require the reference engines (see [`engines_required`]); panics when it is
 /// installed but does not come up.
 pub fn start_rabbitmq() -> Option<RabbitMq> {
+    start(false)
+}
+
+/// [`start_rabbitmq`] with the management plugin listening on a free loopback port too,
+/// for scenarios that compare the HTTP API.
+pub fn start_rabbitmq_with_management() -> Option<RabbitMq> {
+    start(true)
+}
+
+fn start(management: bool) -> Option<RabbitMq> {
     let epmd = crate::which("epmd");
     if !Path::new(RABBITMQ_SERVER).is_file() || epmd.is_none() {
         assert!(
@@ -144,9 +166,11 @@ pub fn start_rabbitmq() -> Option<RabbitMq> {
 
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("e2e-rabbit-{}-{port}", std::process::id()));
-    write_config(&dir, port).expect("write the RabbitMQ node's configuration");
+    let management_port = management.then(free_port);
+    write_config(&dir, port, management_port).expect("write the RabbitMQ node's configuration");
     let mut rabbit = RabbitMq {
         port,
+        management_port,
         dist_port: free_port(),
         epmd_port: free_port(),
         dir,
@@ -328,19 +352,27 @@ fn wait_amqp_ready(url: &str, timeout: Duration) -> Result<(), String> {
     })
 }
 
-fn write_config(dir: &Path, port: u16) -> std::io::Result<()> {
+fn write_config(dir: &Path, port: u16, management: Option<u16>) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     for sub in ["mnesia", "log", "home"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
-    std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
+    let (plugins, listener) = match management {
+        Some(m) => (
+            "[rabbitmq_management].\n",
+            format!("management.tcp.port = {m}\nmanagement.tcp.ip = 127.0.0.1\n"),
+        ),
+        None => ("[].\n", String::new()),
+    };
+    std::fs::write(dir.join("enabled_plugins"), plugins)?;
     std::fs::write(
         dir.join("rabbitmq.conf"),
         format!(
             "listeners.tcp.default = 127.0.0.1:{port}\n\
              loopback_users.guest = true\n\
              log.console = false\n\
-             log.file.level = warning\n"
+             log.file.level = warning\n\
+             {listener}"
         ),
     )?;
     std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
@@ -391,8 +423,15 @@ fn tail_logs(dir: &Path) -> String {
 /// Our broker: `session-store` with its AMQP listener on a free loopback port (the RESP
 /// listener on an ephemeral one). Killed when the returned [`Proc`] is dropped.
 pub fn start_embedded() -> (Proc, u16) {
+    let (proc, port, _) = start_embedded_with_management();
+    (proc, port)
+}
+
+/// [`start_embedded`], also returning the free loopback port of its management API.
+pub fn start_embedded_with_management() -> (Proc, u16, u16) {
     remove_stale_dirs();
     let port = free_port();
+    let management = free_port();
     // Its own empty data directory, so durable queues of earlier runs cannot leak in.
     let data = std::env::temp_dir().join(format!("e2e-amqp-{}-{port}", std::process::id()));
     let args = vec![
@@ -402,8 +441,11 @@ pub fn start_embedded() -> (Proc, u16) {
         format!("127.0.0.1:{port}"),
         "--amqp-data-dir".to_string(),
         data.display().to_string(),
+        "--amqp-management-bind".to_string(),
+        format!("127.0.0.1:{management}"),
     ];
     let proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
     wait_port(port, Duration::from_secs(20));
-    (proc, port)
+    wait_port(management, Duration::from_secs(20));
+    (proc, port, management)
 }

@@ -18,7 +18,10 @@ use amq_protocol::protocol::{
     AMQPClass, basic as basic_methods, channel as channel_methods, confirm as confirm_methods,
     connection as conn_methods, queue as queue_methods,
 };
-use e2e::rabbit::{RabbitMq, amqp_url, start_embedded, start_rabbitmq};
+use e2e::rabbit::{
+    RabbitMq, amqp_url, start_embedded, start_embedded_with_management,
+    start_rabbitmq_with_management,
+};
 use e2e::{engines_required, which};
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -36,7 +39,8 @@ const SCENARIO: Duration = Duration::from_secs(40);
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
 
-static RABBIT: LazyLock<Option<RabbitMq>> = LazyLock::new(start_rabbitmq);
+/// With its management plugin, for the scenarios that also drive the HTTP API.
+static RABBIT: LazyLock<Option<RabbitMq>> = LazyLock::new(start_rabbitmq_with_management);
 
 /// Generates `mod <name> { rabbitmq, embedded }` tests running `<name>(url)` on each broker.
 macro_rules! conformance {
@@ -101,6 +105,7 @@ conformance!(
     transactions,
     pika_client,
     amqplib_client,
+    celery_client,
     second_protocol_header_after_handshake,
     queue_expires_when_unused,
     max_length_bytes,
@@ -117,6 +122,64 @@ conformance!(
     rabbitmq_particulars,
     unimplemented_methods_refused,
 );
+
+/// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url)` that also
+/// use the management HTTP API.
+macro_rules! managed_conformance {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rabbitmq() {
+                super::on_managed_rabbitmq(stringify!($name), super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::on_managed_embedded(stringify!($name), super::$name).await;
+            }
+        }
+    )*};
+}
+
+managed_conformance!(policies);
+
+async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let rabbit = tokio::task::spawn_blocking(|| {
+        LazyLock::force(&RABBIT)
+            .as_ref()
+            .map(|r| (r.url(), r.management_url()))
+    })
+    .await
+    .expect("start RabbitMQ");
+    let Some((url, api)) = rabbit else {
+        eprintln!("{name}: RabbitMQ not installed, skipped");
+        return;
+    };
+    let api = api.expect("the node runs the management plugin");
+    timeout(SCENARIO, scenario(url, api))
+        .await
+        .unwrap_or_else(|_| panic!("{name} on RabbitMQ took longer than {SCENARIO:?}"));
+}
+
+async fn on_managed_embedded<F, Fut>(name: &str, scenario: F)
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let (proc, port, api) = tokio::task::spawn_blocking(start_embedded_with_management)
+        .await
+        .expect("start session-store");
+    timeout(
+        SCENARIO,
+        scenario(amqp_url(port), format!("http://127.0.0.1:{api}")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} on the embedded broker took longer than {SCENARIO:?}"));
+    drop(proc);
+}
 
 async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
 where
@@ -3179,6 +3242,41 @@ async fn amqplib_client(url: String) {
     assert!(out.0, "amqplib script failed:\n{}", out.1);
 }
 
+/// A Celery 5 worker and client (kombu over py-amqp), as most Python shops use RabbitMQ:
+/// the script starts the worker itself and drives it through tasks, retries, routing to
+/// priority and quorum queues, and remote control.
+async fn celery_client(url: String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/amqp_py/test_celery.py");
+    let Some(python) = which("python3") else {
+        assert!(!engines_required(), "python3 is required in CI");
+        eprintln!("python3 not installed: celery scenario skipped");
+        return;
+    };
+    let has_celery = Command::new(&python)
+        .args(["-c", "import celery"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_celery {
+        assert!(
+            !engines_required(),
+            "python3 celery is required in CI (python3 -m pip install celery)"
+        );
+        eprintln!("python3 celery not installed: celery scenario skipped");
+        return;
+    }
+    let prefix = uniq("celery");
+    let out = tokio::task::spawn_blocking(move || {
+        // Under the scenario's own bound, so a hung run still shows the worker's log.
+        run_with_timeout(&python, &[script, &url, &prefix], Duration::from_secs(35))
+    })
+    .await
+    .expect("run the celery script");
+    assert!(out.0, "celery script failed:\n{}", out.1);
+    eprintln!("{}", out.1.trim_end());
+}
+
 /// Runs a program, killing it after `limit`; returns (success, stdout+stderr).
 fn run_with_timeout(program: &std::path::Path, args: &[&str], limit: Duration) -> (bool, String) {
     let mut child = Command::new(program)
@@ -4271,6 +4369,24 @@ async fn rabbitmq_particulars(url: String) {
     let conn = connect(&url).await;
     let ch = confirmed(&conn).await;
 
+    // TTLs and expiries up to ten years, past 32 bits (Celery's delayed delivery declares
+    // such queues); one millisecond more is refused.
+    for key in ["x-message-ttl", "x-expires"] {
+        let ten_years = AMQPValue::LongLongInt(315_360_000_000);
+        declare_refused(&conn, args(&[(key, ten_years)]))
+            .await
+            .unwrap_or_else(|e| panic!("{key} of ten years refused: {e}"));
+        let e = declare_refused(
+            &conn,
+            args(&[(key, AMQPValue::LongLongInt(315_360_000_001))]),
+        )
+        .await;
+        let e = expect_code(&format!("{key} past ten years"), e, 406);
+        expect_text(&e, &format!("PRECONDITION_FAILED - invalid arg '{key}'"));
+        let text = e.to_string();
+        assert!(text.ends_with(": {value_too_large,315360000001}"), "{text}");
+    }
+
     // user-id must be the authenticated user's.
     let q = uniq("uid");
     plain_queue(&ch, &q).await;
@@ -4527,4 +4643,233 @@ async fn unimplemented_methods_refused(url: String) {
     qos.extend_from_slice(&[0, 0, 0, 0xCE]);
     raw.send_bytes(&qos).await;
     raw.expect_connection_close(540).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// policies, through the management API
+
+/// A management API call as `guest`; returns the status and the body (JSON, or null).
+async fn api(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .basic_auth("guest", Some("guest"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = step(path, request.send())
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status().as_u16();
+    let text = step(path, response.text()).await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+/// Polls `check` until it holds, for at most `limit`.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How long RabbitMQ's management statistics may lag (it collects every 5 s).
+const STATS_LAG: Duration = Duration::from_secs(15);
+
+async fn policies(url: String, api_base: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let p = uniq("pol");
+    let pattern = format!("^{}\\.(q|own)$", regex_escape(&p));
+    let (q, own, dlx, dead, own_dlx, own_dead) = (
+        format!("{p}.q"),
+        format!("{p}.own"),
+        format!("{p}.dlx"),
+        format!("{p}.dead"),
+        format!("{p}.own-dlx"),
+        format!("{p}.own-dead"),
+    );
+    let path = |name: &str| format!("/api/policies/%2F/{name}");
+    let limits = json!({"pattern": pattern, "apply-to": "queues", "priority": 1,
+        "definition": {"max-length": 2, "dead-letter-exchange": dlx}});
+    assert_eq!(
+        api(&api_base, Method::PUT, &path(&p), Some(limits.clone()))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        api(&api_base, Method::PUT, &path(&p), Some(limits.clone()))
+            .await
+            .0,
+        204
+    );
+    let (status, listed) = api(&api_base, Method::GET, &path(&p), None).await;
+    assert_eq!(status, 200);
+    for key in ["pattern", "apply-to", "priority", "definition"] {
+        assert_eq!(listed[key], limits[key], "{key} of the policy read back");
+    }
+    assert_eq!(listed["name"], json!(p));
+    // Refused as RabbitMQ refuses, in its words (HTML-escaped, as its plugin sends them).
+    for (definition, reason) in [
+        (
+            json!({"message-ttl": -1}),
+            "Validation failed\n\n-1 is not a valid message TTL\n",
+        ),
+        (
+            json!({"foo": 1}),
+            "Validation failed\n\n[{&lt;&lt;\"foo\"&gt;&gt;,1}] are not recognised policy settings\n",
+        ),
+        (json!({}), "Validation failed\n\nno policy provided\n"),
+    ] {
+        let body = json!({"pattern": "x", "definition": definition});
+        let (status, error) = api(&api_base, Method::PUT, &path(&uniq("bad")), Some(body)).await;
+        assert_eq!((status, error["reason"].as_str()), (400, Some(reason)));
+    }
+
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    for (exchange, queue) in [(&dlx, &dead), (&own_dlx, &own_dead)] {
+        declare_exchange(&ch, exchange, ExchangeKind::Fanout).await;
+        plain_queue(&ch, queue).await;
+        bind(&ch, queue, exchange, "", FieldTable::default()).await;
+    }
+    // The policy's limit and dead-letter exchange apply to a queue declared without
+    // arguments: the oldest messages go, dead-lettered as `maxlen`.
+    plain_queue(&ch, &q).await;
+    for body in ["m0", "m1", "m2", "m3", "m4"] {
+        publish(&ch, "", &q, body.as_bytes()).await;
+    }
+    assert_eq!(drain(&ch, &q).await, ["m3", "m4"]);
+    let first = get_eventually(&ch, &dead).await;
+    assert_eq!(first.delivery.data, b"m0");
+    assert_eq!(
+        x_death(&first.delivery).get("reason"),
+        Some(&lstr("maxlen"))
+    );
+    eventually("the other two dead letters", STEP, || async {
+        ready_count(&conn, &dead).await == 2
+    })
+    .await;
+    assert_eq!(drain(&ch, &dead).await, ["m1", "m2"]);
+    // A queue's own dead-letter exchange wins over its policy's; the limit still applies.
+    declare_queue(
+        &ch,
+        &own,
+        QueueDeclareOptions::default(),
+        args(&[("x-dead-letter-exchange", lstr(&own_dlx))]),
+    )
+    .await;
+    for body in ["o0", "o1", "o2"] {
+        publish(&ch, "", &own, body.as_bytes()).await;
+    }
+    assert_eq!(get_eventually(&ch, &own_dead).await.delivery.data, b"o0");
+    assert_eq!(ready_count(&conn, &dead).await, 0);
+
+    // Changing the policy changes live queues: a lower limit drops at once.
+    for body in ["n0", "n1"] {
+        publish(&ch, "", &q, body.as_bytes()).await;
+    }
+    let tighter = json!({"pattern": pattern, "apply-to": "queues", "priority": 1,
+        "definition": {"max-length": 1}});
+    assert_eq!(
+        api(&api_base, Method::PUT, &path(&p), Some(tighter))
+            .await
+            .0,
+        204
+    );
+    eventually("the lower limit applied", STEP, || async {
+        ready_count(&conn, &q).await == 1
+    })
+    .await;
+    assert_eq!(drain(&ch, &q).await, ["n1"]);
+
+    // An exchange policy's alternate exchange catches what its bindings do not route.
+    let (x, ae, caught) = (format!("{p}.x"), format!("{p}.ae"), format!("{p}.caught"));
+    declare_exchange(&ch, &ae, ExchangeKind::Fanout).await;
+    plain_queue(&ch, &caught).await;
+    bind(&ch, &caught, &ae, "", FieldTable::default()).await;
+    let ae_policy = format!("{p}.ae");
+    let body = json!({"pattern": format!("^{}$", regex_escape(&x)), "apply-to": "exchanges",
+        "definition": {"alternate-exchange": ae}});
+    assert_eq!(
+        api(&api_base, Method::PUT, &path(&ae_policy), Some(body))
+            .await
+            .0,
+        201
+    );
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    publish(&ch, &x, "nowhere", b"caught").await;
+    assert_eq!(get_eventually(&ch, &caught).await.delivery.data, b"caught");
+
+    // Listed on the queue and the exchange (RabbitMQ's statistics lag by seconds).
+    let queue_path = format!("/api/queues/%2F/{q}");
+    eventually("the queue lists its policy", STATS_LAG, || async {
+        let (_, info) = api(&api_base, Method::GET, &queue_path, None).await;
+        info["policy"] == json!(p)
+            && info["effective_policy_definition"] == json!({"max-length": 1})
+    })
+    .await;
+    let exchange_path = format!("/api/exchanges/%2F/{x}");
+    eventually("the exchange lists its policy", STATS_LAG, || async {
+        api(&api_base, Method::GET, &exchange_path, None).await.1["policy"] == json!(ae_policy)
+    })
+    .await;
+
+    // Cleared, they stop applying; a second delete finds nothing.
+    for name in [&p, &ae_policy] {
+        assert_eq!(
+            api(&api_base, Method::DELETE, &path(name), None).await.0,
+            204
+        );
+        assert_eq!(
+            api(&api_base, Method::DELETE, &path(name), None).await.0,
+            404
+        );
+    }
+    for body in ["a", "b", "c"] {
+        publish(&ch, "", &q, body.as_bytes()).await;
+    }
+    assert_eq!(
+        ready_count(&conn, &q).await,
+        3,
+        "no limit without the policy"
+    );
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let confirm = step(
+        "publish",
+        ch.basic_publish(
+            x.as_str().into(),
+            "nowhere".into(),
+            mandatory,
+            b"returned",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("publish");
+    let confirmation = step("confirm", confirm).await.expect("confirm");
+    assert!(
+        confirmation.take_message().is_some(),
+        "unroutable again without the policy's alternate exchange"
+    );
+    close(conn).await;
+}
+
+/// `text` with the regular-expression metacharacters the scenario's names may hold
+/// escaped (names are made of `[a-z0-9.-]`).
+fn regex_escape(text: &str) -> String {
+    text.replace('.', "\\.")
 }

@@ -10,8 +10,9 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use super::error::AmqpError;
 use super::policy::Effect;
 
-/// RabbitMQ's largest TTL or expiry, in milliseconds.
-const MAX_EXPIRY_MS: i64 = 4_294_967_295;
+/// RabbitMQ's largest TTL or expiry, in milliseconds: ten years. (Celery's delayed
+/// delivery declares queues with TTLs past the 32-bit range.)
+const MAX_EXPIRY_MS: u64 = 315_360_000_000;
 
 /// What a full queue does with one more message (`x-overflow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -431,8 +432,8 @@ fn non_negative(n: i64) -> Result<u64, String> {
 }
 
 fn at_most_max(n: u64) -> Result<u64, String> {
-    if n > MAX_EXPIRY_MS as u64 {
-        Err(format!("{{value_too_large,{n},{MAX_EXPIRY_MS}}}"))
+    if n > MAX_EXPIRY_MS {
+        Err(format!("{{value_too_large,{n}}}"))
     } else {
         Ok(n)
     }
