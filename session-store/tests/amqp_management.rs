@@ -182,15 +182,26 @@ async fn requires_a_management_user() {
             .get("www-authenticate")
             .is_some_and(|v| v.to_str().is_ok_and(|s| s.starts_with("Basic"))),
     );
-    assert_eq!(
-        get(&r, "/api/overview", "guest", "wrong").await.status(),
-        401
-    );
-    assert_eq!(
-        get(&r, "/api/overview", "plain", "pw").await.status(),
-        401,
-        "no management tag"
-    );
+    // RabbitMQ's words for each refusal.
+    for (user, password, error, reason) in [
+        ("guest", "wrong", "not_authorized", "Login failed"),
+        ("plain", "pw", "not_authorised", "Not management user"),
+    ] {
+        let refused = get(&r, "/api/overview", user, password).await;
+        assert_eq!(refused.status(), 401, "{user}");
+        let body: Value = step(refused.json()).await.expect("json");
+        assert_eq!(body, js!({"error": error, "reason": reason}));
+    }
+    // Node figures are for monitors and administrators.
+    let watched = get(&r, "/api/nodes", "watcher", "pw").await;
+    assert_eq!(watched.status(), 401);
+    let nodes = json(&r, "/api/nodes").await;
+    let node = &list(&nodes)[0];
+    assert_eq!(node["running"], true);
+    assert_eq!(node["mem_alarm"], false);
+    assert!(node["mem_used"].as_u64().is_some_and(|m| m > 0), "{node}");
+    let name = node["name"].as_str().expect("a name");
+    assert_eq!(json(&r, &format!("/api/nodes/{name}")).await["name"], name);
     let me = json(&r, "/api/whoami").await;
     assert_eq!(me["name"], "guest");
     assert_eq!(me["tags"][0], "administrator");
@@ -887,6 +898,42 @@ async fn writes_declare_bind_publish_get_and_delete_as_rabbitmq_answers() {
         let r = &r;
         async move { send(r, Method::PUT, path, guest, Some(body)).await }
     };
+    // Flags and counts as rabbitmqadmin sends them, as strings; anything else is named.
+    let (status, _, _) = send(
+        &r,
+        Method::PUT,
+        "/api/queues/%2F/strings",
+        guest,
+        Some(r#"{"durable": "true", "auto_delete": "false"}"#),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let strings = json(&r, "/api/queues/%2F/strings").await;
+    assert_eq!(
+        (&strings["durable"], &strings["auto_delete"]),
+        (&js!(true), &js!(false))
+    );
+    let (status, _, refused) = send(
+        &r,
+        Method::PUT,
+        "/api/queues/%2F/yes",
+        guest,
+        Some(r#"{"durable": "yes"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["reason"].clone()),
+        (400, js!(["not_boolean", "yes"]))
+    );
+    let (status, _, got) = send(
+        &r,
+        Method::POST,
+        "/api/queues/%2F/strings/get",
+        guest,
+        Some(r#"{"count": "5", "ackmode": "ack_requeue_false"}"#),
+    )
+    .await;
+    assert_eq!((status, got), (200, js!([])));
     // Queues: 201 new, 204 again, 400 with the broker's reason when inequivalent.
     let q = r#"{"durable": true, "arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "wdead"}}"#;
     assert_eq!(put("/api/queues/%2F/wq", q).await.0, 201);

@@ -140,7 +140,7 @@ macro_rules! managed_conformance {
     )*};
 }
 
-managed_conformance!(policies);
+managed_conformance!(policies, management_closes_connections);
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
 where
@@ -4872,4 +4872,78 @@ async fn policies(url: String, api_base: String) {
 /// escaped (names are made of `[a-z0-9.-]`).
 fn regex_escape(text: &str) -> String {
     text.replace('.', "\\.")
+}
+
+/// An operator closes a client's connection through the API: the client is told with
+/// 320 CONNECTION_FORCED and the operator's reason.
+async fn management_closes_connections(url: String, api_base: String) {
+    use reqwest::Method;
+    let given = uniq("named");
+    let properties = ConnectionProperties::default().with_connection_name(given.as_str().into());
+    let conn = step("connect", Connection::connect(&url, properties))
+        .await
+        .expect("connect");
+    let mut events = Box::pin(conn.events_listener());
+    // Found by the name the client gave (RabbitMQ lists connections with a lag).
+    let deadline = Instant::now() + STATS_LAG;
+    let name = loop {
+        let (_, list) = api(&api_base, Method::GET, "/api/connections", None).await;
+        let found = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["user_provided_name"] == given.as_str())
+            .and_then(|c| c["name"].as_str().map(str::to_string));
+        if let Some(name) = found {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "connection {given} not listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let path = format!("/api/connections/{}", percent_encode(&name));
+    let (status, one) = api(&api_base, Method::GET, &path, None).await;
+    assert_eq!((status, one["user"].as_str()), (200, Some("guest")));
+    assert_eq!(one["client_properties"]["connection_name"], given.as_str());
+
+    let response = step(
+        "DELETE the connection",
+        reqwest::Client::new()
+            .delete(format!("{api_base}{path}"))
+            .basic_auth("guest", Some("guest"))
+            .header("X-Reason", "maintenance window")
+            .send(),
+    )
+    .await
+    .expect("request");
+    assert_eq!(response.status().as_u16(), 204);
+    let reason = step("the broker's connection.close", async {
+        loop {
+            match events.next().await {
+                Some(lapin::Event::Error(e)) => break e,
+                Some(_) => continue,
+                None => panic!("the connection's event stream ended"),
+            }
+        }
+    })
+    .await;
+    let e = expect_code("closed via the API", Err::<(), _>(reason), 320);
+    expect_text(&e, "CONNECTION_FORCED - maintenance window");
+    let missing = format!(
+        "/api/connections/{}",
+        percent_encode("127.0.0.1:1 -> 127.0.0.1:2")
+    );
+    assert_eq!(api(&api_base, Method::DELETE, &missing, None).await.0, 404);
+}
+
+/// A path segment with everything but unreserved characters percent-encoded.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -34,7 +34,7 @@ use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, ErrorKind, code, short};
 use super::exchange::Destination;
 use super::handshake::{HandshakeEnd, Opened, Tuned, handshake};
-use super::node::{ConnInfo, Node, now_millis};
+use super::node::{ConnInfo, ForceClose, Node, now_millis};
 use super::permissions::{Perm, Permissions, Resource};
 use super::queue::Message;
 use super::queue_args::parse_expiration;
@@ -79,6 +79,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
             vhost: broker,
             permissions,
             client,
+            client_name,
         }) => {
             broker.register_connection(
                 id,
@@ -88,6 +89,8 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 },
             );
             let _ = vhost.set(broker.clone());
+            // Shutdown cancels it too, as its parent.
+            let force_close = ForceClose::new(stop.child_token());
             node.connection_opened(ConnInfo {
                 id,
                 user: user.name.clone(),
@@ -96,9 +99,11 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 local,
                 connected_at: now_millis(),
                 client,
+                client_name,
                 channel_max: tuned.channel_max,
                 frame_max: tuned.frame_max,
                 heartbeat: tuned.heartbeat,
+                force_close: force_close.clone(),
             });
             let mut conn = Conn {
                 id,
@@ -114,7 +119,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 synced: broker.journal_synced(),
                 confirms: VecDeque::new(),
             };
-            conn.run(&mut frames, tuned, &stop).await;
+            conn.run(&mut frames, tuned, &force_close).await;
             broker.connection_closed(id);
             node.connection_closed(id);
         }
@@ -273,8 +278,17 @@ impl Conn {
         &mut self,
         frames: &mut FramedRead<R, AmqpCodec>,
         tuned: Tuned,
-        stop: &CancellationToken,
+        close: &ForceClose,
     ) {
+        let stop = &close.token;
+        // RabbitMQ's words: the management API's reason, or shutdown.
+        let forced = || {
+            let reason = close.reason().unwrap_or("broker shutdown");
+            AmqpError::connection(
+                code::CONNECTION_FORCED,
+                format!("CONNECTION_FORCED - {reason}"),
+            )
+        };
         self.channel_max = tuned.channel_max;
         self.blocked_capable = tuned.blocked_capable;
         // A client silent for two heartbeat intervals is gone, as in RabbitMQ. Checked on a
@@ -286,11 +300,7 @@ impl Conn {
         let mut quiet_ticks = 0;
         loop {
             if self.publisher && *self.alarm.borrow() && !self.wait_for_memory(stop).await {
-                let e = AmqpError::connection(
-                    code::CONNECTION_FORCED,
-                    "CONNECTION_FORCED - broker shutdown",
-                );
-                close_with(frames, &self.tx, &e).await;
+                close_with(frames, &self.tx, &forced()).await;
                 return;
             }
             let waiting = self.confirms.front().map(|c| c.position);
@@ -319,11 +329,7 @@ impl Conn {
                     continue;
                 }
                 Event::Stop => {
-                    let e = AmqpError::connection(
-                        code::CONNECTION_FORCED,
-                        "CONNECTION_FORCED - broker shutdown",
-                    );
-                    close_with(frames, &self.tx, &e).await;
+                    close_with(frames, &self.tx, &forced()).await;
                     return;
                 }
             };

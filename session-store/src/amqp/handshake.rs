@@ -48,6 +48,8 @@ pub struct Opened {
     pub permissions: Arc<Permissions>,
     /// The client's `product` property, if any.
     pub client: String,
+    /// The client's `connection_name` property, if any: a name its user chose.
+    pub client_name: Option<String>,
 }
 
 /// Why a handshake did not end with an open connection.
@@ -129,17 +131,18 @@ async fn steps<R: AsyncRead + Unpin>(
     let (vhost, permissions) =
         open_vhost(node, &user, open.virtual_host.as_str()).map_err(HandshakeEnd::Refuse)?;
     send(tx, connection::AMQPMethod::OpenOk(connection::OpenOk {})).await;
-    let client = match start_ok.client_properties.inner().get("product") {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.to_string(),
-        _ => String::new(),
+    let property = |key: &str| match start_ok.client_properties.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
     };
     Ok(Opened {
         tuned,
         user,
         vhost,
         permissions,
-        client,
+        client: property("product").unwrap_or_default(),
+        client_name: property("connection_name"),
     })
 }
 

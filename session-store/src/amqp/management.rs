@@ -94,6 +94,10 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         .route("/api/vhosts", get(vhosts))
         .route("/api/vhosts/{name}", get(vhost))
         .route("/api/connections", get(connections))
+        .route(
+            "/api/connections/{name}",
+            get(connection).delete(close_connection),
+        )
         .route("/api/channels", get(channels))
         .route("/api/consumers", get(consumers))
         .route("/api/consumers/{vhost}", get(consumers_in))
@@ -117,6 +121,8 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/exchanges/{vhost}/{name}/bindings/destination",
             get(exchange_bindings_destination),
         )
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{name}", get(node_named))
         .route("/api/policies", get(policies::list))
         .route("/api/policies/{vhost}", get(policies::list_in))
         .route(
@@ -161,34 +167,50 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
 }
 
 /// Admits requests with the basic-auth credentials of a user with a management tag, and
-/// hands the handlers that user.
+/// hands the handlers that user. Refusals as RabbitMQ's: no credentials, an empty 401
+/// with the challenge; wrong ones, "Login failed" with it; a user without a management
+/// tag, "Not management user".
 async fn authenticate(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match basic_auth(request.headers()).and_then(|(u, p)| node.users().login(&u, &p, Some(peer))) {
+    let Some((name, password)) = basic_auth(request.headers()) else {
+        return challenge(StatusCode::UNAUTHORIZED.into_response());
+    };
+    match node.users().login(&name, &password, Some(peer)) {
         Some(user) if user.may_manage() => {
             request.extensions_mut().insert(user);
             next.run(request).await
         }
-        _ => not_authorized("Not_Authorized"),
+        Some(_) => not_authorized("Not management user"),
+        None => challenge(
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": "not_authorized", "reason": "Login failed"})),
+            )
+                .into_response(),
+        ),
     }
 }
 
-/// RabbitMQ's 401, with the challenge that makes clients send credentials.
-fn not_authorized(reason: &str) -> Response {
-    let mut response = (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(json!({"error": "not_authorized", "reason": reason})),
-    )
-        .into_response();
+/// Adds the challenge that makes clients send credentials.
+fn challenge(mut response: Response) -> Response {
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
     );
     response
+}
+
+/// RabbitMQ's 401 for a logged-in user whose tags do not allow the request.
+fn not_authorized(reason: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(json!({"error": "not_authorised", "reason": reason})),
+    )
+        .into_response()
 }
 
 /// `body` for administrators; RabbitMQ's refusal for everyone else.
@@ -254,6 +276,34 @@ async fn overview(
     axum::Json(json::overview(&node, &depths))
 }
 
+/// Whether `user` may see node-wide figures (RabbitMQ's `monitoring` tag or above).
+fn monitor(user: &User) -> bool {
+    user.has_tag("administrator") || user.has_tag("monitoring")
+}
+
+async fn nodes(State(node): State<Arc<Node>>, axum::Extension(user): Caller) -> Response {
+    if !monitor(&user) {
+        return not_authorized("Not monitor user");
+    }
+    axum::Json(json::nodes(&node, memory_alarm(&node))).into_response()
+}
+
+async fn node_named(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    if !monitor(&user) {
+        return not_authorized("Not monitor user");
+    }
+    match json::nodes(&node, memory_alarm(&node)) {
+        Value::Array(mut list) if name == json::NODE => {
+            axum::Json(list.swap_remove(0)).into_response()
+        }
+        _ => not_found(),
+    }
+}
+
 async fn whoami(axum::Extension(user): Caller) -> axum::Json<Value> {
     axum::Json(json!({"name": user.name, "tags": user.tags}))
 }
@@ -287,6 +337,57 @@ async fn connections(
     axum::Extension(user): Caller,
 ) -> axum::Json<Value> {
     axum::Json(json::connections(&node, &visible(&node, &user)))
+}
+
+/// `/api/connections/{name}`, for the connection's own user, monitors and
+/// administrators.
+async fn connection(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    let Value::Array(list) = json::connections(&node, &visible(&node, &user)) else {
+        return not_found();
+    };
+    let found = list.into_iter().find(|c| c["name"] == name.as_str());
+    match found {
+        Some(c) if c["user"] == user.name.as_str() || monitor(&user) => {
+            axum::Json(c).into_response()
+        }
+        Some(_) => not_authorized("User not authorised to access object"),
+        None => not_found(),
+    }
+}
+
+/// `DELETE /api/connections/{name}`: closes it with CONNECTION_FORCED and the request's
+/// `X-Reason` (default "Closed via management plugin"), as RabbitMQ does. For the
+/// connection's own user and administrators.
+async fn close_connection(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(owner) = node
+        .connections()
+        .into_iter()
+        .find(|c| c.name() == name)
+        .map(|c| c.user)
+    else {
+        return not_found();
+    };
+    if owner != user.name && !user.has_tag("administrator") {
+        return not_authorized("User not authorised to access object");
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin");
+    if node.close_connection(&name, reason) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_found()
+    }
 }
 
 async fn channels(

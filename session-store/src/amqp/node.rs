@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use amq_protocol::protocol::{exchange, queue};
+use tokio_util::sync::CancellationToken;
 
 use super::AmqpConfig;
 use super::broker::{Broker, ConnId, VHostInfo};
@@ -42,9 +43,43 @@ pub struct ConnInfo {
     pub connected_at: u64,
     /// The client's `product` property, if it sent one.
     pub client: String,
+    /// The client's `connection_name` property (RabbitMQ's `user_provided_name`).
+    pub client_name: Option<String>,
     pub channel_max: u16,
     pub frame_max: u32,
     pub heartbeat: u16,
+    /// Cancelled to close the connection from outside (the management API), after the
+    /// reason is set.
+    pub force_close: ForceClose,
+}
+
+/// A request to close one connection with CONNECTION_FORCED and a reason of the
+/// requester's, as RabbitMQ's management plugin does.
+#[derive(Debug, Clone)]
+pub struct ForceClose {
+    pub token: CancellationToken,
+    reason: Arc<OnceLock<String>>,
+}
+
+impl ForceClose {
+    /// Cancelled by `token` (shutdown) or by [`ForceClose::close`].
+    pub fn new(token: CancellationToken) -> Self {
+        ForceClose {
+            token,
+            reason: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Starts the close; the first reason given is the one sent.
+    pub fn close(&self, reason: &str) {
+        let _ = self.reason.set(reason.to_string());
+        self.token.cancel();
+    }
+
+    /// The reason, if the close was asked for.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.get().map(String::as_str)
+    }
 }
 
 impl ConnInfo {
@@ -69,6 +104,7 @@ pub struct Node {
     rates: Mutex<Sampler>,
     /// The addresses its servers listen on, by protocol (`amqp`, `http`), as they bound.
     listeners: Mutex<Vec<(&'static str, SocketAddr)>>,
+    started: Instant,
 }
 
 /// The sampler's key for the node's totals.
@@ -109,6 +145,7 @@ impl Node {
             connections: Mutex::new(BTreeMap::new()),
             rates: Mutex::new(Sampler::default()),
             listeners: Mutex::new(Vec::new()),
+            started: Instant::now(),
             config,
         };
         if let Err(e) = node.settle_definitions() {
@@ -211,6 +248,11 @@ impl Node {
         Ok(())
     }
 
+    /// How long the node has run.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     pub fn config(&self) -> &AmqpConfig {
         &self.config
     }
@@ -263,6 +305,17 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Closes the connection named `name` (see [`ConnInfo::name`]) with `reason`; false if
+    /// there is none.
+    pub fn close_connection(&self, name: &str, reason: &str) -> bool {
+        let conns = self.conns();
+        let Some(info) = conns.values().find(|c| c.name() == name) else {
+            return false;
+        };
+        info.force_close.close(reason);
+        true
     }
 
     pub fn connections(&self) -> Vec<ConnInfo> {

@@ -77,6 +77,15 @@ const EXCHANGE_TYPES: [(&str, &str); 4] = [
 ];
 
 /// `/api/overview`.
+fn exchange_types() -> Vec<Value> {
+    EXCHANGE_TYPES
+        .iter()
+        .map(|(name, description)| {
+            json!({"name": name, "description": description, "enabled": true})
+        })
+        .collect()
+}
+
 pub fn overview(node: &Node, depths: &Depths) -> Value {
     let (total, rates) = node.overview();
     let listeners: Vec<Value> = node
@@ -91,12 +100,7 @@ pub fn overview(node: &Node, depths: &Depths) -> Value {
             })
         })
         .collect();
-    let exchange_types: Vec<Value> = EXCHANGE_TYPES
-        .iter()
-        .map(|(name, description)| {
-            json!({"name": name, "description": description, "enabled": true})
-        })
-        .collect();
+    let exchange_types = exchange_types();
     let mut queue_totals = json!({
         "messages": total.messages_ready + total.messages_unacknowledged,
         "messages_ready": total.messages_ready,
@@ -166,7 +170,8 @@ pub fn connections(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
         .iter()
         .filter(|c| in_vhosts(c, vhosts))
         .map(|c| {
-            json!({
+            let mut client_properties = json!({"product": c.client});
+            let mut out = json!({
                 "name": c.name(),
                 "node": NODE,
                 "type": "network",
@@ -183,9 +188,15 @@ pub fn connections(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
                 "frame_max": c.frame_max,
                 "timeout": c.heartbeat,
                 "connected_at": c.connected_at,
-                "client_properties": {"product": c.client},
                 "ssl": false,
-            })
+            });
+            // RabbitMQ lists the name a client gave only when it gave one.
+            if let Some(name) = &c.client_name {
+                out["user_provided_name"] = json!(name);
+                client_properties["connection_name"] = json!(name);
+            }
+            out["client_properties"] = client_properties;
+            out
         })
         .collect()
 }
@@ -632,6 +643,42 @@ fn value(v: &AMQPValue) -> Value {
         AMQPValue::FieldTable(t) => table(t),
         AMQPValue::Void => Value::Null,
     }
+}
+
+/// `/api/nodes`: this one node, with the fields monitors and `rabbitmqadmin list nodes`
+/// read. `mem_used` is the process's resident memory; `mem_limit` is the watermark of
+/// held message bytes that raises `mem_alarm`.
+pub fn nodes(node: &Node, mem_alarm: bool) -> Value {
+    let fd_used = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    let processors = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    json!([{
+        "name": NODE,
+        "type": "disc",
+        "running": true,
+        "os_pid": std::process::id().to_string(),
+        "uptime": u64::try_from(node.uptime().as_millis()).unwrap_or(u64::MAX),
+        "processors": processors,
+        "mem_used": resident_bytes(),
+        "mem_limit": node.config().memory_high_watermark,
+        "mem_alarm": mem_alarm,
+        "disk_free_alarm": false,
+        "fd_used": fd_used,
+        "partitions": [],
+        "rates_mode": "basic",
+        "exchange_types": exchange_types(),
+    }])
+}
+
+/// Resident memory of this process (`VmRSS`), 0 where `/proc` does not say.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(0)
 }
 
 /// `/api/policies`: the given vhosts' policies, each vhost's highest priority first.

@@ -60,7 +60,8 @@ fn target(
 pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
-    reason: String,
+    /// Text mostly; a term such as `["not_boolean", "yes"]` where RabbitMQ sends one.
+    reason: Value,
 }
 
 impl IntoResponse for ApiError {
@@ -74,8 +75,41 @@ pub(super) fn error(status: StatusCode, kind: &'static str, reason: &str) -> Api
     ApiError {
         status,
         kind,
-        reason: reason.to_string(),
+        reason: Value::from(reason),
     }
+}
+
+/// A 400 for a field whose value is not of its type, as the management plugin words it:
+/// `{"error": "bad_request", "reason": ["not_boolean", VALUE]}`.
+fn not_a(what: &'static str, value: &Value) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        kind: "bad_request",
+        reason: json!([what, value]),
+    }
+}
+
+/// A boolean field as the management plugin reads one: JSON `true`/`false` or the strings
+/// `"true"`/`"false"`, which is what `rabbitmqadmin` sends.
+fn boolean(value: Option<&Value>, default: bool) -> Result<bool, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" => Ok(true),
+        Some(Value::String(s)) if s == "false" => Ok(false),
+        Some(other) => Err(not_a("not_boolean", other)),
+    }
+}
+
+/// A count as the management plugin reads one: a JSON number or a string of digits.
+fn count(value: Option<&Value>, default: usize) -> Result<usize, ApiError> {
+    let parsed = match value {
+        None | Some(Value::Null) => return Ok(default),
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
+        Some(Value::String(s)) => s.parse().ok(),
+        Some(_) => None,
+    };
+    parsed.ok_or_else(|| not_a("not_integer", value.unwrap_or(&Value::Null)))
 }
 
 fn refused() -> ApiError {
@@ -146,10 +180,8 @@ fn flag(query: &HashMap<String, String>, name: &str) -> bool {
 
 #[derive(Deserialize)]
 pub struct QueueBody {
-    #[serde(default)]
-    durable: bool,
-    #[serde(default)]
-    auto_delete: bool,
+    durable: Option<Value>,
+    auto_delete: Option<Value>,
     #[serde(default)]
     arguments: Map<String, Value>,
 }
@@ -163,14 +195,18 @@ pub async fn put_queue(
 ) -> Result<Response, ApiError> {
     let (broker, perms) = target(&node, &user, &vhost)?;
     let b: QueueBody = body(&raw)?;
+    let (durable, auto_delete) = (
+        boolean(b.durable.as_ref(), false)?,
+        boolean(b.auto_delete.as_ref(), false)?,
+    );
     let arguments = definitions::table(&b.arguments);
     let existed = broker.queues().iter().any(|q| q.name == name);
     let declare = amqp_queue::Declare {
         queue: short("queue name", &name)?,
         passive: false,
-        durable: b.durable,
+        durable,
         exclusive: false,
-        auto_delete: b.auto_delete,
+        auto_delete,
         nowait: false,
         arguments: arguments.clone(),
     };
@@ -223,12 +259,9 @@ pub async fn purge_queue(
 pub struct ExchangeBody {
     #[serde(rename = "type", default = "direct")]
     kind: String,
-    #[serde(default)]
-    durable: bool,
-    #[serde(default)]
-    auto_delete: bool,
-    #[serde(default)]
-    internal: bool,
+    durable: Option<Value>,
+    auto_delete: Option<Value>,
+    internal: Option<Value>,
     #[serde(default)]
     arguments: Map<String, Value>,
 }
@@ -253,9 +286,9 @@ pub async fn put_exchange(
         exchange: short("exchange name", name)?,
         kind: short("exchange type", &b.kind)?,
         passive: false,
-        durable: b.durable,
-        auto_delete: b.auto_delete,
-        internal: b.internal,
+        durable: boolean(b.durable.as_ref(), false)?,
+        auto_delete: boolean(b.auto_delete.as_ref(), false)?,
+        internal: boolean(b.internal.as_ref(), false)?,
         nowait: false,
         arguments: definitions::table(&b.arguments),
     };
@@ -581,17 +614,11 @@ fn properties(json: &Map<String, Value>, user: &str) -> Result<AMQPProperties, S
 
 #[derive(Deserialize)]
 pub struct GetBody {
-    #[serde(default = "one")]
-    count: usize,
+    count: Option<Value>,
     ackmode: String,
     #[serde(default = "auto")]
     encoding: String,
-    #[serde(default)]
-    truncate: Option<usize>,
-}
-
-fn one() -> usize {
-    1
+    truncate: Option<Value>,
 }
 
 fn auto() -> String {
@@ -612,6 +639,11 @@ pub async fn get_messages(
 ) -> Result<Response, ApiError> {
     let (broker, perms) = target(&node, &user, &vhost)?;
     let b: GetBody = body(&raw)?;
+    let wanted = count(b.count.as_ref(), 1)?;
+    let truncate = match b.truncate.as_ref() {
+        None | Some(Value::Null) => None,
+        given => Some(count(given, 0)?),
+    };
     allow(&perms, Perm::Read, Resource::Queue, &name)?;
     // (manual ack, settle with `Some(requeue)` as a reject)
     let (manual, reject) = match b.ackmode.as_str() {
@@ -641,7 +673,7 @@ pub async fn get_messages(
     broker.open_channel(API_CONN, API_CHANNEL);
     let mut out = Vec::new();
     let mut failed = None;
-    for _ in 0..b.count.min(MAX_GET) {
+    for _ in 0..wanted.min(MAX_GET) {
         match broker.get(API_CONN, API_CHANNEL, &name, !manual) {
             Ok(Some(got)) => {
                 out.push(message_json(
@@ -649,7 +681,7 @@ pub async fn get_messages(
                     got.redelivered,
                     got.message_count,
                     base64,
-                    b.truncate,
+                    truncate,
                 ));
                 if let Some(requeue) = reject
                     && !requeue
