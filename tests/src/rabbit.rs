@@ -28,8 +28,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A private RabbitMQ node. Dropping it kills the node and its epmd and removes its state.
 pub struct RabbitMq {
     port: u16,
-    /// The management plugin's HTTP port, when it was enabled.
+    /// The management plugin's HTTP port, when it was enabled (with the Prometheus
+    /// plugin, on `prometheus_port`).
     management_port: Option<u16>,
+    prometheus_port: Option<u16>,
     dist_port: u16,
     epmd_port: u16,
     dir: PathBuf,
@@ -53,6 +55,13 @@ impl RabbitMq {
     pub fn management_url(&self) -> Option<String> {
         self.management_port
             .map(|port| format!("http://127.0.0.1:{port}"))
+    }
+
+    /// `http://127.0.0.1:<port>/metrics` of the Prometheus plugin, enabled with the
+    /// management plugin.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.prometheus_port
+            .map(|port| format!("http://127.0.0.1:{port}/metrics"))
     }
 
     /// The directory holding the node's configuration, logs and database.
@@ -116,7 +125,10 @@ impl RabbitMq {
                 self.port
             );
         }
-        if let Some(port) = self.management_port {
+        for port in [self.management_port, self.prometheus_port]
+            .into_iter()
+            .flatten()
+        {
             wait_port(port, START_TIMEOUT);
         }
     }
@@ -145,8 +157,8 @@ pub fn start_rabbitmq() -> Option<RabbitMq> {
     start(false)
 }
 
-/// [`start_rabbitmq`] with the management plugin listening on a free loopback port too,
-/// for scenarios that compare the HTTP API.
+/// [`start_rabbitmq`] with the management and Prometheus plugins listening on free
+/// loopback ports too, for scenarios that compare the HTTP API and metrics.
 pub fn start_rabbitmq_with_management() -> Option<RabbitMq> {
     start(true)
 }
@@ -167,10 +179,13 @@ fn start(management: bool) -> Option<RabbitMq> {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("e2e-rabbit-{}-{port}", std::process::id()));
     let management_port = management.then(free_port);
-    write_config(&dir, port, management_port).expect("write the RabbitMQ node's configuration");
+    let prometheus_port = management.then(free_port);
+    let plugin_ports = management_port.zip(prometheus_port);
+    write_config(&dir, port, plugin_ports).expect("write the RabbitMQ node's configuration");
     let mut rabbit = RabbitMq {
         port,
         management_port,
+        prometheus_port,
         dist_port: free_port(),
         epmd_port: free_port(),
         dir,
@@ -352,15 +367,19 @@ fn wait_amqp_ready(url: &str, timeout: Duration) -> Result<(), String> {
     })
 }
 
-fn write_config(dir: &Path, port: u16, management: Option<u16>) -> std::io::Result<()> {
+/// `plugins`: the management and Prometheus plugins' ports, when they are to run.
+fn write_config(dir: &Path, port: u16, plugins: Option<(u16, u16)>) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     for sub in ["mnesia", "log", "home"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
-    let (plugins, listener) = match management {
-        Some(m) => (
-            "[rabbitmq_management].\n",
-            format!("management.tcp.port = {m}\nmanagement.tcp.ip = 127.0.0.1\n"),
+    let (plugins, listener) = match plugins {
+        Some((m, p)) => (
+            "[rabbitmq_management,rabbitmq_prometheus].\n",
+            format!(
+                "management.tcp.port = {m}\nmanagement.tcp.ip = 127.0.0.1\n\
+                 prometheus.tcp.port = {p}\nprometheus.tcp.ip = 127.0.0.1\n"
+            ),
         ),
         None => ("[].\n", String::new()),
     };

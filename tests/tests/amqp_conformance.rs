@@ -123,8 +123,8 @@ conformance!(
     unimplemented_methods_refused,
 );
 
-/// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url)` that also
-/// use the management HTTP API.
+/// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
+/// that also use the management HTTP API or the Prometheus metrics.
 macro_rules! managed_conformance {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -140,44 +140,43 @@ macro_rules! managed_conformance {
     )*};
 }
 
-managed_conformance!(policies, management_closes_connections);
+managed_conformance!(policies, management_closes_connections, prometheus_metrics);
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
 where
-    F: FnOnce(String, String) -> Fut,
+    F: FnOnce(String, String, String) -> Fut,
     Fut: Future<Output = ()>,
 {
     let rabbit = tokio::task::spawn_blocking(|| {
         LazyLock::force(&RABBIT)
             .as_ref()
-            .map(|r| (r.url(), r.management_url()))
+            .map(|r| (r.url(), r.management_url().zip(r.metrics_url())))
     })
     .await
     .expect("start RabbitMQ");
-    let Some((url, api)) = rabbit else {
+    let Some((url, plugins)) = rabbit else {
         eprintln!("{name}: RabbitMQ not installed, skipped");
         return;
     };
-    let api = api.expect("the node runs the management plugin");
-    timeout(SCENARIO, scenario(url, api))
+    let (api, metrics) = plugins.expect("the node runs the management plugins");
+    timeout(SCENARIO, scenario(url, api, metrics))
         .await
         .unwrap_or_else(|_| panic!("{name} on RabbitMQ took longer than {SCENARIO:?}"));
 }
 
 async fn on_managed_embedded<F, Fut>(name: &str, scenario: F)
 where
-    F: FnOnce(String, String) -> Fut,
+    F: FnOnce(String, String, String) -> Fut,
     Fut: Future<Output = ()>,
 {
     let (proc, port, api) = tokio::task::spawn_blocking(start_embedded_with_management)
         .await
         .expect("start session-store");
-    timeout(
-        SCENARIO,
-        scenario(amqp_url(port), format!("http://127.0.0.1:{api}")),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{name} on the embedded broker took longer than {SCENARIO:?}"));
+    let api = format!("http://127.0.0.1:{api}");
+    let metrics = format!("{api}/metrics");
+    timeout(SCENARIO, scenario(amqp_url(port), api, metrics))
+        .await
+        .unwrap_or_else(|_| panic!("{name} on the embedded broker took longer than {SCENARIO:?}"));
     drop(proc);
 }
 
@@ -4685,7 +4684,7 @@ where
 /// How long RabbitMQ's management statistics may lag (it collects every 5 s).
 const STATS_LAG: Duration = Duration::from_secs(15);
 
-async fn policies(url: String, api_base: String) {
+async fn policies(url: String, api_base: String, _metrics: String) {
     use reqwest::Method;
     use serde_json::json;
     let p = uniq("pol");
@@ -4876,7 +4875,7 @@ fn regex_escape(text: &str) -> String {
 
 /// An operator closes a client's connection through the API: the client is told with
 /// 320 CONNECTION_FORCED and the operator's reason.
-async fn management_closes_connections(url: String, api_base: String) {
+async fn management_closes_connections(url: String, api_base: String, _metrics: String) {
     use reqwest::Method;
     let given = uniq("named");
     let properties = ConnectionProperties::default().with_connection_name(given.as_str().into());
@@ -4946,4 +4945,101 @@ fn percent_encode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Metric families RabbitMQ's Prometheus plugin exposes that dashboards and alerts use.
+const PROMETHEUS_FAMILIES: &[&str] = &[
+    "rabbitmq_connections",
+    "rabbitmq_channels",
+    "rabbitmq_consumers",
+    "rabbitmq_queues",
+    "rabbitmq_queue_messages_ready",
+    "rabbitmq_queue_messages_unacked",
+    "rabbitmq_queue_messages",
+    "rabbitmq_queue_messages_bytes",
+    "rabbitmq_queue_consumers",
+    "rabbitmq_queue_messages_published_total",
+    "rabbitmq_global_messages_received_total",
+    "rabbitmq_global_messages_routed_total",
+    "rabbitmq_global_messages_confirmed_total",
+    "rabbitmq_global_messages_delivered_total",
+    "rabbitmq_global_messages_acknowledged_total",
+    "rabbitmq_global_messages_redelivered_total",
+    "rabbitmq_global_messages_unroutable_dropped_total",
+    "rabbitmq_global_messages_unroutable_returned_total",
+    "rabbitmq_process_resident_memory_bytes",
+    "rabbitmq_resident_memory_limit_bytes",
+    "rabbitmq_alarms_memory_used_watermark",
+    "rabbitmq_build_info",
+    "rabbitmq_identity_info",
+];
+
+/// The plugin's endpoints: the families dashboards read, and per-object queue series.
+async fn prometheus_metrics(url: String, _api: String, metrics: String) {
+    let scrape = |path: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let response = step(path, reqwest::get(format!("{metrics}{path}")))
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+            step(path, response.text()).await.expect("text")
+        }
+    };
+    let text = scrape("").await;
+    for family in PROMETHEUS_FAMILIES {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {family} "))),
+            "no {family} in:\n{text}"
+        );
+    }
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let q = uniq("metrics");
+    plain_queue(&ch, &q).await;
+    for body in ["a", "b", "c"] {
+        publish(&ch, "", &q, body.as_bytes()).await;
+    }
+    assert_eq!(drain(&ch, &q).await.len(), 3);
+    publish(&ch, "", &q, b"waiting").await;
+    // The queue's own series, its one message of 7 bytes (RabbitMQ's come from statistics that lag by seconds).
+    let ready = format!("rabbitmq_queue_messages_ready{{vhost=\"/\",queue=\"{q}\"}} 1");
+    let bytes = format!("rabbitmq_queue_messages_bytes{{vhost=\"/\",queue=\"{q}\"}} 7");
+    let deadline = Instant::now() + STATS_LAG;
+    loop {
+        // Label order is the exporter's; compare series with labels sorted.
+        let per_object = normalise_labels(&scrape("/per-object").await);
+        if per_object.contains(&normalise_labels(&ready))
+            && per_object.contains(&normalise_labels(&bytes))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {ready} and {bytes} in:\n{per_object}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    close(conn).await;
+}
+
+/// Metric lines with each line's labels in name order.
+fn normalise_labels(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let (Some(open), Some(close)) = (line.find('{'), line.find('}')) else {
+                return line.to_string();
+            };
+            let mut labels: Vec<&str> = line[open + 1..close].split(',').collect();
+            labels.sort_unstable();
+            format!(
+                "{}{{{}}}{}",
+                &line[..open],
+                labels.join(","),
+                &line[close + 1..]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -11,6 +11,7 @@
 
 mod depths;
 mod json;
+mod metrics;
 mod policies;
 mod write;
 
@@ -71,7 +72,7 @@ pub async fn serve(
     }
 }
 
-/// The API's routes, every one behind basic auth; `depths` holds the queue-length
+/// The API's routes, every one but `/metrics` behind basic auth; `depths` holds the queue-length
 /// samples its rates come from.
 fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
     Router::new()
@@ -163,6 +164,9 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         )
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::Extension(depths))
+        // Without a login, as RabbitMQ's Prometheus endpoint.
+        .route("/metrics", get(metrics::aggregated))
+        .route("/metrics/per-object", get(metrics::per_object))
         .with_state(node)
 }
 

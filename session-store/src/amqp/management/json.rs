@@ -670,7 +670,7 @@ pub fn nodes(node: &Node, mem_alarm: bool) -> Value {
 }
 
 /// Resident memory of this process (`VmRSS`), 0 where `/proc` does not say.
-fn resident_bytes() -> u64 {
+pub fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
