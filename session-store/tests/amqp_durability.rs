@@ -480,6 +480,73 @@ async fn policies_the_api_accepted_survive_kill_9_and_apply_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn users_vhosts_and_permissions_the_api_made_survive_kill_9() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
+    let http = reqwest::Client::new();
+    let put = |api: &str, path: &str, password: &str, body: serde_json::Value| {
+        http.put(format!("{api}{path}"))
+            .basic_auth("guest", Some(password))
+            .json(&body)
+            .send()
+    };
+    let (store, api) = Store::start_managed(&data, &log).await;
+    for (path, body) in [
+        (
+            "/api/users/alice",
+            serde_json::json!({"password": "pw", "tags": ""}),
+        ),
+        ("/api/vhosts/shop", serde_json::json!({})),
+        (
+            "/api/permissions/shop/alice",
+            serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        ),
+        // guest's password changed: the default must not bring the old one back.
+        (
+            "/api/users/guest",
+            serde_json::json!({"password": "changed", "tags": "administrator"}),
+        ),
+    ] {
+        let response = step(put(&api, path, "guest", body)).await.expect("request");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    let alice = |port: u16| format!("amqp://alice:pw@127.0.0.1:{port}/shop");
+    let (conn, ch) = channel(&alice(store.port)).await;
+    declare(&ch, "orders", true, FieldTable::default()).await;
+    drop((ch, conn));
+    store.kill9();
+
+    let store = Store::start(&data, &log).await;
+    let (_conn, ch) = channel(&alice(store.port)).await;
+    declare(&ch, "orders", true, FieldTable::default()).await;
+    let old_guest = Connection::connect(&store.url(), ConnectionProperties::default()).await;
+    assert!(old_guest.is_err(), "guest's old password works again");
+    let new_guest = format!("amqp://guest:changed@127.0.0.1:{}/%2f", store.port);
+    step(Connection::connect(
+        &new_guest,
+        ConnectionProperties::default(),
+    ))
+    .await
+    .expect("guest's new password");
+    store.stop().await;
+
+    // An explicit user given at start is applied over what was kept.
+    let store = Store::spawn_with(&data, &log, &["--amqp-user", "ops:opspw"]);
+    let mut store = store;
+    store.ready().await;
+    let ops = format!("amqp://ops:opspw@127.0.0.1:{}/%2f", store.port);
+    step(Connection::connect(&ops, ConnectionProperties::default()))
+        .await
+        .expect("the --amqp-user");
+    let (_conn, _ch) = channel(&alice(store.port)).await;
+    store.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_confirmed_message_survives_kill_9() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));

@@ -7,6 +7,7 @@
 //! serves anyone, with the file and the problem in the message.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
 use serde::Deserialize;
@@ -89,6 +90,9 @@ pub struct Definitions {
     /// parameters), one line each, so that the start can say so instead of the broker
     /// quietly behaving otherwise than the file's RabbitMQ did.
     pub ignored: Vec<String>,
+    /// False for RabbitMQ's fresh-node default (guest on `/`), which users, vhosts and
+    /// permissions kept in a data directory replace rather than extend.
+    pub explicit: bool,
 }
 
 /// RabbitMQ's fresh node: vhost `/` and `guest`/`guest`, an administrator with every
@@ -98,6 +102,7 @@ impl Default for Definitions {
         let mut d = Definitions::empty();
         d.vhosts.push(DEFAULT_VHOST.to_string());
         d.add_admin(GUEST, "guest");
+        d.explicit = false;
         d
     }
 }
@@ -113,6 +118,7 @@ impl Definitions {
             bindings: Vec::new(),
             policies: Vec::new(),
             ignored: Vec::new(),
+            explicit: true,
         }
     }
 
@@ -487,6 +493,50 @@ fn value(v: &Value) -> AMQPValue {
         }
         Value::Object(o) => AMQPValue::FieldTable(table(o)),
     }
+}
+
+/// A user as a definitions file (and the management API) lists one.
+pub fn user_json(u: &User) -> Value {
+    serde_json::json!({
+        "name": u.name,
+        "password_hash": u.password.encode(),
+        "hashing_algorithm": u.password.hashing().as_str(),
+        "tags": u.tags,
+        "limits": {},
+    })
+}
+
+/// Every permission granted in `vhosts`, by user then vhost, as a definitions file lists
+/// them.
+pub fn permissions_json(users: &Users, vhosts: &[String]) -> Value {
+    let mut grants: Vec<(&str, &str, &Arc<Permissions>)> = users
+        .grants()
+        .filter(|(_, vhost, _)| vhosts.iter().any(|v| v == vhost))
+        .collect();
+    grants.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    grants
+        .into_iter()
+        .map(|(user, vhost, p)| {
+            serde_json::json!({
+                "user": user,
+                "vhost": vhost,
+                "configure": p.configure,
+                "write": p.write,
+                "read": p.read,
+            })
+        })
+        .collect()
+}
+
+/// The users, vhosts and permissions part of a definitions file.
+pub fn access_json(users: &Users, vhosts: &[String]) -> Value {
+    let mut list: Vec<&Arc<User>> = users.all().collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    serde_json::json!({
+        "users": list.into_iter().map(|u| user_json(u)).collect::<Vec<_>>(),
+        "vhosts": vhosts.iter().map(|v| serde_json::json!({"name": v})).collect::<Vec<_>>(),
+        "permissions": permissions_json(users, vhosts),
+    })
 }
 
 #[cfg(test)]

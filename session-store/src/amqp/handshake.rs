@@ -95,7 +95,7 @@ async fn steps<R: AsyncRead + Unpin>(
         connection::AMQPMethod::StartOk(s) => s,
         _ => return Err(unexpected()),
     };
-    let user = authenticate(&start_ok, node.users(), peer).map_err(HandshakeEnd::Refuse)?;
+    let user = authenticate(&start_ok, &node.users(), peer).map_err(HandshakeEnd::Refuse)?;
     send(
         tx,
         connection::AMQPMethod::Tune(connection::Tune {

@@ -9,6 +9,7 @@
 //! The health checks Kubernetes probes and monitors call answer as RabbitMQ's do:
 //! `{"status":"ok"}`, or HTTP 503 with `"status":"failed"` and the reason.
 
+mod admin;
 mod depths;
 mod json;
 mod metrics;
@@ -89,11 +90,23 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             get(port_listener),
         )
         .route("/api/users", get(users))
-        .route("/api/users/{name}", get(user))
+        .route(
+            "/api/users/{name}",
+            get(user).put(admin::put_user).delete(admin::delete_user),
+        )
         .route("/api/permissions", get(permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(admin::get_permissions)
+                .put(admin::put_permissions)
+                .delete(admin::delete_permissions),
+        )
         .route("/api/definitions", get(definitions))
         .route("/api/vhosts", get(vhosts))
-        .route("/api/vhosts/{name}", get(vhost))
+        .route(
+            "/api/vhosts/{name}",
+            get(vhost).put(admin::put_vhost).delete(admin::delete_vhost),
+        )
         .route("/api/connections", get(connections))
         .route(
             "/api/connections/{name}",
@@ -183,7 +196,8 @@ async fn authenticate(
     let Some((name, password)) = basic_auth(request.headers()) else {
         return challenge(StatusCode::UNAUTHORIZED.into_response());
     };
-    match node.users().login(&name, &password, Some(peer)) {
+    let login = node.users().login(&name, &password, Some(peer));
+    match login {
         Some(user) if user.may_manage() => {
             request.extensions_mut().insert(user);
             next.run(request).await
@@ -244,9 +258,10 @@ type Caller = axum::Extension<Arc<User>>;
 /// The vhosts `user` may see.
 fn visible(node: &Node, user: &User) -> Vec<Arc<Broker>> {
     let all = user.has_tag("administrator") || user.has_tag("monitoring");
+    let users = node.users();
     node.vhosts()
-        .filter(|v| all || node.users().permissions(&user.name, v.name()).is_some())
-        .cloned()
+        .into_iter()
+        .filter(|v| all || users.permissions(&user.name, v.name()).is_some())
         .collect()
 }
 
@@ -621,8 +636,9 @@ async fn user(
     if !caller.has_tag("administrator") {
         return not_authorized("Not administrator user");
     }
-    match node.users().get(&name) {
-        Some(u) => axum::Json(json::user(u)).into_response(),
+    let found = node.users().get(&name).cloned();
+    match found {
+        Some(u) => axum::Json(json::user(&u)).into_response(),
         None => not_found(),
     }
 }
@@ -654,7 +670,7 @@ fn check_failed(reason: &str, extra: Value) -> Response {
 /// tells; a node without vhosts holds no messages and raises no alarm.
 fn memory_alarm(node: &Node) -> bool {
     node.vhosts()
-        .next()
+        .first()
         .is_some_and(|v| *v.memory_alarm().borrow())
 }
 

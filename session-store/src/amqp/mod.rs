@@ -12,6 +12,7 @@
 //! what, as configured by [`Definitions`] (RabbitMQ's definitions JSON); `stats` counts
 //! messages for the [`management`] HTTP API.
 
+mod access;
 mod broker;
 mod codec;
 mod connection;

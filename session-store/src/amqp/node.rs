@@ -6,21 +6,25 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::{Instant, SystemTime};
 
 use amq_protocol::protocol::{exchange, queue};
 use tokio_util::sync::CancellationToken;
 
 use super::AmqpConfig;
+use super::access;
 use super::broker::{Broker, ConnId, VHostInfo};
 use super::definitions::{Definitions, DefinitionsError};
 use super::error::short;
 use super::exchange::Destination;
 use super::flow::MemoryMonitor;
+use super::permissions::Permissions;
 use super::stats::{MessageStats, Rates, Sampler};
 use super::store::{self, DataDir, Journal, StoreError};
-use super::users::Users;
+use super::users::{User, Users};
 
 /// Why a node cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +98,16 @@ impl ConnInfo {
 #[derive(Debug)]
 pub struct Node {
     config: AmqpConfig,
-    vhosts: BTreeMap<String, Arc<Broker>>,
+    memory: Arc<MemoryMonitor>,
+    vhosts: RwLock<BTreeMap<String, Arc<Broker>>>,
+    /// Who may connect, and what they may do where; changed by the management API.
+    users: RwLock<Users>,
+    /// Serialises changes of users, vhosts and permissions with their saving.
+    admin: Mutex<()>,
     /// The data directory's lock, held for the node's life; none without persistence.
     data: Option<DataDir>,
     /// Every vhost's journal, to be closed on shutdown.
-    journals: Vec<Journal>,
+    journals: Mutex<BTreeMap<String, Journal>>,
     next_conn: AtomicU64,
     connections: Mutex<BTreeMap<ConnId, ConnInfo>>,
     rates: Mutex<Sampler>,
@@ -119,28 +128,14 @@ impl Node {
     pub fn new(config: AmqpConfig) -> Result<Arc<Self>, NodeError> {
         let memory = Arc::new(MemoryMonitor::new(config.memory_high_watermark));
         let data = config.data_dir.as_deref().map(DataDir::lock).transpose()?;
-        let mut vhosts = BTreeMap::new();
-        let mut journals = Vec::new();
-        for name in &config.definitions.vhosts {
-            let broker = Broker::new(name, memory.clone());
-            if let Some(data) = &data {
-                match store::open(&data.vhost(name), &memory.counter()) {
-                    Ok((journal, state)) => {
-                        broker.restore_durable(journal.clone(), state);
-                        journals.push(journal);
-                    }
-                    Err(e) => {
-                        journals.iter().for_each(Journal::close);
-                        return Err(e.into());
-                    }
-                }
-            }
-            vhosts.insert(name.clone(), Arc::new(broker));
-        }
+        let (users, vhost_names) = access::starting(&config.definitions, data.as_ref())?;
         let node = Node {
-            vhosts,
+            memory,
+            vhosts: RwLock::new(BTreeMap::new()),
+            users: RwLock::new(users),
+            admin: Mutex::new(()),
             data,
-            journals,
+            journals: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(1),
             connections: Mutex::new(BTreeMap::new()),
             rates: Mutex::new(Sampler::default()),
@@ -148,6 +143,12 @@ impl Node {
             started: Instant::now(),
             config,
         };
+        for name in &vhost_names {
+            if let Err(e) = node.open_vhost(name) {
+                node.close_journals();
+                return Err(e.into());
+            }
+        }
         if let Err(e) = node.settle_definitions() {
             node.close_journals();
             return Err(e);
@@ -155,10 +156,25 @@ impl Node {
         Ok(Arc::new(node))
     }
 
+    /// Creates the vhost `name`, recovering its durable state if the data directory has
+    /// some. Reads the disk.
+    fn open_vhost(&self, name: &str) -> Result<Arc<Broker>, StoreError> {
+        let broker = Broker::new(name, self.memory.clone());
+        if let Some(data) = &self.data {
+            let (journal, state) = store::open(&data.vhost(name), &self.memory.counter())?;
+            broker.restore_durable(journal.clone(), state);
+            lock(&self.journals).insert(name.to_string(), journal);
+        }
+        let broker = Arc::new(broker);
+        write(&self.vhosts).insert(name.to_string(), broker.clone());
+        Ok(broker)
+    }
+
     /// Reports data of vhosts no longer defined, then declares the definitions' topology.
     fn settle_definitions(&self) -> Result<(), NodeError> {
         if let Some(data) = &self.data {
-            data.warn_unknown(&self.config.definitions.vhosts)?;
+            let names: Vec<String> = read(&self.vhosts).keys().cloned().collect();
+            data.warn_unknown(&names)?;
         }
         self.declare(&self.config.definitions)?;
         Ok(())
@@ -178,7 +194,7 @@ impl Node {
     /// Writes out what the journals hold and stops their writers; anything logged after
     /// this is lost. Blocks: call it from a blocking context.
     pub fn close_journals(&self) {
-        for journal in &self.journals {
+        for journal in lock(&self.journals).values() {
             journal.close();
         }
     }
@@ -248,6 +264,106 @@ impl Node {
         Ok(())
     }
 
+    /// Writes users, vhosts and permissions to the data directory, if there is one.
+    fn save_access(&self) -> Result<(), StoreError> {
+        let Some(data) = &self.data else {
+            return Ok(());
+        };
+        let names: Vec<String> = read(&self.vhosts).keys().cloned().collect();
+        access::save(data, &read(&self.users), &names)
+    }
+
+    /// Adds or replaces a user; true if one of that name existed. Reads the disk.
+    pub fn put_user(&self, user: User) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        let existed = write(&self.users).get(&user.name).is_some();
+        write(&self.users).add(user);
+        self.save_access()?;
+        Ok(existed)
+    }
+
+    /// Removes a user and its permissions; false if there was none. Its open connections
+    /// keep what they had. Writes the disk.
+    pub fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        if !write(&self.users).remove(name) {
+            return Ok(false);
+        }
+        self.save_access()?;
+        Ok(true)
+    }
+
+    /// Grants `user` `permissions` in `vhost`: Some(whether it had some), or None when
+    /// the user or the vhost does not exist. New connections and channels see them.
+    pub fn put_permissions(
+        &self,
+        user: &str,
+        vhost: &str,
+        permissions: Permissions,
+    ) -> Result<Option<bool>, StoreError> {
+        let _admin = lock(&self.admin);
+        let vhost_exists = self.vhost(vhost).is_some();
+        let mut users = write(&self.users);
+        if users.get(user).is_none() || !vhost_exists {
+            return Ok(None);
+        }
+        let existed = users.permissions(user, vhost).is_some();
+        users.grant(user, vhost, permissions);
+        drop(users);
+        self.save_access()?;
+        Ok(Some(existed))
+    }
+
+    /// Revokes `user`'s permissions in `vhost`; false if it had none.
+    pub fn delete_permissions(&self, user: &str, vhost: &str) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        if !write(&self.users).revoke(user, vhost) {
+            return Ok(false);
+        }
+        self.save_access()?;
+        Ok(true)
+    }
+
+    /// Creates the vhost `name` (if new) and, as RabbitMQ's management API does, gives
+    /// `creator` every permission there; true if it existed. Reads the disk: call it
+    /// from a blocking context.
+    pub fn add_vhost(&self, name: &str, creator: &str) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        if self.vhost(name).is_some() {
+            return Ok(true);
+        }
+        self.open_vhost(name)?;
+        write(&self.users).grant(creator, name, Permissions::all());
+        self.save_access()?;
+        Ok(false)
+    }
+
+    /// Deletes the vhost `name` with everything in it, as RabbitMQ does: its connections
+    /// are closed (CONNECTION_FORCED), its permissions revoked and its data directory
+    /// removed. False if there was none. Blocks on its journal: call it from a blocking
+    /// context.
+    pub fn delete_vhost(&self, name: &str) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        if write(&self.vhosts).remove(name).is_none() {
+            return Ok(false);
+        }
+        for c in self.conns().values().filter(|c| c.vhost == name) {
+            c.force_close.close(&format!("vhost '{name}' is deleted"));
+        }
+        write(&self.users).revoke_all(name);
+        if let Some(journal) = lock(&self.journals).remove(name) {
+            journal.close();
+        }
+        if let Some(data) = &self.data {
+            let dir = data.vhost(name);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+            }
+        }
+        self.save_access()?;
+        Ok(true)
+    }
+
     /// How long the node has run.
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
@@ -257,17 +373,18 @@ impl Node {
         &self.config
     }
 
-    pub fn users(&self) -> &Users {
-        &self.config.definitions.users
+    /// The users and their permissions as they are now.
+    pub fn users(&self) -> RwLockReadGuard<'_, Users> {
+        read(&self.users)
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<Broker>> {
-        self.vhosts.get(name).cloned()
+        read(&self.vhosts).get(name).cloned()
     }
 
     /// Every vhost, by name.
-    pub fn vhosts(&self) -> impl Iterator<Item = &Arc<Broker>> {
-        self.vhosts.values()
+    pub fn vhosts(&self) -> Vec<Arc<Broker>> {
+        read(&self.vhosts).values().cloned().collect()
     }
 
     /// A connection id unique across the node's vhosts.
@@ -324,7 +441,7 @@ impl Node {
 
     /// Expires messages and unused queues in every vhost.
     pub fn tick(&self) {
-        for broker in self.vhosts.values() {
+        for broker in self.vhosts() {
             broker.tick();
         }
     }
@@ -335,7 +452,7 @@ impl Node {
         let now = Instant::now();
         let mut samples = Vec::new();
         let mut total = MessageStats::default();
-        for broker in self.vhosts.values() {
+        for broker in self.vhosts() {
             let info = broker.info();
             total.add(&info.stats);
             for q in broker.queues() {
@@ -356,7 +473,7 @@ impl Node {
     /// The node's totals over all vhosts.
     pub fn overview(&self) -> (VHostInfo, Rates) {
         let mut total = VHostInfo::default();
-        for broker in self.vhosts.values() {
+        for broker in self.vhosts() {
             let info = broker.info();
             total.connections += info.connections;
             total.channels += info.channels;
@@ -399,4 +516,16 @@ pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
 }

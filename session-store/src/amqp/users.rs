@@ -199,6 +199,41 @@ impl Users {
         self.users.values()
     }
 
+    /// Removes a user and its permissions; false if there was none.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.permissions.retain(|(user, _), _| user != name);
+        self.users.remove(name).is_some()
+    }
+
+    /// Removes `user`'s permissions in `vhost`; false if it had none.
+    pub fn revoke(&mut self, user: &str, vhost: &str) -> bool {
+        self.permissions
+            .remove(&(user.to_string(), vhost.to_string()))
+            .is_some()
+    }
+
+    /// Removes every permission in `vhost` (which is going away).
+    pub fn revoke_all(&mut self, vhost: &str) {
+        self.permissions.retain(|(_, v), _| v != vhost);
+    }
+
+    /// Every (user, vhost, permissions) granted.
+    pub fn grants(&self) -> impl Iterator<Item = (&str, &str, &Arc<Permissions>)> {
+        self.permissions
+            .iter()
+            .map(|((user, vhost), p)| (user.as_str(), vhost.as_str(), p))
+    }
+
+    /// Adds `other`'s users and permissions, replacing those of the same names.
+    pub fn merge(&mut self, other: &Users) {
+        for user in other.users.values() {
+            self.users.insert(user.name.clone(), user.clone());
+        }
+        for (key, p) in &other.permissions {
+            self.permissions.insert(key.clone(), p.clone());
+        }
+    }
+
     pub fn grant(&mut self, user: &str, vhost: &str, permissions: Permissions) {
         self.permissions
             .insert((user.to_string(), vhost.to_string()), Arc::new(permissions));

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::depths::Depths;
 use crate::amqp::broker::{Broker, ConnId};
+use crate::amqp::definitions;
 use crate::amqp::node::{ConnInfo, Node};
 use crate::amqp::stats::{DepthRates, MessageStats, Rates};
 use crate::amqp::users::User;
@@ -466,41 +467,21 @@ fn quote_plus(text: &str) -> String {
 
 /// A user as `/api/users` and definitions list it.
 pub fn user(u: &User) -> Value {
-    json!({
-        "name": u.name,
-        "password_hash": u.password.encode(),
-        "hashing_algorithm": u.password.hashing().as_str(),
-        "tags": u.tags,
-        "limits": {},
-    })
+    definitions::user_json(u)
 }
 
 /// Every user, by name.
 pub fn users(node: &Node) -> Value {
-    let mut list: Vec<&Arc<User>> = node.users().all().collect();
+    let users = node.users();
+    let mut list: Vec<&Arc<User>> = users.all().collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
     list.into_iter().map(|u| user(u)).collect()
 }
 
 /// Every user's permissions in every vhost, by user then vhost.
 pub fn permissions(node: &Node) -> Value {
-    let mut names: Vec<&str> = node.users().all().map(|u| u.name.as_str()).collect();
-    names.sort_unstable();
-    let mut list = Vec::new();
-    for name in names {
-        for v in node.vhosts() {
-            if let Some(p) = node.users().permissions(name, v.name()) {
-                list.push(json!({
-                    "user": name,
-                    "vhost": v.name(),
-                    "configure": p.configure,
-                    "write": p.write,
-                    "read": p.read,
-                }));
-            }
-        }
-    }
-    Value::Array(list)
+    let names: Vec<String> = node.vhosts().iter().map(|v| v.name().to_string()).collect();
+    definitions::permissions_json(&node.users(), &names)
 }
 
 /// `/api/definitions`: what `rabbitmqctl export_definitions` writes, and what
@@ -556,7 +537,11 @@ pub fn definitions(node: &Node) -> Value {
             }));
         }
     }
-    let vhosts: Vec<Value> = node.vhosts().map(|v| json!({"name": v.name()})).collect();
+    let vhosts: Vec<Value> = node
+        .vhosts()
+        .iter()
+        .map(|v| json!({"name": v.name()}))
+        .collect();
     json!({
         "rabbit_version": MANAGEMENT_VERSION,
         "rabbitmq_version": MANAGEMENT_VERSION,
@@ -568,7 +553,7 @@ pub fn definitions(node: &Node) -> Value {
         "topic_permissions": [],
         "parameters": [],
         "global_parameters": [],
-        "policies": policies(node.vhosts()),
+        "policies": policies(&node.vhosts()),
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,

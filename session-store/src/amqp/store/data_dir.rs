@@ -57,6 +57,11 @@ impl DataDir {
         })
     }
 
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.path
+    }
+
     /// Where the log of `vhost` lives.
     pub fn vhost(&self, vhost: &str) -> PathBuf {
         self.path.join(encode(vhost))

@@ -1,0 +1,58 @@
+//! Users, vhosts and permissions across restarts. What the management API changes is
+//! written, whole, to `definitions.json` in the data directory (RabbitMQ's definitions
+//! format, password hashes included; a temporary file renamed over the old one, so a
+//! crash leaves one or the other). At start that file is the base: an explicit
+//! definitions file or `--amqp-user` is applied over it, as RabbitMQ imports definitions
+//! over its database at boot, while the implicit `guest` default applies only to a data
+//! directory that has none (so a guest deleted or re-passworded through the API stays so).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use super::definitions::{Definitions, access_json};
+use super::node::NodeError;
+use super::store::{DataDir, StoreError};
+use super::users::Users;
+
+const FILE: &str = "definitions.json";
+
+fn path(data: &DataDir) -> PathBuf {
+    data.root().join(FILE)
+}
+
+/// The users and vhosts to start with, from the data directory and the configuration.
+pub fn starting(
+    configured: &Definitions,
+    data: Option<&DataDir>,
+) -> Result<(Users, Vec<String>), NodeError> {
+    let kept = data.map(path).filter(|p| p.is_file());
+    let Some(kept) = kept else {
+        return Ok((configured.users.clone(), configured.vhosts.clone()));
+    };
+    let mut base = Definitions::load(&kept)?;
+    if configured.explicit {
+        base.users.merge(&configured.users);
+        for vhost in &configured.vhosts {
+            if !base.vhosts.contains(vhost) {
+                base.vhosts.push(vhost.clone());
+            }
+        }
+    }
+    Ok((base.users, base.vhosts))
+}
+
+/// Writes the node's users, vhosts and permissions, replacing what was kept, and syncs.
+pub fn save(data: &DataDir, users: &Users, vhosts: &[String]) -> Result<(), StoreError> {
+    let target = path(data);
+    let temporary = target.with_extension("json.tmp");
+    let text = access_json(users, vhosts).to_string();
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temporary, &target)?;
+        fs::File::open(data.root())?.sync_all()
+    };
+    write().map_err(|e| StoreError::io(&target, e))
+}

@@ -1,0 +1,209 @@
+//! The management API's administration of users, vhosts and permissions, for
+//! administrators, as RabbitMQ's plugin answers it (what `rabbitmqadmin declare user`,
+//! Terraform's and Ansible's RabbitMQ modules send): `PUT`/`DELETE /api/users/NAME`,
+//! `/api/vhosts/NAME` and `/api/permissions/VHOST/USER`, 201 for something new, 204
+//! for a change or a delete, 404 for nothing to delete. Changes are kept in the data
+//! directory (see `access`) and answered once they are on disk.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::write::{ApiError, created_or_not, error};
+use super::{Caller, not_found};
+use crate::amqp::node::Node;
+use crate::amqp::permissions::Permissions;
+use crate::amqp::store::StoreError;
+use crate::amqp::users::{Hashing, PasswordHash, User};
+
+/// `PUT /api/users/{name}`: `tags` (a comma-separated string or a list) and `password`
+/// or `password_hash` (with `hashing_algorithm`); neither makes a user who cannot log in
+/// with a password, as in RabbitMQ.
+pub async fn put_user(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(name): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let body = object(&raw)?;
+    let tags = match body.get("tags") {
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => return Err(bad("tags_not_present")),
+    };
+    let hashing = match body.get("hashing_algorithm").and_then(Value::as_str) {
+        None => Hashing::Sha256,
+        Some(given) => Hashing::parse(given).ok_or_else(|| bad("unsupported hashing_algorithm"))?,
+    };
+    let password = match (body.get("password"), body.get("password_hash")) {
+        (Some(Value::String(p)), _) => PasswordHash::new(p),
+        (_, Some(Value::String(h))) => PasswordHash::decode(hashing, h).map_err(|e| bad(&e))?,
+        _ => PasswordHash::decode(hashing, "").map_err(|e| bad(&e))?,
+    };
+    let user = User {
+        name,
+        password,
+        tags,
+    };
+    let existed = blocking(move || node.put_user(user)).await?;
+    Ok(created_or_not(existed))
+}
+
+/// `DELETE /api/users/{name}`.
+pub async fn delete_user(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let deleted = blocking(move || node.delete_user(&name)).await?;
+    Ok(deleted_or_not(deleted))
+}
+
+/// `PUT /api/vhosts/{name}`: creates it, giving the caller every permission there.
+pub async fn put_vhost(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let existed = blocking(move || node.add_vhost(&name, &caller.name)).await?;
+    Ok(created_or_not(existed))
+}
+
+/// `DELETE /api/vhosts/{name}`: with everything in it; its clients are disconnected.
+pub async fn delete_vhost(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let deleted = blocking(move || node.delete_vhost(&name)).await?;
+    Ok(deleted_or_not(deleted))
+}
+
+/// `GET /api/permissions/{vhost}/{user}`.
+pub async fn get_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let found = node.users().permissions(&user, &vhost);
+    Ok(match found {
+        Some(p) => axum::Json(json!({
+            "user": user,
+            "vhost": vhost,
+            "configure": p.configure,
+            "write": p.write,
+            "read": p.read,
+        }))
+        .into_response(),
+        None => not_found(),
+    })
+}
+
+/// `PUT /api/permissions/{vhost}/{user}`: `configure`, `write` and `read` patterns.
+pub async fn put_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path((vhost, user)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let body = object(&raw)?;
+    let missing: Vec<String> = ["configure", "write", "read"]
+        .iter()
+        .filter(|k| !body.get(**k).is_some_and(Value::is_string))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(&format!("[{}]", missing.join(","))));
+    }
+    let pattern = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
+    let permissions = Permissions::new(pattern("configure"), pattern("write"), pattern("read"))
+        .map_err(|e| bad(&format!("invalid_regexp: {e}")))?;
+    let granted = blocking(move || node.put_permissions(&user, &vhost, permissions)).await?;
+    match granted {
+        Some(existed) => Ok(created_or_not(existed)),
+        None => Err(bad("vhost_or_user_not_found")),
+    }
+}
+
+/// `DELETE /api/permissions/{vhost}/{user}`.
+pub async fn delete_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let deleted = blocking(move || node.delete_permissions(&user, &vhost)).await?;
+    Ok(deleted_or_not(deleted))
+}
+
+/// RabbitMQ's refusal for anyone but administrators.
+fn administrator(user: &User) -> Result<(), ApiError> {
+    if user.has_tag("administrator") {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "not_authorised",
+            "Not administrator user",
+        ))
+    }
+}
+
+fn bad(reason: &str) -> ApiError {
+    error(StatusCode::BAD_REQUEST, "bad_request", reason)
+}
+
+/// The request body as a JSON object.
+fn object(raw: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice(raw) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(bad("not_json")),
+    }
+}
+
+fn deleted_or_not(deleted: bool) -> Response {
+    if deleted {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_found()
+    }
+}
+
+/// Runs a change that writes (and syncs) the data directory off the async threads; a
+/// failed write is a 500 naming the file.
+async fn blocking<T: Send + 'static>(
+    change: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(change).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            &e.to_string(),
+        )),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            &e.to_string(),
+        )),
+    }
+}
