@@ -294,7 +294,7 @@ impl Node {
     }
 
     /// Grants `user` `permissions` in `vhost`: Some(whether it had some), or None when
-    /// the user or the vhost does not exist. New connections and channels see them.
+    /// the user or the vhost does not exist. Connections opened from now on get them.
     pub fn put_permissions(
         &self,
         user: &str,
