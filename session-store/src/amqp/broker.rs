@@ -708,6 +708,8 @@ impl Broker {
             name: name.to_string(),
         });
         reapply_policies(&mut core);
+        drop(core);
+        self.memory.check();
         Some(logged)
     }
 

@@ -273,11 +273,13 @@ impl Node {
         access::save(data, &read(&self.users), &names)
     }
 
-    /// Adds or replaces a user; true if one of that name existed. Reads the disk.
+    /// Adds or replaces a user; true if one of that name existed. Writes the disk.
     pub fn put_user(&self, user: User) -> Result<bool, StoreError> {
         let _admin = lock(&self.admin);
-        let existed = write(&self.users).get(&user.name).is_some();
-        write(&self.users).add(user);
+        let mut users = write(&self.users);
+        let existed = users.get(&user.name).is_some();
+        users.add(user);
+        drop(users);
         self.save_access()?;
         Ok(existed)
     }
@@ -325,8 +327,8 @@ impl Node {
     }
 
     /// Creates the vhost `name` (if new) and, as RabbitMQ's management API does, gives
-    /// `creator` every permission there; true if it existed. Reads the disk: call it
-    /// from a blocking context.
+    /// `creator` every permission there; true if it existed. Reads and writes the disk:
+    /// call it from a blocking context.
     pub fn add_vhost(&self, name: &str, creator: &str) -> Result<bool, StoreError> {
         let _admin = lock(&self.admin);
         if self.vhost(name).is_some() {
