@@ -5120,7 +5120,34 @@ async fn management_administers_access(url: String, api_base: String, _metrics: 
     let wrong = Connection::connect(&user_url("secret"), ConnectionProperties::default()).await;
     assert!(wrong.is_err(), "the old password still logs in");
 
-    // Without permissions, no new connection to the vhost.
+    // Changed permissions apply to the connection already open.
+    let changed = json!({"configure": "^changed\\.", "write": ".*", "read": ".*"});
+    assert_eq!(
+        api(&api_base, Method::PUT, &grant_path, Some(changed))
+            .await
+            .0,
+        204
+    );
+    let open_channel = channel(&conn).await;
+    plain_queue(&open_channel, "changed.q").await;
+    let ch = channel(&conn).await;
+    let before = step(
+        "queue.declare own.q2",
+        ch.queue_declare(
+            "own.q2".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code(
+        "a queue the changed permissions no longer allow",
+        before,
+        403,
+    );
+    expect_text(&e, "ACCESS_REFUSED - access to queue 'own.q2'");
+
+    // Without permissions, nothing on the open connection, no new connection to the vhost.
     assert_eq!(
         api(&api_base, Method::DELETE, &grant_path, None).await.0,
         204
@@ -5129,6 +5156,18 @@ async fn management_administers_access(url: String, api_base: String, _metrics: 
         api(&api_base, Method::DELETE, &grant_path, None).await.0,
         404
     );
+    let ch = channel(&conn).await;
+    let revoked = step(
+        "queue.declare after the revoke",
+        ch.queue_declare(
+            "changed.q2".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("a declare after the revoke", revoked, 403);
+    expect_text(&e, "ACCESS_REFUSED - access to queue 'changed.q2'");
     let refused = step(
         "connect without permissions",
         Connection::connect(&user_url("pw"), ConnectionProperties::default()),

@@ -116,6 +116,8 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 blocked_capable: false,
                 user,
                 permissions,
+                permissions_seen: 0,
+                node: node.clone(),
                 synced: broker.journal_synced(),
                 confirms: VecDeque::new(),
             };
@@ -230,8 +232,12 @@ struct Conn {
     /// The client understands connection.blocked.
     blocked_capable: bool,
     user: Arc<User>,
-    /// The user's permissions in this vhost.
+    /// The user's permissions in this vhost, as of `permissions_seen`.
     permissions: Arc<Permissions>,
+    /// The node's count of permission changes when `permissions` was looked up; 0 before
+    /// the first lookup after the handshake.
+    permissions_seen: u64,
+    node: Arc<Node>,
     /// How far the broker's journal is on disk; none when nothing persists.
     synced: Option<watch::Receiver<u64>>,
     /// Confirms waiting for the journal, in journal order.
@@ -433,6 +439,7 @@ impl Conn {
     }
 
     async fn handle(&mut self, inbound: Inbound) -> Result<Flow, AmqpError> {
+        self.refresh_permissions();
         let frame = match inbound {
             Inbound::Body(ch, body) => {
                 self.body(ch, body).await?;
@@ -606,6 +613,24 @@ impl Conn {
             .get(&ch)
             .and_then(|c| c.last_queue.clone())
             .ok_or_else(|| AmqpError::not_found("queue", "", self.broker.name()))
+    }
+
+    /// Looks the user's permissions up again if they changed since last time (one atomic
+    /// load per frame otherwise). Lost permissions refuse everything from then on.
+    fn refresh_permissions(&mut self) {
+        let now = self.node.permissions_generation();
+        if now == self.permissions_seen {
+            return;
+        }
+        self.permissions_seen = now;
+        let current = self
+            .node
+            .users()
+            .permissions(&self.user.name, self.broker.name());
+        self.permissions = current.unwrap_or_else(|| Arc::new(Permissions::none()));
+        for chan in self.channels.values_mut() {
+            chan.writable = None;
+        }
     }
 
     /// Checks that this connection's user has `perm` on a resource of its vhost.

@@ -104,6 +104,9 @@ pub struct Node {
     users: RwLock<Users>,
     /// Serialises changes of users, vhosts and permissions with their saving.
     admin: Mutex<()>,
+    /// Bumped by every change of permissions, so open connections look theirs up again
+    /// (RabbitMQ applies a change to connections already open).
+    permissions_changed: AtomicU64,
     /// The data directory's lock, held for the node's life; none without persistence.
     data: Option<DataDir>,
     /// Every vhost's journal, to be closed on shutdown.
@@ -134,6 +137,7 @@ impl Node {
             vhosts: RwLock::new(BTreeMap::new()),
             users: RwLock::new(users),
             admin: Mutex::new(()),
+            permissions_changed: AtomicU64::new(1),
             data,
             journals: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(1),
@@ -264,8 +268,16 @@ impl Node {
         Ok(())
     }
 
-    /// Writes users, vhosts and permissions to the data directory, if there is one.
+    /// Counts changes of permissions (from 1): a connection that saw another count looks
+    /// its permissions up again.
+    pub fn permissions_generation(&self) -> u64 {
+        self.permissions_changed.load(Ordering::Acquire)
+    }
+
+    /// Tells open connections that permissions changed, then writes users, vhosts and
+    /// permissions to the data directory, if there is one.
     fn save_access(&self) -> Result<(), StoreError> {
+        self.permissions_changed.fetch_add(1, Ordering::AcqRel);
         let Some(data) = &self.data else {
             return Ok(());
         };

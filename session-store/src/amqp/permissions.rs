@@ -65,6 +65,18 @@ impl Permissions {
         })
     }
 
+    /// Nothing at all: what is left to a connection whose user lost its permissions in
+    /// the vhost while connected (every check refused, as RabbitMQ refuses them).
+    pub fn none() -> Self {
+        let never = Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("a valid expression"));
+        Permissions {
+            compiled: [never.clone(), never.clone(), never],
+            configure: String::new(),
+            write: String::new(),
+            read: String::new(),
+        }
+    }
+
     /// Everything: `.*` for all three.
     pub fn all() -> Self {
         let any = Regex::new(".*").unwrap_or_else(|_| unreachable!("a valid expression"));
@@ -138,6 +150,17 @@ fn resource_name(resource: Resource, name: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn none_allows_nothing() {
+        let none = Permissions::none();
+        for perm in [Perm::Configure, Perm::Write, Perm::Read] {
+            for name in ["", "q", "amq.gen-1", ".*"] {
+                assert!(!none.allows(perm, Resource::Queue, name), "{name}");
+                assert!(!none.allows(perm, Resource::Exchange, name), "{name}");
+            }
+        }
+    }
 
     #[test]
     fn expressions_match_unanchored_and_empty_matches_nothing() {
