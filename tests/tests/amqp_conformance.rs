@@ -5208,16 +5208,53 @@ async fn management_administers_access(url: String, api_base: String, _metrics: 
         !conn.status().connected(),
         "still connected to a deleted vhost"
     );
+
+    // Deleting a user disconnects it too.
     assert_eq!(
-        api(&api_base, Method::DELETE, &vhost_path, None).await.0,
-        404
+        api(&api_base, Method::PUT, &vhost_path, Some(json!({})))
+            .await
+            .0,
+        201
     );
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    assert_eq!(
+        api(&api_base, Method::PUT, &grant_path, Some(all)).await.0,
+        201
+    );
+    let conn = connect(&user_url("pw")).await;
+    let mut events = Box::pin(conn.events_listener());
     assert_eq!(
         api(&api_base, Method::DELETE, &user_path, None).await.0,
         204
     );
+    let reason = step("the broker's connection.close", async {
+        loop {
+            match events.next().await {
+                Some(lapin::Event::Error(e)) => break e,
+                Some(_) => continue,
+                None => panic!("the connection's event stream ended"),
+            }
+        }
+    })
+    .await;
+    if let lapin::ErrorKind::ProtocolError(amqp) = reason.kind() {
+        assert_eq!(amqp.get_id(), 320, "{reason}");
+        assert_eq!(
+            amqp.get_message().as_str(),
+            format!("CONNECTION_FORCED - user '{user}' is deleted")
+        );
+    }
+    assert!(!conn.status().connected(), "a deleted user still connected");
     assert_eq!(
         api(&api_base, Method::DELETE, &user_path, None).await.0,
+        404
+    );
+    assert_eq!(
+        api(&api_base, Method::DELETE, &vhost_path, None).await.0,
+        204
+    );
+    assert_eq!(
+        api(&api_base, Method::DELETE, &vhost_path, None).await.0,
         404
     );
 }

@@ -296,12 +296,15 @@ impl Node {
         Ok(existed)
     }
 
-    /// Removes a user and its permissions; false if there was none. Its open connections
-    /// keep what they had. Writes the disk.
+    /// Removes a user and its permissions, and closes its connections (CONNECTION_FORCED)
+    /// as RabbitMQ does; false if there was none. Writes the disk.
     pub fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
         let _admin = lock(&self.admin);
         if !write(&self.users).remove(name) {
             return Ok(false);
+        }
+        for c in self.conns().values().filter(|c| c.user == name) {
+            c.force_close.close(&format!("user '{name}' is deleted"));
         }
         self.save_access()?;
         Ok(true)
