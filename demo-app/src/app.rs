@@ -5,6 +5,7 @@ use axum::middleware::map_response_with_state;
 use axum::routing::{get, post};
 use session_layer::SessionLayer;
 
+use crate::metrics;
 use crate::routes::{self, AppState};
 
 /// Session routes sit behind `sessions`; health and statistics don't touch a session.
@@ -20,6 +21,7 @@ pub fn app(state: AppState, sessions: SessionLayer) -> Router {
         .layer(sessions)
         .route("/healthz", get(routes::healthz))
         .route("/api/near-cache", get(routes::near_cache))
+        .route("/metrics", get(metrics::metrics))
         .layer(map_response_with_state(state.clone(), routes::tag_node))
         .with_state(state)
 }
@@ -71,6 +73,32 @@ mod tests {
             .and_then(|v| v.split(';').next())
             .expect("a sid cookie")
             .to_string()
+    }
+
+    #[tokio::test]
+    async fn metrics_name_the_mode_and_need_no_session() {
+        let res = local_app()
+            .oneshot(
+                Request::get("/metrics")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(
+            res.headers().get(SET_COOKIE).is_none(),
+            "no session for a scrape"
+        );
+        let body = text(res).await;
+        assert!(
+            body.contains(r#"sessions_mode_info{mode="local",node="test-node"} 1"#),
+            "{body}"
+        );
+        assert!(
+            !body.contains("near_cache"),
+            "local mode has no near-cache: {body}"
+        );
     }
 
     async fn text(res: Response<Body>) -> String {

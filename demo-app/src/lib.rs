@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod error;
 pub mod html;
+pub mod metrics;
 pub mod node;
 pub mod routes;
 pub mod sessions;

@@ -621,6 +621,21 @@ async fn read_your_writes_on_every_node(engines: Engines) {
             ROUNDS / 3
         );
     }
+    // The same counters reach Prometheus: at least as many hits as the API reported.
+    let metrics = net.get(0, "/metrics", None).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let scraped = metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("sessions_near_cache_hits_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no near-cache hits in /metrics:\n{}", metrics.body));
+    assert!(scraped >= after[0].hits, "{scraped} < {}", after[0].hits);
+    assert!(
+        metrics.body.contains("sessions_events_subscribed 1"),
+        "{}",
+        metrics.body
+    );
 }
 
 /// Another client, holding the cookie from before a write (so nothing tells the node the
