@@ -491,6 +491,14 @@ async fn users_vhosts_and_permissions_the_api_made_survive_kill_9() {
             .send()
     };
     let (store, api) = Store::start_managed(&data, &log).await;
+    // Names the data directory cannot hold are refused up front, not half-made.
+    for long in ["%21".repeat(100), "v".repeat(256)] {
+        let path = format!("/api/vhosts/{long}");
+        let response = step(put(&api, &path, "guest", serde_json::json!({})))
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 400, "{}", &long[..9]);
+    }
     for (path, body) in [
         (
             "/api/users/alice",

@@ -898,6 +898,16 @@ async fn writes_declare_bind_publish_get_and_delete_as_rabbitmq_answers() {
         let r = &r;
         async move { send(r, Method::PUT, path, guest, Some(body)).await }
     };
+    // A password that is not a string is refused, not turned into no password.
+    let (status, _, _) = send(
+        &r,
+        Method::PUT,
+        "/api/users/odd",
+        guest,
+        Some(r#"{"password": 5, "tags": ""}"#),
+    )
+    .await;
+    assert_eq!(status, 400);
     // Flags and counts as rabbitmqadmin sends them, as strings; anything else is named.
     let (status, _, _) = send(
         &r,

@@ -341,6 +341,11 @@ impl Node {
         Ok(true)
     }
 
+    /// Whether the data directory (if any) can hold a vhost of this name.
+    pub fn vhost_name_fits(&self, name: &str) -> bool {
+        self.data.as_ref().is_none_or(|data| data.fits(name))
+    }
+
     /// Creates the vhost `name` (if new) and, as RabbitMQ's management API does, gives
     /// `creator` every permission there; true if it existed. Reads and writes the disk:
     /// call it from a blocking context.

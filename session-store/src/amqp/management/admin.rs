@@ -51,8 +51,10 @@ pub async fn put_user(
     };
     let password = match (body.get("password"), body.get("password_hash")) {
         (Some(Value::String(p)), _) => PasswordHash::new(p),
+        (Some(_), _) => return Err(bad("password must be a string")),
         (_, Some(Value::String(h))) => PasswordHash::decode(hashing, h).map_err(|e| bad(&e))?,
-        _ => PasswordHash::decode(hashing, "").map_err(|e| bad(&e))?,
+        (_, Some(_)) => return Err(bad("password_hash must be a string")),
+        (None, None) => PasswordHash::decode(hashing, "").map_err(|e| bad(&e))?,
     };
     let user = User {
         name,
@@ -81,6 +83,12 @@ pub async fn put_vhost(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     administrator(&caller)?;
+    // connection.open names a vhost in a short string; the data directory in a file name.
+    if name.len() > 255 || !node.vhost_name_fits(&name) {
+        return Err(bad(
+            "vhost name too long: at most 255 bytes, and 255 in the data directory once percent-encoded",
+        ));
+    }
     let existed = blocking(move || node.add_vhost(&name, &caller.name)).await?;
     Ok(created_or_not(existed))
 }

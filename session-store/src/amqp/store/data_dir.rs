@@ -62,6 +62,11 @@ impl DataDir {
         &self.path
     }
 
+    /// Whether `vhost`'s subdirectory name fits a file name (255 bytes on Linux).
+    pub fn fits(&self, vhost: &str) -> bool {
+        encode(vhost).len() <= 255
+    }
+
     /// Where the log of `vhost` lives.
     pub fn vhost(&self, vhost: &str) -> PathBuf {
         self.path.join(encode(vhost))
