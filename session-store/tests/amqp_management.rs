@@ -775,6 +775,36 @@ async fn users_permissions_and_definitions_are_for_administrators() {
         })),
         "{permissions:#}"
     );
+    let users_of = |v: &Value| -> Vec<String> {
+        list(v)
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}@{}",
+                    p["user"].as_str().unwrap_or("?"),
+                    p["vhost"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        users_of(&json(&r, "/api/vhosts/other/permissions").await),
+        ["guest@other", "watcher@other"]
+    );
+    assert_eq!(
+        users_of(&json(&r, "/api/users/watcher/permissions").await),
+        ["watcher@other"]
+    );
+    for missing in [
+        "/api/vhosts/nowhere/permissions",
+        "/api/users/nobody/permissions",
+    ] {
+        assert_eq!(
+            get(&r, missing, "guest", "guest").await.status(),
+            404,
+            "{missing}"
+        );
+    }
 
     // Declared topology, an exclusive queue and a binding to it, which are left out.
     let (_conn, ch) = channel(&r, "%2f").await;

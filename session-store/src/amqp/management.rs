@@ -94,6 +94,10 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/users/{name}",
             get(user).put(admin::put_user).delete(admin::delete_user),
         )
+        .route(
+            "/api/users/{name}/permissions",
+            get(admin::user_permissions),
+        )
         .route("/api/permissions", get(permissions))
         .route(
             "/api/permissions/{vhost}/{user}",
@@ -106,6 +110,10 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         .route(
             "/api/vhosts/{name}",
             get(vhost).put(admin::put_vhost).delete(admin::delete_vhost),
+        )
+        .route(
+            "/api/vhosts/{name}/permissions",
+            get(admin::vhost_permissions),
         )
         .route("/api/connections", get(connections))
         .route(

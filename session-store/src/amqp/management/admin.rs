@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::write::{ApiError, created_or_not, error};
 use super::{Caller, not_found};
+use crate::amqp::definitions;
 use crate::amqp::node::Node;
 use crate::amqp::permissions::Permissions;
 use crate::amqp::store::StoreError;
@@ -123,6 +124,42 @@ pub async fn get_permissions(
         .into_response(),
         None => not_found(),
     })
+}
+
+/// `GET /api/vhosts/{name}/permissions`: every user's there.
+pub async fn vhost_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(vhost): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    if node.vhost(&vhost).is_none() {
+        return Ok(not_found());
+    }
+    let all = definitions::permissions_json(&node.users(), std::slice::from_ref(&vhost));
+    Ok(axum::Json(all).into_response())
+}
+
+/// `GET /api/users/{name}/permissions`: the user's in every vhost.
+pub async fn user_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let users = node.users();
+    if users.get(&user).is_none() {
+        return Ok(not_found());
+    }
+    let vhosts: Vec<String> = node.vhosts().iter().map(|v| v.name().to_string()).collect();
+    let Value::Array(all) = definitions::permissions_json(&users, &vhosts) else {
+        return Ok(not_found());
+    };
+    let own: Vec<Value> = all
+        .into_iter()
+        .filter(|p| p["user"] == user.as_str())
+        .collect();
+    Ok(axum::Json(own).into_response())
 }
 
 /// `PUT /api/permissions/{vhost}/{user}`: `configure`, `write` and `read` patterns.
