@@ -145,6 +145,7 @@ managed_conformance!(
     management_closes_connections,
     prometheus_metrics,
     management_administers_access,
+    topic_permissions,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -5256,5 +5257,103 @@ async fn management_administers_access(url: String, api_base: String, _metrics: 
     assert_eq!(
         api(&api_base, Method::DELETE, &vhost_path, None).await.0,
         404
+    );
+}
+
+/// RabbitMQ's topic authorisation: routing keys a user may publish and bind with on a
+/// topic exchange, set through the API; other exchanges are not restricted.
+async fn topic_permissions(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let user = uniq("topics");
+    let user_path = format!("/api/users/{user}");
+    let grant = format!("/api/permissions/%2F/{user}");
+    let topics = format!("/api/topic-permissions/%2F/{user}");
+    let created = json!({"password": "pw", "tags": ""});
+    assert_eq!(
+        api(&api_base, Method::PUT, &user_path, Some(created))
+            .await
+            .0,
+        201
+    );
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    assert_eq!(api(&api_base, Method::PUT, &grant, Some(all)).await.0, 201);
+    let first = json!({"exchange": "amq.topic", "write": "^z", "read": "^b\\."});
+    assert_eq!(
+        api(&api_base, Method::PUT, &topics, Some(first)).await.0,
+        201
+    );
+    let rule = json!({"exchange": "amq.topic", "write": "^a\\.", "read": "^b\\."});
+    assert_eq!(
+        api(&api_base, Method::PUT, &topics, Some(rule)).await.0,
+        204
+    );
+    let (status, listed) = api(&api_base, Method::GET, &topics, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["write"], "^a\\.");
+
+    let base = url.rsplit_once('@').map_or(url.as_str(), |(_, host)| host);
+    let conn = connect(&format!("amqp://{user}:pw@{base}")).await;
+    let mut events = Box::pin(conn.events_listener());
+    let ch = confirmed(&conn).await;
+    publish(&ch, "amq.topic", "a.allowed", b"ok").await;
+    let other = uniq("other-topic");
+    declare_exchange(&ch, &other, ExchangeKind::Topic).await;
+    publish(&ch, &other, "z.unrestricted", b"ok").await;
+    let q = uniq("topic-q");
+    plain_queue(&ch, &q).await;
+    bind(&ch, &q, "amq.topic", "b.#", FieldTable::default()).await;
+
+    let refused = channel(&conn).await;
+    let _ = step(
+        "publish with a refused key",
+        refused.basic_publish(
+            "amq.topic".into(),
+            "z.refused".into(),
+            BasicPublishOptions::default(),
+            b"no",
+            BasicProperties::default(),
+        ),
+    )
+    .await;
+    channel_closed_with(
+        &refused,
+        &mut events,
+        403,
+        &format!(
+            "ACCESS_REFUSED - access to topic 'z.refused' in exchange 'amq.topic' in vhost '/' refused for user '{user}'"
+        ),
+    )
+    .await;
+    let refused = channel(&conn).await;
+    let bound = step(
+        "bind with a refused key",
+        refused.queue_bind(
+            q.as_str().into(),
+            "amq.topic".into(),
+            "c.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("bind with a refused key", bound, 403);
+    expect_text(
+        &e,
+        &format!(
+            "ACCESS_REFUSED - access to topic 'c.#' in exchange 'amq.topic' in vhost '/' refused for user '{user}'"
+        ),
+    );
+
+    // Cleared, they stop applying to the connection already open.
+    assert_eq!(api(&api_base, Method::DELETE, &topics, None).await.0, 204);
+    assert_eq!(api(&api_base, Method::DELETE, &topics, None).await.0, 404);
+    let ch = confirmed(&conn).await;
+    publish(&ch, "amq.topic", "z.now-allowed", b"ok").await;
+    close(conn).await;
+    assert_eq!(
+        api(&api_base, Method::DELETE, &user_path, None).await.0,
+        204
     );
 }

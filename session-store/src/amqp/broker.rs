@@ -676,6 +676,11 @@ impl Broker {
         Ok((name, 0, 0))
     }
 
+    /// The type of the exchange `name`, if it exists.
+    pub fn exchange_kind(&self, name: &str) -> Option<ExchangeKind> {
+        self.lock().vhost.exchanges.get(name).map(|x| x.kind)
+    }
+
     /// The vhost's policies, highest priority first.
     pub fn policies(&self) -> Vec<Arc<Policy>> {
         self.lock().vhost.policies.iter().cloned().collect()

@@ -32,10 +32,10 @@ use tracing::debug;
 use super::broker::{Broker, ConnHandle, ConnId, Published};
 use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, ErrorKind, code, short};
-use super::exchange::Destination;
+use super::exchange::{Destination, ExchangeKind};
 use super::handshake::{HandshakeEnd, Opened, Tuned, handshake};
 use super::node::{ConnInfo, ForceClose, Node, now_millis};
-use super::permissions::{Perm, Permissions, Resource};
+use super::permissions::{Perm, Permissions, Resource, TopicPermission};
 use super::queue::Message;
 use super::queue_args::parse_expiration;
 use super::reply_to;
@@ -117,6 +117,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 user,
                 permissions,
                 permissions_seen: 0,
+                topics: Arc::default(),
                 node: node.clone(),
                 synced: broker.journal_synced(),
                 confirms: VecDeque::new(),
@@ -237,6 +238,8 @@ struct Conn {
     /// The node's count of permission changes when `permissions` was looked up; 0 before
     /// the first lookup after the handshake.
     permissions_seen: u64,
+    /// The user's topic permissions in this vhost, as of `permissions_seen`.
+    topics: Arc<Vec<TopicPermission>>,
     node: Arc<Node>,
     /// How far the broker's journal is on disk; none when nothing persists.
     synced: Option<watch::Receiver<u64>>,
@@ -623,14 +626,30 @@ impl Conn {
             return;
         }
         self.permissions_seen = now;
-        let current = self
-            .node
-            .users()
-            .permissions(&self.user.name, self.broker.name());
+        let users = self.node.users();
+        let current = users.permissions(&self.user.name, self.broker.name());
+        self.topics = users.topic_permissions(&self.user.name, self.broker.name());
+        drop(users);
         self.permissions = current.unwrap_or_else(|| Arc::new(Permissions::none()));
         for chan in self.channels.values_mut() {
             chan.writable = None;
         }
+    }
+
+    /// RabbitMQ's topic authorisation: a routing key published with (`Perm::Write`) or
+    /// bound with (`Perm::Read`) on a topic exchange the user has a topic permission for
+    /// must match it. Users without topic permissions pay one emptiness check.
+    fn allow_topic(&self, perm: Perm, exchange: &str, key: &str) -> Result<(), AmqpError> {
+        if self.topics.is_empty() {
+            return Ok(());
+        }
+        let Some(rule) = self.topics.iter().find(|t| t.exchange == exchange) else {
+            return Ok(());
+        };
+        if self.broker.exchange_kind(exchange) != Some(ExchangeKind::Topic) {
+            return Ok(());
+        }
+        rule.check(perm, key, self.broker.name(), &self.user.name)
     }
 
     /// Checks that this connection's user has `perm` on a resource of its vhost.
@@ -651,6 +670,7 @@ impl Conn {
         unbind: bool,
     ) -> Result<(), AmqpError> {
         self.allow_bind(source, &destination)?;
+        self.allow_topic(Perm::Read, source, key)?;
         self.broker
             .bind(self.id, source, destination, key, arguments, unbind)
     }
@@ -997,7 +1017,13 @@ impl Conn {
         );
         // Errors name only the method's class and id: no copy of the publish needed.
         let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish::default()));
-        if let Err(e) = self.allow_publish(ch, &message.exchange) {
+        if let Err(e) = self.allow_publish(ch, &message.exchange).and_then(|()| {
+            self.allow_topic(
+                Perm::Write,
+                message.exchange.as_str(),
+                message.routing_key.as_str(),
+            )
+        }) {
             return self.fail(ch, e.during(&method)).await;
         }
         if let Some(claimed) = message.properties.user_id()

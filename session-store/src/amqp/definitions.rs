@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::exchange::ExchangeKind;
-use super::permissions::Permissions;
+use super::permissions::{Permissions, TopicPermission};
 use super::policy::Policy;
 use super::queue_args::QueueArgs;
 use super::users::{GUEST, Hashing, PasswordHash, User, Users};
@@ -86,8 +86,8 @@ pub struct Definitions {
     pub bindings: Vec<BindingDef>,
     /// Policies by vhost, set before anything is declared.
     pub policies: Vec<(String, Policy)>,
-    /// What the file holds that this broker does not apply (topic permissions, runtime
-    /// parameters), one line each, so that the start can say so instead of the broker
+    /// What the file holds that this broker does not apply (runtime parameters), one
+    /// line each, so that the start can say so instead of the broker
     /// quietly behaving otherwise than the file's RabbitMQ did.
     pub ignored: Vec<String>,
     /// False for RabbitMQ's fresh-node default (guest on `/`), which users, vhosts and
@@ -268,14 +268,30 @@ impl Definitions {
             })?;
             d.policies.push((p.vhost, policy));
         }
-        if !file.topic_permissions.is_empty() {
-            let who: Vec<String> = file
-                .topic_permissions
-                .iter()
-                .map(|t| format!("'{}' in vhost '{}'", t.user, t.vhost))
-                .collect();
-            d.ignored
-                .push(format!("topic permissions of {}", who.join(", ")));
+        for t in file.topic_permissions {
+            d.known_vhost(&t.vhost, || {
+                format!("topic permissions of user '{}'", t.user)
+            })?;
+            if d.users.get(&t.user).is_none() {
+                return Err(invalid(format!(
+                    "topic permissions for unknown user '{}' in vhost '{}'",
+                    t.user, t.vhost
+                )));
+            }
+            let permission = TopicPermission::new(
+                &t.exchange,
+                &t.write,
+                &t.read,
+                &t.user,
+                &t.vhost,
+            )
+            .map_err(|e| {
+                invalid(format!(
+                    "topic permissions of user '{}' in vhost '{}': bad regular expression: {e}",
+                    t.user, t.vhost
+                ))
+            })?;
+            d.users.grant_topic(&t.user, &t.vhost, permission);
         }
         if !file.parameters.is_empty() {
             d.ignored
@@ -306,8 +322,8 @@ fn invalid(problem: String) -> ParseError {
     ParseError::Invalid(problem)
 }
 
-/// The sections read. `topic_permissions` and `parameters` are read only to name what is
-/// not applied; others are ignored.
+/// The sections read. `parameters` are read only to name what is not applied; others
+/// are ignored.
 #[derive(Deserialize)]
 struct File {
     #[serde(default)]
@@ -347,6 +363,11 @@ struct PolicyJson {
 struct TopicPermissionJson {
     user: String,
     vhost: String,
+    exchange: String,
+    #[serde(default)]
+    write: String,
+    #[serde(default)]
+    read: String,
 }
 
 #[derive(Deserialize)]
@@ -536,12 +557,36 @@ pub fn access_json(users: &Users, vhosts: &[String]) -> Value {
         "users": list.into_iter().map(|u| user_json(u)).collect::<Vec<_>>(),
         "vhosts": vhosts.iter().map(|v| serde_json::json!({"name": v})).collect::<Vec<_>>(),
         "permissions": permissions_json(users, vhosts),
+        "topic_permissions": topic_permissions_json(users, vhosts),
     })
+}
+
+/// Every topic permission granted in `vhosts`, by user, vhost and exchange, as a
+/// definitions file (and the management API) lists them.
+pub fn topic_permissions_json(users: &Users, vhosts: &[String]) -> Value {
+    let mut grants: Vec<(&str, &str, &TopicPermission)> = users
+        .topic_grants()
+        .filter(|(_, vhost, _)| vhosts.iter().any(|v| v == vhost))
+        .collect();
+    grants.sort_by(|a, b| (a.0, a.1, &a.2.exchange).cmp(&(b.0, b.1, &b.2.exchange)));
+    grants
+        .into_iter()
+        .map(|(user, vhost, p)| {
+            serde_json::json!({
+                "user": user,
+                "vhost": vhost,
+                "exchange": p.exchange,
+                "write": p.write,
+                "read": p.read,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amqp::permissions::Perm;
 
     const EXPORT: &str = r#"{
         "rabbit_version": "3.12.1",
@@ -591,16 +636,21 @@ mod tests {
     }
 
     #[test]
-    fn names_what_it_does_not_apply() {
+    fn applies_policies_and_topic_permissions() {
         let d = Definitions::parse(
-            r#"{"policies": [{"vhost": "/", "name": "dlx", "pattern": ".*", "apply-to": "queues",
+            r#"{"users": [{"name": "guest", "password": "guest", "tags": "administrator"}],
+                "policies": [{"vhost": "/", "name": "dlx", "pattern": ".*", "apply-to": "queues",
                  "definition": {"dead-letter-exchange": "dead"}, "priority": 0}],
                 "topic_permissions": [{"user": "guest", "vhost": "/", "exchange": "amq.topic",
                  "write": "^a", "read": ".*"}],
                 "parameters": []}"#,
         )
         .expect("valid");
-        assert_eq!(d.ignored, ["topic permissions of 'guest' in vhost '/'"]);
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+        let topics = d.users.topic_permissions("guest", "/");
+        assert_eq!(topics[0].exchange, "amq.topic");
+        assert!(topics[0].check(Perm::Write, "a.b", "/", "guest").is_ok());
+        assert!(topics[0].check(Perm::Write, "b.a", "/", "guest").is_err());
         let (vhost, policy) = &d.policies[0];
         assert_eq!((vhost.as_str(), policy.name.as_str()), ("/", "dlx"));
         assert_eq!(policy.effect.dead_letter_exchange.as_deref(), Some("dead"));

@@ -98,6 +98,13 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/users/{name}/permissions",
             get(admin::user_permissions),
         )
+        .route("/api/topic-permissions", get(admin::all_topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(admin::get_topic_permissions)
+                .put(admin::put_topic_permission)
+                .delete(admin::delete_topic_permissions),
+        )
         .route("/api/permissions", get(permissions))
         .route(
             "/api/permissions/{vhost}/{user}",

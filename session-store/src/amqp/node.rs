@@ -21,7 +21,7 @@ use super::definitions::{Definitions, DefinitionsError};
 use super::error::short;
 use super::exchange::Destination;
 use super::flow::MemoryMonitor;
-use super::permissions::Permissions;
+use super::permissions::{Permissions, TopicPermission};
 use super::stats::{MessageStats, Rates, Sampler};
 use super::store::{self, DataDir, Journal, StoreError};
 use super::users::{User, Users};
@@ -329,6 +329,38 @@ impl Node {
         drop(users);
         self.save_access()?;
         Ok(Some(existed))
+    }
+
+    /// Sets `user`'s topic permission in `vhost` on its exchange: Some(whether the user
+    /// had any topic permission there), or None when the user or the vhost does not
+    /// exist.
+    pub fn put_topic_permission(
+        &self,
+        user: &str,
+        vhost: &str,
+        permission: TopicPermission,
+    ) -> Result<Option<bool>, StoreError> {
+        let _admin = lock(&self.admin);
+        let vhost_exists = self.vhost(vhost).is_some();
+        let mut users = write(&self.users);
+        if users.get(user).is_none() || !vhost_exists {
+            return Ok(None);
+        }
+        let had = !users.topic_permissions(user, vhost).is_empty();
+        users.grant_topic(user, vhost, permission);
+        drop(users);
+        self.save_access()?;
+        Ok(Some(had))
+    }
+
+    /// Removes `user`'s topic permissions in `vhost`; false if it had none.
+    pub fn delete_topic_permissions(&self, user: &str, vhost: &str) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        if !write(&self.users).revoke_topic(user, vhost, None) {
+            return Ok(false);
+        }
+        self.save_access()?;
+        Ok(true)
     }
 
     /// Revokes `user`'s permissions in `vhost`; false if it had none.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256, Sha512};
 
-use super::permissions::Permissions;
+use super::permissions::{Permissions, TopicPermission};
 
 /// The user RabbitMQ lets in only from loopback (its default `loopback_users`).
 pub const GUEST: &str = "guest";
@@ -173,6 +173,8 @@ pub struct Users {
     users: HashMap<String, Arc<User>>,
     /// By (user, vhost).
     permissions: HashMap<(String, String), Arc<Permissions>>,
+    /// By (user, vhost): one per exchange.
+    topic_permissions: HashMap<(String, String), Arc<Vec<TopicPermission>>>,
     /// Users refused unless they connect from loopback.
     loopback_only: Vec<String>,
 }
@@ -202,6 +204,7 @@ impl Users {
     /// Removes a user and its permissions; false if there was none.
     pub fn remove(&mut self, name: &str) -> bool {
         self.permissions.retain(|(user, _), _| user != name);
+        self.topic_permissions.retain(|(user, _), _| user != name);
         self.users.remove(name).is_some()
     }
 
@@ -215,6 +218,62 @@ impl Users {
     /// Removes every permission in `vhost` (which is going away).
     pub fn revoke_all(&mut self, vhost: &str) {
         self.permissions.retain(|(_, v), _| v != vhost);
+        self.topic_permissions.retain(|(_, v), _| v != vhost);
+    }
+
+    /// Sets `user`'s topic permission in `vhost` on its exchange, replacing one on the
+    /// same exchange; true if there was one.
+    pub fn grant_topic(&mut self, user: &str, vhost: &str, permission: TopicPermission) -> bool {
+        let key = (user.to_string(), vhost.to_string());
+        let mut list: Vec<TopicPermission> = self
+            .topic_permissions
+            .get(&key)
+            .map(|l| l.as_ref().clone())
+            .unwrap_or_default();
+        let before = list.len();
+        list.retain(|p| p.exchange != permission.exchange);
+        let replaced = list.len() != before;
+        list.push(permission);
+        self.topic_permissions.insert(key, Arc::new(list));
+        replaced
+    }
+
+    /// Removes `user`'s topic permissions in `vhost` (on `exchange` only, if given);
+    /// false if there were none.
+    pub fn revoke_topic(&mut self, user: &str, vhost: &str, exchange: Option<&str>) -> bool {
+        let key = (user.to_string(), vhost.to_string());
+        let Some(list) = self.topic_permissions.get(&key) else {
+            return false;
+        };
+        let kept: Vec<TopicPermission> = list
+            .iter()
+            .filter(|p| exchange.is_some_and(|x| p.exchange != x))
+            .cloned()
+            .collect();
+        let removed = kept.len() != list.len();
+        if kept.is_empty() {
+            self.topic_permissions.remove(&key);
+        } else {
+            self.topic_permissions.insert(key, Arc::new(kept));
+        }
+        removed
+    }
+
+    /// `user`'s topic permissions in `vhost` (empty: unrestricted).
+    pub fn topic_permissions(&self, user: &str, vhost: &str) -> Arc<Vec<TopicPermission>> {
+        self.topic_permissions
+            .get(&(user.to_string(), vhost.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every (user, vhost, topic permission) granted.
+    pub fn topic_grants(&self) -> impl Iterator<Item = (&str, &str, &TopicPermission)> {
+        self.topic_permissions
+            .iter()
+            .flat_map(|((user, vhost), list)| {
+                list.iter().map(move |p| (user.as_str(), vhost.as_str(), p))
+            })
     }
 
     /// Every (user, vhost, permissions) granted.
@@ -231,6 +290,9 @@ impl Users {
         }
         for (key, p) in &other.permissions {
             self.permissions.insert(key.clone(), p.clone());
+        }
+        for (key, list) in &other.topic_permissions {
+            self.topic_permissions.insert(key.clone(), list.clone());
         }
     }
 

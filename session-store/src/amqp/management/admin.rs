@@ -1,7 +1,8 @@
 //! The management API's administration of users, vhosts and permissions, for
 //! administrators, as RabbitMQ's plugin answers it (what `rabbitmqadmin declare user`,
 //! Terraform's and Ansible's RabbitMQ modules send): `PUT`/`DELETE /api/users/NAME`,
-//! `/api/vhosts/NAME` and `/api/permissions/VHOST/USER`, 201 for something new, 204
+//! `/api/vhosts/NAME`, `/api/permissions/VHOST/USER` and
+//! `/api/topic-permissions/VHOST/USER`, 201 for something new, 204
 //! for a change or a delete, 404 for nothing to delete. Changes are kept in the data
 //! directory (see `access`) and answered once they are on disk.
 
@@ -17,7 +18,7 @@ use super::write::{ApiError, created_or_not, error};
 use super::{Caller, not_found};
 use crate::amqp::definitions;
 use crate::amqp::node::Node;
-use crate::amqp::permissions::Permissions;
+use crate::amqp::permissions::{Permissions, TopicPermission};
 use crate::amqp::store::StoreError;
 use crate::amqp::users::{Hashing, PasswordHash, User};
 
@@ -187,6 +188,85 @@ pub async fn put_permissions(
         Some(existed) => Ok(created_or_not(existed)),
         None => Err(bad("vhost_or_user_not_found")),
     }
+}
+
+/// `GET /api/topic-permissions`: every user's in every vhost.
+pub async fn all_topic_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let vhosts: Vec<String> = node.vhosts().iter().map(|v| v.name().to_string()).collect();
+    let all = definitions::topic_permissions_json(&node.users(), &vhosts);
+    Ok(axum::Json(all).into_response())
+}
+
+/// `GET /api/topic-permissions/{vhost}/{user}`: 404 when there are none.
+pub async fn get_topic_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let users = node.users();
+    let Value::Array(all) =
+        definitions::topic_permissions_json(&users, std::slice::from_ref(&vhost))
+    else {
+        return Ok(not_found());
+    };
+    let own: Vec<Value> = all
+        .into_iter()
+        .filter(|p| p["user"] == user.as_str())
+        .collect();
+    if own.is_empty() {
+        return Ok(not_found());
+    }
+    Ok(axum::Json(own).into_response())
+}
+
+/// `PUT /api/topic-permissions/{vhost}/{user}`: `exchange`, `write` and `read`; 201 for
+/// the user's first in the vhost, 204 after.
+pub async fn put_topic_permission(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path((vhost, user)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let body = object(&raw)?;
+    let missing: Vec<String> = ["exchange", "write", "read"]
+        .iter()
+        .filter(|k| !body.get(**k).is_some_and(Value::is_string))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(&format!("[{}]", missing.join(","))));
+    }
+    let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
+    let permission = TopicPermission::new(
+        field("exchange"),
+        field("write"),
+        field("read"),
+        &user,
+        &vhost,
+    )
+    .map_err(|e| bad(&format!("invalid_regexp: {e}")))?;
+    let granted = blocking(move || node.put_topic_permission(&user, &vhost, permission)).await?;
+    match granted {
+        Some(had) => Ok(created_or_not(had)),
+        None => Err(bad("vhost_or_user_not_found")),
+    }
+}
+
+/// `DELETE /api/topic-permissions/{vhost}/{user}`: all of them.
+pub async fn delete_topic_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let deleted = blocking(move || node.delete_topic_permissions(&user, &vhost)).await?;
+    Ok(deleted_or_not(deleted))
 }
 
 /// `DELETE /api/permissions/{vhost}/{user}`.

@@ -489,6 +489,7 @@ pub fn permissions(node: &Node) -> Value {
 /// predeclared `amq.*`), bindings the explicit ones; exclusive queues, and bindings to
 /// them, are left out as RabbitMQ leaves them out, since they die with their connection.
 pub fn definitions(node: &Node) -> Value {
+    let vhost_names: Vec<String> = node.vhosts().iter().map(|v| v.name().to_string()).collect();
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
@@ -550,7 +551,7 @@ pub fn definitions(node: &Node) -> Value {
         "users": users(node),
         "vhosts": vhosts,
         "permissions": permissions(node),
-        "topic_permissions": [],
+        "topic_permissions": definitions::topic_permissions_json(&node.users(), &vhost_names),
         "parameters": [],
         "global_parameters": [],
         "policies": policies(&node.vhosts()),
