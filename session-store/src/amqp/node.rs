@@ -177,8 +177,7 @@ impl Node {
     /// Reports data of vhosts no longer defined, then declares the definitions' topology.
     fn settle_definitions(&self) -> Result<(), NodeError> {
         if let Some(data) = &self.data {
-            let names: Vec<String> = read(&self.vhosts).keys().cloned().collect();
-            data.warn_unknown(&names)?;
+            data.warn_unknown(&self.vhost_names())?;
         }
         self.declare(&self.config.definitions)?;
         Ok(())
@@ -281,8 +280,7 @@ impl Node {
         let Some(data) = &self.data else {
             return Ok(());
         };
-        let names: Vec<String> = read(&self.vhosts).keys().cloned().collect();
-        access::save(data, &read(&self.users), &names)
+        access::save(data, &read(&self.users), &self.vhost_names())
     }
 
     /// Adds or replaces a user; true if one of that name existed. Writes the disk.
@@ -434,6 +432,11 @@ impl Node {
 
     pub fn vhost(&self, name: &str) -> Option<Arc<Broker>> {
         read(&self.vhosts).get(name).cloned()
+    }
+
+    /// Every vhost's name, in order.
+    pub fn vhost_names(&self) -> Vec<String> {
+        read(&self.vhosts).keys().cloned().collect()
     }
 
     /// Every vhost, by name.

@@ -152,7 +152,7 @@ pub async fn user_permissions(
     if users.get(&user).is_none() {
         return Ok(not_found());
     }
-    let vhosts: Vec<String> = node.vhosts().iter().map(|v| v.name().to_string()).collect();
+    let vhosts: Vec<String> = node.vhost_names();
     let Value::Array(all) = definitions::permissions_json(&users, &vhosts) else {
         return Ok(not_found());
     };
@@ -172,16 +172,8 @@ pub async fn put_permissions(
 ) -> Result<Response, ApiError> {
     administrator(&caller)?;
     let body = object(&raw)?;
-    let missing: Vec<String> = ["configure", "write", "read"]
-        .iter()
-        .filter(|k| !body.get(**k).is_some_and(Value::is_string))
-        .map(|k| format!("{{key_missing,{k}}}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(bad(&format!("[{}]", missing.join(","))));
-    }
-    let pattern = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
-    let permissions = Permissions::new(pattern("configure"), pattern("write"), pattern("read"))
+    let [configure, write, read] = strings(&body, ["configure", "write", "read"])?;
+    let permissions = Permissions::new(configure, write, read)
         .map_err(|e| bad(&format!("invalid_regexp: {e}")))?;
     let granted = blocking(move || node.put_permissions(&user, &vhost, permissions)).await?;
     match granted {
@@ -196,7 +188,7 @@ pub async fn all_topic_permissions(
     axum::Extension(caller): Caller,
 ) -> Result<Response, ApiError> {
     administrator(&caller)?;
-    let vhosts: Vec<String> = node.vhosts().iter().map(|v| v.name().to_string()).collect();
+    let vhosts: Vec<String> = node.vhost_names();
     let all = definitions::topic_permissions_json(&node.users(), &vhosts);
     Ok(axum::Json(all).into_response())
 }
@@ -234,23 +226,9 @@ pub async fn put_topic_permission(
 ) -> Result<Response, ApiError> {
     administrator(&caller)?;
     let body = object(&raw)?;
-    let missing: Vec<String> = ["exchange", "write", "read"]
-        .iter()
-        .filter(|k| !body.get(**k).is_some_and(Value::is_string))
-        .map(|k| format!("{{key_missing,{k}}}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(bad(&format!("[{}]", missing.join(","))));
-    }
-    let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default();
-    let permission = TopicPermission::new(
-        field("exchange"),
-        field("write"),
-        field("read"),
-        &user,
-        &vhost,
-    )
-    .map_err(|e| bad(&format!("invalid_regexp: {e}")))?;
+    let [exchange, write, read] = strings(&body, ["exchange", "write", "read"])?;
+    let permission = TopicPermission::new(exchange, write, read, &user, &vhost)
+        .map_err(|e| bad(&format!("invalid_regexp: {e}")))?;
     let granted = blocking(move || node.put_topic_permission(&user, &vhost, permission)).await?;
     match granted {
         Some(had) => Ok(created_or_not(had)),
@@ -295,6 +273,23 @@ fn administrator(user: &User) -> Result<(), ApiError> {
 
 fn bad(reason: &str) -> ApiError {
     error(StatusCode::BAD_REQUEST, "bad_request", reason)
+}
+
+/// The string fields `keys` of a body, or RabbitMQ's `[{key_missing,K},...]` naming
+/// each one missing.
+fn strings<'a, const N: usize>(
+    body: &'a serde_json::Map<String, Value>,
+    keys: [&str; N],
+) -> Result<[&'a str; N], ApiError> {
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| !body.get(**k).is_some_and(Value::is_string))
+        .map(|k| format!("{{key_missing,{k}}}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(&format!("[{}]", missing.join(","))));
+    }
+    Ok(keys.map(|k| body.get(k).and_then(Value::as_str).unwrap_or_default()))
 }
 
 /// The request body as a JSON object.

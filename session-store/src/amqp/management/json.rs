@@ -480,8 +480,7 @@ pub fn users(node: &Node) -> Value {
 
 /// Every user's permissions in every vhost, by user then vhost.
 pub fn permissions(node: &Node) -> Value {
-    let names: Vec<String> = node.vhosts().iter().map(|v| v.name().to_string()).collect();
-    definitions::permissions_json(&node.users(), &names)
+    definitions::permissions_json(&node.users(), &node.vhost_names())
 }
 
 /// `/api/definitions`: what `rabbitmqctl export_definitions` writes, and what
@@ -489,7 +488,7 @@ pub fn permissions(node: &Node) -> Value {
 /// predeclared `amq.*`), bindings the explicit ones; exclusive queues, and bindings to
 /// them, are left out as RabbitMQ leaves them out, since they die with their connection.
 pub fn definitions(node: &Node) -> Value {
-    let vhost_names: Vec<String> = node.vhosts().iter().map(|v| v.name().to_string()).collect();
+    let vhost_names = node.vhost_names();
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
