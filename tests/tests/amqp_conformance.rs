@@ -3190,33 +3190,47 @@ async fn qos_global_vs_per_consumer(url: String) {
 // another language's client
 
 async fn pika_client(url: String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/amqp_py/test_pika.py");
+    let out = python_script(url, "pika", "test_pika.py", Duration::from_secs(30)).await;
+    if let Some(out) = out {
+        assert!(out.0, "pika script failed:\n{}", out.1);
+    }
+}
+
+/// Runs `tests/amqp_py/SCRIPT URL PREFIX` with python3, once `module` imports; None when
+/// either is missing outside CI (in CI that fails the test).
+async fn python_script(
+    url: String,
+    module: &'static str,
+    script: &'static str,
+    limit: Duration,
+) -> Option<(bool, String)> {
+    let script = format!("{}/amqp_py/{script}", env!("CARGO_MANIFEST_DIR"));
     let Some(python) = which("python3") else {
         assert!(!engines_required(), "python3 is required in CI");
-        eprintln!("python3 not installed: pika scenario skipped");
-        return;
+        eprintln!("python3 not installed: {module} scenario skipped");
+        return None;
     };
-    let has_pika = Command::new(&python)
-        .args(["-c", "import pika"])
+    let importable = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !has_pika {
+    if !importable {
         assert!(
             !engines_required(),
-            "python3 pika is required in CI (python3 -m pip install pika)"
+            "python3 {module} is required in CI (python3 -m pip install {module})"
         );
-        eprintln!("python3 pika not installed: pika scenario skipped");
-        return;
+        eprintln!("python3 {module} not installed: {module} scenario skipped");
+        return None;
     }
-    let prefix = uniq("pika");
+    let prefix = uniq(module);
     let out = tokio::task::spawn_blocking(move || {
-        run_with_timeout(&python, &[script, &url, &prefix], Duration::from_secs(30))
+        run_with_timeout(&python, &[&script, &url, &prefix], limit)
     })
     .await
-    .expect("run the pika script");
-    assert!(out.0, "pika script failed:\n{}", out.1);
+    .expect("run the python script");
+    Some(out)
 }
 
 async fn amqplib_client(url: String) {
@@ -3251,35 +3265,12 @@ async fn amqplib_client(url: String) {
 /// the script starts the worker itself and drives it through tasks, retries, routing to
 /// priority and quorum queues, and remote control.
 async fn celery_client(url: String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/amqp_py/test_celery.py");
-    let Some(python) = which("python3") else {
-        assert!(!engines_required(), "python3 is required in CI");
-        eprintln!("python3 not installed: celery scenario skipped");
-        return;
-    };
-    let has_celery = Command::new(&python)
-        .args(["-c", "import celery"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_celery {
-        assert!(
-            !engines_required(),
-            "python3 celery is required in CI (python3 -m pip install celery)"
-        );
-        eprintln!("python3 celery not installed: celery scenario skipped");
-        return;
+    // Under the scenario's own bound, so a hung run still shows the worker's log.
+    let out = python_script(url, "celery", "test_celery.py", Duration::from_secs(35)).await;
+    if let Some(out) = out {
+        assert!(out.0, "celery script failed:\n{}", out.1);
+        eprintln!("{}", out.1.trim_end());
     }
-    let prefix = uniq("celery");
-    let out = tokio::task::spawn_blocking(move || {
-        // Under the scenario's own bound, so a hung run still shows the worker's log.
-        run_with_timeout(&python, &[script, &url, &prefix], Duration::from_secs(35))
-    })
-    .await
-    .expect("run the celery script");
-    assert!(out.0, "celery script failed:\n{}", out.1);
-    eprintln!("{}", out.1.trim_end());
 }
 
 /// Runs a program, killing it after `limit`; returns (success, stdout+stderr).

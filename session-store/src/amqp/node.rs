@@ -309,24 +309,18 @@ impl Node {
     }
 
     /// Grants `user` `permissions` in `vhost`: Some(whether it had some), or None when
-    /// the user or the vhost does not exist. Connections opened from now on get them.
+    /// the user or the vhost does not exist. Open connections get them on their next frame.
     pub fn put_permissions(
         &self,
         user: &str,
         vhost: &str,
         permissions: Permissions,
     ) -> Result<Option<bool>, StoreError> {
-        let _admin = lock(&self.admin);
-        let vhost_exists = self.vhost(vhost).is_some();
-        let mut users = write(&self.users);
-        if users.get(user).is_none() || !vhost_exists {
-            return Ok(None);
-        }
-        let existed = users.permissions(user, vhost).is_some();
-        users.grant(user, vhost, permissions);
-        drop(users);
-        self.save_access()?;
-        Ok(Some(existed))
+        self.grant_to_existing(user, vhost, |users| {
+            let existed = users.permissions(user, vhost).is_some();
+            users.grant(user, vhost, permissions);
+            existed
+        })
     }
 
     /// Sets `user`'s topic permission in `vhost` on its exchange: Some(whether the user
@@ -338,14 +332,28 @@ impl Node {
         vhost: &str,
         permission: TopicPermission,
     ) -> Result<Option<bool>, StoreError> {
+        self.grant_to_existing(user, vhost, |users| {
+            let had = !users.topic_permissions(user, vhost).is_empty();
+            users.grant_topic(user, vhost, permission);
+            had
+        })
+    }
+
+    /// Runs `grant` on the users if both `user` and `vhost` exist (None otherwise), then
+    /// saves; returns what `grant` said.
+    fn grant_to_existing(
+        &self,
+        user: &str,
+        vhost: &str,
+        grant: impl FnOnce(&mut Users) -> bool,
+    ) -> Result<Option<bool>, StoreError> {
         let _admin = lock(&self.admin);
         let vhost_exists = self.vhost(vhost).is_some();
         let mut users = write(&self.users);
         if users.get(user).is_none() || !vhost_exists {
             return Ok(None);
         }
-        let had = !users.topic_permissions(user, vhost).is_empty();
-        users.grant_topic(user, vhost, permission);
+        let had = grant(&mut users);
         drop(users);
         self.save_access()?;
         Ok(Some(had))
