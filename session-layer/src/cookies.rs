@@ -112,14 +112,25 @@ impl Cookies {
     /// one whose signature fails under every key (forged, tampered, or from a retired
     /// key) — the caller clears it.
     pub fn read(&self, headers: &HeaderMap) -> Option<Option<String>> {
-        let cookie = headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+        let lines = || {
+            headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+        };
+        let decoded = lines()
             .flat_map(Cookie::split_parse_encoded)
             .filter_map(Result::ok)
-            .find(|c| c.name() == self.wire_name)?
-            .into_owned();
+            .find(|c| c.name() == self.wire_name);
+        let Some(cookie) = decoded else {
+            // Ours but not percent-decodable (`%AF` is no UTF-8): tampered, so cleared too.
+            let ours = lines()
+                .flat_map(|line| line.split(';'))
+                .filter_map(|pair| pair.split_once('='))
+                .any(|(name, _)| name.trim() == self.wire_name);
+            return ours.then_some(None);
+        };
+        let cookie = cookie.into_owned();
         Some(match &self.keys {
             Some(keys) => keys.verify(cookie),
             None => Some(cookie.value().to_string()),
@@ -225,6 +236,9 @@ mod tests {
         assert_eq!(c.read(&request_with(&tampered)), Some(None));
         assert_eq!(c.read(&request_with("sid=abc.1")), Some(None));
         assert_eq!(c.read(&request_with(";;=;sid=%%%;sid")), Some(None));
+        // An escape that decodes to no UTF-8 is still our cookie, tampered with.
+        assert_eq!(c.read(&request_with("sid=ab%AFcd")), Some(None));
+        assert_eq!(c.read(&request_with("other=ab%AFcd")), None);
     }
 
     #[test]
