@@ -7,6 +7,13 @@ use clap::Parser;
 use demo_app::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
 
+/// A request makes many small, short-lived allocations: under `bench sessions` at 50%
+/// writes, mimalloc cut the nodes' CPU per request by about 15% against glibc's allocator
+/// (`demo-app store` runs under it too). The standalone `session-store` keeps glibc's: there
+/// mimalloc saved no measurable CPU and doubled the idle resident size.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()

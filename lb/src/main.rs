@@ -18,6 +18,11 @@ struct Cli {
     args: lb::cli::Args,
 }
 
+/// Every proxied request allocates its head and buffers anew: mimalloc takes less CPU for
+/// that than glibc's allocator (measured under `bench sessions`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
