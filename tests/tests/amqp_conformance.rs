@@ -4651,9 +4651,20 @@ async fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    api_as(base, ("guest", "guest"), method, path, body).await
+}
+
+/// [`api`] with another user's credentials.
+async fn api_as(
+    base: &str,
+    (user, password): (&str, &str),
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let mut request = reqwest::Client::new()
         .request(method, format!("{base}{path}"))
-        .basic_auth("guest", Some("guest"));
+        .basic_auth(user, Some(password));
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -5249,7 +5260,8 @@ async fn management_administers_access(url: String, api_base: String, _metrics: 
 }
 
 /// RabbitMQ's topic authorisation: routing keys a user may publish and bind with on a
-/// topic exchange, set through the API; other exchanges are not restricted.
+/// topic exchange, set through the API; other exchanges are not restricted. The API's own
+/// publishes, binds and unbinds meet the same rules.
 async fn topic_permissions(url: String, api_base: String, _metrics: String) {
     use reqwest::Method;
     use serde_json::json;
@@ -5257,7 +5269,7 @@ async fn topic_permissions(url: String, api_base: String, _metrics: String) {
     let user_path = format!("/api/users/{user}");
     let grant = format!("/api/permissions/%2F/{user}");
     let topics = format!("/api/topic-permissions/%2F/{user}");
-    let created = json!({"password": "pw", "tags": ""});
+    let created = json!({"password": "pw", "tags": "management"});
     assert_eq!(
         api(&api_base, Method::PUT, &user_path, Some(created))
             .await
@@ -5333,6 +5345,94 @@ async fn topic_permissions(url: String, api_base: String, _metrics: String) {
             "ACCESS_REFUSED - access to topic 'c.#' in exchange 'amq.topic' in vhost '/' refused for user '{user}'"
         ),
     );
+
+    // Through the management API, as the same user.
+    let as_user = (user.as_str(), "pw");
+    let message = |key: &str| json!({"properties": {}, "routing_key": key, "payload": "x", "payload_encoding": "string"});
+    let publish_path = "/api/exchanges/%2F/amq.topic/publish";
+    let (status, body) = api_as(
+        &api_base,
+        as_user,
+        Method::POST,
+        publish_path,
+        Some(message("a.api")),
+    )
+    .await;
+    assert_eq!((status, &body["routed"]), (200, &json!(false)), "{body}");
+    let (status, body) = api_as(
+        &api_base,
+        as_user,
+        Method::POST,
+        publish_path,
+        Some(message("z.api")),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["reason"],
+        format!(
+            "403 ACCESS_REFUSED - access to topic 'z.api' in exchange 'amq.topic' in vhost '/' refused for user '{user}'"
+        )
+    );
+    let unrestricted = format!("/api/exchanges/%2F/{other}/publish");
+    let (status, body) = api_as(
+        &api_base,
+        as_user,
+        Method::POST,
+        &unrestricted,
+        Some(message("z.api")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let bindings = format!("/api/bindings/%2F/e/amq.topic/q/{q}");
+    let (status, body) = api_as(
+        &api_base,
+        as_user,
+        Method::POST,
+        &bindings,
+        Some(json!({"routing_key": "c.api"})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (401, &json!("Access refused.")),
+        "{body}"
+    );
+    let (status, _) = api_as(
+        &api_base,
+        as_user,
+        Method::POST,
+        &bindings,
+        Some(json!({"routing_key": "b.api"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = api(
+        &api_base,
+        Method::POST,
+        &bindings,
+        Some(json!({"routing_key": "c.guest"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = api_as(
+        &api_base,
+        as_user,
+        Method::DELETE,
+        &format!("{bindings}/c.guest"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "unbinding a key the user may not bind with");
+    let (status, _) = api_as(
+        &api_base,
+        as_user,
+        Method::DELETE,
+        &format!("{bindings}/b.api"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
 
     // Cleared, they stop applying to the connection already open.
     assert_eq!(api(&api_base, Method::DELETE, &topics, None).await.0, 204);
