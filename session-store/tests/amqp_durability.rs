@@ -509,6 +509,14 @@ async fn users_vhosts_and_permissions_the_api_made_survive_kill_9() {
             "/api/permissions/shop/alice",
             serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}),
         ),
+        (
+            "/api/user-limits/alice/max-connections",
+            serde_json::json!({"value": 1}),
+        ),
+        (
+            "/api/vhost-limits/shop/max-queues",
+            serde_json::json!({"value": 1}),
+        ),
         // guest's password changed: the default must not bring the old one back.
         (
             "/api/users/guest",
@@ -531,6 +539,17 @@ async fn users_vhosts_and_permissions_the_api_made_survive_kill_9() {
     let store = Store::start(&data, &log).await;
     let (_conn, ch) = channel(&alice(store.port)).await;
     declare(&ch, "orders", true, FieldTable::default()).await;
+    // The limits came back too: alice's one connection, shop's one queue.
+    let second = Connection::connect(&alice(store.port), ConnectionProperties::default()).await;
+    assert!(second.is_err(), "alice's connection limit was forgotten");
+    let another = ch
+        .queue_declare(
+            "returns".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert!(another.is_err(), "shop's queue limit was forgotten");
     let old_guest = Connection::connect(&store.url(), ConnectionProperties::default()).await;
     assert!(old_guest.is_err(), "guest's old password works again");
     let new_guest = format!("amqp://guest:changed@127.0.0.1:{}/%2f", store.port);

@@ -146,6 +146,7 @@ managed_conformance!(
     prometheus_metrics,
     management_administers_access,
     topic_permissions,
+    limits,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -5444,6 +5445,302 @@ async fn topic_permissions(url: String, api_base: String, _metrics: String) {
         api(&api_base, Method::DELETE, &user_path, None).await.0,
         204
     );
+}
+
+/// User and vhost limits set through the API, and enforced as RabbitMQ enforces them:
+/// connections per vhost and per user at connection.open (530), queues per vhost at
+/// queue.declare (406), channels per user at channel.open (530, closing the connection).
+async fn limits(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let (user, vhost) = (uniq("limited"), uniq("limited-vhost"));
+    let user_path = format!("/api/users/{user}");
+    let vhost_path = format!("/api/vhosts/{}", percent_encode(&vhost));
+    let vhost_limits = format!("/api/vhost-limits/{}", percent_encode(&vhost));
+    let user_limits = format!("/api/user-limits/{user}");
+    let value = |n: i64| Some(json!({ "value": n }));
+    assert_eq!(
+        api(&api_base, Method::PUT, &vhost_path, Some(json!({})))
+            .await
+            .0,
+        201
+    );
+    let created = json!({"password": "pw", "tags": "management"});
+    assert_eq!(
+        api(&api_base, Method::PUT, &user_path, Some(created))
+            .await
+            .0,
+        201
+    );
+    let grant = format!("/api/permissions/{}/{user}", percent_encode(&vhost));
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    assert_eq!(api(&api_base, Method::PUT, &grant, Some(all)).await.0, 201);
+    let (status, none) = api(&api_base, Method::GET, &vhost_limits, None).await;
+    assert_eq!((status, none), (200, json!([])));
+
+    // Per vhost.
+    let connections = format!("{vhost_limits}/max-connections");
+    let queues = format!("{vhost_limits}/max-queues");
+    assert_eq!(
+        api(&api_base, Method::PUT, &connections, value(1)).await.0,
+        204
+    );
+    assert_eq!(api(&api_base, Method::PUT, &queues, value(1)).await.0, 204);
+    let (status, listed) = api(&api_base, Method::GET, &vhost_limits, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        listed,
+        json!([{"vhost": vhost, "value": {"max-connections": 1, "max-queues": 1}}])
+    );
+    let (status, all_listed) = api(&api_base, Method::GET, "/api/vhost-limits", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        all_listed
+            .as_array()
+            .is_some_and(|l| l.contains(&listed[0])),
+        "{all_listed}"
+    );
+    let url_as = |who: &str, password: &str| {
+        let base = url.rsplit_once('@').map_or(url.as_str(), |(_, host)| host);
+        let host = base.split('/').next().unwrap_or(base);
+        format!("amqp://{who}:{password}@{host}/{}", percent_encode(&vhost))
+    };
+    let guest_url = url_as("guest", "guest");
+    let first = connect(&guest_url).await;
+    let second = step(
+        "a second connection",
+        Connection::connect(&guest_url, ConnectionProperties::default()),
+    )
+    .await;
+    let e = expect_code(
+        "a connection over the vhost's limit",
+        second.map(|_| ()),
+        530,
+    );
+    expect_text(
+        &e,
+        &format!(
+            "NOT_ALLOWED - access to vhost '{vhost}' refused for user 'guest': connection limit (1) is reached"
+        ),
+    );
+    let ch = channel(&first).await;
+    plain_queue(&ch, "limited.q1").await;
+    let over = step(
+        "a queue over the limit",
+        ch.queue_declare(
+            "limited.q2".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("a queue over the vhost's limit", over, 406);
+    expect_text(
+        &e,
+        &format!(
+            "PRECONDITION_FAILED - cannot declare queue 'limited.q2': queue limit in vhost '{vhost}' (1) is reached"
+        ),
+    );
+    let ch = channel(&first).await;
+    plain_queue(&ch, "limited.q1").await;
+    let named = step(
+        "a server-named queue over the limit",
+        ch.queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("a server-named queue over the vhost's limit", named, 406);
+    expect_text(&e, "PRECONDITION_FAILED - cannot declare queue 'amq.gen-");
+    // A negative limit is none; deleting one that is not set is no error.
+    assert_eq!(
+        api(&api_base, Method::PUT, &connections, value(-1)).await.0,
+        204
+    );
+    let second = connect(&guest_url).await;
+    assert_eq!(api(&api_base, Method::DELETE, &queues, None).await.0, 204);
+    assert_eq!(api(&api_base, Method::DELETE, &queues, None).await.0, 204);
+    let ch = channel(&second).await;
+    plain_queue(&ch, "limited.q2").await;
+    let (_, listed) = api(&api_base, Method::GET, &vhost_limits, None).await;
+    assert_eq!(
+        listed,
+        json!([{"vhost": vhost, "value": {"max-connections": -1}}])
+    );
+    close(first).await;
+    close(second).await;
+
+    // Per user.
+    assert_eq!(
+        api(
+            &api_base,
+            Method::PUT,
+            &format!("{user_limits}/max-connections"),
+            value(1)
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        api(
+            &api_base,
+            Method::PUT,
+            &format!("{user_limits}/max-channels"),
+            value(2)
+        )
+        .await
+        .0,
+        204
+    );
+    let expected = json!({"max-connections": 1, "max-channels": 2});
+    let (status, listed) = api(&api_base, Method::GET, &user_limits, None).await;
+    assert_eq!(
+        (status, listed),
+        (200, json!([{"user": user, "value": expected}]))
+    );
+    let (_, shown) = api(&api_base, Method::GET, &user_path, None).await;
+    assert_eq!(shown["limits"], expected);
+    let (_, exported) = api(&api_base, Method::GET, "/api/definitions", None).await;
+    let users = exported["users"].as_array().cloned().unwrap_or_default();
+    let kept = users.iter().find(|u| u["name"] == user.as_str());
+    assert_eq!(kept.map(|u| &u["limits"]), Some(&expected), "{exported}");
+    let parameters = exported["parameters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let limits_kept = parameters.iter().find(|p| p["vhost"] == vhost.as_str());
+    assert_eq!(
+        limits_kept.map(|p| (&p["component"], &p["name"], &p["value"])),
+        Some((
+            &json!("vhost-limits"),
+            &json!("limits"),
+            &json!({"max-connections": -1})
+        )),
+        "{exported}"
+    );
+    let user_url = url_as(&user, "pw");
+    let mine = connect(&user_url).await;
+    let again = step(
+        "a second connection of the user",
+        Connection::connect(&user_url, ConnectionProperties::default()),
+    )
+    .await;
+    let e = expect_code("a connection over the user's limit", again.map(|_| ()), 530);
+    expect_text(
+        &e,
+        &format!(
+            "NOT_ALLOWED - connection refused for user '{user}': user connection limit (1) is reached"
+        ),
+    );
+    let _one = channel(&mine).await;
+    let _two = channel(&mine).await;
+    let third = step("a third channel", mine.create_channel()).await;
+    let e = expect_code("a channel over the user's limit", third.map(|_| ()), 530);
+    expect_text(
+        &e,
+        &format!(
+            "NOT_ALLOWED - number of channels opened for user '{user}' has reached the maximum allowed user limit of (2)"
+        ),
+    );
+    disconnected(&mine, "the user over its channel limit").await;
+
+    // Refusals.
+    let (status, body) = api(
+        &api_base,
+        Method::PUT,
+        &format!("{vhost_limits}/max-foo"),
+        value(3),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (
+            400,
+            &json!("Validation failed\n\nUnrecognised terms [{<<\"max-foo\">>,3}] in limits\n")
+        )
+    );
+    let (status, body) = api(
+        &api_base,
+        Method::PUT,
+        &format!("{user_limits}/max-foo"),
+        value(1),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (
+            400,
+            &json!("Unrecognised terms [{<<\"max-foo\">>,1}] in user-limits")
+        )
+    );
+    let text = Some(json!({"value": "x"}));
+    let (status, body) = api(
+        &api_base,
+        Method::PUT,
+        &format!("{user_limits}/max-channels"),
+        text,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (
+            400,
+            &json!("max-channels should be a number, actually was <<\"x\">>")
+        )
+    );
+    let (status, body) = api(&api_base, Method::PUT, &connections, Some(json!({}))).await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (400, &json!("[{key_missing,value}]"))
+    );
+    let (status, body) = api(
+        &api_base,
+        Method::PUT,
+        "/api/user-limits/limits-nobody/max-channels",
+        value(1),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (400, &json!(["no_such_user", "limits-nobody"]))
+    );
+    let (status, _) = api(
+        &api_base,
+        Method::PUT,
+        "/api/vhost-limits/limits-nowhere/max-queues",
+        value(1),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) = api_as(
+        &api_base,
+        (&user, "pw"),
+        Method::PUT,
+        &connections,
+        value(5),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (401, &json!("Not administrator user"))
+    );
+
+    assert_eq!(
+        api(&api_base, Method::DELETE, &vhost_path, None).await.0,
+        204
+    );
+    assert_eq!(
+        api(&api_base, Method::DELETE, &user_path, None).await.0,
+        204
+    );
+    let (_, listed) = api(&api_base, Method::GET, "/api/user-limits", None).await;
+    assert!(!listed.to_string().contains(&user), "{listed}");
 }
 
 /// Waits (bounded) until lapin marks `conn` closed: it reports the broker's close before

@@ -573,11 +573,13 @@ impl Broker {
 
     /// Returns the queue's name (generated when empty), message and consumer counts. A
     /// non-passive declaration is first submitted to `authorize` with the final name,
-    /// as RabbitMQ checks permissions on the generated name.
+    /// as RabbitMQ checks permissions on the generated name. A new queue is refused when
+    /// the vhost already has `max_queues`.
     pub fn queue_declare(
         &self,
         conn: ConnId,
         d: &queue::Declare,
+        max_queues: Option<u64>,
         authorize: impl FnOnce(&str) -> Result<(), AmqpError>,
     ) -> Result<(String, u32, u32), AmqpError> {
         let mut core = self.lock();
@@ -646,6 +648,14 @@ impl Broker {
         };
         if let Some(check) = authorize.take() {
             check(&name)?;
+        }
+        if let Some(max) = max_queues
+            && u64::try_from(vhost.queues.len()).unwrap_or(u64::MAX) >= max
+        {
+            return Err(AmqpError::precondition(format_args!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                vhost.name
+            )));
         }
         let owner = d.exclusive.then_some(conn);
         let args = if requested.is_empty() {

@@ -516,6 +516,9 @@ impl Conn {
                         )
                         .during(&m));
                     }
+                    self.node
+                        .admit_channel(&self.user.name)
+                        .map_err(|e| e.during(&m))?;
                     self.channels.insert(ch, Chan::default());
                     self.broker.open_channel(self.id, ch);
                     let ok = channel::AMQPMethod::OpenOk(channel::OpenOk {});
@@ -876,8 +879,9 @@ impl Conn {
         let broker = self.broker.clone();
         let (nowait, ok) = match m {
             queue::AMQPMethod::Declare(d) => {
+                let max_queues = self.node.max_queues(broker.name());
                 let (name, message_count, consumer_count) =
-                    broker.queue_declare(self.id, d, |name| {
+                    broker.queue_declare(self.id, d, max_queues, |name| {
                         self.permissions.check_declare(
                             name,
                             &d.arguments,

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::exchange::ExchangeKind;
+use super::limits::{self, Limits};
 use super::permissions::{Permissions, TopicPermission};
 use super::policy::Policy;
 use super::queue_args::QueueArgs;
@@ -180,8 +181,12 @@ impl Definitions {
             None => vec![DEFAULT_VHOST.to_string()],
         };
         d.vhosts.dedup();
-        for u in file.users {
+        for mut u in file.users {
+            let limits = Limits::from_json(&std::mem::take(&mut u.limits), &limits::USER)
+                .map_err(|e| invalid(format!("limits of user '{}': {e}", u.name)))?;
+            let name = u.name.clone();
             d.users.add(u.into_user()?);
+            d.users.set_user_limits(&name, limits);
         }
         for p in file.permissions {
             d.known_vhost(&p.vhost, || format!("permissions of user '{}'", p.user))?;
@@ -250,12 +255,6 @@ impl Definitions {
                 routing_key: b.routing_key,
             });
         }
-        let names = |list: &[Named]| {
-            list.iter()
-                .map(|n| format!("'{}'", n.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         for p in file.policies {
             d.known_vhost(&p.vhost, || format!("policy '{}'", p.name))?;
             let policy = Policy::parse(&p.name, &Value::Object(p.body)).map_err(|reason| {
@@ -293,9 +292,25 @@ impl Definitions {
             })?;
             d.users.grant_topic(&t.user, &t.vhost, permission);
         }
-        if !file.parameters.is_empty() {
+        let mut unsupported = Vec::new();
+        for p in file.parameters {
+            if p.component != VHOST_LIMITS {
+                unsupported.push(format!("'{}'", p.name));
+                continue;
+            }
+            let vhost = p.vhost.unwrap_or_default();
+            d.known_vhost(&vhost, || "vhost limits".to_string())?;
+            let limits = p
+                .value
+                .as_object()
+                .ok_or_else(|| "not an object".to_string())
+                .and_then(|map| Limits::from_json(map, &limits::VHOST))
+                .map_err(|e| invalid(format!("limits of vhost '{vhost}': {e}")))?;
+            d.users.set_vhost_limits(&vhost, limits);
+        }
+        if !unsupported.is_empty() {
             d.ignored
-                .push(format!("parameters {}", names(&file.parameters)));
+                .push(format!("parameters {}", unsupported.join(", ")));
         }
         Ok(d)
     }
@@ -322,8 +337,8 @@ fn invalid(problem: String) -> ParseError {
     ParseError::Invalid(problem)
 }
 
-/// The sections read. `parameters` are read only to name what is not applied; others
-/// are ignored.
+/// The sections read. Of `parameters` only vhost limits are applied; the others are read
+/// to name what is not. Other sections are ignored.
 #[derive(Deserialize)]
 struct File {
     #[serde(default)]
@@ -331,7 +346,7 @@ struct File {
     #[serde(default)]
     topic_permissions: Vec<TopicPermissionJson>,
     #[serde(default)]
-    parameters: Vec<Named>,
+    parameters: Vec<ParameterJson>,
     #[serde(default)]
     users: Vec<UserJson>,
     vhosts: Option<Vec<VHostJson>>,
@@ -345,9 +360,18 @@ struct File {
     bindings: Vec<BindingJson>,
 }
 
+/// RabbitMQ keeps vhost limits as the runtime parameter `limits` of this component.
+const VHOST_LIMITS: &str = "vhost-limits";
+
 #[derive(Deserialize)]
-struct Named {
+struct ParameterJson {
+    #[serde(default)]
+    vhost: Option<String>,
+    #[serde(default)]
+    component: String,
     name: String,
+    #[serde(default)]
+    value: Value,
 }
 
 /// A policy entry: its place and name, and the rest as the management API takes it.
@@ -387,6 +411,8 @@ struct UserJson {
     hashing_algorithm: Option<String>,
     #[serde(default)]
     tags: Tags,
+    #[serde(default)]
+    limits: Map<String, Value>,
 }
 
 /// `"administrator,management"` before RabbitMQ 3.10, a list since.
@@ -517,14 +543,31 @@ fn value(v: &Value) -> AMQPValue {
 }
 
 /// A user as a definitions file (and the management API) lists one.
-pub fn user_json(u: &User) -> Value {
+pub fn user_json(u: &User, limits: &Limits) -> Value {
     serde_json::json!({
         "name": u.name,
         "password_hash": u.password.encode(),
         "hashing_algorithm": u.password.hashing().as_str(),
         "tags": u.tags,
-        "limits": {},
+        "limits": limits.to_json(),
     })
+}
+
+/// Vhost limits in `vhosts` as a definitions file lists them: runtime parameters.
+pub fn vhost_limits_json(users: &Users, vhosts: &[String]) -> Value {
+    users
+        .all_vhost_limits()
+        .into_iter()
+        .filter(|(vhost, _)| vhosts.iter().any(|v| v == vhost))
+        .map(|(vhost, limits)| {
+            serde_json::json!({
+                "value": limits.to_json(),
+                "vhost": vhost,
+                "component": VHOST_LIMITS,
+                "name": "limits",
+            })
+        })
+        .collect()
 }
 
 /// Every permission granted in `vhosts`, by user then vhost, as a definitions file lists
@@ -549,15 +592,16 @@ pub fn permissions_json(users: &Users, vhosts: &[String]) -> Value {
         .collect()
 }
 
-/// The users, vhosts and permissions part of a definitions file.
+/// The users, vhosts, permissions and limits part of a definitions file.
 pub fn access_json(users: &Users, vhosts: &[String]) -> Value {
     let mut list: Vec<&Arc<User>> = users.all().collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
     serde_json::json!({
-        "users": list.into_iter().map(|u| user_json(u)).collect::<Vec<_>>(),
+        "users": list.into_iter().map(|u| user_json(u, &users.user_limits(&u.name))).collect::<Vec<_>>(),
         "vhosts": vhosts.iter().map(|v| serde_json::json!({"name": v})).collect::<Vec<_>>(),
         "permissions": permissions_json(users, vhosts),
         "topic_permissions": topic_permissions_json(users, vhosts),
+        "parameters": vhost_limits_json(users, vhosts),
     })
 }
 
@@ -633,6 +677,34 @@ mod tests {
         );
         assert!(!d.bindings[0].to_exchange);
         assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+    }
+
+    #[test]
+    fn applies_user_and_vhost_limits_and_names_other_parameters() {
+        let d = Definitions::parse(
+            r#"{"users": [{"name": "app", "password": "pw", "tags": "",
+                           "limits": {"max-connections": 5, "max-channels": -1}}],
+                "vhosts": [{"name": "/"}],
+                "parameters": [
+                  {"vhost": "/", "component": "vhost-limits", "name": "limits",
+                   "value": {"max-queues": 10}},
+                  {"vhost": "/", "component": "shovel", "name": "to-dc2", "value": {}}]}"#,
+        )
+        .expect("valid");
+        let app = d.users.user_limits("app");
+        assert_eq!(app.get("max-connections"), Some(5));
+        assert_eq!(app.get("max-channels"), None, "negative is no limit");
+        assert_eq!(d.users.vhost_limits("/").get("max-queues"), Some(10));
+        assert_eq!(d.ignored, vec!["parameters 'to-dc2'"]);
+        let exported = access_json(&d.users, &d.vhosts);
+        assert_eq!(exported["parameters"][0]["value"]["max-queues"], 10);
+        assert_eq!(exported["users"][0]["limits"]["max-connections"], 5);
+
+        let bad = r#"{"users": [{"name": "app", "password": "pw", "limits": {"max-queues": 1}}]}"#;
+        assert_eq!(
+            problem(bad),
+            "limits of user 'app': Unrecognised terms [{<<\"max-queues\">>,1}]"
+        );
     }
 
     #[test]

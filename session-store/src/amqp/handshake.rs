@@ -130,6 +130,8 @@ async fn steps<R: AsyncRead + Unpin>(
     };
     let (vhost, permissions) =
         open_vhost(node, &user, open.virtual_host.as_str()).map_err(HandshakeEnd::Refuse)?;
+    node.admit_connection(&user.name, vhost.name())
+        .map_err(HandshakeEnd::Refuse)?;
     send(tx, connection::AMQPMethod::OpenOk(connection::OpenOk {})).await;
     let property = |key: &str| match start_ok.client_properties.inner().get(key) {
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),

@@ -12,6 +12,7 @@
 mod admin;
 mod depths;
 mod json;
+mod limits;
 mod metrics;
 mod policies;
 mod write;
@@ -24,7 +25,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -111,6 +112,18 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             get(admin::get_permissions)
                 .put(admin::put_permissions)
                 .delete(admin::delete_permissions),
+        )
+        .route("/api/user-limits", get(limits::all_user_limits))
+        .route("/api/user-limits/{user}", get(limits::user_limits))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            put(limits::put_user_limit).delete(limits::delete_user_limit),
+        )
+        .route("/api/vhost-limits", get(limits::all_vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(limits::vhost_limits))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            put(limits::put_vhost_limit).delete(limits::delete_vhost_limit),
         )
         .route("/api/definitions", get(definitions))
         .route("/api/vhosts", get(vhosts))
@@ -651,9 +664,9 @@ async fn user(
     if !caller.has_tag("administrator") {
         return not_authorized("Not administrator user");
     }
-    let found = node.users().get(&name).cloned();
-    match found {
-        Some(u) => axum::Json(json::user(&u)).into_response(),
+    let users = node.users();
+    match users.get(&name) {
+        Some(u) => axum::Json(json::user(&users, u)).into_response(),
         None => not_found(),
     }
 }
@@ -768,7 +781,7 @@ fn round_trip(v: &Broker) -> Result<(), String> {
         nowait: false,
         arguments: FieldTable::default(),
     };
-    v.queue_declare(INTERNAL_CONN, &declare, |_| Ok(()))
+    v.queue_declare(INTERNAL_CONN, &declare, None, |_| Ok(()))
         .map_err(|e| e.text)?;
     v.publish(Message::new(
         "".into(),

@@ -24,6 +24,7 @@ mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
+pub mod limits;
 pub mod management;
 mod node;
 pub mod permissions;

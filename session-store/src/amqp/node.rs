@@ -18,9 +18,10 @@ use super::AmqpConfig;
 use super::access;
 use super::broker::{Broker, ConnId, VHostInfo};
 use super::definitions::{Definitions, DefinitionsError};
-use super::error::short;
+use super::error::{AmqpError, code, short};
 use super::exchange::Destination;
 use super::flow::MemoryMonitor;
+use super::limits::Limits;
 use super::permissions::{Permissions, TopicPermission};
 use super::stats::{MessageStats, Rates, Sampler};
 use super::store::{self, DataDir, Journal, StoreError};
@@ -239,7 +240,7 @@ impl Node {
                 arguments: q.arguments.clone(),
             };
             broker(&q.vhost)?
-                .queue_declare(0, &declare, |_| Ok(()))
+                .queue_declare(0, &declare, None, |_| Ok(()))
                 .map_err(|e| fail(format!("queue '{}'", q.name), e))?;
         }
         for b in &d.bindings {
@@ -377,6 +378,118 @@ impl Node {
         }
         self.save_access()?;
         Ok(true)
+    }
+
+    /// Sets (`Some`) or clears one of `user`'s limits; false if there is no such user.
+    /// Writes the disk.
+    pub fn set_user_limit(
+        &self,
+        user: &str,
+        name: &str,
+        value: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        let mut users = write(&self.users);
+        if users.get(user).is_none() {
+            return Ok(false);
+        }
+        let limits = changed(users.user_limits(user), name, value);
+        users.set_user_limits(user, limits);
+        drop(users);
+        self.save_access()?;
+        Ok(true)
+    }
+
+    /// Sets (`Some`) or clears one of `vhost`'s limits; false if there is no such vhost.
+    /// Writes the disk.
+    pub fn set_vhost_limit(
+        &self,
+        vhost: &str,
+        name: &str,
+        value: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        if self.vhost(vhost).is_none() {
+            return Ok(false);
+        }
+        let mut users = write(&self.users);
+        let limits = changed(users.vhost_limits(vhost), name, value);
+        users.set_vhost_limits(vhost, limits);
+        drop(users);
+        self.save_access()?;
+        Ok(true)
+    }
+
+    /// The connection limits of `vhost` and of `user`, checked as RabbitMQ checks them
+    /// at connection.open (after the vhost access check), with its 530 texts. Counted
+    /// against the connections already open.
+    pub fn admit_connection(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
+        let users = self.users();
+        let per_vhost = users.vhost_limits(vhost).get("max-connections");
+        let per_user = users.user_limits(user).get("max-connections");
+        drop(users);
+        if per_vhost.is_none() && per_user.is_none() {
+            return Ok(());
+        }
+        let conns = self.conns();
+        let count = |mine: &dyn Fn(&ConnInfo) -> bool| {
+            u64::try_from(conns.values().filter(|c| mine(c)).count()).unwrap_or(u64::MAX)
+        };
+        if let Some(max) = per_vhost
+            && count(&|c| c.vhost == vhost) >= max
+        {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}': connection limit ({max}) is reached"
+                ),
+            ));
+        }
+        if let Some(max) = per_user
+            && count(&|c| c.user == user) >= max
+        {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - connection refused for user '{user}': user connection limit ({max}) is reached"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `user`'s channel limit, over all its connections, checked at channel.open as
+    /// RabbitMQ checks it (530, closing the connection).
+    pub fn admit_channel(&self, user: &str) -> Result<(), AmqpError> {
+        let Some(max) = self.users().user_limits(user).get("max-channels") else {
+            return Ok(());
+        };
+        let theirs: Vec<ConnId> = self
+            .conns()
+            .values()
+            .filter(|c| c.user == user)
+            .map(|c| c.id)
+            .collect();
+        let open = self
+            .vhosts()
+            .iter()
+            .flat_map(|v| v.channels())
+            .filter(|c| theirs.contains(&c.conn))
+            .count();
+        if u64::try_from(open).unwrap_or(u64::MAX) >= max {
+            return Err(AmqpError::connection(
+                code::NOT_ALLOWED,
+                format!(
+                    "NOT_ALLOWED - number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `vhost`'s queue limit, if it has one.
+    pub fn max_queues(&self, vhost: &str) -> Option<u64> {
+        self.users().vhost_limits(vhost).get("max-queues")
     }
 
     /// Whether the data directory (if any) can hold a vhost of this name.
@@ -577,6 +690,17 @@ fn queue_key(vhost: &str, queue: &str) -> String {
 }
 
 /// Milliseconds since the Unix epoch, now.
+/// `limits` with `name` set to `value`, or removed.
+fn changed(mut limits: Limits, name: &str, value: Option<i64>) -> Limits {
+    match value {
+        Some(value) => limits.set(name, value),
+        None => {
+            limits.remove(name);
+        }
+    }
+    limits
+}
+
 pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256, Sha512};
 
+use super::limits::Limits;
 use super::permissions::{Permissions, TopicPermission};
 
 /// The user RabbitMQ lets in only from loopback (its default `loopback_users`).
@@ -177,6 +178,10 @@ pub struct Users {
     topic_permissions: HashMap<(String, String), Arc<Vec<TopicPermission>>>,
     /// Users refused unless they connect from loopback.
     loopback_only: Vec<String>,
+    /// By user; only users with some.
+    user_limits: HashMap<String, Limits>,
+    /// By vhost; only vhosts with some.
+    vhost_limits: HashMap<String, Limits>,
 }
 
 impl Users {
@@ -205,6 +210,7 @@ impl Users {
     pub fn remove(&mut self, name: &str) -> bool {
         self.permissions.retain(|(user, _), _| user != name);
         self.topic_permissions.retain(|(user, _), _| user != name);
+        self.user_limits.remove(name);
         self.users.remove(name).is_some()
     }
 
@@ -215,10 +221,11 @@ impl Users {
             .is_some()
     }
 
-    /// Removes every permission in `vhost` (which is going away).
+    /// Removes every permission in `vhost`, and its limits (it is going away).
     pub fn revoke_all(&mut self, vhost: &str) {
         self.permissions.retain(|(_, v), _| v != vhost);
         self.topic_permissions.retain(|(_, v), _| v != vhost);
+        self.vhost_limits.remove(vhost);
     }
 
     /// Sets `user`'s topic permission in `vhost` on its exchange, replacing one on the
@@ -294,6 +301,42 @@ impl Users {
         for (key, list) in &other.topic_permissions {
             self.topic_permissions.insert(key.clone(), list.clone());
         }
+        for (user, limits) in &other.user_limits {
+            self.user_limits.insert(user.clone(), limits.clone());
+        }
+        for (vhost, limits) in &other.vhost_limits {
+            self.vhost_limits.insert(vhost.clone(), limits.clone());
+        }
+    }
+
+    /// `user`'s limits; empty when it has none.
+    pub fn user_limits(&self, user: &str) -> Limits {
+        self.user_limits.get(user).cloned().unwrap_or_default()
+    }
+
+    /// `vhost`'s limits; empty when it has none.
+    pub fn vhost_limits(&self, vhost: &str) -> Limits {
+        self.vhost_limits.get(vhost).cloned().unwrap_or_default()
+    }
+
+    /// Replaces `user`'s limits (none when `limits` is empty).
+    pub fn set_user_limits(&mut self, user: &str, limits: Limits) {
+        set_limits(&mut self.user_limits, user, limits);
+    }
+
+    /// Replaces `vhost`'s limits (none when `limits` is empty).
+    pub fn set_vhost_limits(&mut self, vhost: &str, limits: Limits) {
+        set_limits(&mut self.vhost_limits, vhost, limits);
+    }
+
+    /// Users with limits, by name.
+    pub fn all_user_limits(&self) -> Vec<(&str, &Limits)> {
+        sorted(&self.user_limits)
+    }
+
+    /// Vhosts with limits, by name.
+    pub fn all_vhost_limits(&self) -> Vec<(&str, &Limits)> {
+        sorted(&self.vhost_limits)
     }
 
     pub fn grant(&mut self, user: &str, vhost: &str, permissions: Permissions) {
@@ -322,6 +365,20 @@ impl Users {
         let allowed_from = loopback || !self.loopback_only.iter().any(|u| u == name);
         (allowed_from && found.password.verify(password)).then(|| found.clone())
     }
+}
+
+fn set_limits(all: &mut HashMap<String, Limits>, name: &str, limits: Limits) {
+    if limits.is_empty() {
+        all.remove(name);
+    } else {
+        all.insert(name.to_string(), limits);
+    }
+}
+
+fn sorted(all: &HashMap<String, Limits>) -> Vec<(&str, &Limits)> {
+    let mut list: Vec<(&str, &Limits)> = all.iter().map(|(n, l)| (n.as_str(), l)).collect();
+    list.sort_by_key(|(name, _)| *name);
+    list
 }
 
 #[cfg(test)]

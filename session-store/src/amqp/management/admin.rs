@@ -259,7 +259,7 @@ pub async fn delete_permissions(
 }
 
 /// RabbitMQ's refusal for anyone but administrators.
-fn administrator(user: &User) -> Result<(), ApiError> {
+pub(super) fn administrator(user: &User) -> Result<(), ApiError> {
     if user.has_tag("administrator") {
         Ok(())
     } else {
@@ -271,7 +271,7 @@ fn administrator(user: &User) -> Result<(), ApiError> {
     }
 }
 
-fn bad(reason: &str) -> ApiError {
+pub(super) fn bad(reason: &str) -> ApiError {
     error(StatusCode::BAD_REQUEST, "bad_request", reason)
 }
 
@@ -293,7 +293,7 @@ fn strings<'a, const N: usize>(
 }
 
 /// The request body as a JSON object.
-fn object(raw: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(super) fn object(raw: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
     match serde_json::from_slice(raw) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(bad("not_json")),
@@ -310,7 +310,7 @@ fn deleted_or_not(deleted: bool) -> Response {
 
 /// Runs a change that writes (and syncs) the data directory off the async threads; a
 /// failed write is a 500 naming the file.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     change: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(change).await {

@@ -14,7 +14,7 @@ use crate::amqp::broker::{Broker, ConnId};
 use crate::amqp::definitions;
 use crate::amqp::node::{ConnInfo, Node};
 use crate::amqp::stats::{DepthRates, MessageStats, Rates};
-use crate::amqp::users::User;
+use crate::amqp::users::{User, Users};
 
 /// The management API version whose shapes these follow; also the `rabbitmq_version`
 /// reported, so tools that branch on the version see one story.
@@ -466,8 +466,8 @@ fn quote_plus(text: &str) -> String {
 }
 
 /// A user as `/api/users` and definitions list it.
-pub fn user(u: &User) -> Value {
-    definitions::user_json(u)
+pub fn user(users: &Users, u: &User) -> Value {
+    definitions::user_json(u, &users.user_limits(&u.name))
 }
 
 /// Every user, by name.
@@ -475,7 +475,7 @@ pub fn users(node: &Node) -> Value {
     let users = node.users();
     let mut list: Vec<&Arc<User>> = users.all().collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
-    list.into_iter().map(|u| user(u)).collect()
+    list.into_iter().map(|u| user(&users, u)).collect()
 }
 
 /// Every user's permissions in every vhost, by user then vhost.
@@ -551,7 +551,7 @@ pub fn definitions(node: &Node) -> Value {
         "vhosts": vhosts,
         "permissions": permissions(node),
         "topic_permissions": definitions::topic_permissions_json(&node.users(), &vhost_names),
-        "parameters": [],
+        "parameters": definitions::vhost_limits_json(&node.users(), &vhost_names),
         "global_parameters": [],
         "policies": policies(&node.vhosts()),
         "queues": queues,

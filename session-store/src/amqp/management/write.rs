@@ -81,7 +81,7 @@ pub(super) fn error(status: StatusCode, kind: &'static str, reason: &str) -> Api
 
 /// A 400 for a field whose value is not of its type, as the management plugin words it:
 /// `{"error": "bad_request", "reason": ["not_boolean", VALUE]}`.
-fn not_a(what: &'static str, value: &Value) -> ApiError {
+pub(super) fn not_a(what: &'static str, value: &Value) -> ApiError {
     ApiError {
         status: StatusCode::BAD_REQUEST,
         kind: "bad_request",
@@ -212,7 +212,7 @@ pub async fn put_queue(
     };
     let authorize = |queue: &str| perms.check_declare(queue, &arguments, &vhost, &user.name);
     broker
-        .queue_declare(API_CONN, &declare, authorize)
+        .queue_declare(API_CONN, &declare, node.max_queues(&vhost), authorize)
         .map_err(|e| refusal(&e))?;
     Ok(created_or_not(existed))
 }
