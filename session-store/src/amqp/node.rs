@@ -689,7 +689,6 @@ fn queue_key(vhost: &str, queue: &str) -> String {
     format!("queue\0{vhost}\0{queue}")
 }
 
-/// Milliseconds since the Unix epoch, now.
 /// `limits` with `name` set to `value`, or removed.
 fn changed(mut limits: Limits, name: &str, value: Option<i64>) -> Limits {
     match value {
@@ -701,6 +700,7 @@ fn changed(mut limits: Limits, name: &str, value: Option<i64>) -> Limits {
     limits
 }
 
+/// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -74,7 +74,7 @@ pub async fn put_user_limit(
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     administrator(&caller)?;
-    let value = requested(&raw, &name, &limits::USER, " in user-limits", "")?;
+    let value = requested(&raw, &name, &limits::USER, "", " in user-limits")?;
     let missing = Value::from(user.as_str());
     let set = blocking(move || node.set_user_limit(&user, &name, Some(value))).await?;
     if !set {
@@ -107,8 +107,8 @@ pub async fn put_vhost_limit(
         &raw,
         &name,
         &limits::VHOST,
-        " in limits\n",
         "Validation failed\n\n",
+        " in limits\n",
     )?;
     let set = blocking(move || node.set_vhost_limit(&vhost, &name, Some(value))).await?;
     if !set {
@@ -137,21 +137,24 @@ fn requested(
     raw: &Bytes,
     name: &str,
     allowed: &[&str],
-    suffix: &str,
     prefix: &str,
+    suffix: &str,
 ) -> Result<i64, ApiError> {
     let body = object(raw)?;
     let Some(value) = body.get("value") else {
         return Err(bad("[{key_missing,value}]"));
     };
+    // Checked as a whole limits object is: the name first, then the value.
     let one = serde_json::Map::from_iter([(name.to_string(), value.clone())]);
-    match Limits::from_json(&one, allowed) {
-        Ok(_) => {
-            limits::value_of(name, value).map_err(|e| bad(&format!("{prefix}{e}{}", tail(prefix))))
-        }
-        Err(e) if e.starts_with("Unrecognised") => Err(bad(&format!("{prefix}{e}{suffix}"))),
-        Err(e) => Err(bad(&format!("{prefix}{e}{}", tail(prefix)))),
+    if let Err(e) = Limits::from_json(&one, allowed) {
+        let end = if e.starts_with("Unrecognised") {
+            suffix
+        } else {
+            tail(prefix)
+        };
+        return Err(bad(&format!("{prefix}{e}{end}")));
     }
+    limits::value_of(name, value).map_err(|e| bad(&e))
 }
 
 /// RabbitMQ ends a wrapped validation reason with a newline.
