@@ -147,6 +147,7 @@ managed_conformance!(
     management_administers_access,
     topic_permissions,
     limits,
+    definitions_import,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -5737,6 +5738,138 @@ async fn limits(url: String, api_base: String, _metrics: String) {
     );
     let (_, listed) = api(&api_base, Method::GET, "/api/user-limits", None).await;
     assert!(!listed.to_string().contains(&user), "{listed}");
+}
+
+/// `POST /api/definitions`, as `rabbitmqadmin import` sends a file: users (with a
+/// RabbitMQ password hash), a vhost, permissions, a limit, a policy, an exchange, a queue
+/// and a binding arrive and work over AMQP; an existing queue is kept as it is; a file
+/// that is not JSON or names a vhost nobody has is refused with RabbitMQ's reasons.
+async fn definitions_import(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let (user, vhost) = (uniq("imported"), uniq("imported-vhost"));
+    // RabbitMQ's salted SHA-256 of "test12".
+    let hash = "kI3GCqW5JLMJa4iX1lo7X4D6XbYqlLgxIs30+P6tENUV2POR";
+    let file = json!({
+        "users": [{"name": user, "password_hash": hash,
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": [],
+                   "limits": {"max-connections": 5}}],
+        "vhosts": [{"name": vhost}],
+        "permissions": [{"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}],
+        "parameters": [{"vhost": vhost, "component": "vhost-limits", "name": "limits",
+                        "value": {"max-queues": 5}}],
+        "policies": [{"vhost": vhost, "name": "ttl", "pattern": "^imported\\.", "apply-to": "queues",
+                      "definition": {"message-ttl": 60000}, "priority": 0}],
+        "exchanges": [{"name": "imported.x", "vhost": vhost, "type": "fanout", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "imported.q", "vhost": vhost, "durable": true, "auto_delete": false,
+                    "arguments": {}}],
+        "bindings": [{"source": "imported.x", "vhost": vhost, "destination": "imported.q",
+                      "destination_type": "queue", "routing_key": "", "arguments": {}}]
+    });
+    let (status, body) = api(&api_base, Method::POST, "/api/definitions", Some(file)).await;
+    assert_eq!(status, 204, "{body}");
+    let vhost_path = percent_encode(&vhost);
+    let queue_path = format!("/api/queues/{vhost_path}/imported.q");
+    let (status, queue) = api(&api_base, Method::GET, &queue_path, None).await;
+    assert_eq!((status, &queue["durable"]), (200, &json!(true)), "{queue}");
+    // RabbitMQ's statistics show the policy a moment later.
+    eventually("the imported policy applied", STATS_LAG, || async {
+        let (_, queue) = api(&api_base, Method::GET, &queue_path, None).await;
+        queue["effective_policy_definition"]["message-ttl"] == 60000
+    })
+    .await;
+    let (_, limits) = api(
+        &api_base,
+        Method::GET,
+        &format!("/api/vhost-limits/{vhost_path}"),
+        None,
+    )
+    .await;
+    assert_eq!(limits[0]["value"], json!({"max-queues": 5}));
+    let (_, limits) = api(
+        &api_base,
+        Method::GET,
+        &format!("/api/user-limits/{user}"),
+        None,
+    )
+    .await;
+    assert_eq!(limits[0]["value"], json!({"max-connections": 5}));
+    // As with a vhost made through the API, the importer gets every permission there.
+    let (status, _) = api(
+        &api_base,
+        Method::GET,
+        &format!("/api/permissions/{vhost_path}/guest"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // The imported user logs in with the imported hash; the binding routes.
+    let base = url.rsplit_once('@').map_or(url.as_str(), |(_, host)| host);
+    let host = base.split('/').next().unwrap_or(base);
+    let conn = connect(&format!("amqp://{user}:test12@{host}/{vhost_path}")).await;
+    let ch = confirmed(&conn).await;
+    publish(&ch, "imported.x", "", b"through the import").await;
+    let got = step(
+        "basic.get",
+        ch.basic_get("imported.q".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await;
+    let body = got.ok().flatten().map(|m| m.delivery.data);
+    assert_eq!(body.as_deref(), Some(&b"through the import"[..]));
+    close(conn).await;
+
+    // A queue that exists stays as it is, as RabbitMQ's import leaves it.
+    let transient = json!({"queues": [{"name": "imported.q", "vhost": vhost, "durable": false,
+                                       "auto_delete": false, "arguments": {}}]});
+    assert_eq!(
+        api(&api_base, Method::POST, "/api/definitions", Some(transient))
+            .await
+            .0,
+        204
+    );
+    let (_, queue) = api(&api_base, Method::GET, &queue_path, None).await;
+    assert_eq!(queue["durable"], json!(true));
+    // Refusals.
+    let nowhere = json!({"queues": [{"name": "q", "vhost": "import-nowhere", "durable": true,
+                                     "auto_delete": false, "arguments": {}}]});
+    let (status, body) = api(&api_base, Method::POST, "/api/definitions", Some(nowhere)).await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (400, &json!(["no_such_vhost", "import-nowhere"]))
+    );
+    let response = step(
+        "a file that is not JSON",
+        reqwest::Client::new()
+            .post(format!("{api_base}/api/definitions"))
+            .basic_auth("guest", Some("guest"))
+            .header("content-type", "application/json")
+            .body("garbage")
+            .send(),
+    )
+    .await
+    .expect("request");
+    assert_eq!(response.status().as_u16(), 400);
+    let refused: serde_json::Value = step("its body", response.json()).await.unwrap_or_default();
+    assert_eq!(refused["reason"], "failed_to_parse_json");
+
+    let vhost_url = format!("/api/vhosts/{vhost_path}");
+    assert_eq!(
+        api(&api_base, Method::DELETE, &vhost_url, None).await.0,
+        204
+    );
+    assert_eq!(
+        api(
+            &api_base,
+            Method::DELETE,
+            &format!("/api/users/{user}"),
+            None
+        )
+        .await
+        .0,
+        204
+    );
 }
 
 /// Repeats `attempt` (bounded) until the broker refuses it with `code`, and returns the

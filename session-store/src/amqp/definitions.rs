@@ -166,6 +166,10 @@ impl Definitions {
                 path: shown.clone(),
                 error,
             },
+            ParseError::NoSuchVhost { vhost, what } => DefinitionsError::Invalid {
+                path: shown.clone(),
+                problem: undefined_vhost(&what, &vhost),
+            },
             ParseError::Invalid(problem) => DefinitionsError::Invalid {
                 path: shown.clone(),
                 problem,
@@ -175,12 +179,48 @@ impl Definitions {
 
     fn parse(text: &str) -> Result<Self, ParseError> {
         let file: File = serde_json::from_str(text).map_err(ParseError::Json)?;
-        let mut d = Definitions::empty();
-        d.vhosts = match file.vhosts {
-            Some(vhosts) => vhosts.into_iter().map(|v| v.name).collect(),
+        let vhosts = match &file.vhosts {
+            Some(vhosts) => vhosts.iter().map(|v| v.name.clone()).collect(),
             None => vec![DEFAULT_VHOST.to_string()],
         };
+        Self::from_file(file, vhosts, &[])
+    }
+
+    /// Reads a definitions file sent to the management API to import: unlike a file
+    /// given at start, its objects may be in vhosts the node already has (`existing`),
+    /// and without a `vhosts` section it creates none.
+    pub fn parse_import(text: &str, existing: &[String]) -> Result<Self, ImportError> {
+        let file: File = serde_json::from_str(text).map_err(|_| ImportError::NotJson)?;
+        let vhosts = file
+            .vhosts
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .collect();
+        Self::from_file(file, vhosts, existing).map_err(|e| match e {
+            ParseError::Json(_) => ImportError::NotJson,
+            ParseError::NoSuchVhost { vhost, .. } => ImportError::NoSuchVhost(vhost),
+            ParseError::Invalid(problem) => ImportError::Invalid(problem),
+        })
+    }
+
+    /// The file's contents, with `vhosts` to create; objects may be in those or in
+    /// `existing` ones.
+    fn from_file(file: File, vhosts: Vec<String>, existing: &[String]) -> Result<Self, ParseError> {
+        let mut d = Definitions::empty();
+        d.vhosts = vhosts;
         d.vhosts.dedup();
+        let known: Vec<String> = d.vhosts.iter().chain(existing).cloned().collect();
+        let known_vhost = |vhost: &str, what: &dyn Fn() -> String| {
+            if known.iter().any(|v| v == vhost) {
+                Ok(())
+            } else {
+                Err(ParseError::NoSuchVhost {
+                    vhost: vhost.to_string(),
+                    what: what(),
+                })
+            }
+        };
         for mut u in file.users {
             let limits = Limits::from_json(&std::mem::take(&mut u.limits), &limits::USER)
                 .map_err(|e| invalid(format!("limits of user '{}': {e}", u.name)))?;
@@ -189,7 +229,7 @@ impl Definitions {
             d.users.set_user_limits(&name, limits);
         }
         for p in file.permissions {
-            d.known_vhost(&p.vhost, || format!("permissions of user '{}'", p.user))?;
+            known_vhost(&p.vhost, &|| format!("permissions of user '{}'", p.user))?;
             if d.users.get(&p.user).is_none() {
                 return Err(invalid(format!(
                     "permissions for unknown user '{}' in vhost '{}'",
@@ -205,7 +245,7 @@ impl Definitions {
             d.users.grant(&p.user, &p.vhost, perms);
         }
         for x in file.exchanges {
-            d.known_vhost(&x.vhost, || format!("exchange '{}'", x.name))?;
+            known_vhost(&x.vhost, &|| format!("exchange '{}'", x.name))?;
             let kind = ExchangeKind::parse(&x.kind).ok_or_else(|| {
                 invalid(format!(
                     "exchange '{}' in vhost '{}' has unknown type '{}'",
@@ -223,7 +263,7 @@ impl Definitions {
             });
         }
         for q in file.queues {
-            d.known_vhost(&q.vhost, || format!("queue '{}'", q.name))?;
+            known_vhost(&q.vhost, &|| format!("queue '{}'", q.name))?;
             let arguments = table(&q.arguments);
             QueueArgs::parse(&arguments, &q.name, &q.vhost).map_err(|e| invalid(e.text))?;
             d.queues.push(QueueDef {
@@ -235,7 +275,7 @@ impl Definitions {
             });
         }
         for b in file.bindings {
-            d.known_vhost(&b.vhost, || format!("binding from '{}'", b.source))?;
+            known_vhost(&b.vhost, &|| format!("binding from '{}'", b.source))?;
             let to_exchange = match b.destination_type.as_str() {
                 "queue" => false,
                 "exchange" => true,
@@ -256,7 +296,7 @@ impl Definitions {
             });
         }
         for p in file.policies {
-            d.known_vhost(&p.vhost, || format!("policy '{}'", p.name))?;
+            known_vhost(&p.vhost, &|| format!("policy '{}'", p.name))?;
             let policy = Policy::parse(&p.name, &Value::Object(p.body)).map_err(|reason| {
                 invalid(format!(
                     "policy '{}' in vhost '{}': {}",
@@ -268,7 +308,7 @@ impl Definitions {
             d.policies.push((p.vhost, policy));
         }
         for t in file.topic_permissions {
-            d.known_vhost(&t.vhost, || {
+            known_vhost(&t.vhost, &|| {
                 format!("topic permissions of user '{}'", t.user)
             })?;
             if d.users.get(&t.user).is_none() {
@@ -299,7 +339,7 @@ impl Definitions {
                 continue;
             }
             let vhost = p.vhost.unwrap_or_default();
-            d.known_vhost(&vhost, || "vhost limits".to_string())?;
+            known_vhost(&vhost, &|| "vhost limits".to_string())?;
             let limits = p
                 .value
                 .as_object()
@@ -314,23 +354,29 @@ impl Definitions {
         }
         Ok(d)
     }
-
-    fn known_vhost(&self, vhost: &str, what: impl FnOnce() -> String) -> Result<(), ParseError> {
-        if self.vhosts.iter().any(|v| v == vhost) {
-            Ok(())
-        } else {
-            Err(invalid(format!(
-                "{} names vhost '{vhost}', which the file does not define",
-                what()
-            )))
-        }
-    }
 }
 
 #[derive(Debug)]
 enum ParseError {
     Json(serde_json::Error),
+    /// An object in a vhost that neither the file nor the node has.
+    NoSuchVhost {
+        vhost: String,
+        what: String,
+    },
     Invalid(String),
+}
+
+/// Why a definitions file sent to the management API was refused.
+#[derive(Debug)]
+pub enum ImportError {
+    NotJson,
+    NoSuchVhost(String),
+    Invalid(String),
+}
+
+fn undefined_vhost(what: &str, vhost: &str) -> String {
+    format!("{what} names vhost '{vhost}', which the file does not define")
 }
 
 fn invalid(problem: String) -> ParseError {
@@ -653,6 +699,7 @@ mod tests {
     fn problem(text: &str) -> String {
         match Definitions::parse(text) {
             Err(ParseError::Invalid(p)) => p,
+            Err(ParseError::NoSuchVhost { vhost, what }) => undefined_vhost(&what, &vhost),
             Err(ParseError::Json(e)) => format!("json: {e}"),
             Ok(_) => "accepted".into(),
         }
@@ -705,6 +752,23 @@ mod tests {
             problem(bad),
             "limits of user 'app': Unrecognised terms [{<<\"max-queues\">>,1}]"
         );
+    }
+
+    #[test]
+    fn an_import_may_use_the_node_s_vhosts_and_creates_only_its_own() {
+        let queue = r#"{"queues": [{"name": "q", "vhost": "shop", "durable": true,
+                                   "auto_delete": false, "arguments": {}}]}"#;
+        let d = Definitions::parse_import(queue, &["shop".to_string()]).expect("valid");
+        assert!(d.vhosts.is_empty(), "{:?}", d.vhosts);
+        assert_eq!(d.queues[0].vhost, "shop");
+        match Definitions::parse_import(queue, &["/".to_string()]) {
+            Err(ImportError::NoSuchVhost(vhost)) => assert_eq!(vhost, "shop"),
+            other => panic!("expected no_such_vhost, got {other:?}"),
+        }
+        assert!(matches!(
+            Definitions::parse_import("{", &[]),
+            Err(ImportError::NotJson)
+        ));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod admin;
 mod depths;
+mod import;
 mod json;
 mod limits;
 mod metrics;
@@ -125,7 +126,10 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/vhost-limits/{vhost}/{name}",
             put(limits::put_vhost_limit).delete(limits::delete_vhost_limit),
         )
-        .route("/api/definitions", get(definitions))
+        .route(
+            "/api/definitions",
+            get(definitions).post(import::definitions),
+        )
         .route("/api/vhosts", get(vhosts))
         .route(
             "/api/vhosts/{name}",

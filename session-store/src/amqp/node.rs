@@ -180,7 +180,7 @@ impl Node {
         if let Some(data) = &self.data {
             data.warn_unknown(&self.vhost_names())?;
         }
-        self.declare(&self.config.definitions)?;
+        self.declare(&self.config.definitions, false)?;
         Ok(())
     }
 
@@ -203,7 +203,7 @@ impl Node {
         }
     }
 
-    fn declare(&self, d: &Definitions) -> Result<(), DefinitionsError> {
+    fn declare(&self, d: &Definitions, keep_existing: bool) -> Result<(), DefinitionsError> {
         let fail = |what: String, e: super::error::AmqpError| {
             DefinitionsError::Apply(format!("{what}: {}", e.text))
         };
@@ -215,6 +215,9 @@ impl Node {
             broker(vhost)?.set_policy(policy.clone());
         }
         for x in &d.exchanges {
+            if keep_existing && broker(&x.vhost)?.exchange_kind(&x.name).is_some() {
+                continue;
+            }
             let declare = exchange::Declare {
                 exchange: short(&x.name),
                 kind: short(x.kind.as_str()),
@@ -230,6 +233,9 @@ impl Node {
                 .map_err(|e| fail(format!("exchange '{}'", x.name), e))?;
         }
         for q in &d.queues {
+            if keep_existing && has_queue(&*broker(&q.vhost)?, &q.name) {
+                continue;
+            }
             let declare = queue::Declare {
                 queue: short(&q.name),
                 passive: false,
@@ -378,6 +384,28 @@ impl Node {
         }
         self.save_access()?;
         Ok(true)
+    }
+
+    /// Imports definitions sent through the management API over what the node has, as
+    /// RabbitMQ's import does: vhosts it lacks are created (`creator` gets every
+    /// permission there), users, permissions and limits added or replaced, policies set,
+    /// and exchanges, queues and bindings declared where missing (one that exists stays
+    /// as it is, even where the file describes it otherwise). Writes the disk: call it
+    /// from a blocking context.
+    pub fn import(&self, d: &Definitions, creator: &str) -> Result<(), NodeError> {
+        {
+            let _admin = lock(&self.admin);
+            for name in &d.vhosts {
+                if self.vhost(name).is_none() {
+                    self.open_vhost(name)?;
+                    write(&self.users).grant(creator, name, Permissions::all());
+                }
+            }
+            write(&self.users).merge(&d.users);
+            self.save_access()?;
+        }
+        self.declare(d, true)?;
+        Ok(())
     }
 
     /// Sets (`Some`) or clears one of `user`'s limits; false if there is no such user.
@@ -687,6 +715,23 @@ fn vhost_key(vhost: &str) -> String {
 
 fn queue_key(vhost: &str, queue: &str) -> String {
     format!("queue\0{vhost}\0{queue}")
+}
+
+/// Whether `vhost` has a queue `name` (exclusive to some connection or not).
+fn has_queue(vhost: &Broker, name: &str) -> bool {
+    let passive = queue::Declare {
+        queue: short(name),
+        passive: true,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: amq_protocol::types::FieldTable::default(),
+    };
+    match vhost.queue_declare(0, &passive, None, |_| Ok(())) {
+        Ok(_) => true,
+        Err(e) => e.code != code::NOT_FOUND,
+    }
 }
 
 /// `limits` with `name` set to `value`, or removed.

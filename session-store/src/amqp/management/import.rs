@@ -1,0 +1,54 @@
+//! `POST /api/definitions`: imports a definitions file over what the broker has, as
+//! `rabbitmqadmin import` and provisioning pipelines send one (a `rabbitmqctl
+//! export_definitions` file, or this API's own `GET /api/definitions`). For
+//! administrators; 204 once applied and kept on disk, 400 with RabbitMQ's reason for a
+//! file it would refuse.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::Caller;
+use super::admin::{administrator, bad};
+use super::write::{ApiError, error, not_a};
+use crate::amqp::definitions::{Definitions, ImportError};
+use crate::amqp::node::{Node, NodeError};
+
+pub async fn definitions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let text = std::str::from_utf8(&raw).map_err(|_| bad("failed_to_parse_json"))?;
+    let parsed = Definitions::parse_import(text, &node.vhost_names()).map_err(|e| match e {
+        ImportError::NotJson => bad("failed_to_parse_json"),
+        ImportError::NoSuchVhost(vhost) => not_a("no_such_vhost", &Value::from(vhost)),
+        ImportError::Invalid(problem) => bad(&problem),
+    })?;
+    for what in &parsed.ignored {
+        tracing::warn!(
+            "imported definitions: {what} not applied: this broker does not support them"
+        );
+    }
+    let creator = caller.name.clone();
+    let imported = tokio::task::spawn_blocking(move || node.import(&parsed, &creator)).await;
+    match imported {
+        Ok(Ok(())) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(Err(NodeError::Definitions(e))) => Err(bad(&e.to_string())),
+        Ok(Err(e)) => Err(server_error(&e.to_string())),
+        Err(e) => Err(server_error(&e.to_string())),
+    }
+}
+
+fn server_error(reason: &str) -> ApiError {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_server_error",
+        reason,
+    )
+}
