@@ -5854,6 +5854,47 @@ async fn definitions_import(url: String, api_base: String, _metrics: String) {
     let refused: serde_json::Value = step("its body", response.json()).await.unwrap_or_default();
     assert_eq!(refused["reason"], "failed_to_parse_json");
 
+    // Into one vhost: its objects land there whatever vhost they name, users are not
+    // taken, and a vhost nobody has is a 404.
+    let ignored = format!("{user}-ignored");
+    let one = json!({
+        "users": [{"name": ignored, "password_hash": hash, "tags": []}],
+        "queues": [{"name": "imported.q2", "vhost": "elsewhere", "durable": true,
+                    "auto_delete": false, "arguments": {}},
+                   {"name": "imported.q3", "durable": true, "auto_delete": false, "arguments": {}}],
+        "exchanges": [{"name": "imported.x2", "type": "direct", "durable": true,
+                       "auto_delete": false, "internal": false, "arguments": {}}],
+        "bindings": [{"source": "imported.x2", "destination": "imported.q3",
+                      "destination_type": "queue", "routing_key": "k", "arguments": {}}]
+    });
+    let into_vhost = format!("/api/definitions/{vhost_path}");
+    let (status, body) = api(&api_base, Method::POST, &into_vhost, Some(one)).await;
+    assert_eq!(status, 204, "{body}");
+    for queue in ["imported.q2", "imported.q3"] {
+        let path = format!("/api/queues/{vhost_path}/{queue}");
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await.0,
+            200,
+            "{queue}"
+        );
+    }
+    let bound = format!("/api/bindings/{vhost_path}/e/imported.x2/q/imported.q3");
+    let (_, bindings) = api(&api_base, Method::GET, &bound, None).await;
+    assert_eq!(bindings[0]["routing_key"], "k", "{bindings}");
+    let ignored_path = format!("/api/users/{ignored}");
+    assert_eq!(
+        api(&api_base, Method::GET, &ignored_path, None).await.0,
+        404
+    );
+    let (status, body) = api(
+        &api_base,
+        Method::POST,
+        "/api/definitions/import-nowhere",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((status, &body["reason"]), (404, &json!("vhost_not_found")));
+
     let vhost_url = format!("/api/vhosts/{vhost_path}");
     assert_eq!(
         api(&api_base, Method::DELETE, &vhost_url, None).await.0,

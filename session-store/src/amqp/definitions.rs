@@ -197,11 +197,28 @@ impl Definitions {
             .flatten()
             .map(|v| v.name.clone())
             .collect();
-        Self::from_file(file, vhosts, existing).map_err(|e| match e {
-            ParseError::Json(_) => ImportError::NotJson,
-            ParseError::NoSuchVhost { vhost, .. } => ImportError::NoSuchVhost(vhost),
-            ParseError::Invalid(problem) => ImportError::Invalid(problem),
-        })
+        Self::from_file(file, vhosts, existing).map_err(ImportError::from)
+    }
+
+    /// Reads a definitions file sent to the management API to import into `vhost` alone,
+    /// as RabbitMQ's `POST /api/definitions/VHOST` takes one: its policies, vhost limits,
+    /// exchanges, queues and bindings all go to `vhost` (whatever vhost they name); its
+    /// users, vhosts and permissions are not imported.
+    pub fn parse_vhost_import(text: &str, vhost: &str) -> Result<Self, ImportError> {
+        let mut file: File = serde_json::from_str(text).map_err(|_| ImportError::NotJson)?;
+        file.users.clear();
+        file.vhosts = None;
+        file.permissions.clear();
+        file.topic_permissions.clear();
+        let here = || vhost.to_string();
+        file.policies.iter_mut().for_each(|p| p.vhost = here());
+        file.exchanges.iter_mut().for_each(|x| x.vhost = here());
+        file.queues.iter_mut().for_each(|q| q.vhost = here());
+        file.bindings.iter_mut().for_each(|b| b.vhost = here());
+        file.parameters
+            .iter_mut()
+            .for_each(|p| p.vhost = Some(here()));
+        Self::from_file(file, Vec::new(), &[here()]).map_err(ImportError::from)
     }
 
     /// The file's contents, with `vhosts` to create; objects may be in those or in
@@ -375,6 +392,16 @@ pub enum ImportError {
     Invalid(String),
 }
 
+impl From<ParseError> for ImportError {
+    fn from(e: ParseError) -> Self {
+        match e {
+            ParseError::Json(_) => ImportError::NotJson,
+            ParseError::NoSuchVhost { vhost, .. } => ImportError::NoSuchVhost(vhost),
+            ParseError::Invalid(problem) => ImportError::Invalid(problem),
+        }
+    }
+}
+
 fn undefined_vhost(what: &str, vhost: &str) -> String {
     format!("{what} names vhost '{vhost}', which the file does not define")
 }
@@ -423,6 +450,8 @@ struct ParameterJson {
 /// A policy entry: its place and name, and the rest as the management API takes it.
 #[derive(Deserialize)]
 struct PolicyJson {
+    /// Absent in a file imported into one vhost.
+    #[serde(default)]
     vhost: String,
     name: String,
     #[serde(flatten)]
@@ -520,6 +549,8 @@ struct PermissionJson {
 #[derive(Deserialize)]
 struct ExchangeJson {
     name: String,
+    /// Absent in a file imported into one vhost.
+    #[serde(default)]
     vhost: String,
     #[serde(rename = "type")]
     kind: String,
@@ -536,6 +567,8 @@ struct ExchangeJson {
 #[derive(Deserialize)]
 struct QueueJson {
     name: String,
+    /// Absent in a file imported into one vhost.
+    #[serde(default)]
     vhost: String,
     #[serde(default = "yes")]
     durable: bool,
@@ -548,6 +581,8 @@ struct QueueJson {
 #[derive(Deserialize)]
 struct BindingJson {
     source: String,
+    /// Absent in a file imported into one vhost.
+    #[serde(default)]
     vhost: String,
     destination: String,
     destination_type: String,
@@ -769,6 +804,16 @@ mod tests {
             Definitions::parse_import("{", &[]),
             Err(ImportError::NotJson)
         ));
+        // Into one vhost: everything lands there, users are not taken.
+        let one = r#"{"users": [{"name": "u", "password": "pw"}],
+                      "queues": [{"name": "q", "vhost": "elsewhere", "durable": true,
+                                  "auto_delete": false, "arguments": {}}],
+                      "parameters": [{"component": "vhost-limits", "name": "limits",
+                                      "value": {"max-queues": 2}}]}"#;
+        let d = Definitions::parse_vhost_import(one, "shop").expect("valid");
+        assert_eq!(d.queues[0].vhost, "shop");
+        assert!(d.users.get("u").is_none());
+        assert_eq!(d.users.vhost_limits("shop").get("max-queues"), Some(2));
     }
 
     #[test]

@@ -130,6 +130,7 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/definitions",
             get(definitions).post(import::definitions),
         )
+        .route("/api/definitions/{vhost}", post(import::vhost_definitions))
         .route("/api/vhosts", get(vhosts))
         .route(
             "/api/vhosts/{name}",
