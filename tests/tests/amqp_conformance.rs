@@ -5881,6 +5881,49 @@ async fn definitions_import(url: String, api_base: String, _metrics: String) {
     let bound = format!("/api/bindings/{vhost_path}/e/imported.x2/q/imported.q3");
     let (_, bindings) = api(&api_base, Method::GET, &bound, None).await;
     assert_eq!(bindings[0]["routing_key"], "k", "{bindings}");
+    // One vhost's export, as RabbitMQ shapes it, goes back in unchanged.
+    let (status, exported) = api(&api_base, Method::GET, &into_vhost, None).await;
+    assert_eq!(status, 200, "{exported}");
+    let listed = |key: &str| exported[key].as_array().cloned().unwrap_or_default();
+    let q3 = listed("queues")
+        .into_iter()
+        .find(|q| q["name"] == "imported.q3");
+    assert_eq!(
+        q3,
+        Some(
+            json!({"name": "imported.q3", "durable": true, "auto_delete": false, "arguments": {}})
+        ),
+        "{exported}"
+    );
+    let binding = listed("bindings")
+        .into_iter()
+        .find(|b| b["source"] == "imported.x2");
+    assert_eq!(
+        binding
+            .as_ref()
+            .map(|b| (&b["routing_key"], b.get("vhost"))),
+        Some((&json!("k"), None)),
+        "{exported}"
+    );
+    assert!(
+        listed("policies").iter().any(|p| p["name"] == "ttl"),
+        "{exported}"
+    );
+    assert_eq!(
+        exported["parameters"][0]["value"],
+        json!({"max-queues": 5}),
+        "{exported}"
+    );
+    let (status, body) = api(&api_base, Method::POST, &into_vhost, Some(exported.clone())).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = api(
+        &api_base,
+        Method::GET,
+        "/api/definitions/import-nowhere",
+        None,
+    )
+    .await;
+    assert_eq!((status, &body["reason"]), (400, &json!("vhost_not_found")));
     let ignored_path = format!("/api/users/{ignored}");
     assert_eq!(
         api(&api_base, Method::GET, &ignored_path, None).await.0,

@@ -130,7 +130,10 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/definitions",
             get(definitions).post(import::definitions),
         )
-        .route("/api/definitions/{vhost}", post(import::vhost_definitions))
+        .route(
+            "/api/definitions/{vhost}",
+            get(vhost_definitions).post(import::vhost_definitions),
+        )
         .route("/api/vhosts", get(vhosts))
         .route(
             "/api/vhosts/{name}",
@@ -682,6 +685,25 @@ async fn permissions(State(node): State<Arc<Node>>, axum::Extension(user): Calle
 
 async fn definitions(State(node): State<Arc<Node>>, axum::Extension(user): Caller) -> Response {
     admin_only(&user, || json::definitions(&node))
+}
+
+async fn vhost_definitions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(vhost): Path<String>,
+) -> Response {
+    if !user.has_tag("administrator") {
+        return not_authorized("Not administrator user");
+    }
+    let Some(broker) = node.vhost(&vhost) else {
+        // RabbitMQ's answer here is a 400, not the 404 of other paths.
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "bad_request", "reason": "vhost_not_found"})),
+        )
+            .into_response();
+    };
+    axum::Json(json::vhost_definitions(&node, &broker)).into_response()
 }
 
 /// A health check that passed.

@@ -489,10 +489,61 @@ pub fn permissions(node: &Node) -> Value {
 /// them, are left out as RabbitMQ leaves them out, since they die with their connection.
 pub fn definitions(node: &Node) -> Value {
     let vhost_names = node.vhost_names();
+    let [queues, exchanges, bindings] = topology(&node.vhosts());
+    let vhosts: Vec<Value> = node
+        .vhosts()
+        .iter()
+        .map(|v| json!({"name": v.name()}))
+        .collect();
+    json!({
+        "rabbit_version": MANAGEMENT_VERSION,
+        "rabbitmq_version": MANAGEMENT_VERSION,
+        "product_name": "session-store",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": users(node),
+        "vhosts": vhosts,
+        "permissions": permissions(node),
+        "topic_permissions": definitions::topic_permissions_json(&node.users(), &vhost_names),
+        "parameters": definitions::vhost_limits_json(&node.users(), &vhost_names),
+        "global_parameters": [],
+        "policies": policies(&node.vhosts()),
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    })
+}
+
+/// `/api/definitions/{vhost}`: one vhost's part, as RabbitMQ exports it (what
+/// `rabbitmqadmin -V VHOST export` writes and `POST /api/definitions/VHOST` takes back):
+/// its limits, policies, exchanges, queues and bindings, the last three without `vhost`.
+pub fn vhost_definitions(node: &Node, vhost: &Arc<Broker>) -> Value {
+    let here = [vhost.name().to_string()];
+    let [queues, exchanges, bindings] = topology(std::slice::from_ref(vhost)).map(|list| {
+        list.into_iter()
+            .map(|mut item| {
+                if let Value::Object(fields) = &mut item {
+                    fields.remove("vhost");
+                }
+                item
+            })
+            .collect::<Vec<_>>()
+    });
+    json!({
+        "rabbit_version": MANAGEMENT_VERSION,
+        "parameters": definitions::vhost_limits_json(&node.users(), &here),
+        "policies": policies(std::slice::from_ref(vhost)),
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    })
+}
+
+/// The queues, exchanges and bindings of `vhosts` that a definitions export lists.
+fn topology(vhosts: &[Arc<Broker>]) -> [Vec<Value>; 3] {
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
-    for v in node.vhosts() {
+    for v in vhosts {
         let mut exclusive = Vec::new();
         for q in v.queues() {
             if q.exclusive {
@@ -537,27 +588,7 @@ pub fn definitions(node: &Node) -> Value {
             }));
         }
     }
-    let vhosts: Vec<Value> = node
-        .vhosts()
-        .iter()
-        .map(|v| json!({"name": v.name()}))
-        .collect();
-    json!({
-        "rabbit_version": MANAGEMENT_VERSION,
-        "rabbitmq_version": MANAGEMENT_VERSION,
-        "product_name": "session-store",
-        "product_version": env!("CARGO_PKG_VERSION"),
-        "users": users(node),
-        "vhosts": vhosts,
-        "permissions": permissions(node),
-        "topic_permissions": definitions::topic_permissions_json(&node.users(), &vhost_names),
-        "parameters": definitions::vhost_limits_json(&node.users(), &vhost_names),
-        "global_parameters": [],
-        "policies": policies(&node.vhosts()),
-        "queues": queues,
-        "exchanges": exchanges,
-        "bindings": bindings,
-    })
+    [queues, exchanges, bindings]
 }
 
 /// A message's properties as the management plugin shows a fetched message's: the set
