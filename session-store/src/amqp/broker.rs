@@ -686,6 +686,12 @@ impl Broker {
         Ok((name, 0, 0))
     }
 
+    /// Whether the vhost has a queue `name`; unlike a passive declare, this leaves the
+    /// queue's idle time (`x-expires`) alone.
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.lock().vhost.queues.contains_key(name)
+    }
+
     /// The type of the exchange `name`, if it exists.
     pub fn exchange_kind(&self, name: &str) -> Option<ExchangeKind> {
         self.lock().vhost.exchanges.get(name).map(|x| x.kind)

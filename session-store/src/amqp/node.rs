@@ -233,7 +233,7 @@ impl Node {
                 .map_err(|e| fail(format!("exchange '{}'", x.name), e))?;
         }
         for q in &d.queues {
-            if keep_existing && has_queue(&*broker(&q.vhost)?, &q.name) {
+            if keep_existing && broker(&q.vhost)?.has_queue(&q.name) {
                 continue;
             }
             let declare = queue::Declare {
@@ -453,8 +453,8 @@ impl Node {
     /// against the connections already open.
     pub fn admit_connection(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
         let users = self.users();
-        let per_vhost = users.vhost_limits(vhost).get("max-connections");
-        let per_user = users.user_limits(user).get("max-connections");
+        let per_vhost = users.vhost_limit(vhost, "max-connections");
+        let per_user = users.user_limit(user, "max-connections");
         drop(users);
         if per_vhost.is_none() && per_user.is_none() {
             return Ok(());
@@ -489,7 +489,7 @@ impl Node {
     /// `user`'s channel limit, over all its connections, checked at channel.open as
     /// RabbitMQ checks it (530, closing the connection).
     pub fn admit_channel(&self, user: &str) -> Result<(), AmqpError> {
-        let Some(max) = self.users().user_limits(user).get("max-channels") else {
+        let Some(max) = self.users().user_limit(user, "max-channels") else {
             return Ok(());
         };
         let theirs: Vec<ConnId> = self
@@ -517,7 +517,7 @@ impl Node {
 
     /// `vhost`'s queue limit, if it has one.
     pub fn max_queues(&self, vhost: &str) -> Option<u64> {
-        self.users().vhost_limits(vhost).get("max-queues")
+        self.users().vhost_limit(vhost, "max-queues")
     }
 
     /// Whether the data directory (if any) can hold a vhost of this name.
@@ -715,23 +715,6 @@ fn vhost_key(vhost: &str) -> String {
 
 fn queue_key(vhost: &str, queue: &str) -> String {
     format!("queue\0{vhost}\0{queue}")
-}
-
-/// Whether `vhost` has a queue `name` (exclusive to some connection or not).
-fn has_queue(vhost: &Broker, name: &str) -> bool {
-    let passive = queue::Declare {
-        queue: short(name),
-        passive: true,
-        durable: false,
-        exclusive: false,
-        auto_delete: false,
-        nowait: false,
-        arguments: amq_protocol::types::FieldTable::default(),
-    };
-    match vhost.queue_declare(0, &passive, None, |_| Ok(())) {
-        Ok(_) => true,
-        Err(e) => e.code != code::NOT_FOUND,
-    }
 }
 
 /// `limits` with `name` set to `value`, or removed.

@@ -319,6 +319,17 @@ impl Users {
         self.vhost_limits.get(vhost).cloned().unwrap_or_default()
     }
 
+    /// One of `user`'s limits, if set and not negative: looked up where connections and
+    /// channels open, without copying the user's limits.
+    pub fn user_limit(&self, user: &str, name: &str) -> Option<u64> {
+        self.user_limits.get(user)?.get(name)
+    }
+
+    /// One of `vhost`'s limits, if set and not negative.
+    pub fn vhost_limit(&self, vhost: &str, name: &str) -> Option<u64> {
+        self.vhost_limits.get(vhost)?.get(name)
+    }
+
     /// Replaces `user`'s limits (none when `limits` is empty).
     pub fn set_user_limits(&mut self, user: &str, limits: Limits) {
         set_limits(&mut self.user_limits, user, limits);

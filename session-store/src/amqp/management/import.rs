@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::Caller;
-use super::admin::{administrator, bad};
+use super::admin::{administrator, bad, blocking};
 use super::write::{ApiError, error, not_a};
 use crate::amqp::definitions::{Definitions, ImportError};
 use crate::amqp::node::{Node, NodeError};
@@ -65,19 +65,13 @@ async fn import(
             "imported definitions: {what} not applied: this broker does not support them"
         );
     }
-    let imported = tokio::task::spawn_blocking(move || node.import(&parsed, &creator)).await;
-    match imported {
-        Ok(Ok(())) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Ok(Err(NodeError::Definitions(e))) => Err(bad(&e.to_string())),
-        Ok(Err(e)) => Err(server_error(&e.to_string())),
-        Err(e) => Err(server_error(&e.to_string())),
-    }
-}
-
-fn server_error(reason: &str) -> ApiError {
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_server_error",
-        reason,
-    )
+    // A disk failure is the 500 `blocking` makes of it; a file the broker refuses, a 400.
+    let imported = blocking(move || match node.import(&parsed, &creator) {
+        Ok(()) => Ok(Ok(())),
+        Err(NodeError::Definitions(e)) => Ok(Err(e)),
+        Err(NodeError::Store(e)) => Err(e),
+    })
+    .await?;
+    imported.map_err(|e| bad(&e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
