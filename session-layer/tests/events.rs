@@ -324,6 +324,96 @@ async fn raw_channel(conn: &Connection) -> Channel {
         .expect("raw channel")
 }
 
+/// A raw client's own queue on the exchange, to look at what the bus sends, consumed on a
+/// channel that is also in confirm mode, for publishing by hand.
+async fn raw_watch(conn: &Connection) -> (Channel, lapin::Consumer) {
+    let ch = raw_channel(conn).await;
+    step(
+        "exchange.declare",
+        ch.exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("same exchange");
+    let q = step(
+        "queue.declare",
+        ch.queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue")
+    .name()
+    .to_string();
+    step(
+        "queue.bind",
+        ch.queue_bind(
+            q.as_str().into(),
+            EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("bind");
+    let watch = step(
+        "basic.consume",
+        ch.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("consume");
+    step(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    (ch, watch)
+}
+
+/// Publishes `body` by hand and waits for the broker's ack.
+async fn raw_publish(ch: &Channel, body: &[u8]) {
+    let confirm = step(
+        "raw publish",
+        ch.basic_publish(
+            EXCHANGE.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("raw publish");
+    assert!(
+        step("raw confirm", confirm)
+            .await
+            .expect("confirm")
+            .is_ack()
+    );
+}
+
 /// The reply code of a passive queue.declare of `queue` on a fresh channel (None: exists
 /// and is usable by this connection).
 async fn passive_declare(conn: &Connection, queue: &str) -> Option<u16> {
@@ -379,6 +469,74 @@ async fn every_node_sees_every_event_in_order() {
         assert_eq!(a.outbox_len(), 0);
         assert_eq!((ra.disconnects(), rb.disconnects()), (0, 0));
 
+        a.close().await;
+        b.close().await;
+        ra.check_protocol("a");
+        rb.check_protocol("b");
+        broker.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_together_leave_together_and_arrive_in_order() {
+    bounded(async {
+        let broker = Broker::start(free_port()).await;
+        let (a, ra) = start(broker.url());
+        let (b, rb) = start(broker.url());
+        until("both subscribed", || a.is_subscribed() && b.is_subscribed()).await;
+        let conn = raw_connect(&broker.url()).await;
+        let (ch, mut watch) = raw_watch(&conn).await;
+
+        // Queued faster than one message at a time can leave: they must go out batched,
+        // and arrive whole and in order.
+        let sent: Vec<Event> = (0..500).map(event).collect();
+        for e in &sent {
+            a.publish_detached(e).await.expect("queued");
+        }
+        until("500 events at both", || {
+            ra.events().len() >= 500 && rb.events().len() >= 500
+        })
+        .await;
+        assert_eq!(ra.events(), sent, "in order at the publisher");
+        assert_eq!(rb.events(), sent, "in order at the other node");
+
+        // On the wire: plain objects for lone events, arrays for batches, nothing else.
+        let (mut messages, mut on_wire) = (0, Vec::new());
+        while on_wire.len() < sent.len() {
+            let delivery = step("raw delivery", watch.next())
+                .await
+                .expect("a delivery")
+                .expect("ok");
+            messages += 1;
+            match serde_json::from_slice::<serde_json::Value>(&delivery.data).expect("JSON") {
+                serde_json::Value::Array(batch) => {
+                    assert!(batch.len() > 1, "a batch holds several events");
+                    on_wire.extend(batch);
+                }
+                one => on_wire.push(one),
+            }
+        }
+        let versions: Vec<u64> = on_wire
+            .iter()
+            .map(|e| e["version"].as_u64().expect("a version"))
+            .collect();
+        assert_eq!(versions, (0..500).collect::<Vec<_>>());
+        assert!(
+            messages < sent.len(),
+            "500 events queued at once went out in {messages} messages"
+        );
+
+        // A batch from elsewhere (another node's publisher) is delivered event by event;
+        // an empty one is nothing.
+        raw_publish(&ch, b"[]").await;
+        let pair = [event(1000), event(1001)];
+        raw_publish(&ch, &serde_json::to_vec(&pair).expect("JSON")).await;
+        until("the pair", || ra.events().len() >= 502).await;
+        assert_eq!(ra.events()[500..], pair);
+        assert_eq!((ra.disconnects(), rb.disconnects()), (0, 0));
+
+        let _ = step("raw close", conn.close(200, "bye".into())).await;
         a.close().await;
         b.close().await;
         ra.check_protocol("a");
@@ -469,68 +627,7 @@ async fn malformed_bodies_are_skipped() {
         // A raw client: its own queue on the exchange to look at what the bus sends, and a
         // confirm-mode channel for garbage.
         let conn = raw_connect(&broker.url()).await;
-        let ch = raw_channel(&conn).await;
-        step(
-            "exchange.declare",
-            ch.exchange_declare(
-                EXCHANGE.into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("same exchange");
-        let q = step(
-            "queue.declare",
-            ch.queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("queue")
-        .name()
-        .to_string();
-        step(
-            "queue.bind",
-            ch.queue_bind(
-                q.as_str().into(),
-                EXCHANGE.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("bind");
-        let mut watch = step(
-            "basic.consume",
-            ch.basic_consume(
-                q.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("consume");
-        step(
-            "confirm.select",
-            ch.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await
-        .expect("confirm.select");
+        let (ch, mut watch) = raw_watch(&conn).await;
 
         let huge = vec![b'{'; 200_000];
         let garbage: Vec<&[u8]> = vec![
@@ -549,24 +646,7 @@ async fn malformed_bodies_are_skipped() {
             br#"{"id":"x","version":1,"kind":"exploded"}"#,
         ];
         for body in garbage.iter().copied().chain(compatible) {
-            let confirm = step(
-                "raw publish",
-                ch.basic_publish(
-                    EXCHANGE.into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    BasicProperties::default(),
-                ),
-            )
-            .await
-            .expect("raw publish");
-            assert!(
-                step("raw confirm", confirm)
-                    .await
-                    .expect("confirm")
-                    .is_ack()
-            );
+            raw_publish(&ch, body).await;
         }
 
         let good = event(1);

@@ -33,7 +33,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the connection's state is checked, as a backstop to its events.
 const STATUS_CHECK: Duration = Duration::from_millis(500);
-/// Outboxed events published before waiting for their confirms.
+/// Outboxed messages published before waiting for their confirms.
 const FLUSH_BATCH: usize = 256;
 /// Bytes of a malformed body quoted in the log.
 const EXCERPT: usize = 120;
@@ -207,7 +207,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     if !told_down {
         notify("disconnected", || shared.subscriber.disconnected());
     }
-    let left = shared.link().outbox.len();
+    let left = shared.link().outboxed;
     if left > 0 {
         warn!(
             events = left,
@@ -424,7 +424,7 @@ async fn flush(shared: &Shared, live: Live) -> Result<usize, String> {
     let exchange = shared.config.exchange.as_str();
     let mut sent = 0;
     loop {
-        let batch: Vec<Vec<u8>> = shared
+        let batch: Vec<(Vec<u8>, usize)> = shared
             .link()
             .outbox
             .iter()
@@ -435,14 +435,17 @@ async fn flush(shared: &Shared, live: Live) -> Result<usize, String> {
             break;
         }
         let mut confirms = Vec::with_capacity(batch.len());
-        for body in &batch {
+        for (body, _) in &batch {
             confirms.push(send(&live.channel, exchange, body, timeout).await?);
         }
         for confirm in confirms {
             confirmed(confirm, timeout).await?;
         }
-        shared.link().outbox.drain(..batch.len());
-        sent += batch.len();
+        let events: usize = batch.iter().map(|(_, events)| events).sum();
+        let mut link = shared.link();
+        link.outbox.drain(..batch.len());
+        link.outboxed -= events;
+        sent += events;
     }
     let dropped = {
         let mut link = shared.link();
@@ -466,11 +469,24 @@ struct Malformed {
     unreported: u64,
 }
 
-/// Hands one delivery to the subscriber; a malformed body is logged and skipped. False if
-/// the subscriber panicked.
+/// Hands the events of one delivery (one event, or a JSON array of them) to the
+/// subscriber, in order; a malformed body is logged and skipped. False if the subscriber
+/// panicked.
 fn deliver(shared: &Shared, body: &[u8], malformed: &mut Malformed) -> bool {
-    let error = match serde_json::from_slice::<Event>(body) {
-        Ok(event) => return notify("event", || shared.subscriber.event(event)),
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let parsed = if batch {
+        serde_json::from_slice::<Vec<Event>>(body)
+    } else {
+        serde_json::from_slice::<Event>(body).map(|event| vec![event])
+    };
+    let error = match parsed {
+        Ok(events) => {
+            return notify("event", || {
+                for event in events {
+                    shared.subscriber.event(event);
+                }
+            });
+        }
         Err(e) => e,
     };
     let excerpt = excerpt(body);

@@ -12,9 +12,13 @@
 //! [`Subscriber::subscribed`] every event published from then on will be delivered, so a
 //! cache emptied at that moment (or bypassed in between) is coherent again.
 //!
-//! On the publishing side, [`Bus::publish`] waits for the broker's publisher confirm. An
-//! event that cannot be confirmed goes to a bounded outbox, which is published (in order,
-//! ahead of any newer event) right after the next successful (re)connect.
+//! On the publishing side, events go to one publisher task per [`Bus`], which sends all
+//! that queued up while its previous message was on its way as one message (a JSON array;
+//! a lone event goes as a plain object). Under load that turns many small messages, each
+//! a wake-up in every node and in the broker, into a few larger ones; idle, an event
+//! leaves at once. [`Bus::publish`] waits for the broker's publisher confirm. An event
+//! that cannot be confirmed goes to a bounded outbox, which is published (in order, ahead
+//! of any newer event) right after the next successful (re)connect.
 //!
 //! The connection is owned by one task per [`Bus`], which reconnects with exponential
 //! backoff and jitter; lapin's own recovery is not used, because a recovered consumer on a
@@ -30,13 +34,17 @@ use std::time::Duration;
 
 use lapin::{Channel, PublisherConfirm};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::Record;
 
 /// How long [`Bus::close`] waits for the task to close its connection before aborting it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events waiting for the publisher task; more make publishers wait (backpressure).
+const QUEUE_CAPACITY: usize = 1024;
+/// Most events in one message.
+const MAX_BATCH: usize = 256;
 
 /// A change to one session, as published to every node.
 ///
@@ -91,39 +99,124 @@ impl Event {
     }
 }
 
-/// Sends `event` under the order lock: events leave in the order of the calls. Err when
-/// it could not be sent (then it is in the outbox, or refused).
-async fn send_in_order(
-    shared: &Arc<Shared>,
-    event: &Event,
-) -> Result<(Live, Vec<u8>, Result<PublisherConfirm, String>), BusError> {
-    let body = serde_json::to_vec(event)?;
-    let _turn = shared.order.lock().await;
-    if shared.closed.load(Ordering::SeqCst) {
-        return Err(BusError::Closed);
-    }
-    let live = {
-        let link = shared.link();
-        match &link.live {
-            Some(live) if link.outbox.is_empty() => live.clone(),
-            _ => {
-                drop(link);
-                shared.enqueue(body, BusError::NotConnected)?;
-                return Err(BusError::NotConnected);
-            }
-        }
-    };
-    let timeout = shared.config.confirm_timeout;
-    let sent = link::send(&live.channel, &shared.config.exchange, &body, timeout).await;
-    Ok((live, body, sent))
+/// One event waiting for the publisher task.
+struct Queued {
+    /// The event as JSON.
+    body: Vec<u8>,
+    /// Told how the event fared, for [`Bus::publish`]; None for [`Bus::publish_detached`].
+    done: Option<oneshot::Sender<Result<(), BusError>>>,
 }
 
-/// Waits for the ack of a sent event, outside the order lock (later publishes need not
-/// wait for it). Without one, the link is dropped and the event goes to the outbox.
+/// Events sent as one message.
+struct Batch {
+    /// Their bodies joined into a JSON array; one alone as it is.
+    body: Vec<u8>,
+    events: usize,
+    waiters: Waiters,
+}
+
+impl Batch {
+    fn new(queued: &mut Vec<Queued>) -> Batch {
+        let events = queued.len();
+        let mut waiters = Vec::new();
+        let body = if events == 1 {
+            let q = queued.remove(0);
+            waiters.extend(q.done);
+            q.body
+        } else {
+            let len = queued.iter().map(|q| q.body.len() + 1).sum::<usize>() + 1;
+            let mut body = Vec::with_capacity(len);
+            for q in queued.drain(..) {
+                body.push(if body.is_empty() { b'[' } else { b',' });
+                body.extend_from_slice(&q.body);
+                waiters.extend(q.done);
+            }
+            body.push(b']');
+            body
+        };
+        Batch {
+            body,
+            events,
+            waiters: Waiters(waiters),
+        }
+    }
+}
+
+/// The callers of [`Bus::publish`] whose events went in one batch.
+struct Waiters(Vec<oneshot::Sender<Result<(), BusError>>>);
+
+impl Waiters {
+    /// Tells each how its event fared; detached events' failures are only logged.
+    fn answer(self, events: usize, outcome: Result<(), BusError>) {
+        if let Err(err) = &outcome
+            && self.0.is_empty()
+        {
+            tracing::debug!(%err, events, "detached session events");
+        }
+        for waiter in self.0 {
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+}
+
+/// The publisher task: sends each batch under the order lock, so batches leave in the
+/// order their events were queued. As Nagle's algorithm does for small segments, it keeps
+/// one message unconfirmed at most: events queued while the broker has yet to ack the
+/// previous one wait for that ack and leave together. Idle, an event leaves at once; under
+/// load, one message carries many. Ends when the last [`Bus`] is dropped.
+async fn publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<Queued>) {
+    let mut queued = Vec::with_capacity(MAX_BATCH);
+    let mut unconfirmed: Option<JoinHandle<()>> = None;
+    while queue.recv_many(&mut queued, MAX_BATCH).await > 0 {
+        if let Some(previous) = unconfirmed.take() {
+            // Bounded by the confirm timeout; a panic there was already reported.
+            let _ = previous.await;
+            while queued.len() < MAX_BATCH
+                && let Ok(more) = queue.try_recv()
+            {
+                queued.push(more);
+            }
+        }
+        let Batch {
+            body,
+            events,
+            waiters,
+        } = Batch::new(&mut queued);
+        let turn = shared.order.lock().await;
+        if shared.closed.load(Ordering::SeqCst) {
+            waiters.answer(events, Err(BusError::Closed));
+            continue;
+        }
+        let live = {
+            let link = shared.link();
+            match &link.live {
+                Some(live) if link.outbox.is_empty() => live.clone(),
+                _ => {
+                    drop(link);
+                    let outcome = shared.enqueue(body, events, BusError::NotConnected);
+                    waiters.answer(events, outcome);
+                    continue;
+                }
+            }
+        };
+        let timeout = shared.config.confirm_timeout;
+        let sent = link::send(&live.channel, &shared.config.exchange, &body, timeout).await;
+        drop(turn);
+        let shared = shared.clone();
+        unconfirmed = Some(tokio::spawn(async move {
+            let outcome = settle(&shared, live, body, events, sent).await;
+            waiters.answer(events, outcome);
+        }));
+    }
+}
+
+/// Waits for the ack of a sent batch, outside the order lock (later publishes need not
+/// wait for it). Without one, the link is dropped and the batch goes to the outbox.
 async fn settle(
     shared: &Shared,
     live: Live,
     body: Vec<u8>,
+    events: usize,
     sent: Result<PublisherConfirm, String>,
 ) -> Result<(), BusError> {
     let timeout = shared.config.confirm_timeout;
@@ -134,7 +227,7 @@ async fn settle(
     let Err(reason) = outcome else {
         return Ok(());
     };
-    tracing::debug!(%reason, "session event not confirmed; reconnecting");
+    tracing::debug!(%reason, "session events not confirmed; reconnecting");
     let _turn = shared.order.lock().await;
     {
         // Later publishes must queue behind this one until the reconnect.
@@ -144,7 +237,7 @@ async fn settle(
         }
     }
     live.broken.notify_one();
-    shared.enqueue(body, BusError::Unconfirmed(reason))
+    shared.enqueue(body, events, BusError::Unconfirmed(reason))
 }
 
 fn now_us() -> u64 {
@@ -229,7 +322,7 @@ impl fmt::Debug for BusConfig {
 }
 
 /// Why [`Bus::publish`] did not get a confirm. See [`BusError::is_queued`].
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("not connected to the event broker; the event waits in the outbox")]
     NotConnected,
@@ -240,7 +333,7 @@ pub enum BusError {
     #[error("the event bus is closed; the event was dropped")]
     Closed,
     #[error("the event could not be encoded: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(String),
 }
 
 impl BusError {
@@ -261,6 +354,8 @@ pub struct Bus {
 /// stops the task.
 struct Handle {
     shared: Arc<Shared>,
+    /// To the publisher task.
+    queue: mpsc::Sender<Queued>,
     stop: watch::Sender<bool>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -278,9 +373,9 @@ struct Shared {
     subscriber: Arc<dyn Subscriber>,
     subscribed: AtomicBool,
     closed: AtomicBool,
-    /// Taken by each publish and by the outbox flush for their whole duration, so that
-    /// events leave in the order `publish` was called (tokio's mutex is fair) and the
-    /// outbox is only changed by its holder.
+    /// Taken by the publisher task for each send and by the outbox flush for its whole
+    /// duration, so that events leave in the order `publish` was called and the outbox is
+    /// only changed by its holder.
     order: tokio::sync::Mutex<()>,
     link: Mutex<Link>,
 }
@@ -289,8 +384,11 @@ struct Shared {
 struct Link {
     /// The current connection's confirm-mode channel, once the outbox has been flushed.
     live: Option<Live>,
-    /// JSON bodies waiting for a connection, oldest first.
-    outbox: VecDeque<Vec<u8>>,
+    /// Message bodies waiting for a connection, oldest first, with how many events each
+    /// holds.
+    outbox: VecDeque<(Vec<u8>, usize)>,
+    /// Events in `outbox`.
+    outboxed: usize,
     /// Events refused since the outbox last had room (logged once flushed).
     dropped: u64,
     /// The current connection's queue.
@@ -315,12 +413,12 @@ impl Shared {
         self.link.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Puts `body` in the outbox, then returns `error` (or that the outbox is full).
-    /// Callers hold `order`.
-    fn enqueue(&self, body: Vec<u8>, error: BusError) -> Result<(), BusError> {
+    /// Puts `body` (of `events` events) in the outbox, then returns `error` (or that the
+    /// outbox is full). Callers hold `order`.
+    fn enqueue(&self, body: Vec<u8>, events: usize, error: BusError) -> Result<(), BusError> {
         let mut link = self.link();
-        if link.outbox.len() >= self.config.outbox_capacity {
-            link.dropped += 1;
+        if link.outboxed + events > self.config.outbox_capacity {
+            link.dropped += events as u64;
             if link.dropped == 1 {
                 tracing::error!(
                     capacity = self.config.outbox_capacity,
@@ -329,7 +427,8 @@ impl Shared {
             }
             return Err(BusError::OutboxFull(self.config.outbox_capacity));
         }
-        link.outbox.push_back(body);
+        link.outbox.push_back((body, events));
+        link.outboxed += events;
         Err(error)
     }
 }
@@ -348,9 +447,12 @@ impl Bus {
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(link::run(shared.clone(), stopped));
+        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(publisher(shared.clone(), queued));
         Bus {
             handle: Arc::new(Handle {
                 shared,
+                queue,
                 stop,
                 task: tokio::sync::Mutex::new(Some(task)),
             }),
@@ -363,28 +465,38 @@ impl Bus {
     /// (re)connect, and `Err` is returned ([`BusError::is_queued`] tells which). A failed
     /// confirm also makes the bus drop the connection and reconnect.
     ///
-    /// Events from one node are sent in the order of the calls; each call waits only for
-    /// its own ack. An unconfirmed event may reach the outbox after a later one was
-    /// confirmed, which is harmless: events carry versions. If the returned future is
-    /// dropped before it completes, the event may or may not have been sent.
+    /// Events from one node are sent in the order of the calls (of calls that overlap, in
+    /// the order they queued); each call waits only for its own message's ack. An
+    /// unconfirmed event may reach the outbox after a later one was confirmed, which is
+    /// harmless: events carry versions. Once queued, the event is sent even if the
+    /// returned future is dropped.
     pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let shared = self.handle.shared.clone();
-        let (live, body, sent) = send_in_order(&shared, event).await?;
-        settle(&shared, live, body, sent).await
+        let (done, outcome) = oneshot::channel();
+        self.queue(event, Some(done)).await?;
+        outcome.await.unwrap_or(Err(BusError::Closed))
     }
 
-    /// Sends like [`Bus::publish`], in order, but returns once the event is sent, leaving
-    /// the broker's ack to be awaited in the background (with the same outbox on
-    /// failure). For events whose sender has nothing to wait for.
+    /// Queues like [`Bus::publish`], in order, but returns at once, leaving the sending and
+    /// the broker's ack to the publisher task (with the same outbox on failure). For
+    /// events whose sender has nothing to wait for. Waits only while the queue is full.
     pub async fn publish_detached(&self, event: &Event) -> Result<(), BusError> {
-        let shared = self.handle.shared.clone();
-        let (live, body, sent) = send_in_order(&shared, event).await?;
-        tokio::spawn(async move {
-            if let Err(err) = settle(&shared, live, body, sent).await {
-                tracing::debug!(%err, "detached session event");
-            }
-        });
-        Ok(())
+        self.queue(event, None).await
+    }
+
+    async fn queue(
+        &self,
+        event: &Event,
+        done: Option<oneshot::Sender<Result<(), BusError>>>,
+    ) -> Result<(), BusError> {
+        let body = serde_json::to_vec(event).map_err(|e| BusError::Encode(e.to_string()))?;
+        if self.handle.shared.closed.load(Ordering::SeqCst) {
+            return Err(BusError::Closed);
+        }
+        self.handle
+            .queue
+            .send(Queued { body, done })
+            .await
+            .map_err(|_| BusError::Closed)
     }
 
     /// Whether the consumer is registered: every event published from now on is seen.
@@ -394,7 +506,7 @@ impl Bus {
 
     /// Events waiting in the outbox.
     pub fn outbox_len(&self) -> usize {
-        self.handle.shared.link().outbox.len()
+        self.handle.shared.link().outboxed
     }
 
     /// The server-named queue of the current connection, if connected.
