@@ -210,8 +210,9 @@ async fn publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<Queued>) {
     }
 }
 
-/// Waits for the ack of a sent batch, outside the order lock (later publishes need not
-/// wait for it). Without one, the link is dropped and the batch goes to the outbox.
+/// Waits for the ack of a sent batch, outside the order lock (the outbox flush of a new
+/// link need not wait for it). Without one, the link is dropped and the batch goes to the
+/// outbox.
 async fn settle(
     shared: &Shared,
     live: Live,
