@@ -34,6 +34,8 @@
 #   CONFIGS="local shared-nocache shared jwt shared-rabbitmq shared-light"
 #   SETTLE=10         seconds to let a freshly booted RabbitMQ go idle before measuring
 #   BUILD=0           use the release binaries already built instead of running cargo build
+#   THREADS           runtime worker threads of each topology process; by default, as
+#                     `demo-app up` gives them: the cores divided among the five, at least one
 set -euo pipefail
 # stop_pid, wait_port, start_rabbit
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -49,6 +51,8 @@ LIGHT_CONNECTIONS="${LIGHT_CONNECTIONS:-4}"
 LIGHT_RATE="${LIGHT_RATE:-1000}"
 CONFIGS="${CONFIGS:-local shared-nocache shared jwt shared-rabbitmq shared-light}"
 SETTLE="${SETTLE:-10}"
+THREADS="${THREADS:-$(( $(nproc) / 5 > 1 ? $(nproc) / 5 : 1 ))}"
+[[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || { echo "THREADS must be a positive integer" >&2; exit 2; }
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "REPS must be a positive integer" >&2; exit 2; }
 [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "SECONDS must be a positive integer" >&2; exit 2; }
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || { echo "WARMUP must be a whole number of seconds" >&2; exit 2; }
@@ -151,7 +155,7 @@ start_topology() { # CONFIG RUN: store + broker, three nodes, the LB; sets LB_UR
     shared-rabbitmq) mode=shared events=$RABBIT_URL ;;
     jwt) mode=jwt ;;
   esac
-  setsid "$STORE" --bind "127.0.0.1:$sp" --amqp-bind "127.0.0.1:$ap" --amqp-no-persist \
+  TOKIO_WORKER_THREADS=$THREADS setsid "$STORE" --bind "127.0.0.1:$sp" --amqp-bind "127.0.0.1:$ap" --amqp-no-persist \
     --no-amqp-management > "$dir/store.log" 2>&1 < /dev/null &
   TOPO_PIDS+=($!)
   CPU_PIDS="store=$!"
@@ -162,7 +166,7 @@ start_topology() { # CONFIG RUN: store + broker, three nodes, the LB; sets LB_UR
   i=0
   for np in $ports; do
     i=$((i + 1))
-    setsid "$DEMO" serve --listen "127.0.0.1:$np" --node-id "app$i" --session-mode "$mode" \
+    TOKIO_WORKER_THREADS=$THREADS setsid "$DEMO" serve --listen "127.0.0.1:$np" --node-id "app$i" --session-mode "$mode" \
       --store-url "redis://127.0.0.1:$sp" --events-url "$events" "${extra[@]}" \
       > "$dir/app$i.log" 2>&1 < /dev/null &
     TOPO_PIDS+=($!)
@@ -171,7 +175,7 @@ start_topology() { # CONFIG RUN: store + broker, three nodes, the LB; sets LB_UR
     backends+=(--backend "app$i=http://127.0.0.1:$np")
     NODE_URLS+="${NODE_URLS:+,}http://127.0.0.1:$np"
   done
-  setsid "$LB" --listen "127.0.0.1:$lp" "${backends[@]}" --affinity "$affinity" \
+  TOKIO_WORKER_THREADS=$THREADS setsid "$LB" --listen "127.0.0.1:$lp" "${backends[@]}" --affinity "$affinity" \
     > "$dir/lb.log" 2>&1 < /dev/null &
   TOPO_PIDS+=($!)
   CPU_PIDS+=",lb=$!"
@@ -181,7 +185,7 @@ start_topology() { # CONFIG RUN: store + broker, three nodes, the LB; sets LB_UR
 
 LOAD_NOTE="load $(cut -d' ' -f1-3 /proc/loadavg) before the first run"
 {
-  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS LIGHT_CONNECTIONS=$LIGHT_CONNECTIONS LIGHT_RATE=$LIGHT_RATE WRITE_RATIO=$WRITE_RATIO CONFIGS=\"$CONFIGS\" $(nproc) CPUs, $LOAD_NOTE"
+  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS LIGHT_CONNECTIONS=$LIGHT_CONNECTIONS LIGHT_RATE=$LIGHT_RATE WRITE_RATIO=$WRITE_RATIO THREADS=$THREADS CONFIGS=\"$CONFIGS\" $(nproc) CPUs, $LOAD_NOTE"
   echo "# ours $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- session-layer demo-app session-store lb 2>/dev/null || echo '+dirty')${RABBIT_URL:+, rabbitmq $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?')}"
   for n in "${NOTES[@]}"; do echo "# note: $n"; done
 } | tee "$RESULTS" >&2
