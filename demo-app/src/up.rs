@@ -104,7 +104,13 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Res
     check_ports_free(&args)?;
     let exe = std::env::current_exe().context("locating this executable to start the children")?;
     let mut env = shared_secrets();
-    env.extend(worker_threads(&args));
+    if let Some(threads) = worker_threads(&args) {
+        tracing::info!(
+            threads = threads.1,
+            "each process runs this many runtime threads ({WORKER_THREADS} overrides)"
+        );
+        env.push(threads);
+    }
 
     let mut members = Vec::new();
     let started = start_all(&exe, &args, &env, &mut members).await;
