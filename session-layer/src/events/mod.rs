@@ -460,17 +460,16 @@ impl Bus {
         }
     }
 
-    /// Publishes and waits for the broker's publisher confirm (bounded by
-    /// `confirm_timeout`). When not connected or the confirm fails or times out, the event
+    /// Publishes and waits for the broker's publisher confirm: `confirm_timeout` at most
+    /// for its own message, after the one ahead of it (if any) got its confirm or its own
+    /// timeout. When not connected or the confirm fails or times out, the event
     /// goes to a bounded outbox that is flushed (in order) right after the next successful
     /// (re)connect, and `Err` is returned ([`BusError::is_queued`] tells which). A failed
     /// confirm also makes the bus drop the connection and reconnect.
     ///
     /// Events from one node are sent in the order of the calls (of calls that overlap, in
-    /// the order they queued); each call waits only for its own message's ack. An
-    /// unconfirmed event may reach the outbox after a later one was confirmed, which is
-    /// harmless: events carry versions. Once queued, the event is sent even if the
-    /// returned future is dropped.
+    /// the order they queued), and reach the outbox in that order too. Once queued, the
+    /// event is sent even if the returned future is dropped.
     pub async fn publish(&self, event: &Event) -> Result<(), BusError> {
         let (done, outcome) = oneshot::channel();
         self.queue(event, Some(done)).await?;
