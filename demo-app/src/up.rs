@@ -3,7 +3,8 @@
 //! that node held. Each child is this same executable run with another subcommand, which
 //! keeps `cargo run -p demo-app -- up` a single build.
 //!
-//! Children are told to stop with SIGTERM when `up` stops, and the kernel sends them
+//! Children are told to stop with SIGTERM when `up` stops (the LB, then the nodes, the store
+//! last, each stage once the one before has exited), and the kernel sends them
 //! SIGTERM if `up` itself dies without a chance to (parent-death signal), so none is left
 //! behind.
 
@@ -120,21 +121,48 @@ pub async fn up(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     print_summary(&args, &members);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut watchers = JoinSet::new();
-    for m in members {
-        watchers.spawn(watch_member(m, stop_rx.clone()));
-    }
+    let (release, mut stages) = watch_all(members);
     tokio::select! {
         _ = shutdown => {}
-        _ = all_exited(&mut watchers) => {
+        _ = all_exited(&mut stages) => {
             tracing::warn!("every child has exited; stopping");
         }
     }
-    let _ = stop_tx.send(true);
-    while watchers.join_next().await.is_some() {}
+    stop_in_order(&release, &mut stages).await;
     println!("stopped every process");
     Ok(())
+}
+
+/// Children stop in three stages, each once the one before has exited: the LB first (no
+/// new requests), then the nodes (each closes its event link while the broker is still
+/// there to say goodbye to), the store last.
+const STAGES: usize = 3;
+
+fn stop_stage(name: &str) -> usize {
+    match name {
+        "lb" => 0,
+        "store" => 2,
+        _ => 1,
+    }
+}
+
+/// Watches every member; each stops once the returned sender releases its stage (a value
+/// above the stage's number).
+fn watch_all(members: Vec<Member>) -> (watch::Sender<usize>, [JoinSet<()>; STAGES]) {
+    let (release, released) = watch::channel(0);
+    let mut stages: [JoinSet<()>; STAGES] = Default::default();
+    for m in members {
+        let stage = stop_stage(&m.name);
+        stages[stage].spawn(watch_member(m, stage, released.clone()));
+    }
+    (release, stages)
+}
+
+async fn stop_in_order(release: &watch::Sender<usize>, stages: &mut [JoinSet<()>; STAGES]) {
+    for (n, stage) in stages.iter_mut().enumerate() {
+        let _ = release.send(n + 1);
+        while stage.join_next().await.is_some() {}
+    }
 }
 
 /// The environment variable Tokio's runtime takes its number of worker threads from.
@@ -391,13 +419,13 @@ fn print_summary(args: &UpArgs, members: &[Member]) {
 }
 
 /// Watches one child: reports if it exits on its own, stops it when told to.
-async fn watch_member(mut m: Member, mut stop: watch::Receiver<bool>) {
+async fn watch_member(mut m: Member, stage: usize, mut released: watch::Receiver<usize>) {
     tokio::select! {
         status = m.child.wait() => {
             report_exit(&m.name, status);
             return;
         }
-        _ = stop.wait_for(|s| *s) => {}
+        _ = released.wait_for(|&r| r > stage) => {}
     }
     if let Some(pid) = m.child.id().and_then(|p| i32::try_from(p).ok()) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
@@ -421,19 +449,16 @@ fn report_exit(name: &str, status: std::io::Result<ExitStatus>) {
     }
 }
 
-async fn all_exited(watchers: &mut JoinSet<()>) {
-    while watchers.join_next().await.is_some() {}
+async fn all_exited(stages: &mut [JoinSet<()>; STAGES]) {
+    for stage in stages {
+        while stage.join_next().await.is_some() {}
+    }
 }
 
 /// Stops children started before a start-up failure.
 async fn stop_all(members: Vec<Member>) {
-    let (tx, rx) = watch::channel(true);
-    let mut set = JoinSet::new();
-    for m in members {
-        set.spawn(watch_member(m, rx.clone()));
-    }
-    drop(tx);
-    while set.join_next().await.is_some() {}
+    let (release, mut stages) = watch_all(members);
+    stop_in_order(&release, &mut stages).await;
 }
 
 #[cfg(test)]

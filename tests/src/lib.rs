@@ -5,12 +5,14 @@
 pub mod rabbit;
 pub mod topology;
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -130,10 +132,23 @@ pub fn wait_port(port: u16, timeout: Duration) {
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-/// Its stderr is copied to the test's output with a name prefix, for diagnosis.
+/// Its stderr is copied to the test's output with a name prefix, for diagnosis, and kept
+/// for [`Proc::output`].
 pub struct Proc {
     name: String,
     child: Child,
+    output: Arc<Output>,
+}
+
+/// Lines of a [`Proc`]'s output kept for [`Proc::output`]: the latest, so a chatty
+/// process cannot grow a test's memory without bound.
+const KEPT_LINES: usize = 10_000;
+
+/// What a [`Proc`] wrote, and how many of its two pipes have closed.
+#[derive(Default)]
+struct Output {
+    lines: Mutex<VecDeque<String>>,
+    closed: AtomicUsize,
 }
 
 impl Proc {
@@ -151,12 +166,31 @@ impl Proc {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-        relay(name, child.stdout.take());
-        relay(name, child.stderr.take());
+        let output = Arc::new(Output::default());
+        relay(name, child.stdout.take(), output.clone());
+        relay(name, child.stderr.take(), output.clone());
         Proc {
             name: name.to_string(),
             child,
+            output,
         }
+    }
+
+    /// The lines the process (and whatever it started with the same pipes) wrote, the
+    /// latest [`KEPT_LINES`] of them, once both pipes have closed: call after it exited.
+    pub fn output(&self) -> Vec<String> {
+        wait_for(
+            &format!("{}'s output to end", self.name),
+            Duration::from_secs(10),
+            || (self.output.closed.load(Ordering::SeqCst) == 2).then_some(()),
+        );
+        self.output
+            .lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
@@ -198,16 +232,27 @@ impl Drop for Proc {
     }
 }
 
-fn relay(name: &str, pipe: Option<impl std::io::Read + Send + 'static>) {
-    let Some(pipe) = pipe else { return };
+fn relay(name: &str, pipe: Option<impl std::io::Read + Send + 'static>, output: Arc<Output>) {
+    let Some(pipe) = pipe else {
+        output.closed.fetch_add(1, Ordering::SeqCst);
+        return;
+    };
     let name = name.to_string();
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             match line {
-                Ok(line) => eprintln!("[{name}] {line}"),
+                Ok(line) => {
+                    eprintln!("[{name}] {line}");
+                    let mut lines = output.lines.lock().unwrap_or_else(PoisonError::into_inner);
+                    if lines.len() == KEPT_LINES {
+                        lines.pop_front();
+                    }
+                    lines.push_back(line);
+                }
                 Err(_) => break,
             }
         }
+        output.closed.fetch_add(1, Ordering::SeqCst);
     });
 }
 

@@ -88,6 +88,19 @@ fn up_serves_through_the_lb_and_sigterm_stops_every_child() {
             || (!alive(pid)).then_some(()),
         );
     }
+    // The LB stops first, the store last: every node closes its event link while the
+    // broker is still there, so a stop logs no error (a broker stopping under the nodes
+    // makes their AMQP client log CONNECTION_FORCED at ERROR).
+    let output = up.output();
+    let stopping = output
+        .iter()
+        .position(|l| l.contains("shutting down"))
+        .expect("up logs its shutdown");
+    let errors: Vec<&String> = output[stopping..]
+        .iter()
+        .filter(|l| l.contains("ERROR"))
+        .collect();
+    assert!(errors.is_empty(), "errors while stopping: {errors:#?}");
 }
 
 #[test]
