@@ -41,8 +41,6 @@ use crate::Record;
 
 /// How long [`Bus::close`] waits for the task to close its connection before aborting it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Events waiting for the publisher task; more make publishers wait (backpressure).
-const QUEUE_CAPACITY: usize = 1024;
 /// Most events in one message.
 const MAX_BATCH: usize = 256;
 
@@ -290,7 +288,8 @@ pub struct BusConfig {
     pub backoff_max: Duration,
     /// How long [`Bus::publish`] waits for the broker's confirm.
     pub confirm_timeout: Duration,
-    /// Events kept for publishing after a reconnect; more are refused.
+    /// Events kept for publishing after a reconnect; more are refused. Also how many may
+    /// wait for the publisher task before publishers wait for room.
     pub outbox_capacity: usize,
 }
 
@@ -448,7 +447,10 @@ impl Bus {
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(link::run(shared.clone(), stopped));
-        let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
+        // Events waiting for the publisher task are bounded like the outbox; more make
+        // publishers wait. As many as the outbox holds, so that while a silent link waits
+        // out its confirm timeout, writes keep queueing instead of waiting with it.
+        let (queue, queued) = mpsc::channel(shared.config.outbox_capacity.max(1));
         tokio::spawn(publisher(shared.clone(), queued));
         Bus {
             handle: Arc::new(Handle {
