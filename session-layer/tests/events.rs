@@ -547,6 +547,33 @@ async fn events_queued_together_leave_together_and_arrive_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_before_close_still_go_out() {
+    bounded(async {
+        let broker = Broker::start(free_port()).await;
+        let (a, _ra) = start(broker.url());
+        let (b, rb) = start(broker.url());
+        until("both subscribed", || a.is_subscribed() && b.is_subscribed()).await;
+
+        // A node stopping right after writes' responses left: their events are queued,
+        // not yet sent, and must not be lost with the node.
+        let sent: Vec<Event> = (0..300).map(event).collect();
+        for e in &sent {
+            a.publish_detached(e).await.expect("queued");
+        }
+        a.close().await;
+        let err = a.publish(&event(300)).await.expect_err("closed");
+        assert!(matches!(err, BusError::Closed), "{err}");
+        until("all 300 at b", || rb.events().len() >= 300).await;
+        assert_eq!(rb.events(), sent);
+
+        b.close().await;
+        rb.check_protocol("b");
+        broker.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_disconnects_resubscribes_and_flushes_the_outbox() {
     bounded(async {
         let broker = Broker::start(free_port()).await;

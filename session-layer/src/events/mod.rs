@@ -99,8 +99,9 @@ impl Event {
 
 /// One event waiting for the publisher task.
 struct Queued {
-    /// The event as JSON.
-    body: Vec<u8>,
+    /// The event as JSON; None for a drain request from [`Bus::close`], answered once
+    /// everything queued before it has been confirmed or put in the outbox.
+    body: Option<Vec<u8>>,
     /// Told how the event fared, for [`Bus::publish`]; None for [`Bus::publish_detached`].
     done: Option<oneshot::Sender<Result<(), BusError>>>,
 }
@@ -117,17 +118,17 @@ impl Batch {
     fn new(queued: &mut Vec<Queued>) -> Batch {
         let events = queued.len();
         let mut waiters = Vec::new();
-        let body = if events == 1 {
-            let q = queued.remove(0);
+        let mut bodies = queued.drain(..).filter_map(|q| {
             waiters.extend(q.done);
             q.body
+        });
+        let body = if events == 1 {
+            bodies.next().unwrap_or_default()
         } else {
-            let len = queued.iter().map(|q| q.body.len() + 1).sum::<usize>() + 1;
-            let mut body = Vec::with_capacity(len);
-            for q in queued.drain(..) {
+            let mut body = Vec::new();
+            for event in bodies {
                 body.push(if body.is_empty() { b'[' } else { b',' });
-                body.extend_from_slice(&q.body);
-                waiters.extend(q.done);
+                body.extend_from_slice(&event);
             }
             body.push(b']');
             body
@@ -164,8 +165,14 @@ impl Waiters {
 /// load, one message carries many. Ends when the last [`Bus`] is dropped.
 async fn publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<Queued>) {
     let mut queued = Vec::with_capacity(MAX_BATCH);
+    // What came after a drain request, for the next round.
+    let mut later = Vec::new();
     let mut unconfirmed: Option<JoinHandle<()>> = None;
-    while queue.recv_many(&mut queued, MAX_BATCH).await > 0 {
+    loop {
+        queued.append(&mut later);
+        if queued.is_empty() && queue.recv_many(&mut queued, MAX_BATCH).await == 0 {
+            break;
+        }
         if let Some(previous) = unconfirmed.take() {
             // Bounded by the confirm timeout; a panic there was already reported.
             let _ = previous.await;
@@ -175,37 +182,53 @@ async fn publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<Queued>) {
                 queued.push(more);
             }
         }
-        let Batch {
-            body,
-            events,
-            waiters,
-        } = Batch::new(&mut queued);
-        let turn = shared.order.lock().await;
-        if shared.closed.load(Ordering::SeqCst) {
-            waiters.answer(events, Err(BusError::Closed));
-            continue;
+        if let Some(at) = queued.iter().position(|q| q.body.is_none()) {
+            later = queued.split_off(at);
         }
-        let live = {
-            let link = shared.link();
-            match &link.live {
-                Some(live) if link.outbox.is_empty() => live.clone(),
-                _ => {
-                    drop(link);
-                    let outcome = shared.enqueue(body, events, BusError::NotConnected);
-                    waiters.answer(events, outcome);
-                    continue;
-                }
+        if !queued.is_empty() {
+            unconfirmed = send(&shared, Batch::new(&mut queued)).await;
+        }
+        if !later.is_empty() {
+            if let Some(previous) = unconfirmed.take() {
+                let _ = previous.await;
             }
-        };
-        let timeout = shared.config.confirm_timeout;
-        let sent = link::send(&live.channel, &shared.config.exchange, &body, timeout).await;
-        drop(turn);
-        let shared = shared.clone();
-        unconfirmed = Some(tokio::spawn(async move {
-            let outcome = settle(&shared, live, body, events, sent).await;
-            waiters.answer(events, outcome);
-        }));
+            let drained = later.remove(0);
+            if let Some(done) = drained.done {
+                let _ = done.send(Ok(()));
+            }
+        }
     }
+}
+
+/// Sends one batch, or puts it in the outbox when there is no link; returns the task that
+/// waits for its confirm.
+async fn send(shared: &Arc<Shared>, batch: Batch) -> Option<JoinHandle<()>> {
+    let Batch {
+        body,
+        events,
+        waiters,
+    } = batch;
+    let turn = shared.order.lock().await;
+    let live = {
+        let link = shared.link();
+        match &link.live {
+            Some(live) if link.outbox.is_empty() => live.clone(),
+            _ => {
+                drop(link);
+                let outcome = shared.enqueue(body, events, BusError::NotConnected);
+                waiters.answer(events, outcome);
+                return None;
+            }
+        }
+    };
+    let timeout = shared.config.confirm_timeout;
+    let sent = link::send(&live.channel, &shared.config.exchange, &body, timeout).await;
+    drop(turn);
+    let shared = shared.clone();
+    Some(tokio::spawn(async move {
+        let outcome = settle(&shared, live, body, events, sent).await;
+        waiters.answer(events, outcome);
+    }))
 }
 
 /// Waits for the ack of a sent batch, outside the order lock (the outbox flush of a new
@@ -496,7 +519,10 @@ impl Bus {
         }
         self.handle
             .queue
-            .send(Queued { body, done })
+            .send(Queued {
+                body: Some(body),
+                done,
+            })
             .await
             .map_err(|_| BusError::Closed)
     }
@@ -522,6 +548,21 @@ impl Bus {
     pub async fn close(&self) {
         let handle = &self.handle;
         handle.shared.closed.store(true, Ordering::SeqCst);
+        // Events queued before now still go out (a node stopping right after a write's
+        // response must not take the write's event with it), within the same bound.
+        let (done, drained) = oneshot::channel();
+        let drain = async {
+            let request = Queued {
+                body: None,
+                done: Some(done),
+            };
+            if handle.queue.send(request).await.is_ok() {
+                let _ = drained.await;
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, drain).await.is_err() {
+            tracing::warn!("session events still queued after {CLOSE_TIMEOUT:?}; dropped");
+        }
         let _ = handle.stop.send(true);
         let mut task = handle.task.lock().await;
         if let Some(mut running) = task.take()
