@@ -542,8 +542,9 @@ impl Bus {
         self.handle.shared.link().queue.clone()
     }
 
-    /// Stops the task and closes the connection cleanly (used on shutdown and in tests).
-    /// The subscriber gets a last `disconnected` if it was subscribed; events still in the
+    /// Sends what was queued before the call, then stops the task and closes the
+    /// connection cleanly (used on shutdown and in tests), each step bounded. The
+    /// subscriber gets a last `disconnected` if it was subscribed; events still in the
     /// outbox are dropped (and logged). Later publishes fail with [`BusError::Closed`].
     pub async fn close(&self) {
         let handle = &self.handle;
