@@ -132,8 +132,8 @@ pub fn wait_port(port: u16, timeout: Duration) {
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-/// Its stderr is copied to the test's output with a name prefix, for diagnosis, and kept
-/// for [`Proc::output`].
+/// Its stdout and stderr are copied to the test's output with a name prefix, for
+/// diagnosis, and kept for [`Proc::output`].
 pub struct Proc {
     name: String,
     child: Child,

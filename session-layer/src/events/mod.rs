@@ -115,24 +115,24 @@ struct Batch {
 }
 
 impl Batch {
+    /// Takes every event in `queued` (which holds no drain request).
     fn new(queued: &mut Vec<Queued>) -> Batch {
         let events = queued.len();
         let mut waiters = Vec::new();
-        let mut bodies = queued.drain(..).filter_map(|q| {
+        let mut body = Vec::new();
+        for q in queued.drain(..) {
             waiters.extend(q.done);
-            q.body
-        });
-        let body = if events == 1 {
-            bodies.next().unwrap_or_default()
-        } else {
-            let mut body = Vec::new();
-            for event in bodies {
+            let Some(event) = q.body else { continue };
+            if events == 1 {
+                body = event;
+            } else {
                 body.push(if body.is_empty() { b'[' } else { b',' });
                 body.extend_from_slice(&event);
             }
+        }
+        if events > 1 {
             body.push(b']');
-            body
-        };
+        }
         Batch {
             body,
             events,
