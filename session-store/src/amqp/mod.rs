@@ -33,6 +33,7 @@ mod queue;
 mod queue_args;
 mod ready;
 mod reply_to;
+mod runtime;
 mod stats;
 mod store;
 mod trim;
@@ -42,6 +43,7 @@ pub mod users;
 pub use definitions::{Definitions, DefinitionsError};
 pub use flow::default_watermark;
 pub use node::{Node, NodeError};
+pub use runtime::serve_on_own_threads;
 pub use store::StoreError;
 
 use std::future::Future;
