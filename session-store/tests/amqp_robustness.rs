@@ -701,7 +701,18 @@ async fn still_serves(url: &str, queue: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_clients_with_320_and_exits_0() {
-    let mut store = Store::start(&[]);
+    serve_then_shut_down(Store::start(&[])).await;
+}
+
+/// The same on a broker of two threads, the multi-threaded runtime's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_on_two_threads_serves_and_shuts_down_the_same() {
+    serve_then_shut_down(Store::start(&["--amqp-threads", "2"])).await;
+}
+
+/// Serves a client, then on SIGTERM closes every client with 320 and exits 0.
+async fn serve_then_shut_down(mut store: Store) {
+    still_serves(&store.url(), "before-shutdown").await;
     let conn = connect(&store.url()).await;
     let mut events = conn.events_listener();
     let mut raw = Raw::connect(store.port).await;
