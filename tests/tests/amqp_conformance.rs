@@ -28,7 +28,7 @@ use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -148,6 +148,7 @@ managed_conformance!(
     topic_permissions,
     limits,
     definitions_import,
+    java_client,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -3274,6 +3275,125 @@ async fn celery_client(url: String) {
         eprintln!("{}", out.1.trim_end());
     }
 }
+
+/// RabbitMQ's Java client (what Spring AMQP builds on), from Debian's
+/// librabbitmq-client-java: `tests/amqp_java/Conformance.java` runs its checks, then the
+/// test closes its connection through the management API and the client's automatic
+/// recovery must bring its queue, binding and consumer back.
+async fn java_client(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    let Some(classes) = tokio::task::spawn_blocking(|| JAVA_CLASSES.clone())
+        .await
+        .expect("compile")
+    else {
+        return;
+    };
+    let (java, classpath) = classes;
+    let prefix = uniq("java");
+    let mut child = tokio::process::Command::new(java)
+        .args(["-cp", &classpath, "Conformance", &url, &prefix])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start java");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let ready = timeout(Duration::from_secs(25), async {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if let Some(name) = line.strip_prefix("READY ") {
+                return Some(name.to_string());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(given) = ready else {
+        let _ = child.kill().await;
+        panic!(
+            "the Java client did not get ready:\n{}",
+            errors.await.unwrap_or_default()
+        );
+    };
+    // Found by the name the client gave (RabbitMQ lists connections with a lag).
+    let deadline = Instant::now() + STATS_LAG;
+    let name = loop {
+        let (_, list) = api(&api_base, Method::GET, "/api/connections", None).await;
+        let found = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["user_provided_name"] == given.as_str())
+            .and_then(|c| c["name"].as_str().map(str::to_string));
+        if let Some(name) = found {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "connection {given} not listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let path = format!("/api/connections/{}", percent_encode(&name));
+    assert_eq!(api(&api_base, Method::DELETE, &path, None).await.0, 204);
+    let status = timeout(Duration::from_secs(25), child.wait())
+        .await
+        .map(|s| s.expect("wait for java"));
+    let mut rest = String::new();
+    while let Ok(Some(line)) = stdout.next_line().await {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let errors = errors.await.unwrap_or_default();
+    assert!(
+        status.as_ref().is_ok_and(std::process::ExitStatus::success) && rest.contains("all ok"),
+        "the Java client failed ({status:?}):\n{rest}{errors}"
+    );
+}
+
+/// The Java runtime and the classpath of `tests/amqp_java`, compiled once per test process
+/// into the target directory; None when a JDK or the client library is missing outside CI (in CI that
+/// fails the test).
+static JAVA_CLASSES: LazyLock<Option<(std::path::PathBuf, String)>> = LazyLock::new(|| {
+    const JARS: [&str; 2] = [
+        "/usr/share/java/amqp-client.jar",
+        "/usr/share/java/slf4j-api.jar",
+    ];
+    let (Some(javac), Some(java)) = (which("javac"), which("java")) else {
+        assert!(!engines_required(), "a JDK (javac) is required in CI");
+        eprintln!("no JDK: Java client scenario skipped");
+        return None;
+    };
+    if !JARS.iter().all(|jar| std::path::Path::new(jar).is_file()) {
+        assert!(
+            !engines_required(),
+            "librabbitmq-client-java is required in CI (apt-get install librabbitmq-client-java)"
+        );
+        eprintln!("librabbitmq-client-java not installed: Java client scenario skipped");
+        return None;
+    }
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("amqp-java");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/amqp_java/Conformance.java");
+    let (ok, log) = run_with_timeout(
+        &javac,
+        &[
+            "-cp",
+            &JARS.join(":"),
+            "-d",
+            out.to_str().expect("a UTF-8 temp dir"),
+            source,
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "javac failed:\n{log}");
+    let classpath = format!("{}:{}", JARS.join(":"), out.display());
+    Some((java, classpath))
+});
 
 /// Runs a program, killing it after `limit`; returns (success, stdout+stderr).
 fn run_with_timeout(program: &std::path::Path, args: &[&str], limit: Duration) -> (bool, String) {
