@@ -115,12 +115,12 @@ pub struct Args {
     #[arg(long, env = "STORE_NO_AMQP")]
     pub no_amqp: bool,
 
-    /// Threads the AMQP broker runs on, apart from the RESP server's. One suits most
-    /// loads: routing takes one lock anyway, and a second thread mostly adds a wake-up of
-    /// another thread per message (about a fifth more CPU per message). Raise it when
-    /// many connections' socket and framing work outgrow a core.
-    #[arg(long, env = "STORE_AMQP_THREADS", default_value = "1")]
-    pub amqp_threads: NonZeroUsize,
+    /// Threads the AMQP broker runs on, apart from the RESP server's. Default: as many as
+    /// the RESP server (TOKIO_WORKER_THREADS, else one per core). One thread spends less
+    /// CPU per message (no wake-up of a second thread for each); more spread socket work
+    /// over the cores, for more throughput when many connections are busy.
+    #[arg(long, env = "STORE_AMQP_THREADS")]
+    pub amqp_threads: Option<NonZeroUsize>,
 }
 
 impl Args {
@@ -157,10 +157,7 @@ impl std::fmt::Debug for Args {
             .field("bind", &self.bind)
             .field("amqp_bind", &(!self.no_amqp).then_some(&self.amqp_bind))
             .field("amqp_definitions", &self.amqp_definitions)
-            .field(
-                "amqp_threads",
-                &(!self.no_amqp).then_some(self.amqp_threads),
-            )
+            .field("amqp_threads", &self.amqp_threads.filter(|_| !self.no_amqp))
             .field(
                 "amqp_data_dir",
                 &(!self.no_amqp && !self.amqp_no_persist).then_some(&self.amqp_data_dir),
