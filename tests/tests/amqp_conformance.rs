@@ -3357,8 +3357,8 @@ async fn java_client(url: String, api_base: String, _metrics: String) {
 }
 
 /// The Java runtime and the classpath of `tests/amqp_java`, compiled once per test process
-/// into the target directory; None when a JDK or the client library is missing outside CI (in CI that
-/// fails the test).
+/// into the target directory; None when a JDK or the client library is missing outside CI
+/// (in CI that fails the test).
 static JAVA_CLASSES: LazyLock<Option<(std::path::PathBuf, String)>> = LazyLock::new(|| {
     const JARS: [&str; 2] = [
         "/usr/share/java/amqp-client.jar",
