@@ -3323,23 +3323,7 @@ async fn java_client(url: String, api_base: String, _metrics: String) {
             errors.await.unwrap_or_default()
         );
     };
-    // Found by the name the client gave (RabbitMQ lists connections with a lag).
-    let deadline = Instant::now() + STATS_LAG;
-    let name = loop {
-        let (_, list) = api(&api_base, Method::GET, "/api/connections", None).await;
-        let found = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["user_provided_name"] == given.as_str())
-            .and_then(|c| c["name"].as_str().map(str::to_string));
-        if let Some(name) = found {
-            break name;
-        }
-        assert!(Instant::now() < deadline, "connection {given} not listed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let path = format!("/api/connections/{}", percent_encode(&name));
+    let path = connection_path(&api_base, &given).await;
     assert_eq!(api(&api_base, Method::DELETE, &path, None).await.0, 204);
     let status = timeout(Duration::from_secs(25), child.wait())
         .await
@@ -5013,23 +4997,7 @@ async fn management_closes_connections(url: String, api_base: String, _metrics: 
         .await
         .expect("connect");
     let mut events = Box::pin(conn.events_listener());
-    // Found by the name the client gave (RabbitMQ lists connections with a lag).
-    let deadline = Instant::now() + STATS_LAG;
-    let name = loop {
-        let (_, list) = api(&api_base, Method::GET, "/api/connections", None).await;
-        let found = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["user_provided_name"] == given.as_str())
-            .and_then(|c| c["name"].as_str().map(str::to_string));
-        if let Some(name) = found {
-            break name;
-        }
-        assert!(Instant::now() < deadline, "connection {given} not listed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let path = format!("/api/connections/{}", percent_encode(&name));
+    let path = connection_path(&api_base, &given).await;
     let (status, one) = api(&api_base, Method::GET, &path, None).await;
     assert_eq!((status, one["user"].as_str()), (200, Some("guest")));
     assert_eq!(one["client_properties"]["connection_name"], given.as_str());
@@ -5062,6 +5030,26 @@ async fn management_closes_connections(url: String, api_base: String, _metrics: 
         percent_encode("127.0.0.1:1 -> 127.0.0.1:2")
     );
     assert_eq!(api(&api_base, Method::DELETE, &missing, None).await.0, 404);
+}
+
+/// `/api/connections/NAME` of the connection whose client gave it `given` as its name,
+/// waiting for it to be listed (RabbitMQ lists connections with a lag).
+async fn connection_path(api_base: &str, given: &str) -> String {
+    let deadline = Instant::now() + STATS_LAG;
+    loop {
+        let (_, list) = api(api_base, reqwest::Method::GET, "/api/connections", None).await;
+        let found = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["user_provided_name"] == given)
+            .and_then(|c| c["name"].as_str());
+        if let Some(name) = found {
+            return format!("/api/connections/{}", percent_encode(name));
+        }
+        assert!(Instant::now() < deadline, "connection {given} not listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A path segment with everything but unreserved characters percent-encoded.
