@@ -226,7 +226,7 @@ fn mutated_frames_never_panic_and_stay_bounded() {
                     _ => frame_max + u32::try_from(rng.below(1 << 20)).unwrap_or(0),
                 };
                 s[at + 3..at + 7].copy_from_slice(&size.to_be_bytes());
-                expect = Some("exceeds frame_max");
+                expect = Some("frame_too_large");
             }
             3 => {
                 let size = u32::from_be_bytes([s[at + 3], s[at + 4], s[at + 5], s[at + 6]]);
@@ -271,7 +271,7 @@ fn mutated_frames_never_panic_and_stay_bounded() {
                 s.extend(std::iter::repeat_n(0xAB, size));
                 s.push(0xCE);
                 if over == 1 {
-                    expect = Some("exceeds frame_max");
+                    expect = Some("frame_too_large");
                 }
             }
         }
@@ -313,7 +313,7 @@ fn huge_frame_refused_before_its_payload_is_buffered() {
     assert!(
         out.error
             .as_deref()
-            .is_some_and(|e| e.contains("exceeds frame_max")),
+            .is_some_and(|e| e.contains("frame_too_large")),
         "{out:?}"
     );
     assert!(out.max_capacity < 1 << 20, "{out:?}");
@@ -455,7 +455,8 @@ impl Raw {
     }
 
     /// Expects connection.close with `code` (skipping other frames), answers close-ok.
-    async fn expect_connection_close(&mut self, code: u16) {
+    /// Answers connection.close `code` with close-ok; returns its reply text.
+    async fn expect_connection_close(&mut self, code: u16) -> String {
         for _ in 0..10_000 {
             match self.frame_within(STEP).await {
                 Ok(Some(AMQPFrame::Method(
@@ -470,7 +471,7 @@ impl Raw {
                         )),
                     ))
                     .await;
-                    return;
+                    return c.reply_text.to_string();
                 }
                 Ok(Some(_)) => continue,
                 other => panic!("expected connection.close {code}, got {other:?}"),
@@ -722,7 +723,11 @@ async fn serve_then_shut_down(mut store: Store) {
         .status()
         .expect("run kill");
     assert!(status.success());
-    raw.expect_connection_close(320).await;
+    // RabbitMQ's words when it stops.
+    assert_eq!(
+        raw.expect_connection_close(320).await,
+        "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+    );
     let code = step("lapin reports the broker's close", async {
         for _ in 0..100 {
             match events.next().await {

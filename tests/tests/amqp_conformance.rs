@@ -121,6 +121,11 @@ conformance!(
     sender_selected_distribution,
     rabbitmq_particulars,
     unimplemented_methods_refused,
+    immediate_and_recover_without_requeue_refused,
+    server_methods_and_misplaced_frames_refused,
+    names_and_arguments_refused,
+    cancel_notify_only_when_advertised,
+    message_size_limit,
 );
 
 /// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
@@ -601,7 +606,8 @@ impl Raw {
 
     /// The next frame; None when the peer closed.
     async fn frame(&mut self) -> Option<AMQPFrame> {
-        let mut chunk = [0u8; 65536];
+        // On the heap: a 64 KiB array would live in every future that awaits a frame.
+        let mut chunk = vec![0u8; 65536];
         for _ in 0..10_000 {
             if !self.buf.is_empty() {
                 match parse_frame(self.buf.as_slice()) {
@@ -675,8 +681,10 @@ impl Raw {
         tune.frame_max
     }
 
-    /// Expects connection.close with `code`, answers close-ok, and expects the socket to close.
-    async fn expect_connection_close(&mut self, code: u16) {
+    /// Expects connection.close with `code`, then that the broker waits for close-ok (a
+    /// client must be able to answer, or it reports a broken pipe instead of the reason);
+    /// answers it, and expects the socket to close. Returns the close.
+    async fn expect_connection_close(&mut self, code: u16) -> conn_methods::Close {
         let mut seen = Vec::new();
         for _ in 0..100 {
             match self.frame().await {
@@ -689,6 +697,7 @@ impl Raw {
                         "connection.close reply code ({})",
                         c.reply_text
                     );
+                    self.quiet("before close-ok").await;
                     self.send(&AMQPFrame::Method(
                         0,
                         AMQPClass::Connection(conn_methods::AMQPMethod::CloseOk(
@@ -701,7 +710,7 @@ impl Raw {
                         rest.is_empty() || rest.len() < 64,
                         "data after close: {rest:?}"
                     );
-                    return;
+                    return c;
                 }
                 Some(other) => seen.push(format!("{other:?}")),
                 None => {
@@ -710,6 +719,31 @@ impl Raw {
             }
         }
         panic!("no connection.close after 100 frames: {seen:?}");
+    }
+
+    /// Nothing arrives, and the socket stays open, for [`QUIET`].
+    async fn quiet(&mut self, what: &str) {
+        if let Ok(got) = timeout(QUIET, self.frame()).await {
+            panic!("{what}: expected silence, got {got:?} (None: the socket closed)");
+        }
+    }
+
+    /// [`Raw::handshake`], then channel 1 opened.
+    async fn open_channel_1(url: &str) -> Raw {
+        let mut raw = Raw::connect(url).await;
+        raw.handshake(None).await;
+        let open = channel_methods::AMQPMethod::Open(channel_methods::Open {});
+        raw.send(&AMQPFrame::Method(1, AMQPClass::Channel(open)))
+            .await;
+        let m = raw.method().await;
+        assert!(
+            matches!(
+                m,
+                AMQPClass::Channel(channel_methods::AMQPMethod::OpenOk(_))
+            ),
+            "channel.open: {m:?}"
+        );
+        raw
     }
 }
 
@@ -858,7 +892,15 @@ async fn oversize_frame_after_handshake(url: String) {
     bytes.extend_from_slice(&size.to_be_bytes());
     bytes.extend_from_slice(&[0u8; 64]);
     raw.send_bytes(&bytes).await;
-    raw.expect_connection_close(501).await;
+    let c = raw.expect_connection_close(501).await;
+    // The payload size, and what frame_max leaves for a payload.
+    assert_eq!(
+        c.reply_text.as_str(),
+        format!(
+            "FRAME_ERROR - type 1, all octets = <<>>: {{frame_too_large,{size},{}}}",
+            frame_max - 8
+        )
+    );
 
     let conn = connect(&url).await;
     close(conn).await;
@@ -907,7 +949,8 @@ async fn channel_max_negotiated_and_enforced(url: String) {
             );
         }
     }
-    raw.expect_connection_close(530).await;
+    let c = raw.expect_connection_close(530).await;
+    assert_eq!((c.class_id, c.method_id), (0, 0), "{c:?}");
 
     // tune-ok may not ask for more channels than connection.tune offered: channel_max 0
     // ("no limit") against RabbitMQ's 2047 is refused during the handshake, before
@@ -4747,6 +4790,262 @@ async fn unimplemented_methods_refused(url: String) {
     raw.expect_connection_close(540).await;
 }
 
+// What RabbitMQ refuses, with its codes, texts and class/method ids, as clients of other
+// languages show them to their users.
+
+async fn immediate_and_recover_without_requeue_refused(url: String) {
+    // immediate=true was dropped from RabbitMQ 3.0: a connection error.
+    let conn = connect(&url).await;
+    let mut events = Box::pin(conn.events_listener());
+    let ch = channel(&conn).await;
+    let q = uniq("immediate");
+    plain_queue(&ch, &q).await;
+    let options = BasicPublishOptions {
+        immediate: true,
+        ..Default::default()
+    };
+    let r = step(
+        "basic.publish immediate",
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            options,
+            b"now",
+            BasicProperties::default(),
+        ),
+    )
+    .await;
+    assert!(r.is_ok(), "basic.publish is asynchronous: {r:?}");
+    channel_closed_with(&ch, &mut events, 540, "NOT_IMPLEMENTED - immediate=true").await;
+    let conn = connect(&url).await;
+    assert_eq!(
+        ready_count(&conn, &q).await,
+        0,
+        "the immediate publish was not queued"
+    );
+
+    // basic.recover without requeue is not implemented either.
+    let ch = channel(&conn).await;
+    let r = step(
+        "basic.recover requeue=false",
+        ch.basic_recover(BasicRecoverOptions { requeue: false }),
+    )
+    .await;
+    expect_text(
+        &expect_code("basic.recover requeue=false", r, 540),
+        "NOT_IMPLEMENTED - requeue=false",
+    );
+}
+
+/// Methods only a server sends, connection methods out of place, and frames on the wrong
+/// channel.
+async fn server_methods_and_misplaced_frames_refused(url: String) {
+    let mut raw = Raw::open_channel_1(&url).await;
+    let cancel_ok = basic_methods::AMQPMethod::CancelOk(basic_methods::CancelOk {
+        consumer_tag: "nobody".into(),
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(cancel_ok)))
+        .await;
+    let c = raw.expect_connection_close(503).await;
+    assert_eq!(
+        (c.reply_text.as_str(), c.class_id, c.method_id),
+        ("COMMAND_INVALID - unimplemented method", 60, 31)
+    );
+    let mut raw = Raw::open_channel_1(&url).await;
+    let blocked = conn_methods::AMQPMethod::Blocked(conn_methods::Blocked {
+        reason: "not yours to say".into(),
+    });
+    raw.send(&AMQPFrame::Method(0, AMQPClass::Connection(blocked)))
+        .await;
+    let c = raw.expect_connection_close(504).await;
+    assert_eq!(
+        (c.reply_text.as_str(), c.class_id, c.method_id),
+        (
+            "CHANNEL_ERROR - unexpected method in connection state running",
+            10,
+            60
+        )
+    );
+    // A heartbeat belongs on channel 0.
+    let mut raw = Raw::open_channel_1(&url).await;
+    raw.send_bytes(b"\x08\x00\x01\x00\x00\x00\x00\xce").await;
+    let c = raw.expect_connection_close(505).await;
+    assert_eq!(
+        c.reply_text.as_str(),
+        "UNEXPECTED_FRAME - type 8, all octets = <<>>"
+    );
+    // A method on a channel never opened.
+    let mut raw = Raw::open_channel_1(&url).await;
+    let declare = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
+        queue: uniq("unopened").as_str().into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(5, AMQPClass::Queue(declare)))
+        .await;
+    let c = raw.expect_connection_close(504).await;
+    assert_eq!(
+        (c.reply_text.as_str(), c.class_id, c.method_id),
+        ("CHANNEL_ERROR - expected 'channel.open'", 50, 10)
+    );
+}
+
+async fn names_and_arguments_refused(url: String) {
+    let conn = connect(&url).await;
+    // An empty queue name with no queue declared on the channel before.
+    let ch = channel(&conn).await;
+    let r = step(
+        "basic.get ''",
+        ch.basic_get("".into(), BasicGetOptions::default()),
+    )
+    .await;
+    expect_text(
+        &expect_code("basic.get ''", r.map(|_| ()), 404),
+        "NOT_FOUND - no previously declared queue",
+    );
+
+    // The default exchange is no binding's destination either.
+    let ch = channel(&conn).await;
+    let r = step(
+        "exchange.bind to ''",
+        ch.exchange_bind(
+            "".into(),
+            "amq.fanout".into(),
+            "k".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_text(
+        &expect_code("exchange.bind to ''", r, 403),
+        "ACCESS_REFUSED - operation not permitted on the default exchange",
+    );
+
+    // x-queue-mode takes "default" or "lazy", as a string.
+    let ch = channel(&conn).await;
+    let lazy = uniq("lazy");
+    declare_queue(
+        &ch,
+        &lazy,
+        QueueDeclareOptions::default(),
+        args(&[("x-queue-mode", lstr("lazy"))]),
+    )
+    .await;
+    for (value, reason) in [
+        (
+            lstr("sleepy"),
+            "\"unsupported queue mode 'sleepy'\"".to_string(),
+        ),
+        (
+            AMQPValue::LongInt(1),
+            "{unacceptable_type,signedint}".to_string(),
+        ),
+    ] {
+        // Each refusal closes its channel.
+        let ch = channel(&conn).await;
+        let q = uniq("mode");
+        let r = step(
+            "queue.declare x-queue-mode",
+            ch.queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions::default(),
+                args(&[("x-queue-mode", value)]),
+            ),
+        )
+        .await;
+        expect_text(
+            &expect_code("queue.declare x-queue-mode", r, 406),
+            &format!(
+                "PRECONDITION_FAILED - invalid arg 'x-queue-mode' for queue '{q}' in vhost '/': {reason}"
+            ),
+        );
+    }
+    close(conn).await;
+}
+
+/// RabbitMQ tells a consumer its queue was deleted (basic.cancel) only if its client
+/// advertised consumer_cancel_notify; lapin does (`consumer_cancel_notify_on_queue_delete`),
+/// a bare client does not.
+async fn cancel_notify_only_when_advertised(url: String) {
+    let mut raw = Raw::open_channel_1(&url).await;
+    let q = uniq("no-cancel-notify");
+    let declare = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
+        queue: q.as_str().into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(declare)))
+        .await;
+    let m = raw.method().await;
+    assert!(
+        matches!(m, AMQPClass::Queue(queue_methods::AMQPMethod::DeclareOk(_))),
+        "{m:?}"
+    );
+    let consume = basic_methods::AMQPMethod::Consume(basic_methods::Consume {
+        queue: q.as_str().into(),
+        consumer_tag: "quiet-one".into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(consume)))
+        .await;
+    let m = raw.method().await;
+    assert!(
+        matches!(m, AMQPClass::Basic(basic_methods::AMQPMethod::ConsumeOk(_))),
+        "{m:?}"
+    );
+    // Deleted from another connection, so no reply of ours is due on this one.
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    step(
+        "queue.delete",
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("queue.delete");
+    raw.quiet("a consumer whose client did not ask for basic.cancel")
+        .await;
+    close(conn).await;
+}
+
+/// A message above RabbitMQ's default max_message_size (128 MiB) closes its channel with
+/// 406, and is not queued.
+async fn message_size_limit(url: String) {
+    const MAX: usize = 128 << 20;
+    let conn = connect(&url).await;
+    let mut events = Box::pin(conn.events_listener());
+    let ch = channel(&conn).await;
+    let q = uniq("too-big");
+    plain_queue(&ch, &q).await;
+    let body = vec![b'x'; MAX + 1];
+    let r = step(
+        "basic.publish of 128 MiB + 1",
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        ),
+    )
+    .await;
+    assert!(r.is_ok(), "basic.publish is asynchronous: {r:?}");
+    channel_closed_with(
+        &ch,
+        &mut events,
+        406,
+        &format!(
+            "PRECONDITION_FAILED - message size {} is larger than configured max size {MAX}",
+            MAX + 1
+        ),
+    )
+    .await;
+    assert_eq!(ready_count(&conn, &q).await, 0);
+    // Exactly the limit is taken.
+    let ch = confirmed(&conn).await;
+    publish(&ch, "", &q, &body[..MAX]).await;
+    assert_eq!(ready_count(&conn, &q).await, 1);
+    close(conn).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // policies, through the management API
 
@@ -5001,6 +5300,13 @@ async fn management_closes_connections(url: String, api_base: String, _metrics: 
     let (status, one) = api(&api_base, Method::GET, &path, None).await;
     assert_eq!((status, one["user"].as_str()), (200, Some("guest")));
     assert_eq!(one["client_properties"]["connection_name"], given.as_str());
+    // All the client said about itself, as tools that group connections by client read it.
+    let client = &one["client_properties"];
+    assert_eq!(client["product"], "lapin", "{client}");
+    assert_eq!(
+        client["capabilities"]["consumer_cancel_notify"], true,
+        "{client}"
+    );
 
     let response = step(
         "DELETE the connection",

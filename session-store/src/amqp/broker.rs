@@ -54,6 +54,9 @@ pub struct ConnHandle {
     pub tx: mpsc::Sender<Outbound>,
     /// Set when its outbound queue was full; cleared by its writer before `resume`.
     pub congested: Arc<AtomicBool>,
+    /// The client advertised consumer_cancel_notify: without it, RabbitMQ drops a
+    /// consumer whose queue went away without a word.
+    pub cancel_notify: bool,
 }
 
 /// A virtual host: its own namespace of exchanges and queues.
@@ -512,7 +515,7 @@ impl Broker {
     ) -> Result<(), AmqpError> {
         let mut core = self.lock();
         let vhost = &mut core.vhost;
-        if source.is_empty() {
+        if source.is_empty() || destination == Destination::Exchange(String::new()) {
             return Err(default_exchange_refused());
         }
         let durable_destination = match &destination {
@@ -1742,7 +1745,7 @@ fn remove_consumer(core: &mut Core, queue: &str, conn: ConnId, channel: u16, tag
     }
 }
 
-/// Deletes a queue, its bindings and consumers (who are told with basic.cancel, as the
+/// Deletes a queue, its bindings and consumers (who are told with basic.cancel if their
 /// client advertised consumer_cancel_notify). Returns how many messages it held.
 fn delete_queue(core: &mut Core, name: &str) -> u32 {
     let Some(q) = core.vhost.queues.remove(name) else {
@@ -1759,7 +1762,7 @@ fn delete_queue(core: &mut Core, name: &str) -> u32 {
         if let Some(state) = core.channels.get_mut(&(c.conn, c.channel)) {
             state.consumers.retain(|(_, t)| *t != c.tag);
         }
-        if let Some(handle) = core.connections.get(&c.conn) {
+        if let Some(handle) = core.connections.get(&c.conn).filter(|h| h.cancel_notify) {
             let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                 consumer_tag: c.tag.clone(),
                 nowait: true,

@@ -75,8 +75,9 @@ pub enum Outbound {
 /// Why the byte stream cannot be read or written as AMQP.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    #[error("frame of {size} bytes exceeds frame_max {max}")]
-    FrameTooLarge { size: usize, max: u32 },
+    /// RabbitMQ's words: the payload size and the most a frame_max leaves for one.
+    #[error("type {kind}, all octets = <<>>: {{frame_too_large,{size},{limit}}}")]
+    FrameTooLarge { kind: u8, size: usize, limit: usize },
     #[error("frame end octet is {0:#04x}, not 0xce")]
     BadFrameEnd(u8),
     #[error("unknown frame type {0}")]
@@ -171,8 +172,9 @@ impl Decoder for AmqpCodec {
         let total = size.saturating_add(FRAME_OVERHEAD);
         if total > self.frame_max as usize {
             return Err(CodecError::FrameTooLarge {
-                size: total,
-                max: self.frame_max,
+                kind,
+                size,
+                limit: (self.frame_max as usize).saturating_sub(FRAME_OVERHEAD),
             });
         }
         if !matches!(

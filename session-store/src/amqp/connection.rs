@@ -21,7 +21,7 @@ use amq_protocol::protocol::{
 use amq_protocol::types::{FieldTable, ShortString};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt as _, StreamExt as _};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
@@ -44,8 +44,13 @@ use super::users::User;
 
 /// Frames (or whole deliveries) a connection may have waiting to be written.
 const OUTBOUND_CAPACITY: usize = 1024;
+/// RabbitMQ's default `max_message_size` (128 MiB): a larger message closes its channel
+/// with 406, announced by its content header before its body is buffered.
+const MAX_MESSAGE_SIZE: u64 = 128 << 20;
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// connection.close-ok as a client sends it: a method frame on channel 0, class 10, method 51.
+const CLOSE_OK_FRAME: [u8; 12] = [1, 0, 0, 0, 0, 0, 4, 0, 10, 0, 51, 0xce];
 /// How long the writer may take to flush the last frames.
 const WRITER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Watchdog ticks (each half a heartbeat interval) without a frame before a client
@@ -78,7 +83,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
             user,
             vhost: broker,
             permissions,
-            client,
+            client_properties,
             client_name,
         }) => {
             broker.register_connection(
@@ -86,6 +91,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 ConnHandle {
                     tx: tx.clone(),
                     congested,
+                    cancel_notify: tuned.cancel_notify,
                 },
             );
             let _ = vhost.set(broker.clone());
@@ -98,7 +104,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 peer,
                 local,
                 connected_at: now_millis(),
-                client,
+                client_properties,
                 client_name,
                 channel_max: tuned.channel_max,
                 frame_max: tuned.frame_max,
@@ -121,13 +127,14 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 node: node.clone(),
                 synced: broker.journal_synced(),
                 confirms: VecDeque::new(),
+                outbox: VecDeque::new(),
             };
             conn.run(&mut frames, tuned, &force_close).await;
             broker.connection_closed(id);
             node.connection_closed(id);
         }
         Err(HandshakeEnd::Refuse(e)) => close_with(&mut frames, &tx, &e).await,
-        Err(HandshakeEnd::Codec(e)) => codec_failed(&tx, id, &e).await,
+        Err(HandshakeEnd::Codec(e)) => codec_failed(&mut frames, &tx, id, &e).await,
         Err(HandshakeEnd::Gone) => {}
     }
     if tokio::time::timeout(WRITER_TIMEOUT, writer).await.is_err() {
@@ -245,6 +252,8 @@ struct Conn {
     synced: Option<watch::Receiver<u64>>,
     /// Confirms waiting for the journal, in journal order.
     confirms: VecDeque<WaitingConfirm>,
+    /// Frames the hot path produced, sent before the next frame is read.
+    outbox: VecDeque<Outbound>,
 }
 
 /// A publisher confirm that waits for the journal to have `position` on disk.
@@ -263,6 +272,16 @@ enum Event {
     Read(Result<Option<Inbound>, CodecError>),
     Synced,
     Stop,
+}
+
+/// What the hot path made of a frame.
+enum Hot {
+    /// Handled; what it sends waits in `outbox`.
+    Done,
+    /// An error on the channel (or, by its kind, the connection), for [`Conn::fail`].
+    Failed(u16, AmqpError),
+    /// A method for the general path.
+    Method(u16, AMQPClass),
 }
 
 /// What to do after a frame.
@@ -292,7 +311,9 @@ impl Conn {
         let stop = &close.token;
         // RabbitMQ's words: the management API's reason, or shutdown.
         let forced = || {
-            let reason = close.reason().unwrap_or("broker shutdown");
+            let reason = close
+                .reason()
+                .unwrap_or("broker forced connection closure with reason 'shutdown'");
             AmqpError::connection(
                 code::CONNECTION_FORCED,
                 format!("CONNECTION_FORCED - {reason}"),
@@ -346,11 +367,23 @@ impl Conn {
                 Ok(Some(inbound)) => inbound,
                 Ok(None) => return,
                 Err(e) => {
-                    codec_failed(&self.tx, self.id, &e).await;
+                    codec_failed(frames, &self.tx, self.id, &e).await;
                     return;
                 }
             };
-            match self.handle(inbound).await {
+            self.refresh_permissions();
+            let hot = self.hot(inbound);
+            if !self.outbox.is_empty() {
+                self.flush_outbox().await;
+            }
+            // The general path is boxed: building its (large) future in place for every
+            // frame would copy kilobytes per message.
+            let flow = match hot {
+                Hot::Done => Ok(Flow::Continue),
+                Hot::Failed(ch, e) => Box::pin(self.fail(ch, e)).await.map(|()| Flow::Continue),
+                Hot::Method(ch, m) => Box::pin(self.method_frame(ch, m)).await,
+            };
+            match flow {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Closed) => {
                     // The receiver of close-ok closes the socket (AMQP 0-9-1 §connection.
@@ -441,24 +474,92 @@ impl Conn {
         cleared
     }
 
-    async fn handle(&mut self, inbound: Inbound) -> Result<Flow, AmqpError> {
-        self.refresh_permissions();
+    /// The frames every message goes through (content, basic.publish, acks), handled
+    /// without awaiting: what they send waits in `outbox`. Anything else is left to
+    /// [`Conn::method_frame`].
+    fn hot(&mut self, inbound: Inbound) -> Hot {
+        let done =
+            |ch, r: Result<(), AmqpError>| r.map_or_else(|e| Hot::Failed(ch, e), |()| Hot::Done);
         let frame = match inbound {
-            Inbound::Body(ch, body) => {
-                self.body(ch, body).await?;
-                return Ok(Flow::Continue);
-            }
-            Inbound::ProtocolHeader { .. } => return Err(unexpected_frame()),
+            Inbound::Body(ch, body) => return done(ch, self.body(ch, body)),
+            Inbound::ProtocolHeader { .. } => return Hot::Failed(0, unexpected_frame()),
             Inbound::Frame(frame) => frame,
         };
         match frame {
-            AMQPFrame::Heartbeat => Ok(Flow::Continue),
-            AMQPFrame::InvalidHeartbeat(ch) => Err(AmqpError::connection(
-                code::FRAME_ERROR,
-                format!("FRAME_ERROR - heartbeat on channel {ch}"),
-            )),
-            AMQPFrame::ProtocolHeader(_) => Err(unexpected_frame()),
-            AMQPFrame::Method(0, AMQPClass::Connection(m)) => match m {
+            AMQPFrame::Heartbeat => Hot::Done,
+            // RabbitMQ names the frame as its reader saw it: type 8, no payload.
+            AMQPFrame::InvalidHeartbeat(ch) => Hot::Failed(
+                ch,
+                AmqpError::connection(
+                    code::UNEXPECTED_FRAME,
+                    "UNEXPECTED_FRAME - type 8, all octets = <<>>",
+                ),
+            ),
+            AMQPFrame::ProtocolHeader(_) => Hot::Failed(0, unexpected_frame()),
+            AMQPFrame::Header(ch, header) => done(ch, self.header(ch, header)),
+            AMQPFrame::Body(ch, body) => done(ch, self.body(ch, Bytes::from(body))),
+            AMQPFrame::Method(ch, m) => self.basic_hot(ch, m),
+        }
+    }
+
+    /// basic.publish, ack, nack and reject on a channel in its ordinary state (on any
+    /// other, the general path refuses or ignores them).
+    fn basic_hot(&mut self, ch: u16, m: AMQPClass) -> Hot {
+        let Some(chan) = self
+            .channels
+            .get_mut(&ch)
+            .filter(|c| ch != 0 && !c.closing && c.pending.is_none())
+        else {
+            return Hot::Method(ch, m);
+        };
+        let AMQPClass::Basic(b) = m else {
+            return Hot::Method(ch, m);
+        };
+        let (tag, multiple, requeue) = match b {
+            basic::AMQPMethod::Publish(ref p) if p.immediate => {
+                let e = AmqpError::connection(
+                    code::NOT_IMPLEMENTED,
+                    "NOT_IMPLEMENTED - immediate=true",
+                );
+                return Hot::Failed(ch, e.during(&AMQPClass::Basic(b)));
+            }
+            basic::AMQPMethod::Publish(publish) => {
+                self.publisher = true;
+                chan.pending = Some(Pending {
+                    publish,
+                    header: None,
+                    parts: Vec::new(),
+                    received: 0,
+                });
+                return Hot::Done;
+            }
+            basic::AMQPMethod::Ack(ref a) => (a.delivery_tag, a.multiple, None),
+            basic::AMQPMethod::Nack(ref n) => (n.delivery_tag, n.multiple, Some(n.requeue)),
+            basic::AMQPMethod::Reject(ref r) => (r.delivery_tag, false, Some(r.requeue)),
+            b => return Hot::Method(ch, AMQPClass::Basic(b)),
+        };
+        match self.broker.ack(self.id, ch, tag, multiple, requeue) {
+            Ok(()) => Hot::Done,
+            Err(e) => Hot::Failed(ch, e.during(&AMQPClass::Basic(b))),
+        }
+    }
+
+    /// Queues a frame the hot path produced.
+    fn push(&mut self, item: Outbound) {
+        self.outbox.push_back(item);
+    }
+
+    /// Hands what the hot path queued to the writer, waiting for room as `send` does.
+    async fn flush_outbox(&mut self) {
+        while let Some(item) = self.outbox.pop_front() {
+            self.send(item).await;
+        }
+    }
+
+    /// Methods other than the hot path's.
+    async fn method_frame(&mut self, ch: u16, m: AMQPClass) -> Result<Flow, AmqpError> {
+        match (ch, m) {
+            (0, AMQPClass::Connection(m)) => match m {
                 connection::AMQPMethod::Close(_) => {
                     // As RabbitMQ: channels close (unacked messages back to their queues)
                     // before close-ok, so a client that saw close-ok sees them requeued.
@@ -474,26 +575,20 @@ impl Conn {
                     self.method(0, AMQPClass::Connection(ok)).await;
                     Ok(Flow::Continue)
                 }
-                _ => Err(AmqpError::connection(
-                    code::COMMAND_INVALID,
-                    "COMMAND_INVALID - unexpected connection method",
-                )),
+                // RabbitMQ's reader, for any other connection method once open.
+                m => Err(AmqpError::connection(
+                    code::CHANNEL_ERROR,
+                    "CHANNEL_ERROR - unexpected method in connection state running",
+                )
+                .during(&AMQPClass::Connection(m))),
             },
-            AMQPFrame::Method(0, m) => Err(AmqpError::connection(
+            (0, m) => Err(AmqpError::connection(
                 code::COMMAND_INVALID,
                 "COMMAND_INVALID - only connection methods may use channel 0",
             )
             .during(&m)),
-            AMQPFrame::Method(ch, m) => {
+            (ch, m) => {
                 self.channel_method(ch, m).await?;
-                Ok(Flow::Continue)
-            }
-            AMQPFrame::Header(ch, header) => {
-                self.header(ch, header).await?;
-                Ok(Flow::Continue)
-            }
-            AMQPFrame::Body(ch, body) => {
-                self.body(ch, Bytes::from(body)).await?;
                 Ok(Flow::Continue)
             }
         }
@@ -513,8 +608,7 @@ impl Conn {
                                 "NOT_ALLOWED - number of channels opened ({open}) has reached the negotiated channel_max ({})",
                                 self.channel_max
                             ),
-                        )
-                        .during(&m));
+                        ));
                     }
                     self.node
                         .admit_channel(&self.user.name)
@@ -528,7 +622,7 @@ impl Conn {
                 AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => Ok(()),
                 _ => Err(AmqpError::connection(
                     code::CHANNEL_ERROR,
-                    format!("CHANNEL_ERROR - expected 'channel.open' on channel {ch}"),
+                    "CHANNEL_ERROR - expected 'channel.open'",
                 )
                 .during(&m)),
             };
@@ -549,20 +643,6 @@ impl Conn {
         if chan.pending.is_some() {
             return Err(unexpected_frame().during(&m));
         }
-        // The hot path first, taking the method by value: no copy of its names.
-        let m = match m {
-            AMQPClass::Basic(basic::AMQPMethod::Publish(publish)) => {
-                self.publisher = true;
-                chan.pending = Some(Pending {
-                    publish,
-                    header: None,
-                    parts: Vec::new(),
-                    received: 0,
-                });
-                return Ok(());
-            }
-            m => m,
-        };
         match &m {
             AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
                 return Err(AmqpError::connection(
@@ -618,7 +698,9 @@ impl Conn {
         self.channels
             .get(&ch)
             .and_then(|c| c.last_queue.clone())
-            .ok_or_else(|| AmqpError::not_found("queue", "", self.broker.name()))
+            .ok_or_else(|| {
+                AmqpError::channel(code::NOT_FOUND, "NOT_FOUND - no previously declared queue")
+            })
     }
 
     /// Looks the user's permissions up again if they changed since last time (one atomic
@@ -788,17 +870,12 @@ impl Conn {
                         ))),
                     }
                 }
-                basic::AMQPMethod::Ack(a) => {
-                    broker.ack(id, ch, a.delivery_tag, a.multiple, None)?;
-                    None
-                }
-                basic::AMQPMethod::Nack(n) => {
-                    broker.ack(id, ch, n.delivery_tag, n.multiple, Some(n.requeue))?;
-                    None
-                }
-                basic::AMQPMethod::Reject(r) => {
-                    broker.ack(id, ch, r.delivery_tag, false, Some(r.requeue))?;
-                    None
+                basic::AMQPMethod::Recover(basic::Recover { requeue: false })
+                | basic::AMQPMethod::RecoverAsync(basic::RecoverAsync { requeue: false }) => {
+                    return Err(AmqpError::connection(
+                        code::NOT_IMPLEMENTED,
+                        "NOT_IMPLEMENTED - requeue=false",
+                    ));
                 }
                 basic::AMQPMethod::Recover(_) => {
                     // recover-ok goes out before the redeliveries, as RabbitMQ sends it:
@@ -812,9 +889,9 @@ impl Conn {
                     broker.recover(id, ch);
                     None
                 }
-                _ => return Err(not_implemented()),
+                _ => return Err(unimplemented_method()),
             },
-            _ => return Err(not_implemented()),
+            _ => return Err(unimplemented_method()),
         };
         if let Some(reply) = reply {
             self.method(ch, reply).await;
@@ -870,7 +947,7 @@ impl Conn {
                     exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}),
                 )
             }
-            _ => return Err(not_implemented()),
+            _ => return Err(unimplemented_method()),
         };
         Ok((!nowait).then_some(AMQPClass::Exchange(ok)))
     }
@@ -940,12 +1017,12 @@ impl Conn {
                     queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count }),
                 )
             }
-            _ => return Err(not_implemented()),
+            _ => return Err(unimplemented_method()),
         };
         Ok((!nowait).then_some(AMQPClass::Queue(ok)))
     }
 
-    async fn header(&mut self, ch: u16, header: AMQPContentHeader) -> Result<(), AmqpError> {
+    fn header(&mut self, ch: u16, header: AMQPContentHeader) -> Result<(), AmqpError> {
         let Some(chan) = self.channels.get_mut(&ch) else {
             return Err(unexpected_frame());
         };
@@ -955,15 +1032,24 @@ impl Conn {
         let Some(pending) = chan.pending.as_mut().filter(|p| p.header.is_none()) else {
             return Err(unexpected_frame());
         };
+        if header.body_size > MAX_MESSAGE_SIZE {
+            return Err(AmqpError::precondition(format_args!(
+                "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
+                header.body_size
+            ))
+            .during(&AMQPClass::Basic(basic::AMQPMethod::Publish(
+                basic::Publish::default(),
+            ))));
+        }
         let done = header.body_size == 0;
         pending.header = Some(header);
         if done {
-            self.complete(ch).await?;
+            self.complete(ch)?;
         }
         Ok(())
     }
 
-    async fn body(&mut self, ch: u16, body: Bytes) -> Result<(), AmqpError> {
+    fn body(&mut self, ch: u16, body: Bytes) -> Result<(), AmqpError> {
         let Some(chan) = self.channels.get_mut(&ch) else {
             return Err(unexpected_frame());
         };
@@ -982,14 +1068,14 @@ impl Conn {
         }
         pending.parts.push(body);
         if pending.received == size {
-            self.complete(ch).await?;
+            self.complete(ch)?;
         }
         Ok(())
     }
 
     /// A whole message has arrived: route it, return it if unroutable and mandatory,
-    /// confirm it in confirm mode.
-    async fn complete(&mut self, ch: u16) -> Result<(), AmqpError> {
+    /// confirm it in confirm mode. An error is the channel's (see [`Conn::fail`]).
+    fn complete(&mut self, ch: u16) -> Result<(), AmqpError> {
         let Some(chan) = self.channels.get_mut(&ch) else {
             return Ok(());
         };
@@ -1028,7 +1114,7 @@ impl Conn {
                 message.routing_key.as_str(),
             )
         }) {
-            return self.fail(ch, e.during(&method)).await;
+            return Err(e.during(&method));
         }
         if let Some(claimed) = message.properties.user_id()
             && claimed.as_str() != self.user.name
@@ -1038,7 +1124,7 @@ impl Conn {
                 "user_id property set to '{claimed}' but authenticated user was '{}'",
                 self.user.name
             ));
-            return self.fail(ch, e.during(&method)).await;
+            return Err(e.during(&method));
         }
         if message
             .properties
@@ -1048,7 +1134,7 @@ impl Conn {
         {
             let Some(address) = self.broker.reply_address(self.id, ch) else {
                 let e = AmqpError::precondition("fast reply consumer does not exist");
-                return self.fail(ch, e.during(&method)).await;
+                return Err(e.during(&method));
             };
             message.properties =
                 std::mem::take(&mut message.properties).with_reply_to(short(&address));
@@ -1059,7 +1145,7 @@ impl Conn {
             let e = AmqpError::precondition(format_args!(
                 "invalid expiration '{expiration}': {reason}"
             ));
-            return self.fail(ch, e.during(&method)).await;
+            return Err(e.during(&method));
         }
         let p = BufferedPublish { publish, message };
         let Some(chan) = self.channels.get_mut(&ch) else {
@@ -1074,7 +1160,7 @@ impl Conn {
             if let Some(exchange) = exchange
                 && let Err(e) = self.broker.check_publish(exchange.as_str())
             {
-                return self.fail(ch, e.during(&method)).await;
+                return Err(e.during(&method));
             }
             return Ok(());
         };
@@ -1083,10 +1169,7 @@ impl Conn {
             chan.published += 1;
         }
         let seq = chan.published;
-        let published = match self.route(ch, p).await {
-            Ok(published) => published,
-            Err(e) => return self.fail(ch, e.during(&method)).await,
-        };
+        let published = self.route(ch, p).map_err(|e| e.during(&method))?;
         if confirm {
             let ack = !published.rejected;
             match published.synced_at {
@@ -1099,7 +1182,10 @@ impl Conn {
                     });
                 }
                 _ => {
-                    self.method(ch, confirm_method(seq, false, ack)).await;
+                    self.push(Outbound::Frame(AMQPFrame::Method(
+                        ch,
+                        confirm_method(seq, false, ack),
+                    )));
                     self.broker.confirmed();
                 }
             }
@@ -1107,8 +1193,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Routes a publish, returning it if unroutable and mandatory.
-    async fn route(&self, ch: u16, p: BufferedPublish) -> Result<Published, AmqpError> {
+    /// Routes a publish, returning it (through `outbox`) if unroutable and mandatory.
+    fn route(&mut self, ch: u16, p: BufferedPublish) -> Result<Published, AmqpError> {
         let BufferedPublish { publish, message } = p;
         let returned = publish.mandatory.then(|| {
             Arc::new(Message::new(
@@ -1127,12 +1213,11 @@ impl Conn {
                 routing_key: message.routing_key.clone(),
             };
             self.broker.returned();
-            self.send(Outbound::Content {
+            self.push(Outbound::Content {
                 channel: ch,
                 method: AMQPClass::Basic(basic::AMQPMethod::Return(ret)),
                 message,
-            })
-            .await;
+            });
         }
         Ok(published)
     }
@@ -1144,7 +1229,7 @@ impl Conn {
         m: &tx_class::AMQPMethod,
     ) -> Result<tx_class::AMQPMethod, AmqpError> {
         let Some(chan) = self.channels.get_mut(&ch) else {
-            return Err(not_implemented());
+            return Err(unimplemented_method());
         };
         match m {
             tx_class::AMQPMethod::Select(_) => {
@@ -1155,9 +1240,19 @@ impl Conn {
             tx_class::AMQPMethod::Commit(_) => {
                 let buffered = chan.mode.take_buffered()?;
                 let mut durable_at = None;
+                let mut routed = Ok(());
                 for p in buffered {
-                    durable_at = durable_at.max(self.route(ch, p).await?.synced_at);
+                    match self.route(ch, p) {
+                        Ok(published) => durable_at = durable_at.max(published.synced_at),
+                        Err(e) => {
+                            routed = Err(e);
+                            break;
+                        }
+                    }
                 }
+                // Returns go out before commit-ok (or the error), in routing order.
+                self.flush_outbox().await;
+                routed?;
                 self.broker.tx_end(self.id, ch, true);
                 // As in RabbitMQ, commit-ok means the persistent messages are on disk.
                 if let Some(position) = durable_at {
@@ -1170,13 +1265,21 @@ impl Conn {
                 self.broker.tx_end(self.id, ch, false);
                 Ok(tx_class::AMQPMethod::RollbackOk(tx_class::RollbackOk {}))
             }
-            _ => Err(not_implemented()),
+            _ => Err(unimplemented_method()),
         }
     }
 }
 
 /// Sends connection.close for a broken stream; nothing more can be read.
-async fn codec_failed(tx: &mpsc::Sender<Outbound>, id: ConnId, e: &CodecError) {
+/// Closes the connection on input that is not AMQP, then waits (bounded) for the client's
+/// close-ok as RabbitMQ does: a client whose socket is gone before it can answer reports
+/// a broken pipe instead of the reason it was sent.
+async fn codec_failed<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, AmqpCodec>,
+    tx: &mpsc::Sender<Outbound>,
+    id: ConnId,
+    e: &CodecError,
+) {
     if matches!(e, CodecError::Io(_)) {
         return;
     }
@@ -1193,6 +1296,24 @@ async fn codec_failed(tx: &mpsc::Sender<Outbound>, id: ConnId, e: &CodecError) {
         )));
     }
     send_close(tx, &close).await;
+    // The byte stream can no longer be split into frames: look for close-ok's bytes.
+    let reader = frames.get_mut();
+    let mut seen = Vec::with_capacity(1024);
+    let linger = async {
+        let mut chunk = [0u8; 1024];
+        while let Ok(n @ 1..) = reader.read(&mut chunk).await {
+            let keep = seen.len().saturating_sub(CLOSE_OK_FRAME.len() - 1);
+            seen.drain(..keep);
+            seen.extend_from_slice(&chunk[..n]);
+            if seen
+                .windows(CLOSE_OK_FRAME.len())
+                .any(|w| w == CLOSE_OK_FRAME)
+            {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, linger).await;
 }
 
 async fn send_close(tx: &mpsc::Sender<Outbound>, e: &AmqpError) {
@@ -1294,9 +1415,10 @@ fn unexpected_frame() -> AmqpError {
     )
 }
 
-fn not_implemented() -> AmqpError {
+/// A method only a server sends (an -ok, a deliver) or none we know, in RabbitMQ's words.
+fn unimplemented_method() -> AmqpError {
     AmqpError::connection(
-        code::NOT_IMPLEMENTED,
-        "NOT_IMPLEMENTED - method not supported",
+        code::COMMAND_INVALID,
+        "COMMAND_INVALID - unimplemented method",
     )
 }

@@ -37,6 +37,8 @@ pub struct Tuned {
     pub heartbeat: u16,
     /// The client understands connection.blocked / unblocked.
     pub blocked_capable: bool,
+    /// The client wants basic.cancel when its consumer's queue goes away.
+    pub cancel_notify: bool,
 }
 
 /// Who opened which vhost, with what permissions there.
@@ -46,8 +48,8 @@ pub struct Opened {
     pub user: Arc<User>,
     pub vhost: Arc<Broker>,
     pub permissions: Arc<Permissions>,
-    /// The client's `product` property, if any.
-    pub client: String,
+    /// What the client said about itself in start-ok, shown by the management API.
+    pub client_properties: FieldTable,
     /// The client's `connection_name` property, if any: a name its user chose.
     pub client_name: Option<String>,
 }
@@ -116,6 +118,7 @@ async fn steps<R: AsyncRead + Unpin>(
         // The client has the last word on heartbeats: 0 in tune-ok turns them off.
         heartbeat: tune_ok.heartbeat,
         blocked_capable: client_capability(&start_ok.client_properties, "connection.blocked"),
+        cancel_notify: client_capability(&start_ok.client_properties, "consumer_cancel_notify"),
     };
     frames.decoder_mut().set_frame_max(tuned.frame_max);
     let _ = tx
@@ -143,8 +146,8 @@ async fn steps<R: AsyncRead + Unpin>(
         user,
         vhost,
         permissions,
-        client: property("product").unwrap_or_default(),
         client_name: property("connection_name"),
+        client_properties: start_ok.client_properties,
     })
 }
 
@@ -159,7 +162,10 @@ fn open_vhost(
         return Err(AmqpError::connection(
             code::NOT_ALLOWED,
             format!("NOT_ALLOWED - vhost {name} not found"),
-        ));
+        )
+        .during(&AMQPClass::Connection(connection::AMQPMethod::Open(
+            connection::Open::default(),
+        ))));
     };
     let Some(permissions) = node.users().permissions(&user.name, name) else {
         return Err(AmqpError::connection(

@@ -12,6 +12,7 @@ use std::sync::{
 use std::time::{Instant, SystemTime};
 
 use amq_protocol::protocol::{exchange, queue};
+use amq_protocol::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use super::AmqpConfig;
@@ -46,8 +47,8 @@ pub struct ConnInfo {
     pub local: Option<SocketAddr>,
     /// Milliseconds since the Unix epoch.
     pub connected_at: u64,
-    /// The client's `product` property, if it sent one.
-    pub client: String,
+    /// The client's start-ok properties (product, version, capabilities, ...).
+    pub client_properties: FieldTable,
     /// The client's `connection_name` property (RabbitMQ's `user_provided_name`).
     pub client_name: Option<String>,
     pub channel_max: u16,

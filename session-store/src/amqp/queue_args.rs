@@ -132,6 +132,20 @@ impl QueueArgs {
                 }
             };
         }
+        if args.kind == QueueType::Classic
+            && let Some(v) = get("x-queue-mode")
+        {
+            match text(v).map_err(|r| fail("x-queue-mode", r))?.as_str() {
+                // Lazy queues keep messages on disk in RabbitMQ; here both are kept alike.
+                "default" | "lazy" => {}
+                other => {
+                    return Err(fail(
+                        "x-queue-mode",
+                        format!("\"unsupported queue mode '{other}'\""),
+                    ));
+                }
+            }
+        }
         if let Some(key) = args
             .kind
             .unsupported()

@@ -171,7 +171,6 @@ pub fn connections(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
         .iter()
         .filter(|c| in_vhosts(c, vhosts))
         .map(|c| {
-            let mut client_properties = json!({"product": c.client});
             let mut out = json!({
                 "name": c.name(),
                 "node": NODE,
@@ -194,9 +193,8 @@ pub fn connections(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
             // RabbitMQ lists the name a client gave only when it gave one.
             if let Some(name) = &c.client_name {
                 out["user_provided_name"] = json!(name);
-                client_properties["connection_name"] = json!(name);
             }
-            out["client_properties"] = client_properties;
+            out["client_properties"] = table(&c.client_properties);
             out
         })
         .collect()
