@@ -125,6 +125,9 @@ conformance!(
     server_methods_and_misplaced_frames_refused,
     names_and_arguments_refused,
     cancel_notify_only_when_advertised,
+    frames_out_of_place_in_a_publish,
+    headers_delivered_as_published,
+    login_refusals,
     message_size_limit,
 );
 
@@ -719,6 +722,28 @@ impl Raw {
             }
         }
         panic!("no connection.close after 100 frames: {seen:?}");
+    }
+
+    /// The next frame unparsed: type, channel and payload.
+    async fn raw_frame(&mut self) -> (u8, u16, Vec<u8>) {
+        let mut chunk = vec![0u8; 65536];
+        for _ in 0..10_000 {
+            if self.buf.len() >= 7 {
+                let size = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]);
+                let end = 7 + size as usize;
+                if self.buf.len() > end {
+                    let frame: Vec<u8> = self.buf.drain(..=end).collect();
+                    assert_eq!(frame[end], 0xCE, "frame end");
+                    let channel = u16::from_be_bytes([frame[1], frame[2]]);
+                    return (frame[0], channel, frame[7..end].to_vec());
+                }
+            }
+            match step("read a frame", self.sock.read(&mut chunk)).await {
+                Ok(0) | Err(_) => panic!("socket closed while reading a frame"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        panic!("no complete frame after 10000 reads");
     }
 
     /// Nothing arrives, and the socket stays open, for [`QUIET`].
@@ -4961,6 +4986,194 @@ async fn names_and_arguments_refused(url: String) {
         );
     }
     close(conn).await;
+}
+
+/// A publish's content frames must follow it; a content header that does not parse is
+/// RabbitMQ's 541 (which clients have a class for), not a parser's message.
+async fn frames_out_of_place_in_a_publish(url: String) {
+    let publish = || {
+        let p = basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+            routing_key: "nowhere".into(),
+            ..Default::default()
+        });
+        AMQPFrame::Method(1, AMQPClass::Basic(p))
+    };
+    let declare = || {
+        let d = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
+            queue: uniq("mid-publish").as_str().into(),
+            ..Default::default()
+        });
+        AMQPFrame::Method(1, AMQPClass::Queue(d))
+    };
+    let mut raw = Raw::open_channel_1(&url).await;
+    raw.send(&publish()).await;
+    raw.send(&declare()).await;
+    let c = raw.expect_connection_close(505).await;
+    assert_eq!(
+        (c.reply_text.as_str(), c.class_id, c.method_id),
+        (
+            "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
+            60,
+            40
+        )
+    );
+    let mut raw = Raw::open_channel_1(&url).await;
+    raw.send(&publish()).await;
+    raw.send(&AMQPFrame::Header(
+        1,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: 10,
+            properties: BasicProperties::default(),
+        },
+    ))
+    .await;
+    raw.send(&declare()).await;
+    let c = raw.expect_connection_close(505).await;
+    assert_eq!(
+        (c.reply_text.as_str(), c.class_id, c.method_id),
+        (
+            "UNEXPECTED_FRAME - expected content body, got non content body frame instead",
+            60,
+            40
+        )
+    );
+    // Headers holding a field of type 'Z', which AMQP does not have. RabbitMQ reads a
+    // message's properties when it first needs them (here: basic.get); we on arrival.
+    let mut raw = Raw::open_channel_1(&url).await;
+    let q = uniq("bad-header");
+    let d = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
+        queue: q.as_str().into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(d))).await;
+    raw.method().await;
+    let p = basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+        routing_key: q.as_str().into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(p))).await;
+    let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x20, 0];
+    payload.extend_from_slice(&4u32.to_be_bytes());
+    payload.extend_from_slice(&[1, b'k', b'Z', 0]);
+    let mut frame = vec![2, 0, 1];
+    frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    frame.extend_from_slice(&[3, 0, 1, 0, 0, 0, 1, b'x', 0xCE]);
+    raw.send_bytes(&frame).await;
+    let g = basic_methods::AMQPMethod::Get(basic_methods::Get {
+        queue: q.as_str().into(),
+        no_ack: true,
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(g))).await;
+    let c = raw.expect_connection_close(541).await;
+    assert_eq!(c.reply_text.as_str(), "INTERNAL_ERROR");
+}
+
+/// A message's properties reach its consumers as the publisher encoded them: header order,
+/// a repeated key and field types (here 'L', which a decoder might turn into 'l') stay.
+async fn headers_delivered_as_published(url: String) {
+    let mut raw = Raw::open_channel_1(&url).await;
+    let q = uniq("as-published");
+    let d = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
+        queue: q.as_str().into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(d))).await;
+    raw.method().await;
+    let p = basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+        routing_key: q.as_str().into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(p))).await;
+    let table = [
+        &[2, b'z', b'z', b'L'][..],
+        &5i64.to_be_bytes(),
+        &[2, b'a', b'a', b'I', 0, 0, 0, 1],
+        &[2, b'a', b'a', b'I', 0, 0, 0, 2],
+    ]
+    .concat();
+    // Property flags: content-type and headers.
+    let mut properties = vec![0xA0, 0, 4];
+    properties.extend_from_slice(b"text");
+    properties.extend_from_slice(&u32::try_from(table.len()).expect("small").to_be_bytes());
+    properties.extend_from_slice(&table);
+    let mut payload = vec![0, 60, 0, 0];
+    payload.extend_from_slice(&1u64.to_be_bytes());
+    payload.extend_from_slice(&properties);
+    let mut frame = vec![2, 0, 1];
+    frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    frame.extend_from_slice(&[3, 0, 1, 0, 0, 0, 1, b'x', 0xCE]);
+    raw.send_bytes(&frame).await;
+    let g = basic_methods::AMQPMethod::Get(basic_methods::Get {
+        queue: q.as_str().into(),
+        no_ack: true,
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(g))).await;
+    let (kind, _, _) = raw.raw_frame().await;
+    assert_eq!(kind, 1, "get-ok");
+    let (kind, channel, got) = raw.raw_frame().await;
+    assert_eq!((kind, channel), (2, 1), "a content header on channel 1");
+    assert_eq!(got, payload, "the content header as published");
+    let (kind, _, body) = raw.raw_frame().await;
+    assert_eq!((kind, body.as_slice()), (3, &b"x"[..]));
+}
+
+/// RabbitMQ answers a refused login with connection.close only to a client that
+/// advertised authentication_failure_close; it closes other clients' sockets without a
+/// word, and so it does for a mechanism it does not know.
+async fn login_refusals(url: String) {
+    let with_capability = {
+        let mut caps = FieldTable::default();
+        caps.insert(
+            "authentication_failure_close".into(),
+            AMQPValue::Boolean(true),
+        );
+        let mut props = FieldTable::default();
+        props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        props
+    };
+    let cases = [
+        ("EXTERNAL", "", FieldTable::default(), None),
+        ("PLAIN", "\0guest\0wrong", FieldTable::default(), None),
+        ("PLAIN", "\0guest\0wrong", with_capability, Some(403)),
+    ];
+    for (mechanism, response, client_properties, close) in cases {
+        let mut raw = Raw::connect(&url).await;
+        raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+        let AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)) = raw.method().await else {
+            panic!("expected connection.start");
+        };
+        raw.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(conn_methods::StartOk {
+                client_properties,
+                mechanism: mechanism.into(),
+                response: LongString::from(response),
+                locale: "en_US".into(),
+            })),
+        ))
+        .await;
+        match close {
+            Some(code) => {
+                let c = raw.expect_connection_close(code).await;
+                assert_eq!(
+                    c.reply_text.as_str(),
+                    "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+                );
+            }
+            None => {
+                let got = raw.read_to_eof().await;
+                assert!(
+                    got.is_empty(),
+                    "{mechanism} {response:?}: expected a silent close, got {got:?}"
+                );
+            }
+        }
+    }
 }
 
 /// RabbitMQ tells a consumer its queue was deleted (basic.cancel) only if its client

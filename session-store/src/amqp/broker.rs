@@ -800,14 +800,15 @@ impl Broker {
         let mut core = self.lock();
         let core = &mut *core;
         check_publish(&core.vhost, message.exchange.as_str())?;
-        let cc = routing_headers(&message.properties)?;
+        let cc = routing_headers(message.properties())?;
         if message
-            .properties
+            .properties()
             .headers()
             .as_ref()
             .is_some_and(|h| h.inner().contains_key("BCC"))
         {
-            message.properties = strip_bcc(std::mem::take(&mut message.properties));
+            let stripped = strip_bcc(std::mem::take(message.properties_mut()));
+            *message.properties_mut() = stripped;
         }
         message.charge(&core.memory);
         if message.exchange.as_str().is_empty()
@@ -825,7 +826,7 @@ impl Broker {
                 synced_at: None,
             });
         }
-        let headers = message.properties.headers().as_ref();
+        let headers = message.properties().headers().as_ref();
         let targets = if cc.is_empty() {
             let key = [message.routing_key.as_str()];
             core.vhost.route(message.exchange.as_str(), &key, headers)
@@ -1370,7 +1371,7 @@ fn enqueue_all(
     let now = Instant::now();
     let mut rejected = false;
     let logged = log_publish(&core.vhost, &message, targets);
-    let persistent = *message.properties.delivery_mode() == Some(PERSISTENT);
+    let persistent = *message.properties().delivery_mode() == Some(PERSISTENT);
     for name in targets {
         let Some(q) = core.vhost.queues.get_mut(name) else {
             continue;
@@ -1418,7 +1419,7 @@ fn enqueue_all(
 /// non-durable queues cost nothing here.
 fn log_publish(vhost: &VHost, message: &Arc<Message>, targets: &[String]) -> Option<(u64, u64)> {
     let journal = vhost.journal.as_ref()?;
-    let persistent = *message.properties.delivery_mode() == Some(PERSISTENT);
+    let persistent = *message.properties().delivery_mode() == Some(PERSISTENT);
     let queues: Vec<Arc<str>> = targets
         .iter()
         .filter_map(|t| vhost.queues.get(t))
@@ -1467,11 +1468,11 @@ fn dead_letter_all(core: &mut Core, dead: Vec<Dead>) {
         letter.charge(&core.memory);
         // The letter's CC keys are still its keys here, unless its routing key was
         // replaced; a bad CC header routes by the key alone.
-        let cc = routing_headers(&letter.properties).unwrap_or_default();
+        let cc = routing_headers(letter.properties()).unwrap_or_default();
         let keys = routing_keys(&letter, &cc);
         let targets: Vec<String> = core
             .vhost
-            .route(&d.dlx, &keys, letter.properties.headers().as_ref())
+            .route(&d.dlx, &keys, letter.properties().headers().as_ref())
             .into_iter()
             .filter(|q| !dead_letter::is_cycle(&letter, q))
             .collect();

@@ -15,7 +15,9 @@
 use std::io;
 use std::sync::Arc;
 
-use amq_protocol::frame::{AMQPFrame, BackToTheBuffer, SerializeFn, gen_frame, parse_frame};
+use amq_protocol::frame::{
+    AMQPContentHeader, AMQPFrame, BackToTheBuffer, SerializeFn, gen_frame, parse_frame,
+};
 use amq_protocol::protocol::AMQPClass;
 use amq_protocol::protocol::basic::{AMQPProperties, gen_properties};
 use amq_protocol::types::generation::{
@@ -46,8 +48,16 @@ const BASIC_CLASS_ID: u16 = 60;
 pub enum Inbound {
     /// The 8 opening bytes; `supported` is false for anything but AMQP 0-9-1.
     ProtocolHeader { supported: bool },
-    /// A method, content header or heartbeat frame.
+    /// A method or heartbeat frame.
     Frame(AMQPFrame),
+    /// A content header, with its property bytes as the client wrote them: delivered
+    /// as they came, header order, duplicate keys and field types stay the publisher's,
+    /// as in RabbitMQ, and need no encoding per delivery.
+    Header {
+        channel: u16,
+        header: AMQPContentHeader,
+        raw_properties: Bytes,
+    },
     /// A content body frame: channel and payload.
     Body(u16, Bytes),
 }
@@ -82,8 +92,12 @@ pub enum CodecError {
     BadFrameEnd(u8),
     #[error("unknown frame type {0}")]
     UnknownFrameType(u8),
-    #[error("malformed frame: {0}")]
+    #[error("malformed {0}")]
     Syntax(String),
+    /// A content header whose properties do not parse (a field table with an unknown
+    /// type, a wrong length): RabbitMQ answers 541 INTERNAL_ERROR, which clients know.
+    #[error("malformed content header on channel {0}")]
+    BadContentHeader(u16),
     #[error("cannot serialise a frame: {0}")]
     Generate(String),
     /// basic.qos with a prefetch size, which RabbitMQ refuses (amq-protocol's parser
@@ -99,6 +113,7 @@ impl CodecError {
     pub fn reply_code(&self) -> u16 {
         match self {
             CodecError::Syntax(_) => code::SYNTAX_ERROR,
+            CodecError::BadContentHeader(_) => code::INTERNAL_ERROR,
             CodecError::PrefetchSize(_) => code::NOT_IMPLEMENTED,
             _ => code::FRAME_ERROR,
         }
@@ -205,8 +220,25 @@ impl Decoder for AmqpCodec {
             }
         }
         match parse_frame(&frame[..]) {
+            Ok((_, AMQPFrame::Header(channel, header))) => {
+                // Frame header (7), class, weight and body size (12); the frame-end octet.
+                let raw_properties = frame.freeze().slice(19..total - 1);
+                Ok(Some(Inbound::Header {
+                    channel,
+                    header,
+                    raw_properties,
+                }))
+            }
             Ok((_, parsed)) => Ok(Some(Inbound::Frame(parsed))),
-            Err(e) => Err(CodecError::Syntax(format!("{e:?}"))),
+            Err(_) if kind == FRAME_HEADER => Err(CodecError::BadContentHeader(channel)),
+            Err(_) if kind == FRAME_METHOD && frame.len() >= 11 => {
+                Err(CodecError::Syntax(format!(
+                    "method frame (class {}, method {})",
+                    u16::from_be_bytes([frame[7], frame[8]]),
+                    u16::from_be_bytes([frame[9], frame[10]])
+                )))
+            }
+            Err(_) => Err(CodecError::Syntax(format!("frame of type {kind}"))),
         }
     }
 }
@@ -226,10 +258,24 @@ impl Encoder<Outbound> for AmqpCodec {
             } => {
                 self.generate(gen_frame(&AMQPFrame::Method(channel, method)), dst)?;
                 let body = &message.body;
-                self.generate(
-                    gen_content_header(channel, body.len() as u64, &message.properties),
-                    dst,
-                )?;
+                match message.raw_properties() {
+                    Some(raw) => {
+                        dst.reserve(raw.len() + 12 + FRAME_OVERHEAD);
+                        dst.put_u8(FRAME_HEADER);
+                        dst.put_u16(channel);
+                        // Properties come from one frame, so they fit a u32 with room.
+                        dst.put_u32(u32::try_from(raw.len() + 12).unwrap_or(u32::MAX));
+                        dst.put_u16(BASIC_CLASS_ID);
+                        dst.put_u16(0);
+                        dst.put_u64(body.len() as u64);
+                        dst.extend_from_slice(raw);
+                        dst.put_u8(FRAME_END);
+                    }
+                    None => self.generate(
+                        gen_content_header(channel, body.len() as u64, message.properties()),
+                        dst,
+                    )?,
+                }
                 let chunk = self.body_chunk();
                 for part in body.chunks(chunk) {
                     dst.reserve(part.len() + FRAME_OVERHEAD);
@@ -334,6 +380,69 @@ mod tests {
         assert_eq!(err.reply_code(), code::SYNTAX_ERROR);
     }
 
+    /// A content header's properties are delivered byte for byte: header order, a
+    /// duplicate key and a field type the parser would rewrite ('L' read as 'l') stay.
+    #[test]
+    fn content_header_properties_pass_through_unchanged() {
+        let mut properties = vec![0x20, 0]; // property flags: headers only
+        let table = [
+            &[2, b'z', b'z', b'L'][..],
+            &5i64.to_be_bytes(),
+            &[2, b'a', b'a', b'I', 0, 0, 0, 1],
+            &[2, b'a', b'a', b'I', 0, 0, 0, 2],
+        ]
+        .concat();
+        properties.extend_from_slice(&u32::try_from(table.len()).expect("small").to_be_bytes());
+        properties.extend_from_slice(&table);
+        let mut payload = vec![0, 60, 0, 0];
+        payload.extend_from_slice(&3u64.to_be_bytes());
+        payload.extend_from_slice(&properties);
+        let mut buf = BytesMut::new();
+        buf.put_u8(FRAME_HEADER);
+        buf.put_u16(1);
+        buf.put_u32(u32::try_from(payload.len()).expect("small"));
+        buf.extend_from_slice(&payload);
+        buf.put_u8(FRAME_END);
+        let mut codec = opened();
+        let Some(Inbound::Header {
+            header,
+            raw_properties,
+            ..
+        }) = codec.decode(&mut buf).expect("decode")
+        else {
+            panic!("expected a content header");
+        };
+        assert_eq!(raw_properties, properties);
+        let message = Message::new("".into(), "q".into(), header.properties, "abc".into())
+            .with_raw_properties(raw_properties);
+        let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+            consumer_tag: "c".into(),
+            delivery_tag: 1,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: "q".into(),
+        }));
+        let out = encode(
+            &mut codec,
+            Outbound::Content {
+                channel: 1,
+                method,
+                message: Arc::new(message),
+            },
+        );
+        let header_frame = [
+            &[FRAME_HEADER, 0, 1][..],
+            &u32::try_from(payload.len()).expect("small").to_be_bytes(),
+            &payload,
+            &[FRAME_END],
+        ]
+        .concat();
+        assert!(
+            out.windows(header_frame.len()).any(|w| w == header_frame),
+            "the delivery carries the publisher's header frame"
+        );
+    }
+
     #[test]
     fn body_frames_are_split_by_frame_max_and_reassemble() {
         let mut codec = AmqpCodec::new(4096);
@@ -367,14 +476,16 @@ mod tests {
         assert_eq!(frames.len(), 2 + 3, "method, header, three bodies");
         assert_eq!(frames[0], Inbound::Frame(AMQPFrame::Method(3, method)));
         match &frames[1] {
-            Inbound::Frame(AMQPFrame::Header(
-                3,
-                AMQPContentHeader {
-                    class_id,
-                    body_size,
-                    ..
-                },
-            )) => assert_eq!((*class_id, *body_size), (60, 10_000)),
+            Inbound::Header {
+                channel: 3,
+                header:
+                    AMQPContentHeader {
+                        class_id,
+                        body_size,
+                        ..
+                    },
+                ..
+            } => assert_eq!((*class_id, *body_size), (60, 10_000)),
             other => panic!("expected a header, got {other:?}"),
         }
         let total: usize = frames[2..]

@@ -133,9 +133,17 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
             broker.connection_closed(id);
             node.connection_closed(id);
         }
-        Err(HandshakeEnd::Refuse(e)) => close_with(&mut frames, &tx, &e).await,
-        Err(HandshakeEnd::Codec(e)) => codec_failed(&mut frames, &tx, id, &e).await,
-        Err(HandshakeEnd::Gone) => {}
+        // Each arm lets go of its sender: the writer ends (and closes the socket) once
+        // every sender is gone.
+        Err(HandshakeEnd::Refuse(e)) => {
+            close_with(&mut frames, &tx, &e).await;
+            drop(tx);
+        }
+        Err(HandshakeEnd::Codec(e)) => {
+            codec_failed(&mut frames, &tx, id, &e).await;
+            drop(tx);
+        }
+        Err(HandshakeEnd::Gone) => drop(tx),
     }
     if tokio::time::timeout(WRITER_TIMEOUT, writer).await.is_err() {
         debug!(?peer, "writer did not finish in time");
@@ -208,6 +216,8 @@ async fn write_loop(
 struct Pending {
     publish: basic::Publish,
     header: Option<AMQPContentHeader>,
+    /// The header's property bytes as the client sent them.
+    raw_properties: Option<Bytes>,
     parts: Vec<Bytes>,
     received: u64,
 }
@@ -483,6 +493,11 @@ impl Conn {
         let frame = match inbound {
             Inbound::Body(ch, body) => return done(ch, self.body(ch, body)),
             Inbound::ProtocolHeader { .. } => return Hot::Failed(0, unexpected_frame()),
+            Inbound::Header {
+                channel,
+                header,
+                raw_properties,
+            } => return done(channel, self.header(channel, header, Some(raw_properties))),
             Inbound::Frame(frame) => frame,
         };
         match frame {
@@ -496,7 +511,7 @@ impl Conn {
                 ),
             ),
             AMQPFrame::ProtocolHeader(_) => Hot::Failed(0, unexpected_frame()),
-            AMQPFrame::Header(ch, header) => done(ch, self.header(ch, header)),
+            AMQPFrame::Header(ch, header) => done(ch, self.header(ch, header, None)),
             AMQPFrame::Body(ch, body) => done(ch, self.body(ch, Bytes::from(body))),
             AMQPFrame::Method(ch, m) => self.basic_hot(ch, m),
         }
@@ -528,6 +543,7 @@ impl Conn {
                 chan.pending = Some(Pending {
                     publish,
                     header: None,
+                    raw_properties: None,
                     parts: Vec::new(),
                     received: 0,
                 });
@@ -640,8 +656,8 @@ impl Conn {
             }
             return Ok(());
         }
-        if chan.pending.is_some() {
-            return Err(unexpected_frame().during(&m));
+        if let Some(pending) = &chan.pending {
+            return Err(mid_content(pending.header.is_some()));
         }
         match &m {
             AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
@@ -1022,16 +1038,24 @@ impl Conn {
         Ok((!nowait).then_some(AMQPClass::Queue(ok)))
     }
 
-    fn header(&mut self, ch: u16, header: AMQPContentHeader) -> Result<(), AmqpError> {
+    fn header(
+        &mut self,
+        ch: u16,
+        header: AMQPContentHeader,
+        raw_properties: Option<Bytes>,
+    ) -> Result<(), AmqpError> {
         let Some(chan) = self.channels.get_mut(&ch) else {
             return Err(unexpected_frame());
         };
         if chan.closing {
             return Ok(());
         }
-        let Some(pending) = chan.pending.as_mut().filter(|p| p.header.is_none()) else {
+        let Some(pending) = chan.pending.as_mut() else {
             return Err(unexpected_frame());
         };
+        if pending.header.is_some() {
+            return Err(mid_content(true));
+        }
         if header.body_size > MAX_MESSAGE_SIZE {
             return Err(AmqpError::precondition(format_args!(
                 "message size {} is larger than configured max size {MAX_MESSAGE_SIZE}",
@@ -1043,6 +1067,7 @@ impl Conn {
         }
         let done = header.body_size == 0;
         pending.header = Some(header);
+        pending.raw_properties = raw_properties;
         if done {
             self.complete(ch)?;
         }
@@ -1060,7 +1085,7 @@ impl Conn {
             return Err(unexpected_frame());
         };
         let Some(size) = pending.header.as_ref().map(|h| h.body_size) else {
-            return Err(unexpected_frame());
+            return Err(mid_content(false));
         };
         pending.received += body.len() as u64;
         if pending.received > size {
@@ -1082,6 +1107,7 @@ impl Conn {
         let Some(Pending {
             mut publish,
             header: Some(header),
+            raw_properties,
             parts,
             received,
         }) = chan.pending.take()
@@ -1105,6 +1131,9 @@ impl Conn {
             header.properties,
             body,
         );
+        if let Some(raw) = raw_properties {
+            message = message.with_raw_properties(raw);
+        }
         // Errors name only the method's class and id: no copy of the publish needed.
         let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish::default()));
         if let Err(e) = self.allow_publish(ch, &message.exchange).and_then(|()| {
@@ -1116,7 +1145,7 @@ impl Conn {
         }) {
             return Err(e.during(&method));
         }
-        if let Some(claimed) = message.properties.user_id()
+        if let Some(claimed) = message.properties().user_id()
             && claimed.as_str() != self.user.name
             && !self.user.has_tag("impersonator")
         {
@@ -1127,7 +1156,7 @@ impl Conn {
             return Err(e.during(&method));
         }
         if message
-            .properties
+            .properties()
             .reply_to()
             .as_ref()
             .is_some_and(|r| r.as_str() == reply_to::PSEUDO_QUEUE)
@@ -1136,10 +1165,10 @@ impl Conn {
                 let e = AmqpError::precondition("fast reply consumer does not exist");
                 return Err(e.during(&method));
             };
-            message.properties =
-                std::mem::take(&mut message.properties).with_reply_to(short(&address));
+            let properties = std::mem::take(message.properties_mut());
+            *message.properties_mut() = properties.with_reply_to(short(&address));
         }
-        if let Some(expiration) = message.properties.expiration()
+        if let Some(expiration) = message.properties().expiration()
             && let Err(reason) = parse_expiration(expiration.as_str())
         {
             let e = AmqpError::precondition(format_args!(
@@ -1200,7 +1229,7 @@ impl Conn {
             Arc::new(Message::new(
                 message.exchange.clone(),
                 message.routing_key.clone(),
-                message.properties.clone(),
+                message.properties().clone(),
                 message.body.clone(),
             ))
         });
@@ -1285,6 +1314,7 @@ async fn codec_failed<R: AsyncRead + Unpin>(
     }
     debug!(id, "closing on bad input: {e}");
     let text = match e.reply_code() {
+        code::INTERNAL_ERROR => "INTERNAL_ERROR".to_string(),
         code::SYNTAX_ERROR => format!("SYNTAX_ERROR - {e}"),
         code::NOT_IMPLEMENTED => format!("NOT_IMPLEMENTED - {e}"),
         _ => format!("FRAME_ERROR - {e}"),
@@ -1406,6 +1436,18 @@ fn confirm_method(tag: u64, multiple: bool, ack: bool) -> AMQPClass {
 
 fn close_ok() -> AMQPClass {
     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}))
+}
+
+/// A frame other than the content a basic.publish announced, in RabbitMQ's words.
+fn mid_content(header_seen: bool) -> AmqpError {
+    let text = if header_seen {
+        "UNEXPECTED_FRAME - expected content body, got non content body frame instead"
+    } else {
+        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
+    };
+    AmqpError::connection(code::UNEXPECTED_FRAME, text).during(&AMQPClass::Basic(
+        basic::AMQPMethod::Publish(basic::Publish::default()),
+    ))
 }
 
 fn unexpected_frame() -> AmqpError {

@@ -46,7 +46,7 @@ pub fn dead_letter(
     target: &Target<'_>,
     now_secs: u64,
 ) -> Message {
-    let mut headers = message.properties.headers().clone().unwrap_or_default();
+    let mut headers = message.properties().headers().clone().unwrap_or_default();
     let mut routing_keys = vec![long(message.routing_key.as_str())];
     if let Some(AMQPValue::FieldArray(cc)) = headers.inner().get("CC") {
         routing_keys.extend(cc.as_slice().iter().cloned());
@@ -60,7 +60,7 @@ pub fn dead_letter(
         "routing-keys".into(),
         AMQPValue::FieldArray(FieldArray::from(routing_keys)),
     );
-    if let Some(expiration) = message.properties.expiration() {
+    if let Some(expiration) = message.properties().expiration() {
         info.insert("original-expiration".into(), long(expiration.as_str()));
     }
     update_x_death(&mut headers, info, queue, reason, message.exchange.as_str());
@@ -73,7 +73,7 @@ pub fn dead_letter(
     Message::new(
         target.exchange.into(),
         routing_key,
-        without_expiration(&message.properties).with_headers(headers),
+        without_expiration(message.properties()).with_headers(headers),
         message.body.clone(),
     )
 }
@@ -145,7 +145,7 @@ fn update_x_death(
 /// dead-lettered into `queue` again, which would loop forever.
 pub fn is_cycle(message: &Message, queue: &str) -> bool {
     let Some(AMQPValue::FieldArray(deaths)) = message
-        .properties
+        .properties()
         .headers()
         .as_ref()
         .and_then(|h| h.inner().get("x-death"))
@@ -233,7 +233,7 @@ mod tests {
 
     fn deaths(m: &Message) -> Vec<FieldTable> {
         match m
-            .properties
+            .properties()
             .headers()
             .as_ref()
             .and_then(|h| h.inner().get("x-death"))
@@ -260,9 +260,9 @@ mod tests {
         let dead = dead_letter(&message(Some("50")), Reason::Expired, "src", &DLX, 1000);
         assert_eq!(dead.exchange.as_str(), "dlx");
         assert_eq!(dead.routing_key.as_str(), "src");
-        assert!(dead.properties.expiration().is_none());
+        assert!(dead.properties().expiration().is_none());
         assert_eq!(
-            dead.properties.message_id().as_ref().map(|s| s.as_str()),
+            dead.properties().message_id().as_ref().map(|s| s.as_str()),
             Some("m1")
         );
         let d = deaths(&dead);
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(text(t.get("exchange")), Some(""));
         assert_eq!(text(t.get("original-expiration")), Some("50"));
         assert_eq!(t.get("time"), Some(&AMQPValue::Timestamp(1000)));
-        let h = dead.properties.headers().clone().unwrap_or_default();
+        let h = dead.properties().headers().clone().unwrap_or_default();
         assert_eq!(text(h.inner().get("x-first-death-reason")), Some("expired"));
         assert_eq!(text(h.inner().get("x-first-death-queue")), Some("src"));
     }
@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(text(d[0].inner().get("queue")), Some("a"));
         assert_eq!(d[0].inner().get("count"), Some(&AMQPValue::LongLongInt(2)));
         assert_eq!(text(d[1].inner().get("queue")), Some("b"));
-        let h = thrice.properties.headers().clone().unwrap_or_default();
+        let h = thrice.properties().headers().clone().unwrap_or_default();
         assert_eq!(text(h.inner().get("x-first-death-queue")), Some("a"));
         assert!(!is_cycle(&thrice, "a"), "a rejection breaks the cycle rule");
     }

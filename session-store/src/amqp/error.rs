@@ -21,6 +21,7 @@ pub mod code {
     pub const UNEXPECTED_FRAME: u16 = 505;
     pub const NOT_ALLOWED: u16 = 530;
     pub const NOT_IMPLEMENTED: u16 = 540;
+    pub const INTERNAL_ERROR: u16 = 541;
 }
 
 /// Which scope an error closes: a soft error ends only its channel, a hard one the

@@ -14,6 +14,7 @@ use futures::StreamExt as _;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
+use tracing::debug;
 
 use super::AmqpConfig;
 use super::broker::Broker;
@@ -28,6 +29,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// RabbitMQ's smallest frame_max (amq-protocol's constant says 8192, the spec's 4096).
 const FRAME_MIN_SIZE: u32 = 4096;
+/// How long a client refused before connection.tune waits for its socket to close, as in
+/// RabbitMQ (`SILENT_CLOSE_DELAY`).
+const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 
 /// Limits both sides agreed on.
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +101,27 @@ async fn steps<R: AsyncRead + Unpin>(
         connection::AMQPMethod::StartOk(s) => s,
         _ => return Err(unexpected()),
     };
-    let user = authenticate(&start_ok, &node.users(), peer).map_err(HandshakeEnd::Refuse)?;
+    let auth = authenticate(&start_ok, &node.users(), peer);
+    let user = match auth {
+        Ok(user) => user,
+        // As RabbitMQ: connection.close only to a client that asked for it; the others
+        // (and any client whose start-ok RabbitMQ could not even read) see the socket
+        // close after a pause that makes guessing passwords slow.
+        Err(e)
+            if e.code == code::ACCESS_REFUSED
+                && client_capability(
+                    &start_ok.client_properties,
+                    "authentication_failure_close",
+                ) =>
+        {
+            return Err(HandshakeEnd::Refuse(e));
+        }
+        Err(e) => {
+            debug!(?peer, "refused without a word: {}", e.reply_text());
+            tokio::time::sleep(SILENT_CLOSE_DELAY).await;
+            return Err(HandshakeEnd::Gone);
+        }
+    };
     send(
         tx,
         connection::AMQPMethod::Tune(connection::Tune {
@@ -337,14 +361,18 @@ fn authenticate(
         "AMQPLAIN" => amqplain(start_ok.response.as_bytes()),
         other => {
             return Err(AmqpError::connection(
-                code::ACCESS_REFUSED,
-                format!(
-                    "ACCESS_REFUSED - unsupported authentication mechanism '{other}', supported: PLAIN AMQPLAIN"
-                ),
+                code::COMMAND_INVALID,
+                format!("COMMAND_INVALID - unknown authentication mechanism '{other}'"),
             ));
         }
     };
-    match credentials.and_then(|(user, pass)| users.login(&user, &pass, peer)) {
+    let Some((user, pass)) = credentials else {
+        return Err(AmqpError::connection(
+            code::SYNTAX_ERROR,
+            format!("SYNTAX_ERROR - malformed {mechanism} response"),
+        ));
+    };
+    match users.login(&user, &pass, peer) {
         Some(user) => Ok(user),
         None => Err(AmqpError::connection(
             code::ACCESS_REFUSED,

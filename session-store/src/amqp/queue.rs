@@ -28,7 +28,10 @@ use super::store::{Journal, Record};
 pub struct Message {
     pub exchange: ShortString,
     pub routing_key: ShortString,
-    pub properties: AMQPProperties,
+    /// Private, so that no change can leave `raw_properties` behind it.
+    properties: AMQPProperties,
+    /// The properties as the publisher encoded them, while they are unchanged.
+    raw_properties: Option<Bytes>,
     pub body: Bytes,
     /// The body's bytes in the memory watermark, released with the message.
     charge: Charge,
@@ -46,9 +49,31 @@ impl Message {
             exchange,
             routing_key,
             properties,
+            raw_properties: None,
             body,
             charge: Charge::default(),
         }
+    }
+
+    /// The same message, its properties delivered as `raw` (their encoding by the
+    /// publisher) for as long as they are not changed.
+    pub fn with_raw_properties(mut self, raw: Bytes) -> Self {
+        self.raw_properties = Some(raw);
+        self
+    }
+
+    pub fn properties(&self) -> &AMQPProperties {
+        &self.properties
+    }
+
+    /// For a change of the properties: from then on they are encoded anew.
+    pub fn properties_mut(&mut self) -> &mut AMQPProperties {
+        self.raw_properties = None;
+        &mut self.properties
+    }
+
+    pub fn raw_properties(&self) -> Option<&Bytes> {
+        self.raw_properties.as_ref()
     }
 
     /// Counts the body in `memory` until the message is dropped; done once, by the

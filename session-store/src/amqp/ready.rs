@@ -26,7 +26,7 @@ impl Ready {
     }
 
     fn level(&self, m: &QueuedMessage) -> usize {
-        let priority = usize::from(m.message.properties.priority().unwrap_or(0));
+        let priority = usize::from(m.message.properties().priority().unwrap_or(0));
         priority.min(self.levels.len() - 1)
     }
 

@@ -754,7 +754,7 @@ fn message_json(
         "exchange": message.exchange.as_str(),
         "routing_key": message.routing_key.as_str(),
         "message_count": message_count,
-        "properties": super::json::properties(&message.properties),
+        "properties": super::json::properties(message.properties()),
         "payload": payload,
         "payload_encoding": encoding,
     })

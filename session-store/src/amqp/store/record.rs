@@ -208,7 +208,11 @@ impl Record {
                 }
                 put_str(out, message.exchange.as_str());
                 put_str(out, message.routing_key.as_str());
-                put_properties(out, &message.properties);
+                // As the publisher encoded them, when unchanged: the same wire format.
+                match message.raw_properties() {
+                    Some(raw) => put_bytes(out, raw),
+                    None => put_properties(out, message.properties()),
+                }
                 put_bytes(out, &message.body);
             }
             Record::Delivered { queue, id } | Record::Settle { queue, id } => {
@@ -286,13 +290,15 @@ impl Record {
                 }
                 let exchange = r.short()?;
                 let routing_key = r.short()?;
-                let properties = r.properties()?;
+                let (properties, raw) = r.properties()?;
                 let body = r.bytes()?;
+                let message =
+                    Message::new(exchange, routing_key, properties, body).with_raw_properties(raw);
                 Record::Publish {
                     id,
                     published_ms,
                     queues,
-                    message: Arc::new(Message::new(exchange, routing_key, properties, body)),
+                    message: Arc::new(message),
                 }
             }
             tag @ (DELIVERED | SETTLE) => {
@@ -425,14 +431,15 @@ impl Reader {
         Ok(table)
     }
 
-    fn properties(&mut self) -> Result<AMQPProperties, DecodeError> {
+    /// The properties, and their encoding (delivered as it is).
+    fn properties(&mut self) -> Result<(AMQPProperties, Bytes), DecodeError> {
         let encoded = self.bytes()?;
         let (rest, properties) = parse_properties(&encoded[..])
             .map_err(|e| bad(format!("bad message properties: {e}")))?;
         if !rest.is_empty() {
             return Err(bad("bytes after the message properties".into()));
         }
-        Ok(properties)
+        Ok((properties, encoded))
     }
 }
 
