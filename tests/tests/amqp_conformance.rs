@@ -644,6 +644,15 @@ impl Raw {
 
     /// connection.start .. open-ok as guest; returns the negotiated frame_max.
     async fn handshake(&mut self, channel_max: Option<u16>) -> u32 {
+        self.handshake_as(channel_max, FieldTable::default()).await
+    }
+
+    /// [`Raw::handshake`] with these client properties.
+    async fn handshake_as(
+        &mut self,
+        channel_max: Option<u16>,
+        client_properties: FieldTable,
+    ) -> u32 {
         self.send_bytes(b"AMQP\x00\x00\x09\x01").await;
         let AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)) = self.method().await else {
             panic!("expected connection.start");
@@ -651,7 +660,7 @@ impl Raw {
         self.send(&AMQPFrame::Method(
             0,
             AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(conn_methods::StartOk {
-                client_properties: FieldTable::default(),
+                client_properties,
                 mechanism: "PLAIN".into(),
                 response: LongString::from("\0guest\0guest"),
                 locale: "en_US".into(),
@@ -5217,6 +5226,57 @@ async fn cancel_notify_only_when_advertised(url: String) {
     raw.quiet("a consumer whose client did not ask for basic.cancel")
         .await;
     close(conn).await;
+
+    // A client that asks for it, deleting the queue it consumes from on the same channel:
+    // queue.delete-ok first, then basic.cancel.
+    let mut caps = FieldTable::default();
+    caps.insert("consumer_cancel_notify".into(), AMQPValue::Boolean(true));
+    let mut props = FieldTable::default();
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    let mut raw = Raw::connect(&url).await;
+    raw.handshake_as(None, props).await;
+    let open = channel_methods::AMQPMethod::Open(channel_methods::Open {});
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Channel(open)))
+        .await;
+    raw.method().await;
+    let q = uniq("cancel-notify");
+    let declare = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
+        queue: q.as_str().into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(declare)))
+        .await;
+    raw.method().await;
+    let consume = basic_methods::AMQPMethod::Consume(basic_methods::Consume {
+        queue: q.as_str().into(),
+        consumer_tag: "told".into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(consume)))
+        .await;
+    raw.method().await;
+    let delete = queue_methods::AMQPMethod::Delete(queue_methods::Delete {
+        queue: q.as_str().into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(delete)))
+        .await;
+    let first = raw.method().await;
+    assert!(
+        matches!(
+            first,
+            AMQPClass::Queue(queue_methods::AMQPMethod::DeleteOk(_))
+        ),
+        "{first:?}"
+    );
+    let second = raw.method().await;
+    assert!(
+        matches!(
+            &second,
+            AMQPClass::Basic(basic_methods::AMQPMethod::Cancel(c)) if c.consumer_tag.as_str() == "told"
+        ),
+        "{second:?}"
+    );
 }
 
 /// A message above RabbitMQ's default max_message_size (128 MiB) closes its channel with

@@ -750,12 +750,19 @@ impl Broker {
         Ok(purged)
     }
 
-    pub fn queue_delete(&self, conn: ConnId, d: &queue::Delete) -> Result<u32, AmqpError> {
+    /// Deletes a queue for `conn`: its message count, and the basic.cancel frames due to
+    /// `conn`'s own consumers of it, to be sent after queue.delete-ok, as RabbitMQ sends
+    /// them.
+    pub fn queue_delete(
+        &self,
+        conn: ConnId,
+        d: &queue::Delete,
+    ) -> Result<(u32, Vec<Outbound>), AmqpError> {
         let mut core = self.lock();
         let name = d.queue.as_str();
         let vhost_name = core.vhost.name.clone();
         let Some(q) = core.vhost.queues.get(name) else {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         };
         check_owner(q, conn, &vhost_name)?;
         if q.args.kind == QueueType::Quorum {
@@ -782,10 +789,10 @@ impl Broker {
                 "queue '{name}' in vhost '{vhost_name}' not empty"
             )));
         }
-        let count = delete_queue(&mut core, name);
+        let deleted = delete_queue_for(&mut core, name, Some(conn));
         drop(core);
         self.memory.check();
-        Ok(count)
+        Ok(deleted)
     }
 
     /// Checks that a message may be published to `exchange` (it exists and is not
@@ -1749,8 +1756,15 @@ fn remove_consumer(core: &mut Core, queue: &str, conn: ConnId, channel: u16, tag
 /// Deletes a queue, its bindings and consumers (who are told with basic.cancel if their
 /// client advertised consumer_cancel_notify). Returns how many messages it held.
 fn delete_queue(core: &mut Core, name: &str) -> u32 {
+    delete_queue_for(core, name, None).0
+}
+
+/// [`delete_queue`], for `deleter`: the cancels due to its own consumers are returned
+/// instead of sent.
+fn delete_queue_for(core: &mut Core, name: &str, deleter: Option<ConnId>) -> (u32, Vec<Outbound>) {
+    let mut own = Vec::new();
     let Some(q) = core.vhost.queues.remove(name) else {
-        return 0;
+        return (0, own);
     };
     core.retired.add(&q.stats);
     if q.journal.is_some() {
@@ -1768,14 +1782,17 @@ fn delete_queue(core: &mut Core, name: &str) -> u32 {
                 consumer_tag: c.tag.clone(),
                 nowait: true,
             }));
+            let frame = Outbound::Frame(AMQPFrame::Method(c.channel, cancel));
+            if deleter == Some(c.conn) {
+                own.push(frame);
+                continue;
+            }
             // Best effort: a client too slow to read its queue misses the notice, as its
             // consumer is gone either way.
-            let _ = handle
-                .tx
-                .try_send(Outbound::Frame(AMQPFrame::Method(c.channel, cancel)));
+            let _ = handle.tx.try_send(frame);
         }
     }
-    q.message_count()
+    (q.message_count(), own)
 }
 
 /// Removes every binding to `destination`; auto-delete exchanges left unbound go too.

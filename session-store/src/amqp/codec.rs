@@ -222,7 +222,8 @@ impl Decoder for AmqpCodec {
         match parse_frame(&frame[..]) {
             Ok((_, AMQPFrame::Header(channel, header))) => {
                 // Frame header (7), class, weight and body size (12); the frame-end octet.
-                let raw_properties = frame.freeze().slice(19..total - 1);
+                // Copied: a slice would keep the whole read buffer alive with the message.
+                let raw_properties = Bytes::copy_from_slice(&frame[19..total - 1]);
                 Ok(Some(Inbound::Header {
                     channel,
                     header,

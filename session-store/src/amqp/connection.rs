@@ -262,7 +262,8 @@ struct Conn {
     synced: Option<watch::Receiver<u64>>,
     /// Confirms waiting for the journal, in journal order.
     confirms: VecDeque<WaitingConfirm>,
-    /// Frames the hot path produced, sent before the next frame is read.
+    /// Frames produced without awaiting (by the hot path, or to follow a reply), sent
+    /// before the next frame is read.
     outbox: VecDeque<Outbound>,
 }
 
@@ -393,6 +394,10 @@ impl Conn {
                 Hot::Failed(ch, e) => Box::pin(self.fail(ch, e)).await.map(|()| Flow::Continue),
                 Hot::Method(ch, m) => Box::pin(self.method_frame(ch, m)).await,
             };
+            // What the general path queued to follow its reply.
+            if !self.outbox.is_empty() {
+                self.flush_outbox().await;
+            }
             match flow {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Closed) => {
@@ -1027,7 +1032,9 @@ impl Conn {
                 let mut d = d.clone();
                 d.queue = short(&self.queue_name(ch, &d.queue)?);
                 self.allow(Perm::Configure, Resource::Queue, d.queue.as_str())?;
-                let message_count = broker.queue_delete(self.id, &d)?;
+                let (message_count, cancels) = broker.queue_delete(self.id, &d)?;
+                // After the reply (see `run`).
+                self.outbox.extend(cancels);
                 (
                     d.nowait,
                     queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count }),
