@@ -1698,6 +1698,27 @@ async fn exclusive_queue_other_connection(url: String) {
         r.map(|_| ()),
         405,
     );
+    // Unbinding is refused only where there is a binding to remove.
+    bind(&ch, &q, "amq.direct", "held", FieldTable::default()).await;
+    for (key, expected) in [("never-bound", None), ("held", Some(405))] {
+        let och = channel(&other).await;
+        let r = step(
+            "unbind from another connection",
+            och.queue_unbind(
+                q.as_str().into(),
+                "amq.direct".into(),
+                key.into(),
+                FieldTable::default(),
+            ),
+        )
+        .await;
+        match expected {
+            None => r.unwrap_or_else(|e| panic!("unbind of {key}: {e}")),
+            Some(code) => {
+                expect_code("unbind an exclusive queue's binding", r, code);
+            }
+        }
+    }
     // When the owner goes, the queue goes.
     close(owner).await;
     let och = channel(&other).await;

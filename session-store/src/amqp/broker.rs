@@ -524,10 +524,22 @@ impl Broker {
         };
         let vhost_name = vhost.name.clone();
         let x = vhost.exchanges.get_mut(source);
-        // Unbinding what is not there is not an error in RabbitMQ, whatever is missing.
+        let binding = Binding {
+            destination,
+            arguments: arguments.clone(),
+        };
+        // Unbinding what is not there is not an error in RabbitMQ, whatever is missing,
+        // even on a queue another connection holds exclusively.
         let (durable_destination, x) = match (durable_destination, x) {
             (Err(e), _) if unbind && e.code == super::error::code::NOT_FOUND => return Ok(()),
             (_, None) if unbind => return Ok(()),
+            (Err(e), Some(x))
+                if unbind
+                    && e.code == super::error::code::RESOURCE_LOCKED
+                    && !x.has_binding(key, &binding) =>
+            {
+                return Ok(());
+            }
             (d, x) => (
                 d?,
                 x.ok_or_else(|| AmqpError::not_found("exchange", source, &vhost_name))?,
@@ -539,14 +551,10 @@ impl Broker {
         // As in RabbitMQ, a binding is durable when both its ends are.
         let record = (durable_destination && x.durable).then(|| BindingRecord {
             source: source.to_string(),
-            destination: destination.clone(),
+            destination: binding.destination.clone(),
             key: key.to_string(),
             arguments: arguments.clone(),
         });
-        let binding = Binding {
-            destination,
-            arguments: arguments.clone(),
-        };
         let mut emptied = None;
         if unbind {
             x.unbind(key, &binding);

@@ -113,6 +113,12 @@ impl Exchange {
         }
     }
 
+    pub fn has_binding(&self, key: &str, binding: &Binding) -> bool {
+        self.bindings
+            .get(key)
+            .is_some_and(|list| list.contains(binding))
+    }
+
     pub fn unbind(&mut self, key: &str, binding: &Binding) {
         if let Some(list) = self.bindings.get_mut(key) {
             list.retain(|b| b != binding);
