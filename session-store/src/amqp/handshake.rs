@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
-use tracing::debug;
+use tracing::info;
 
 use super::AmqpConfig;
 use super::broker::Broker;
@@ -102,6 +102,10 @@ async fn steps<R: AsyncRead + Unpin>(
         _ => return Err(unexpected()),
     };
     let auth = authenticate(&start_ok, &node.users(), peer);
+    if let Err(e) = &auth {
+        // The detail the refusal tells the client to look for in the broker's log.
+        info!(?peer, "AMQP login refused: {}", e.reply_text());
+    }
     let user = match auth {
         Ok(user) => user,
         // As RabbitMQ: connection.close only to a client that asked for it; the others
@@ -116,8 +120,7 @@ async fn steps<R: AsyncRead + Unpin>(
         {
             return Err(HandshakeEnd::Refuse(e));
         }
-        Err(e) => {
-            debug!(?peer, "refused without a word: {}", e.reply_text());
+        Err(_) => {
             tokio::time::sleep(SILENT_CLOSE_DELAY).await;
             return Err(HandshakeEnd::Gone);
         }
