@@ -755,6 +755,38 @@ impl Raw {
         panic!("no complete frame after 10000 reads");
     }
 
+    /// Declares `queue` on channel 1 and publishes to it a one-byte message whose content
+    /// header carries `properties` (flags and all) as given, then asks for it back with
+    /// basic.get. Returns the content header's payload as sent.
+    async fn publish_raw_then_get(&mut self, queue: &str, properties: &[u8]) -> Vec<u8> {
+        let d = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
+            queue: queue.into(),
+            ..Default::default()
+        });
+        self.send(&AMQPFrame::Method(1, AMQPClass::Queue(d))).await;
+        self.method().await;
+        let p = basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+            routing_key: queue.into(),
+            ..Default::default()
+        });
+        self.send(&AMQPFrame::Method(1, AMQPClass::Basic(p))).await;
+        let mut payload = vec![0, 60, 0, 0];
+        payload.extend_from_slice(&1u64.to_be_bytes());
+        payload.extend_from_slice(properties);
+        let mut frames = vec![2, 0, 1];
+        frames.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+        frames.extend_from_slice(&payload);
+        frames.push(0xCE);
+        frames.extend_from_slice(&[3, 0, 1, 0, 0, 0, 1, b'x', 0xCE]);
+        self.send_bytes(&frames).await;
+        let g = basic_methods::AMQPMethod::Get(basic_methods::Get {
+            queue: queue.into(),
+            no_ack: true,
+        });
+        self.send(&AMQPFrame::Method(1, AMQPClass::Basic(g))).await;
+        payload
+    }
+
     /// Nothing arrives, and the socket stays open, for [`QUIET`].
     async fn quiet(&mut self, what: &str) {
         if let Ok(got) = timeout(QUIET, self.frame()).await {
@@ -5071,32 +5103,10 @@ async fn frames_out_of_place_in_a_publish(url: String) {
     // Headers holding a field of type 'Z', which AMQP does not have. RabbitMQ reads a
     // message's properties when it first needs them (here: basic.get); we on arrival.
     let mut raw = Raw::open_channel_1(&url).await;
-    let q = uniq("bad-header");
-    let d = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
-        queue: q.as_str().into(),
-        ..Default::default()
-    });
-    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(d))).await;
-    raw.method().await;
-    let p = basic_methods::AMQPMethod::Publish(basic_methods::Publish {
-        routing_key: q.as_str().into(),
-        ..Default::default()
-    });
-    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(p))).await;
-    let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x20, 0];
-    payload.extend_from_slice(&4u32.to_be_bytes());
-    payload.extend_from_slice(&[1, b'k', b'Z', 0]);
-    let mut frame = vec![2, 0, 1];
-    frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&payload);
-    frame.push(0xCE);
-    frame.extend_from_slice(&[3, 0, 1, 0, 0, 0, 1, b'x', 0xCE]);
-    raw.send_bytes(&frame).await;
-    let g = basic_methods::AMQPMethod::Get(basic_methods::Get {
-        queue: q.as_str().into(),
-        no_ack: true,
-    });
-    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(g))).await;
+    // Property flags: headers; a table of 4 bytes: key "k", type 'Z', one byte.
+    let properties = [0x20, 0, 0, 0, 0, 4, 1, b'k', b'Z', 0];
+    raw.publish_raw_then_get(&uniq("bad-header"), &properties)
+        .await;
     let c = raw.expect_connection_close(541).await;
     assert_eq!(c.reply_text.as_str(), "INTERNAL_ERROR");
 }
@@ -5105,18 +5115,6 @@ async fn frames_out_of_place_in_a_publish(url: String) {
 /// a repeated key and field types (here 'L', which a decoder might turn into 'l') stay.
 async fn headers_delivered_as_published(url: String) {
     let mut raw = Raw::open_channel_1(&url).await;
-    let q = uniq("as-published");
-    let d = queue_methods::AMQPMethod::Declare(queue_methods::Declare {
-        queue: q.as_str().into(),
-        ..Default::default()
-    });
-    raw.send(&AMQPFrame::Method(1, AMQPClass::Queue(d))).await;
-    raw.method().await;
-    let p = basic_methods::AMQPMethod::Publish(basic_methods::Publish {
-        routing_key: q.as_str().into(),
-        ..Default::default()
-    });
-    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(p))).await;
     let table = [
         &[2, b'z', b'z', b'L'][..],
         &5i64.to_be_bytes(),
@@ -5129,20 +5127,9 @@ async fn headers_delivered_as_published(url: String) {
     properties.extend_from_slice(b"text");
     properties.extend_from_slice(&u32::try_from(table.len()).expect("small").to_be_bytes());
     properties.extend_from_slice(&table);
-    let mut payload = vec![0, 60, 0, 0];
-    payload.extend_from_slice(&1u64.to_be_bytes());
-    payload.extend_from_slice(&properties);
-    let mut frame = vec![2, 0, 1];
-    frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&payload);
-    frame.push(0xCE);
-    frame.extend_from_slice(&[3, 0, 1, 0, 0, 0, 1, b'x', 0xCE]);
-    raw.send_bytes(&frame).await;
-    let g = basic_methods::AMQPMethod::Get(basic_methods::Get {
-        queue: q.as_str().into(),
-        no_ack: true,
-    });
-    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(g))).await;
+    let payload = raw
+        .publish_raw_then_get(&uniq("as-published"), &properties)
+        .await;
     let (kind, _, _) = raw.raw_frame().await;
     assert_eq!(kind, 1, "get-ok");
     let (kind, channel, got) = raw.raw_frame().await;
