@@ -381,6 +381,16 @@ mod tests {
         assert_eq!(err.reply_code(), code::SYNTAX_ERROR);
     }
 
+    fn deliver() -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+            consumer_tag: "c".into(),
+            delivery_tag: 1,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: "q".into(),
+        }))
+    }
+
     /// A content header's properties are delivered byte for byte: header order, a
     /// duplicate key and a field type the parser would rewrite ('L' read as 'l') stay.
     #[test]
@@ -398,12 +408,14 @@ mod tests {
         let mut payload = vec![0, 60, 0, 0];
         payload.extend_from_slice(&3u64.to_be_bytes());
         payload.extend_from_slice(&properties);
-        let mut buf = BytesMut::new();
-        buf.put_u8(FRAME_HEADER);
-        buf.put_u16(1);
-        buf.put_u32(u32::try_from(payload.len()).expect("small"));
-        buf.extend_from_slice(&payload);
-        buf.put_u8(FRAME_END);
+        let header_frame = [
+            &[FRAME_HEADER, 0, 1][..],
+            &u32::try_from(payload.len()).expect("small").to_be_bytes(),
+            &payload,
+            &[FRAME_END],
+        ]
+        .concat();
+        let mut buf = BytesMut::from(&header_frame[..]);
         let mut codec = opened();
         let Some(Inbound::Header {
             header,
@@ -416,28 +428,14 @@ mod tests {
         assert_eq!(raw_properties, properties);
         let message = Message::new("".into(), "q".into(), header.properties, "abc".into())
             .with_raw_properties(raw_properties);
-        let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-            consumer_tag: "c".into(),
-            delivery_tag: 1,
-            redelivered: false,
-            exchange: "".into(),
-            routing_key: "q".into(),
-        }));
         let out = encode(
             &mut codec,
             Outbound::Content {
                 channel: 1,
-                method,
+                method: deliver(),
                 message: Arc::new(message),
             },
         );
-        let header_frame = [
-            &[FRAME_HEADER, 0, 1][..],
-            &u32::try_from(payload.len()).expect("small").to_be_bytes(),
-            &payload,
-            &[FRAME_END],
-        ]
-        .concat();
         assert!(
             out.windows(header_frame.len()).any(|w| w == header_frame),
             "the delivery carries the publisher's header frame"
@@ -454,13 +452,7 @@ mod tests {
             basic::AMQPProperties::default().with_content_type("text/plain".into()),
             Bytes::from(vec![7u8; 10_000]),
         ));
-        let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-            consumer_tag: "c".into(),
-            delivery_tag: 1,
-            redelivered: false,
-            exchange: "".into(),
-            routing_key: "q".into(),
-        }));
+        let method = deliver();
         let mut buf = encode(
             &mut codec,
             Outbound::Content {

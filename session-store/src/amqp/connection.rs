@@ -565,11 +565,6 @@ impl Conn {
         }
     }
 
-    /// Queues a frame the hot path produced.
-    fn push(&mut self, item: Outbound) {
-        self.outbox.push_back(item);
-    }
-
     /// Hands what the hot path queued to the writer, waiting for room as `send` does.
     async fn flush_outbox(&mut self) {
         while let Some(item) = self.outbox.pop_front() {
@@ -1218,7 +1213,7 @@ impl Conn {
                     });
                 }
                 _ => {
-                    self.push(Outbound::Frame(AMQPFrame::Method(
+                    self.outbox.push_back(Outbound::Frame(AMQPFrame::Method(
                         ch,
                         confirm_method(seq, false, ack),
                     )));
@@ -1249,7 +1244,7 @@ impl Conn {
                 routing_key: message.routing_key.clone(),
             };
             self.broker.returned();
-            self.push(Outbound::Content {
+            self.outbox.push_back(Outbound::Content {
                 channel: ch,
                 method: AMQPClass::Basic(basic::AMQPMethod::Return(ret)),
                 message,
