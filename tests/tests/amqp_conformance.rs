@@ -129,6 +129,10 @@ conformance!(
     headers_delivered_as_published,
     login_refusals,
     message_size_limit,
+    queue_redeclare_equivalence,
+    publish_properties_refused,
+    errors_name_what_rabbitmq_names,
+    tune_ok_out_of_range_refused_silently,
 );
 
 /// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
@@ -653,24 +657,7 @@ impl Raw {
         channel_max: Option<u16>,
         client_properties: FieldTable,
     ) -> u32 {
-        self.send_bytes(b"AMQP\x00\x00\x09\x01").await;
-        let AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)) = self.method().await else {
-            panic!("expected connection.start");
-        };
-        self.send(&AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(conn_methods::StartOk {
-                client_properties,
-                mechanism: "PLAIN".into(),
-                response: LongString::from("\0guest\0guest"),
-                locale: "en_US".into(),
-            })),
-        ))
-        .await;
-        let AMQPClass::Connection(conn_methods::AMQPMethod::Tune(tune)) = self.method().await
-        else {
-            panic!("expected connection.tune");
-        };
+        let tune = self.until_tune(client_properties).await;
         self.send(&AMQPFrame::Method(
             0,
             AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(conn_methods::TuneOk {
@@ -691,6 +678,29 @@ impl Raw {
             panic!("expected connection.open-ok");
         };
         tune.frame_max
+    }
+
+    /// The handshake as guest up to the broker's connection.tune, which is returned.
+    async fn until_tune(&mut self, client_properties: FieldTable) -> conn_methods::Tune {
+        self.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+        let AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)) = self.method().await else {
+            panic!("expected connection.start");
+        };
+        self.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(conn_methods::StartOk {
+                client_properties,
+                mechanism: "PLAIN".into(),
+                response: LongString::from("\0guest\0guest"),
+                locale: "en_US".into(),
+            })),
+        ))
+        .await;
+        let AMQPClass::Connection(conn_methods::AMQPMethod::Tune(tune)) = self.method().await
+        else {
+            panic!("expected connection.tune");
+        };
+        tune
     }
 
     /// Expects connection.close with `code`, then that the broker waits for close-ok (a
@@ -3264,11 +3274,12 @@ async fn unacked_deliveries(consumers: &mut [Consumer]) -> Vec<usize> {
 }
 
 /// basic.qos global=false limits each consumer created after it; global=true limits the
-/// channel as a whole (RabbitMQ's reinterpretation of the spec); both can apply at once.
+/// channel as a whole (RabbitMQ's reinterpretation of the spec); both can apply at once,
+/// when the channel-wide limit comes second: a per-consumer limit lifts it.
 async fn qos_global_vs_per_consumer(url: String) {
     let conn = connect(&url).await;
     let pch = confirmed(&conn).await;
-    let queues: Vec<String> = (0..4).map(|i| uniq(&format!("qos{i}"))).collect();
+    let queues: Vec<String> = (0..6).map(|i| uniq(&format!("qos{i}"))).collect();
     for q in &queues {
         plain_queue(&pch, q).await;
         for i in 0..5 {
@@ -3316,6 +3327,15 @@ async fn qos_global_vs_per_consumer(url: String) {
         consume(&ch3, &queues[3], false).await,
     ];
     assert_eq!(unacked_deliveries(&mut cs3).await, vec![1, 1]);
+    // The other way round, the per-consumer limit lifts the channel's: 2 each, 4 in all.
+    let ch4 = channel(&conn).await;
+    qos(&ch4, 3, true).await;
+    qos(&ch4, 2, false).await;
+    let mut cs4 = vec![
+        consume(&ch4, &queues[4], false).await,
+        consume(&ch4, &queues[5], false).await,
+    ];
+    assert_eq!(unacked_deliveries(&mut cs4).await, vec![2, 2]);
     close(conn).await;
 }
 
@@ -4953,6 +4973,20 @@ async fn server_methods_and_misplaced_frames_refused(url: String) {
             60
         )
     );
+    // Channel 0 is the connection's: another class's method there is out of place too.
+    let mut raw = Raw::open_channel_1(&url).await;
+    let open = channel_methods::AMQPMethod::Open(channel_methods::Open {});
+    raw.send(&AMQPFrame::Method(0, AMQPClass::Channel(open)))
+        .await;
+    let c = raw.expect_connection_close(504).await;
+    assert_eq!(
+        (c.reply_text.as_str(), c.class_id, c.method_id),
+        (
+            "CHANNEL_ERROR - unexpected method in connection state running",
+            20,
+            10
+        )
+    );
     // A heartbeat belongs on channel 0.
     let mut raw = Raw::open_channel_1(&url).await;
     raw.send_bytes(b"\x08\x00\x01\x00\x00\x00\x00\xce").await;
@@ -5325,6 +5359,294 @@ async fn message_size_limit(url: String) {
     publish(&ch, "", &q, &body[..MAX]).await;
     assert_eq!(ready_count(&conn, &q).await, 1);
     close(conn).await;
+}
+
+/// A queue that exists is only compared with a new declaration, on the arguments RabbitMQ
+/// compares (their values, not their validity), and a classic queue is one whether
+/// `x-queue-type: classic` is said or not.
+async fn queue_redeclare_equivalence(url: String) {
+    let conn = connect(&url).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let classic = || args(&[("x-queue-type", lstr("classic"))]);
+    for (first, second) in [
+        (classic(), FieldTable::default()),
+        (FieldTable::default(), classic()),
+    ] {
+        let q = uniq("classic");
+        let ch = channel(&conn).await;
+        declare_queue(&ch, &q, durable, first).await;
+        declare_queue(&ch, &q, durable, second).await;
+        step(
+            "queue.delete",
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+    }
+    // Each case: the first declaration, the second, and the inequivalence it shows (None:
+    // declare-ok).
+    let ttl = || args(&[("x-message-ttl", AMQPValue::LongInt(1000))]);
+    let cases: Vec<(FieldTable, FieldTable, Option<String>)> = vec![
+        (
+            args(&[("x-queue-version", AMQPValue::LongInt(2))]),
+            FieldTable::default(),
+            Some("'x-queue-version' for queue '{q}' in vhost '/': received none but current is the value '2' of type 'signedint'".into()),
+        ),
+        (
+            FieldTable::default(),
+            args(&[("x-queue-master-locator", lstr("min-masters"))]),
+            Some("'x-queue-master-locator' for queue '{q}' in vhost '/': received the value 'min-masters' of type 'longstr' but current is none".into()),
+        ),
+        (
+            classic(),
+            args(&[("x-queue-type", lstr("Classic"))]),
+            Some("'x-queue-type' for queue '{q}' in vhost '/': received 'Classic' but current is 'classic'".into()),
+        ),
+        (
+            ttl(),
+            args(&[("x-message-ttl", lstr("1000"))]),
+            Some("'x-message-ttl' for queue '{q}' in vhost '/': received '1000' but current is '1000'".into()),
+        ),
+        (
+            ttl(),
+            args(&[("x-message-ttl", AMQPValue::Double(1000.0))]),
+            Some("'x-message-ttl' for queue '{q}' in vhost '/': received '1.0e3' but current is '1000'".into()),
+        ),
+        // Not compared for a classic queue, so not checked either.
+        (
+            FieldTable::default(),
+            args(&[("x-delivery-limit", AMQPValue::LongInt(5))]),
+            None,
+        ),
+        (
+            FieldTable::default(),
+            args(&[("x-max-in-memory-length", AMQPValue::LongInt(5))]),
+            None,
+        ),
+    ];
+    for (first, second, inequivalent) in cases {
+        let q = uniq("equiv");
+        let ch = channel(&conn).await;
+        declare_queue(&ch, &q, durable, first).await;
+        let r = step(
+            "redeclare",
+            ch.queue_declare(q.as_str().into(), durable, second),
+        )
+        .await;
+        match inequivalent {
+            None => {
+                r.unwrap_or_else(|e| panic!("redeclare {q}: {e}"));
+            }
+            Some(text) => {
+                let e = expect_code("redeclare", r, 406);
+                let text = text.replace("{q}", &q);
+                expect_text(
+                    &e,
+                    &format!("PRECONDITION_FAILED - inequivalent arg {text}"),
+                );
+            }
+        }
+        let ch = channel(&conn).await;
+        step(
+            "queue.delete",
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+    }
+    close(conn).await;
+}
+
+/// Properties RabbitMQ refuses in a publish: a delivery mode other than 1 or 2, and an
+/// expiration past its limit, with its reason laid out as Erlang prints it.
+async fn publish_properties_refused(url: String) {
+    let conn = connect(&url).await;
+    let q = uniq("props");
+    plain_queue(&channel(&conn).await, &q).await;
+    for mode in [0, 3] {
+        let mut events = Box::pin(conn.events_listener());
+        let ch = channel(&conn).await;
+        let props = BasicProperties::default().with_delivery_mode(mode);
+        step(
+            "basic.publish",
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                b"m",
+                props,
+            ),
+        )
+        .await
+        .expect("basic.publish");
+        channel_closed_with(
+            &ch,
+            &mut events,
+            406,
+            &format!("PRECONDITION_FAILED - invalid message: {{delivery_mode_unknown,{mode}}}"),
+        )
+        .await;
+    }
+    let indent = " ".repeat(44);
+    for (expiration, reason) in [
+        ("315360000001", "{value_too_large,315360000001}".to_string()),
+        (
+            "99999999999999999999",
+            format!("{{value_too_large,\n{indent}99999999999999999999}}"),
+        ),
+    ] {
+        let mut events = Box::pin(conn.events_listener());
+        let ch = channel(&conn).await;
+        let props = BasicProperties::default().with_expiration(expiration.into());
+        step(
+            "basic.publish",
+            ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                b"m",
+                props,
+            ),
+        )
+        .await
+        .expect("basic.publish");
+        channel_closed_with(
+            &ch,
+            &mut events,
+            406,
+            &format!("PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}"),
+        )
+        .await;
+    }
+    assert_eq!(
+        ready_count(&conn, &q).await,
+        0,
+        "nothing refused was queued"
+    );
+    close(conn).await;
+}
+
+/// Which missing end a bind names, consumer arguments meant for streams, and the empty
+/// exchange type: RabbitMQ's codes and words.
+async fn errors_name_what_rabbitmq_names(url: String) {
+    let conn = connect(&url).await;
+    let (missing_x, missing_q) = (uniq("no-x"), uniq("no-q"));
+    let ch = channel(&conn).await;
+    let r = step(
+        "queue.bind, both ends missing",
+        ch.queue_bind(
+            missing_q.as_str().into(),
+            missing_x.as_str().into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_text(
+        &expect_code("queue.bind", r, 404),
+        &format!("NOT_FOUND - no exchange '{missing_x}' in vhost '/'"),
+    );
+    let ch = channel(&conn).await;
+    let r = step(
+        "exchange.bind, both ends missing",
+        ch.exchange_bind(
+            uniq("no-dest").as_str().into(),
+            missing_x.as_str().into(),
+            "k".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_text(
+        &expect_code("exchange.bind", r, 404),
+        &format!("NOT_FOUND - no exchange '{missing_x}' in vhost '/'"),
+    );
+
+    for (kind, arguments, module) in [
+        ("classic", FieldTable::default(), "rabbit_classic_queue"),
+        ("quorum", quorum(&[]), "rabbit_quorum_queue"),
+    ] {
+        let q = uniq(kind);
+        let ch = channel(&conn).await;
+        declare_queue(&ch, &q, durable(), arguments).await;
+        let r = step(
+            "basic.consume x-stream-offset",
+            ch.basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                args(&[("x-stream-offset", lstr("first"))]),
+            ),
+        )
+        .await;
+        expect_text(
+            &expect_code("basic.consume", r, 406),
+            &format!(
+                "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue '{q}' in vhost '/' of queue type {module}"
+            ),
+        );
+        let ch = channel(&conn).await;
+        step(
+            "queue.delete",
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .expect("queue.delete");
+    }
+
+    // A connection error: on a connection of its own.
+    let ch = channel(&conn).await;
+    let r = step(
+        "exchange.declare type ''",
+        ch.exchange_declare(
+            uniq("typeless").as_str().into(),
+            ExchangeKind::Custom(String::new()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_text(
+        &expect_code("exchange.declare", r, 503),
+        "COMMAND_INVALID - invalid exchange type ''",
+    );
+}
+
+/// Limits out of range in connection.tune-ok get no connection.close: as for a refused
+/// login, the socket just closes after a pause (the reason is in the broker's log).
+async fn tune_ok_out_of_range_refused_silently(url: String) {
+    for (channel_max, frame_max) in [(0, 131_072), (2048, 131_072), (16, 4095), (16, 1 << 20)] {
+        let mut raw = Raw::connect(&url).await;
+        let tune = raw.until_tune(FieldTable::default()).await;
+        assert_eq!((tune.channel_max, tune.frame_max), (2047, 131_072));
+        raw.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(conn_methods::TuneOk {
+                channel_max,
+                frame_max,
+                heartbeat: 0,
+            })),
+        ))
+        .await;
+        raw.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::Open(conn_methods::Open {
+                virtual_host: "/".into(),
+            })),
+        ))
+        .await;
+        raw.quiet("just after tune-ok").await;
+        let got = raw.read_to_eof().await;
+        assert!(
+            got.is_empty(),
+            "channel_max {channel_max}, frame_max {frame_max}: expected a silent close, got {got:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

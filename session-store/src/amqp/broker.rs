@@ -407,11 +407,17 @@ impl Broker {
             return Err(default_exchange_refused());
         }
         let kind = ExchangeKind::parse(d.kind.as_str()).ok_or_else(|| {
+            // RabbitMQ says "invalid" for names that happen to be Erlang atoms, the empty
+            // one among them, and "unknown" for the rest, plugin types (x-delayed-message,
+            // …) among them.
+            let which = if d.kind.as_str().is_empty() {
+                "invalid"
+            } else {
+                "unknown"
+            };
             AmqpError::connection(
                 super::error::code::COMMAND_INVALID,
-                // RabbitMQ says "invalid" for names that happen to be Erlang atoms and
-                // "unknown" for the rest, plugin types (x-delayed-message, …) among them.
-                format!("COMMAND_INVALID - unknown exchange type '{}'", d.kind),
+                format!("COMMAND_INVALID - {which} exchange type '{}'", d.kind),
             )
         })?;
         if let Some(x) = vhost.exchanges.get(name) {
@@ -522,6 +528,16 @@ impl Broker {
             Destination::Queue(q) => vhost.usable_queue(q, conn).map(|q| q.journal.is_some()),
             Destination::Exchange(e) => vhost.exchange(e).map(|x| x.durable),
         };
+        // RabbitMQ's order for a bind: a missing source, then a missing destination, then
+        // the binding's arguments, then a queue another connection holds exclusively.
+        if !unbind {
+            let x = vhost.exchange(source)?;
+            let destination_found =
+                !matches!(&durable_destination, Err(e) if e.code == super::error::code::NOT_FOUND);
+            if destination_found && x.kind == ExchangeKind::Headers {
+                check_x_match(arguments)?;
+            }
+        }
         let vhost_name = vhost.name.clone();
         let x = vhost.exchanges.get_mut(source);
         let binding = Binding {
@@ -545,9 +561,6 @@ impl Broker {
                 x.ok_or_else(|| AmqpError::not_found("exchange", source, &vhost_name))?,
             ),
         };
-        if !unbind && x.kind == ExchangeKind::Headers {
-            check_x_match(arguments)?;
-        }
         // As in RabbitMQ, a binding is durable when both its ends are.
         let record = (durable_destination && x.durable).then(|| BindingRecord {
             source: source.to_string(),
@@ -623,7 +636,8 @@ impl Broker {
             q.last_used = now;
             return Ok((q.name.to_string(), q.message_count(), q.consumer_count()));
         }
-        let args = QueueArgs::parse(&d.arguments, requested, &vhost.name)?;
+        // A queue that exists is only compared with the declaration, as in RabbitMQ: its
+        // arguments were checked when it was made.
         if let Some(q) = vhost.queues.get_mut(requested) {
             q.last_used = now;
             let arg = |a, r: &dyn std::fmt::Display, c: &dyn std::fmt::Display| {
@@ -644,6 +658,7 @@ impl Broker {
             check_equivalent(&d.arguments, &q.arguments, requested, &vhost.name)?;
             return Ok((q.name.to_string(), q.message_count(), q.consumer_count()));
         }
+        let args = QueueArgs::parse(&d.arguments, requested, &vhost.name)?;
         if requested.starts_with("amq.") {
             return Err(AmqpError::access_refused(format_args!(
                 "queue name '{requested}' contains reserved prefix 'amq.*'"
@@ -941,6 +956,14 @@ impl Broker {
             ));
         }
         let priority = consumer_priority(&c.arguments, c.queue.as_str(), &vhost_name)?;
+        // Stream offsets are for stream queues, which are not served here.
+        if c.arguments.inner().contains_key("x-stream-offset") {
+            return Err(AmqpError::precondition(format_args!(
+                "invalid arg 'x-stream-offset' for queue '{}' in vhost '{vhost_name}' of queue type {}",
+                q.name,
+                q.args.kind.module()
+            )));
+        }
         // A single-active-consumer queue refuses exclusive consumers outright, as RabbitMQ's.
         let taken = !q.consumers.is_empty() || q.args.single_active_consumer;
         if (c.exclusive && taken) || q.consumers.iter().any(|c| c.exclusive) {
@@ -1039,7 +1062,9 @@ impl Broker {
             if global {
                 state.channel_prefetch = prefetch;
             } else {
+                // As in RabbitMQ: a per-consumer limit also lifts the channel-wide one.
                 state.consumer_prefetch = prefetch;
+                state.channel_prefetch = 0;
             }
         }
         redispatch_for(core, |c| c.0 == conn && c.1 == channel);

@@ -598,9 +598,10 @@ impl Conn {
                 )
                 .during(&AMQPClass::Connection(m))),
             },
+            // So does any other class's method on channel 0.
             (0, m) => Err(AmqpError::connection(
-                code::COMMAND_INVALID,
-                "COMMAND_INVALID - only connection methods may use channel 0",
+                code::CHANNEL_ERROR,
+                "CHANNEL_ERROR - unexpected method in connection state running",
             )
             .during(&m)),
             (ch, m) => {
@@ -1175,6 +1176,15 @@ impl Conn {
         {
             let e = AmqpError::precondition(format_args!(
                 "invalid expiration '{expiration}': {reason}"
+            ));
+            return Err(e.during(&method));
+        }
+        // 1 transient, 2 persistent; RabbitMQ refuses any other delivery mode.
+        if let Some(mode) = *message.properties().delivery_mode()
+            && !matches!(mode, 1 | 2)
+        {
+            let e = AmqpError::precondition(format_args!(
+                "invalid message: {{delivery_mode_unknown,{mode}}}"
             ));
             return Err(e.during(&method));
         }

@@ -29,8 +29,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// RabbitMQ's smallest frame_max (amq-protocol's constant says 8192, the spec's 4096).
 const FRAME_MIN_SIZE: u32 = 4096;
-/// How long a client refused before connection.tune waits for its socket to close, as in
-/// RabbitMQ (`SILENT_CLOSE_DELAY`).
+/// How long a client refused before its connection is open (no connection.close for it)
+/// waits for its socket to close, as in RabbitMQ (`SILENT_CLOSE_DELAY`).
 const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
 
 /// Limits both sides agreed on.
@@ -138,7 +138,14 @@ async fn steps<R: AsyncRead + Unpin>(
         connection::AMQPMethod::TuneOk(t) => t,
         _ => return Err(unexpected()),
     };
-    check_tune_ok(&tune_ok, config).map_err(HandshakeEnd::Refuse)?;
+    if let Err(e) = check_tune_ok(&tune_ok, config) {
+        // RabbitMQ answers limits out of range before the connection is open the way it
+        // answers a client it does not trust yet: nothing, and the socket closes after
+        // the pause. The reason is in the log only.
+        info!(?peer, "AMQP connection refused: {}", e.reply_text());
+        tokio::time::sleep(SILENT_CLOSE_DELAY).await;
+        return Err(HandshakeEnd::Gone);
+    }
     let tuned = Tuned {
         channel_max: tune_ok.channel_max,
         frame_max: tune_ok.frame_max,
@@ -207,8 +214,8 @@ fn open_vhost(
 }
 
 /// RabbitMQ's check of tune-ok: the client may lower our limits but not raise them, and
-/// 0 ("no limit") is above any limit we offered; frame_max may not go below 4096. A
-/// violation is 530 NOT_ALLOWED, reported against connection.tune.
+/// 0 ("no limit") is above any limit we offered; frame_max may not go below 4096. The
+/// error carries RabbitMQ's 530 NOT_ALLOWED text, which both brokers only log.
 fn check_tune_ok(tune_ok: &connection::TuneOk, config: &AmqpConfig) -> Result<(), AmqpError> {
     check_limit(
         "frame_max",
@@ -237,18 +244,12 @@ fn check_limit(field: &str, min: u32, server: u32, client: u32) -> Result<(), Am
     } else {
         return Ok(());
     };
-    let tune = AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-        channel_max: 0,
-        frame_max: 0,
-        heartbeat: 0,
-    }));
     Err(AmqpError::connection(
         code::NOT_ALLOWED,
         format!(
             "NOT_ALLOWED - negotiated {field} = {client}{detail} is {direction} than the {bound} allowed value ({limit})"
         ),
-    )
-    .during(&tune))
+    ))
 }
 
 /// Whether the client's `capabilities` table says yes to `name`.

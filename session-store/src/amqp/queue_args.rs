@@ -321,23 +321,36 @@ const EQUIVALENCE_KEYS: &[&str] = &[
     "x-max-priority",
     "x-overflow",
     "x-queue-mode",
+    "x-queue-version",
     "x-queue-type",
     "x-single-active-consumer",
+    "x-queue-master-locator",
 ];
 
 /// RabbitMQ's check that a redeclaration asks for the same queue: each argument that
 /// matters must be absent from both or equal in value (integers of any width compare
-/// as numbers).
+/// as numbers). A queue declared without `x-queue-type` is a classic one, so leaving
+/// it out and saying `classic` are the same either way round.
 pub fn check_equivalent(
     received: &FieldTable,
     current: &FieldTable,
     name: &str,
     vhost: &str,
 ) -> Result<(), AmqpError> {
+    let classic = |t: &FieldTable| {
+        t.inner()
+            .get("x-queue-type")
+            .is_none_or(|v| text(v).is_ok_and(|t| t == "classic"))
+    };
+    let keys: Vec<&str> = EQUIVALENCE_KEYS
+        .iter()
+        .copied()
+        .filter(|&k| k != "x-queue-type" || !(classic(received) && classic(current)))
+        .collect();
     check_args_equivalent(
         received,
         current,
-        EQUIVALENCE_KEYS,
+        &keys,
         &format!("queue '{name}' in vhost '{vhost}'"),
     )
 }
@@ -391,7 +404,42 @@ pub fn display_value(v: &AMQPValue) -> String {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.as_str().to_string(),
         AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::Double(f) => erlang_float(*f),
+        AMQPValue::Float(f) => erlang_float(f64::from(*f)),
         other => int(other).map_or_else(|_| format!("{other:?}"), |n| n.to_string()),
+    }
+}
+
+/// A float as Erlang prints it: the shortest digits that read back the same, placed
+/// as a plain decimal unless the exponent form is shorter (`100.0`, `1.0e3`, `1.0e-5`).
+fn erlang_float(f: f64) -> String {
+    if !f.is_finite() {
+        return f.to_string();
+    }
+    // `{:e}` gives the shortest round-trip digits: "-1.2345e3", "1e-5".
+    let sci = format!("{:e}", f.abs());
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let len = i32::try_from(digits.len()).unwrap_or(i32::MAX);
+    let place = exp + 1;
+    let zeros = |n: i32| "0".repeat(usize::try_from(n).unwrap_or(0));
+    let plain = if place <= 0 {
+        format!("0.{}{digits}", zeros(-place))
+    } else if place < len {
+        let (int, frac) = digits.split_at(usize::try_from(place).unwrap_or(0));
+        format!("{int}.{frac}")
+    } else {
+        format!("{digits}{}.0", zeros(place - len))
+    };
+    let (first, rest) = digits.split_at(1);
+    let rest = if rest.is_empty() { "0" } else { rest };
+    let exponent = format!("{first}.{rest}e{exp}");
+    let sign = if f.is_sign_negative() { "-" } else { "" };
+    if plain.len() <= exponent.len() {
+        format!("{sign}{plain}")
+    } else {
+        format!("{sign}{exponent}")
     }
 }
 
@@ -461,19 +509,45 @@ fn text(v: &AMQPValue) -> Result<String, String> {
 }
 
 /// A message's `expiration` property as RabbitMQ reads it: a decimal count of
-/// milliseconds. The error is the reason for 406 "invalid expiration".
+/// milliseconds, of any length. The error is the reason for 406 "invalid expiration
+/// '{expiration}': {reason}", laid out as Erlang prints it there.
 pub fn parse_expiration(expiration: &str) -> Result<Duration, String> {
     let digits_end = expiration
         .char_indices()
         .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
         .map_or(expiration.len(), |(i, _)| i);
     let (number, rest) = expiration.split_at(digits_end);
-    let n: i64 = number.parse().map_err(|_| "no_integer".to_string())?;
+    let digits = number.trim_start_matches(['-', '+']);
+    if digits.is_empty() {
+        return Err("no_integer".to_string());
+    }
     if !rest.is_empty() {
         return Err(format!("{{leftover_string,\"{rest}\"}}"));
     }
-    let ms = non_negative(n).and_then(at_most_max)?;
-    Ok(Duration::from_millis(ms))
+    let digits = match digits.trim_start_matches('0') {
+        "" => "0",
+        significant => significant,
+    };
+    // Where the reason starts in the message: after "invalid expiration '…': ".
+    let column = expiration.chars().count() + 23;
+    if number.starts_with('-') && digits != "0" {
+        return Err(erlang_pair(column, "value_negative", &format!("-{digits}")));
+    }
+    match digits.parse::<u64>() {
+        Ok(ms) if ms <= MAX_EXPIRY_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(erlang_pair(column, "value_too_large", digits)),
+    }
+}
+
+/// `{tag,value}` as Erlang's `~p` prints it from `column` on: when it would not fit
+/// the line, the value goes on a line of its own, under the tag.
+fn erlang_pair(column: usize, tag: &str, value: &str) -> String {
+    let one_line = format!("{{{tag},{value}}}");
+    if column + one_line.len() <= 78 {
+        one_line
+    } else {
+        format!("{{{tag},\n{}{value}}}", " ".repeat(column + 1))
+    }
 }
 
 #[cfg(test)]
@@ -660,6 +734,59 @@ mod tests {
         assert_eq!(
             parse_expiration("10s"),
             Err("{leftover_string,\"s\"}".into())
+        );
+        assert_eq!(parse_expiration("-0"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_expiration("315360000001"),
+            Err("{value_too_large,315360000001}".into())
+        );
+        // Too long for one line after "invalid expiration '…': ", as RabbitMQ prints it.
+        let indent = " ".repeat(44);
+        assert_eq!(
+            parse_expiration("99999999999999999999"),
+            Err(format!(
+                "{{value_too_large,\n{indent}99999999999999999999}}"
+            ))
+        );
+        assert_eq!(
+            parse_expiration("-99999999999999999999"),
+            Err(format!(
+                "{{value_negative,\n {indent}-99999999999999999999}}"
+            ))
+        );
+        assert_eq!(
+            parse_expiration("-0099999999999999999"),
+            Err("{value_negative,-99999999999999999}".into())
+        );
+        assert_eq!(
+            parse_expiration("+00315360000001"),
+            Err("{value_too_large,315360000001}".into())
+        );
+    }
+
+    #[test]
+    fn floats_print_as_in_erlang() {
+        let cases = [
+            (100.0, "100.0"),
+            (1000.0, "1.0e3"),
+            (123_456.0, "123456.0"),
+            (12_500.0, "1.25e4"),
+            (0.001, "0.001"),
+            (0.0001, "0.0001"),
+            (0.000_12, "1.2e-4"),
+            (1.0e-5, "1.0e-5"),
+            (12_345.678, "12345.678"),
+            (-2.5, "-2.5"),
+            (0.0, "0.0"),
+            (3.0e100, "3.0e100"),
+        ];
+        for (f, printed) in cases {
+            assert_eq!(erlang_float(f), printed, "{f}");
+        }
+        assert_eq!(
+            display_value(&AMQPValue::Float(1.1)),
+            "1.100000023841858",
+            "a 32-bit float widens first"
         );
     }
 }
