@@ -5599,6 +5599,81 @@ async fn errors_name_what_rabbitmq_names(url: String) {
         .expect("queue.delete");
     }
 
+    // The order of RabbitMQ's checks shows when several fail at once. A queue's name
+    // comes first, even for a queue that exists; for a new queue the dead-letter
+    // exchange's type comes before the other arguments.
+    let ch = channel(&conn).await;
+    let server_named = step(
+        "queue.declare ''",
+        ch.queue_declare(
+            "".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.declare ''")
+    .name()
+    .to_string();
+    for name in [server_named.as_str(), "amq.reserved"] {
+        let ch = channel(&conn).await;
+        let r = step(
+            "queue.declare amq.*",
+            ch.queue_declare(
+                name.into(),
+                QueueDeclareOptions::default(),
+                args(&[("x-max-length", lstr("many"))]),
+            ),
+        )
+        .await;
+        expect_text(
+            &expect_code("queue.declare amq.*", r, 403),
+            &format!("ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.*'"),
+        );
+    }
+    let q = uniq("dlx-type");
+    let ch = channel(&conn).await;
+    let r = step(
+        "queue.declare bad x-dead-letter-exchange",
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::default(),
+            args(&[
+                ("x-max-length", lstr("many")),
+                ("x-dead-letter-exchange", AMQPValue::LongInt(1)),
+            ]),
+        ),
+    )
+    .await;
+    expect_text(
+        &expect_code("queue.declare", r, 406),
+        &format!(
+            "PRECONDITION_FAILED - invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue '{q}' in vhost '/'"
+        ),
+    );
+    // A publish to a missing exchange with a bad property: the exchange is looked up first.
+    let mut events = Box::pin(conn.events_listener());
+    let ch = channel(&conn).await;
+    step(
+        "basic.publish",
+        ch.basic_publish(
+            missing_x.as_str().into(),
+            "k".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default().with_expiration("soon".into()),
+        ),
+    )
+    .await
+    .expect("basic.publish");
+    channel_closed_with(
+        &ch,
+        &mut events,
+        404,
+        &format!("NOT_FOUND - no exchange '{missing_x}' in vhost '/'"),
+    )
+    .await;
+
     // A connection error: on a connection of its own.
     let ch = channel(&conn).await;
     let r = step(

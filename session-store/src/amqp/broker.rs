@@ -618,6 +618,12 @@ impl Broker {
             }
             return Ok((requested.to_string(), 0, 1));
         }
+        // RabbitMQ checks the name before anything else, even whether the queue exists.
+        if !d.passive && requested.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "queue name '{requested}' contains reserved prefix 'amq.*'"
+            )));
+        }
         let mut authorize = Some(authorize);
         if !d.passive
             && !requested.is_empty()
@@ -658,15 +664,8 @@ impl Broker {
             check_equivalent(&d.arguments, &q.arguments, requested, &vhost.name)?;
             return Ok((q.name.to_string(), q.message_count(), q.consumer_count()));
         }
-        let args = QueueArgs::parse(&d.arguments, requested, &vhost.name)?;
-        if requested.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format_args!(
-                "queue name '{requested}' contains reserved prefix 'amq.*'"
-            )));
-        }
-        if args.kind == QueueType::Quorum {
-            check_quorum_declare(d, requested, &vhost.name)?;
-        }
+        // A new queue, checked in RabbitMQ's order: permission, the vhost's limit, the
+        // dead-letter exchange's type, then every argument and what its type demands.
         let name = if requested.is_empty() {
             unique_name("amq.gen-")
         } else {
@@ -683,12 +682,20 @@ impl Broker {
                 vhost.name
             )));
         }
+        if let Some(dlx) = d.arguments.inner().get("x-dead-letter-exchange")
+            && !matches!(dlx, AMQPValue::LongString(_))
+        {
+            return Err(AmqpError::precondition(format_args!(
+                "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{name}' in vhost '{}'",
+                type_name(dlx),
+                vhost.name
+            )));
+        }
+        let args = QueueArgs::parse(&d.arguments, &name, &vhost.name)?;
+        if args.kind == QueueType::Quorum {
+            check_quorum_declare(d, requested, &vhost.name)?;
+        }
         let owner = d.exclusive.then_some(conn);
-        let args = if requested.is_empty() {
-            QueueArgs::parse(&d.arguments, &name, &vhost.name)?
-        } else {
-            args
-        };
         let mut q = Queue::new(
             &name,
             d.durable && owner.is_none(),

@@ -1148,44 +1148,13 @@ impl Conn {
         }) {
             return Err(e.during(&method));
         }
-        if let Some(claimed) = message.properties().user_id()
-            && claimed.as_str() != self.user.name
-            && !self.user.has_tag("impersonator")
-        {
-            let e = AmqpError::precondition(format_args!(
-                "user_id property set to '{claimed}' but authenticated user was '{}'",
-                self.user.name
-            ));
-            return Err(e.during(&method));
-        }
-        if message
-            .properties()
-            .reply_to()
-            .as_ref()
-            .is_some_and(|r| r.as_str() == reply_to::PSEUDO_QUEUE)
-        {
-            let Some(address) = self.broker.reply_address(self.id, ch) else {
-                let e = AmqpError::precondition("fast reply consumer does not exist");
-                return Err(e.during(&method));
-            };
-            let properties = std::mem::take(message.properties_mut());
-            *message.properties_mut() = properties.with_reply_to(short(&address));
-        }
-        if let Some(expiration) = message.properties().expiration()
-            && let Err(reason) = parse_expiration(expiration.as_str())
-        {
-            let e = AmqpError::precondition(format_args!(
-                "invalid expiration '{expiration}': {reason}"
-            ));
-            return Err(e.during(&method));
-        }
-        // 1 transient, 2 persistent; RabbitMQ refuses any other delivery mode.
-        if let Some(mode) = *message.properties().delivery_mode()
-            && !matches!(mode, 1 | 2)
-        {
-            let e = AmqpError::precondition(format_args!(
-                "invalid message: {{delivery_mode_unknown,{mode}}}"
-            ));
+        if let Err(e) = self.check_properties(ch, &mut message) {
+            // RabbitMQ looks the exchange up before it reads the properties.
+            let e = self
+                .broker
+                .check_publish(message.exchange.as_str())
+                .err()
+                .unwrap_or(e);
             return Err(e.during(&method));
         }
         let p = BufferedPublish { publish, message };
@@ -1230,6 +1199,50 @@ impl Conn {
                     self.broker.confirmed();
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The publisher's properties as RabbitMQ checks them: the user it claims, a direct
+    /// reply-to address (filled in here), the expiration and the delivery mode.
+    fn check_properties(&self, ch: u16, message: &mut Message) -> Result<(), AmqpError> {
+        if let Some(claimed) = message.properties().user_id()
+            && claimed.as_str() != self.user.name
+            && !self.user.has_tag("impersonator")
+        {
+            return Err(AmqpError::precondition(format_args!(
+                "user_id property set to '{claimed}' but authenticated user was '{}'",
+                self.user.name
+            )));
+        }
+        if message
+            .properties()
+            .reply_to()
+            .as_ref()
+            .is_some_and(|r| r.as_str() == reply_to::PSEUDO_QUEUE)
+        {
+            let Some(address) = self.broker.reply_address(self.id, ch) else {
+                return Err(AmqpError::precondition(
+                    "fast reply consumer does not exist",
+                ));
+            };
+            let properties = std::mem::take(message.properties_mut());
+            *message.properties_mut() = properties.with_reply_to(short(&address));
+        }
+        if let Some(expiration) = message.properties().expiration()
+            && let Err(reason) = parse_expiration(expiration.as_str())
+        {
+            return Err(AmqpError::precondition(format_args!(
+                "invalid expiration '{expiration}': {reason}"
+            )));
+        }
+        // 1 transient, 2 persistent; RabbitMQ refuses any other delivery mode.
+        if let Some(mode) = *message.properties().delivery_mode()
+            && !matches!(mode, 1 | 2)
+        {
+            return Err(AmqpError::precondition(format_args!(
+                "invalid message: {{delivery_mode_unknown,{mode}}}"
+            )));
         }
         Ok(())
     }
