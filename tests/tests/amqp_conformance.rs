@@ -129,6 +129,7 @@ conformance!(
     headers_delivered_as_published,
     login_refusals,
     message_size_limit,
+    edge_sequences,
     queue_redeclare_equivalence,
     publish_properties_refused,
     errors_name_what_rabbitmq_names,
@@ -5361,6 +5362,56 @@ async fn message_size_limit(url: String) {
     close(conn).await;
 }
 
+/// Sequences no ordinary client sends, answered as RabbitMQ answers them.
+async fn edge_sequences(url: String) {
+    let conn = connect(&url).await;
+    // Unbinding what was never bound leaves an auto-delete exchange in place: only
+    // removing its last binding deletes it.
+    let x = uniq("autodel-x");
+    let q = uniq("autodel-q");
+    let ch = channel(&conn).await;
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    plain_queue(&ch, &q).await;
+    step(
+        "exchange.unbind of nothing",
+        ch.exchange_unbind(
+            x.as_str().into(),
+            x.as_str().into(),
+            "k".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange.unbind");
+    bind(&ch, &q, &x, "k", FieldTable::default()).await;
+
+    // The direct reply-to pseudo-queue, declared, is the queue an empty name means.
+    let ch = channel(&conn).await;
+    declare_queue(
+        &ch,
+        "amq.rabbitmq.reply-to",
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    let r = step(
+        "basic.consume '' with acks",
+        ch.basic_consume(
+            "".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_text(
+        &expect_code("basic.consume ''", r, 406),
+        "PRECONDITION_FAILED - reply consumer cannot acknowledge",
+    );
+    close(conn).await;
+}
+
 /// A queue that exists is only compared with a new declaration, on the arguments RabbitMQ
 /// compares (their values, not their validity), and a classic queue is one whether
 /// `x-queue-type: classic` is said or not.
@@ -5674,12 +5725,29 @@ async fn errors_name_what_rabbitmq_names(url: String) {
     )
     .await;
 
-    // A connection error: on a connection of its own.
     let ch = channel(&conn).await;
     let r = step(
-        "exchange.declare type ''",
+        "exchange.declare amq.* with a bad alternate-exchange",
         ch.exchange_declare(
-            uniq("typeless").as_str().into(),
+            "amq.reserved".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            args(&[("alternate-exchange", AMQPValue::LongInt(1))]),
+        ),
+    )
+    .await;
+    expect_text(
+        &expect_code("exchange.declare amq.*", r, 403),
+        "ACCESS_REFUSED - exchange name 'amq.reserved' contains reserved prefix 'amq.*'",
+    );
+
+    // A connection error, so last: the type is checked even before the default
+    // exchange's name.
+    let ch = channel(&conn).await;
+    let r = step(
+        "exchange.declare '' of type ''",
+        ch.exchange_declare(
+            "".into(),
             ExchangeKind::Custom(String::new()),
             ExchangeDeclareOptions::default(),
             FieldTable::default(),

@@ -403,9 +403,8 @@ impl Broker {
             vhost.exchange(name)?;
             return Ok(());
         }
-        if name.is_empty() {
-            return Err(default_exchange_refused());
-        }
+        // RabbitMQ's order: the type, the default exchange, then (for a new exchange) the
+        // reserved prefix and the alternate exchange's type.
         let kind = ExchangeKind::parse(d.kind.as_str()).ok_or_else(|| {
             // RabbitMQ says "invalid" for names that happen to be Erlang atoms, the empty
             // one among them, and "unknown" for the rest, plugin types (x-delayed-message,
@@ -420,6 +419,9 @@ impl Broker {
                 format!("COMMAND_INVALID - {which} exchange type '{}'", d.kind),
             )
         })?;
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
         if let Some(x) = vhost.exchanges.get(name) {
             let arg = |a, r: &dyn std::fmt::Display, c: &dyn std::fmt::Display| {
                 AmqpError::inequivalent(a, "exchange", name, &vhost.name, r, c)
@@ -444,6 +446,11 @@ impl Broker {
             )?;
             return Ok(());
         }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
         if let Some(v) = d.arguments.inner().get("alternate-exchange")
             && !matches!(v, AMQPValue::LongString(_))
         {
@@ -451,11 +458,6 @@ impl Broker {
                 "invalid type '{}' for arg 'alternate-exchange' in exchange '{name}' in vhost '{}'",
                 type_name(v),
                 vhost.name
-            )));
-        }
-        if name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format_args!(
-                "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
         let mut x = Exchange::new(name, kind);
@@ -570,8 +572,11 @@ impl Broker {
         });
         let mut emptied = None;
         if unbind {
+            // Only removing its last binding deletes an auto-delete exchange: unbinding
+            // what was never bound leaves a fresh one alone.
+            let existed = x.has_binding(key, &binding);
             x.unbind(key, &binding);
-            if x.auto_delete && !x.has_bindings() {
+            if existed && x.auto_delete && !x.has_bindings() {
                 emptied = Some(x.durable);
                 vhost.exchanges.remove(source);
             }

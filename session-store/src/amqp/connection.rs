@@ -833,7 +833,12 @@ impl Conn {
                     broker.qos(id, ch, q.prefetch_count, q.global);
                     Some(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})))
                 }
-                basic::AMQPMethod::Consume(c) if c.queue.as_str() == reply_to::PSEUDO_QUEUE => {
+                // Also when the name is empty and the pseudo-queue was the last declared.
+                basic::AMQPMethod::Consume(c)
+                    if self
+                        .queue_name(ch, &c.queue)
+                        .is_ok_and(|q| q == reply_to::PSEUDO_QUEUE) =>
+                {
                     let tag = broker.consume_replies(id, ch, c)?;
                     let ok = basic::ConsumeOk { consumer_tag: tag };
                     (!c.nowait).then_some(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)))
