@@ -700,6 +700,139 @@ async fn still_serves(url: &str, queue: &str) {
     let _ = step("close", conn.close(200, "bye".into())).await;
 }
 
+/// A field table with `depth` tables nested in it: `{n: {n: … {}}}`. Small ones only:
+/// building and dropping it recurses as deep as it nests.
+fn nested_table(depth: usize) -> FieldTable {
+    let mut table = FieldTable::default();
+    for _ in 0..depth {
+        let mut outer = FieldTable::default();
+        outer.insert("n".into(), AMQPValue::FieldTable(table));
+        table = outer;
+    }
+    table
+}
+
+/// [`nested_table`] as wire bytes (length first), written byte by byte for any depth.
+fn nested_table_bytes(depth: usize) -> Vec<u8> {
+    let mut content: Vec<u8> = Vec::new();
+    for _ in 0..depth {
+        let mut outer = vec![1, b'n', b'F'];
+        outer.extend_from_slice(&u32::try_from(content.len()).expect("small").to_be_bytes());
+        outer.extend_from_slice(&content);
+        content = outer;
+    }
+    let mut table = u32::try_from(content.len())
+        .expect("small")
+        .to_be_bytes()
+        .to_vec();
+    table.extend_from_slice(&content);
+    table
+}
+
+/// A frame of `kind` on `channel` around `payload`.
+fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![kind];
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.push(0xCE);
+    frame
+}
+
+/// Field tables nested thousands deep (a few bytes a level) would overflow the stack of
+/// the thread that parses, clones or drops them, and abort the whole store: before login
+/// (start-ok's client properties), in a method's arguments and in a message's headers,
+/// such a frame closes its connection with 502 and the store serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_field_tables_are_refused() {
+    let store = Store::start(&[]);
+    let deep = nested_table_bytes(5000);
+    // connection.start-ok: client properties, mechanism, response, locale.
+    let mut start_ok = vec![0, 10, 0, 11];
+    start_ok.extend_from_slice(&deep);
+    start_ok.extend_from_slice(b"\x05PLAIN\x00\x00\x00\x0c\x00guest\x00guest\x05en_US");
+    let mut raw = Raw::connect(store.port).await;
+    raw.send_bytes(HEADER).await;
+    let AMQPClass::Connection(connection::AMQPMethod::Start(_)) = raw.method().await else {
+        panic!("expected connection.start");
+    };
+    raw.send_bytes(&raw_frame(1, 0, &start_ok)).await;
+    let text = raw.expect_connection_close(502).await;
+    assert!(text.contains("nested deeper than 64 levels"), "{text}");
+
+    // queue.declare: reserved, queue "deep", no flags, arguments.
+    let mut declare = b"\x00\x32\x00\x0a\x00\x00\x04deep\x00".to_vec();
+    declare.extend_from_slice(&deep);
+    // A content header (class 60, body size 0) with only headers (flag bit 13).
+    let mut header = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0];
+    header.extend_from_slice(&deep);
+    let publish = encode(&method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            routing_key: "deep".into(),
+            ..Default::default()
+        })),
+    ));
+    for frames in [
+        raw_frame(1, 1, &declare),
+        [publish, raw_frame(2, 1, &header)].concat(),
+    ] {
+        let mut raw = Raw::connect(store.port).await;
+        raw.handshake(0).await;
+        raw.send(&method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        ))
+        .await;
+        raw.method().await;
+        raw.send_bytes(&frames).await;
+        raw.expect_connection_close(502).await;
+    }
+
+    still_serves(&store.url(), "after-deep-tables").await;
+    // Nesting up to the limit (64 tables, the headers table among them) is a message
+    // like any other.
+    let conn = connect(&store.url()).await;
+    let ch = step("channel", conn.create_channel())
+        .await
+        .expect("channel");
+    step(
+        "declare",
+        ch.queue_declare(
+            "nested".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare");
+    let confirm = step(
+        "publish",
+        ch.basic_publish(
+            "".into(),
+            "nested".into(),
+            BasicPublishOptions::default(),
+            b"m",
+            BasicProperties::default().with_headers(nested_table(63)),
+        ),
+    )
+    .await
+    .expect("publish");
+    step("sent", confirm).await.expect("sent");
+    let got = step(
+        "get",
+        ch.basic_get(
+            "nested".into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        ),
+    )
+    .await
+    .expect("get")
+    .expect("a message");
+    assert_eq!(got.delivery.properties.headers(), &Some(nested_table(63)));
+    let _ = step("close", conn.close(200, "bye".into())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_clients_with_320_and_exits_0() {
     serve_then_shut_down(Store::start(&[])).await;

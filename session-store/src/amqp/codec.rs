@@ -23,6 +23,7 @@ use amq_protocol::protocol::basic::{AMQPProperties, gen_properties};
 use amq_protocol::types::generation::{
     gen_id, gen_long_long_uint, gen_short_short_uint, gen_short_uint, gen_with_len,
 };
+use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cookie_factory::sequence::tuple;
 use tokio_util::codec::{Decoder, Encoder};
@@ -100,6 +101,9 @@ pub enum CodecError {
     BadContentHeader(u16),
     #[error("cannot serialise a frame: {0}")]
     Generate(String),
+    /// Field tables or arrays nested deeper than [`MAX_NESTING`] levels.
+    #[error("field tables nested deeper than {MAX_NESTING} levels in a frame of type {0}")]
+    TooDeep(u8),
     /// basic.qos with a prefetch size, which RabbitMQ refuses (amq-protocol's parser
     /// drops the field, so the decoder reads it from the frame).
     #[error("prefetch_size!=0 ({0})")]
@@ -112,7 +116,7 @@ impl CodecError {
     /// The connection.close reply code this error calls for.
     pub fn reply_code(&self) -> u16 {
         match self {
-            CodecError::Syntax(_) => code::SYNTAX_ERROR,
+            CodecError::Syntax(_) | CodecError::TooDeep(_) => code::SYNTAX_ERROR,
             CodecError::BadContentHeader(_) => code::INTERNAL_ERROR,
             CodecError::PrefetchSize(_) => code::NOT_IMPLEMENTED,
             _ => code::FRAME_ERROR,
@@ -219,8 +223,9 @@ impl Decoder for AmqpCodec {
                 return Err(CodecError::PrefetchSize(size));
             }
         }
-        match parse_frame(&frame[..]) {
-            Ok((_, AMQPFrame::Header(channel, header))) => {
+        match parse_guarded(&frame[..]) {
+            Err(Unparsed::TooDeep) => Err(CodecError::TooDeep(kind)),
+            Ok(AMQPFrame::Header(channel, header)) => {
                 // Frame header (7), class, weight and body size (12); the frame-end octet.
                 // Copied: a slice would keep the whole read buffer alive with the message.
                 let raw_properties = Bytes::copy_from_slice(&frame[19..total - 1]);
@@ -230,7 +235,7 @@ impl Decoder for AmqpCodec {
                     raw_properties,
                 }))
             }
-            Ok((_, parsed)) => Ok(Some(Inbound::Frame(parsed))),
+            Ok(parsed) => Ok(Some(Inbound::Frame(parsed))),
             Err(_) if kind == FRAME_HEADER => Err(CodecError::BadContentHeader(channel)),
             Err(_) if kind == FRAME_METHOD && frame.len() >= 11 => {
                 Err(CodecError::Syntax(format!(
@@ -241,6 +246,108 @@ impl Decoder for AmqpCodec {
             }
             Err(_) => Err(CodecError::Syntax(format!("frame of type {kind}"))),
         }
+    }
+}
+
+/// The deepest nesting of field tables and arrays a frame may carry. amq-protocol parses,
+/// clones, encodes and drops nested values recursively, with about 2 KiB of stack a level
+/// (16 KiB in a debug build), and connections run on threads with 2 MiB stacks; a
+/// frame_max of payload can nest some 26,000 levels. RabbitMQ has no such limit; no
+/// client comes near this one.
+pub const MAX_NESTING: usize = 64;
+
+/// Stack allowed per level of nesting when a frame is parsed on a stack of its own.
+const STACK_PER_LEVEL: usize = if cfg!(debug_assertions) {
+    32 << 10
+} else {
+    4 << 10
+};
+
+/// Why [`parse_guarded`] gave no frame.
+enum Unparsed {
+    Malformed,
+    TooDeep,
+}
+
+/// Parses a complete method or header frame without letting its nesting overflow the
+/// thread's stack. Each level of nesting needs a type tag, 'F' or 'A': a frame with no
+/// more of those bytes than [`MAX_NESTING`] is parsed as it is. Any other (long strings
+/// full of capital A and F included) is parsed on a stack of its own, sized for the
+/// deepest nesting its length allows, and refused there, dropped on that stack, if it
+/// nests deeper than [`MAX_NESTING`].
+fn parse_guarded(frame: &[u8]) -> Result<AMQPFrame, Unparsed> {
+    let tags = frame.iter().filter(|&&b| b == b'F' || b == b'A').count();
+    let parse = || {
+        parse_frame(frame)
+            .map(|(_, parsed)| parsed)
+            .map_err(|_| Unparsed::Malformed)
+    };
+    if tags <= MAX_NESTING {
+        return parse();
+    }
+    // A level takes at least 5 bytes ('A' and a length); 1 MiB more for the rest.
+    let stack = (frame.len() / 5)
+        .saturating_mul(STACK_PER_LEVEL)
+        .saturating_add(1 << 20);
+    stacker::grow(stack, || {
+        let parsed = parse()?;
+        if frame_nesting(&parsed) > MAX_NESTING {
+            drop(parsed);
+            return Err(Unparsed::TooDeep);
+        }
+        Ok(parsed)
+    })
+}
+
+/// How deep the field tables of a parsed frame nest, counted up to `MAX_NESTING + 1`.
+fn frame_nesting(frame: &AMQPFrame) -> usize {
+    use amq_protocol::protocol::{connection, exchange, queue};
+    let table = match frame {
+        AMQPFrame::Header(_, header) => header.properties.headers().as_ref(),
+        AMQPFrame::Method(_, method) => match method {
+            AMQPClass::Connection(connection::AMQPMethod::Start(m)) => Some(&m.server_properties),
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(m)) => Some(&m.client_properties),
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(m)) => Some(&m.arguments),
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(m)) => Some(&m.arguments),
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(m)) => Some(&m.arguments),
+            AMQPClass::Queue(queue::AMQPMethod::Declare(m)) => Some(&m.arguments),
+            AMQPClass::Queue(queue::AMQPMethod::Bind(m)) => Some(&m.arguments),
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(m)) => Some(&m.arguments),
+            AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Consume(m)) => {
+                Some(&m.arguments)
+            }
+            // No other AMQP 0-9-1 method carries a field table.
+            _ => None,
+        },
+        _ => None,
+    };
+    table.map_or(0, |t| table_nesting(t, 1))
+}
+
+/// Nesting below `table`, which is at `depth`; stops counting past [`MAX_NESTING`], so
+/// the recursion itself stays shallow.
+fn table_nesting(table: &FieldTable, depth: usize) -> usize {
+    table
+        .inner()
+        .values()
+        .map(|v| value_nesting(v, depth))
+        .max()
+        .unwrap_or(depth)
+}
+
+fn value_nesting(value: &AMQPValue, depth: usize) -> usize {
+    if depth > MAX_NESTING {
+        return depth;
+    }
+    match value {
+        AMQPValue::FieldTable(t) => table_nesting(t, depth + 1),
+        AMQPValue::FieldArray(a) => a
+            .as_slice()
+            .iter()
+            .map(|v| value_nesting(v, depth + 1))
+            .max()
+            .unwrap_or(depth + 1),
+        _ => depth,
     }
 }
 
@@ -328,6 +435,69 @@ mod tests {
         let mut buf = BytesMut::new();
         codec.encode(item, &mut buf).expect("encode");
         buf
+    }
+
+    /// A content header frame (channel 1) whose headers table has `depth` tables nested
+    /// in it, or holds one long string: written byte by byte, as building and dropping
+    /// such a `FieldTable` recurses as deep as it nests.
+    fn header_frame(depth: usize, string: Option<&str>) -> Vec<u8> {
+        let mut table: Vec<u8> = Vec::new();
+        if let Some(s) = string {
+            table.extend_from_slice(&[1, b's', b'S']);
+            table.extend_from_slice(&u32::try_from(s.len()).expect("short").to_be_bytes());
+            table.extend_from_slice(s.as_bytes());
+        }
+        for _ in 0..depth {
+            let mut outer = vec![1, b'n', b'F'];
+            outer.extend_from_slice(&u32::try_from(table.len()).expect("short").to_be_bytes());
+            outer.extend_from_slice(&table);
+            table = outer;
+        }
+        let mut payload = vec![0, 60, 0, 0];
+        payload.extend_from_slice(&1u64.to_be_bytes());
+        payload.extend_from_slice(&0x2000u16.to_be_bytes());
+        payload.extend_from_slice(&u32::try_from(table.len()).expect("short").to_be_bytes());
+        payload.extend_from_slice(&table);
+        let mut frame = vec![FRAME_HEADER, 0, 1];
+        frame.extend_from_slice(&u32::try_from(payload.len()).expect("short").to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame.push(FRAME_END);
+        frame
+    }
+
+    #[test]
+    fn nesting_is_bounded_without_overflowing_the_stack() {
+        // On a thread with a runtime worker's 2 MiB stack.
+        let run = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let decode = |bytes: Vec<u8>| {
+                    let mut codec = AmqpCodec::new(131_072);
+                    codec.header_seen = true;
+                    codec.decode(&mut BytesMut::from(&bytes[..]))
+                };
+                // The headers table counts as the first level.
+                assert!(matches!(
+                    decode(header_frame(MAX_NESTING - 1, None)),
+                    Ok(Some(Inbound::Header { .. }))
+                ));
+                for depth in [MAX_NESTING, 18_000] {
+                    assert!(
+                        matches!(
+                            decode(header_frame(depth, None)),
+                            Err(CodecError::TooDeep(FRAME_HEADER))
+                        ),
+                        "depth {depth}"
+                    );
+                }
+                // Many capital A and F in a string nest nothing.
+                assert!(matches!(
+                    decode(header_frame(0, Some(&"AF".repeat(5000)))),
+                    Ok(Some(Inbound::Header { .. }))
+                ));
+            })
+            .expect("spawn");
+        run.join().expect("no overflow, no panic");
     }
 
     #[test]
