@@ -5009,6 +5009,15 @@ async fn server_methods_and_misplaced_frames_refused(url: String) {
         (c.reply_text.as_str(), c.class_id, c.method_id),
         ("CHANNEL_ERROR - expected 'channel.open'", 50, 10)
     );
+    // Arguments that do not decode: queue.declare cut short after its reserved field.
+    let mut raw = Raw::open_channel_1(&url).await;
+    raw.send_bytes(&[1, 0, 1, 0, 0, 0, 6, 0, 50, 0, 10, 0, 0, 0xCE])
+        .await;
+    let c = raw.expect_connection_close(501).await;
+    assert_eq!(
+        (c.reply_text.as_str(), c.class_id, c.method_id),
+        ("FRAME_ERROR - cannot decode <<0,0>>", 50, 10)
+    );
 }
 
 async fn names_and_arguments_refused(url: String) {

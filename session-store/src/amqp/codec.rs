@@ -95,6 +95,14 @@ pub enum CodecError {
     UnknownFrameType(u8),
     #[error("malformed {0}")]
     Syntax(String),
+    /// A method whose arguments do not parse: RabbitMQ's 501 with the arguments as an
+    /// Erlang binary, against the method.
+    #[error("cannot decode <<{}>>", erlang_octets(args))]
+    CannotDecode {
+        class_id: u16,
+        method_id: u16,
+        args: Bytes,
+    },
     /// A content header whose properties do not parse (a field table with an unknown
     /// type, a wrong length): RabbitMQ answers 541 INTERNAL_ERROR, which clients know.
     #[error("malformed content header on channel {0}")]
@@ -237,16 +245,25 @@ impl Decoder for AmqpCodec {
             }
             Ok(parsed) => Ok(Some(Inbound::Frame(parsed))),
             Err(_) if kind == FRAME_HEADER => Err(CodecError::BadContentHeader(channel)),
-            Err(_) if kind == FRAME_METHOD && frame.len() >= 11 => {
-                Err(CodecError::Syntax(format!(
-                    "method frame (class {}, method {})",
-                    u16::from_be_bytes([frame[7], frame[8]]),
-                    u16::from_be_bytes([frame[9], frame[10]])
-                )))
+            Err(Unparsed::Malformed) if kind == FRAME_METHOD && frame.len() >= 11 => {
+                Err(CodecError::CannotDecode {
+                    class_id: u16::from_be_bytes([frame[7], frame[8]]),
+                    method_id: u16::from_be_bytes([frame[9], frame[10]]),
+                    args: Bytes::copy_from_slice(&frame[11..total - 1]),
+                })
             }
             Err(_) => Err(CodecError::Syntax(format!("frame of type {kind}"))),
         }
     }
+}
+
+/// Octets as Erlang's `~w` prints a binary's: `0,0,21,102`.
+fn erlang_octets(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(u8::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The deepest nesting of field tables and arrays a frame may carry. amq-protocol parses,
@@ -549,6 +566,28 @@ mod tests {
         let mut buf = BytesMut::from(&[FRAME_METHOD, 0, 1, 0, 0, 0, 2, 0xff, 0xff, FRAME_END][..]);
         let err = codec.decode(&mut buf).expect_err("garbage method");
         assert_eq!(err.reply_code(), code::SYNTAX_ERROR);
+        // queue.declare cut short after its reserved field.
+        let mut buf = BytesMut::from(
+            &[
+                FRAME_METHOD,
+                0,
+                1,
+                0,
+                0,
+                0,
+                6,
+                0,
+                50,
+                0,
+                10,
+                0,
+                0,
+                FRAME_END,
+            ][..],
+        );
+        let err = codec.decode(&mut buf).expect_err("truncated arguments");
+        assert_eq!(err.reply_code(), code::FRAME_ERROR);
+        assert_eq!(err.to_string(), "cannot decode <<0,0>>");
     }
 
     fn deliver() -> AMQPClass {

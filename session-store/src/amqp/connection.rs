@@ -1350,10 +1350,18 @@ async fn codec_failed<R: AsyncRead + Unpin>(
         _ => format!("FRAME_ERROR - {e}"),
     };
     let mut close = AmqpError::connection(e.reply_code(), text);
-    if let CodecError::PrefetchSize(_) = e {
-        close = close.during(&AMQPClass::Basic(basic::AMQPMethod::Qos(
-            basic::Qos::default(),
-        )));
+    match e {
+        CodecError::PrefetchSize(_) => {
+            close = close.during(&AMQPClass::Basic(basic::AMQPMethod::Qos(
+                basic::Qos::default(),
+            )));
+        }
+        CodecError::CannotDecode {
+            class_id,
+            method_id,
+            ..
+        } => (close.class_id, close.method_id) = (*class_id, *method_id),
+        _ => {}
     }
     send_close(tx, &close).await;
     // The byte stream can no longer be split into frames: look for close-ok's bytes.
