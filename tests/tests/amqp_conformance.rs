@@ -5526,60 +5526,30 @@ async fn publish_properties_refused(url: String) {
     let conn = connect(&url).await;
     let q = uniq("props");
     plain_queue(&channel(&conn).await, &q).await;
-    for mode in [0, 3] {
-        let mut events = Box::pin(conn.events_listener());
-        let ch = channel(&conn).await;
-        let props = BasicProperties::default().with_delivery_mode(mode);
-        step(
-            "basic.publish",
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                b"m",
-                props,
-            ),
-        )
-        .await
-        .expect("basic.publish");
-        channel_closed_with(
-            &ch,
-            &mut events,
-            406,
-            &format!("PRECONDITION_FAILED - invalid message: {{delivery_mode_unknown,{mode}}}"),
-        )
-        .await;
-    }
     let indent = " ".repeat(44);
-    for (expiration, reason) in [
-        ("315360000001", "{value_too_large,315360000001}".to_string()),
+    let cases = [
         (
-            "99999999999999999999",
-            format!("{{value_too_large,\n{indent}99999999999999999999}}"),
+            BasicProperties::default().with_delivery_mode(0),
+            "invalid message: {delivery_mode_unknown,0}".to_string(),
         ),
-    ] {
-        let mut events = Box::pin(conn.events_listener());
-        let ch = channel(&conn).await;
-        let props = BasicProperties::default().with_expiration(expiration.into());
-        step(
-            "basic.publish",
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                b"m",
-                props,
+        (
+            BasicProperties::default().with_delivery_mode(3),
+            "invalid message: {delivery_mode_unknown,3}".to_string(),
+        ),
+        (
+            BasicProperties::default().with_expiration("315360000001".into()),
+            "invalid expiration '315360000001': {value_too_large,315360000001}".to_string(),
+        ),
+        (
+            BasicProperties::default().with_expiration("99999999999999999999".into()),
+            format!(
+                "invalid expiration '99999999999999999999': {{value_too_large,\n{indent}99999999999999999999}}"
             ),
-        )
-        .await
-        .expect("basic.publish");
-        channel_closed_with(
-            &ch,
-            &mut events,
-            406,
-            &format!("PRECONDITION_FAILED - invalid expiration '{expiration}': {reason}"),
-        )
-        .await;
+        ),
+    ];
+    for (props, reason) in cases {
+        let text = format!("PRECONDITION_FAILED - {reason}");
+        publish_refused(&conn, "", &q, props, 406, &text).await;
     }
     assert_eq!(
         ready_count(&conn, &q).await,
@@ -5587,6 +5557,33 @@ async fn publish_properties_refused(url: String) {
         "nothing refused was queued"
     );
     close(conn).await;
+}
+
+/// Publishes on a fresh channel of `conn` and expects the broker to close that channel
+/// with `code` and `text`.
+async fn publish_refused(
+    conn: &Connection,
+    exchange: &str,
+    key: &str,
+    props: BasicProperties,
+    code: u16,
+    text: &str,
+) {
+    let mut events = Box::pin(conn.events_listener());
+    let ch = channel(conn).await;
+    step(
+        "basic.publish",
+        ch.basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            b"m",
+            props,
+        ),
+    )
+    .await
+    .expect("basic.publish");
+    channel_closed_with(&ch, &mut events, code, text).await;
 }
 
 /// Which missing end a bind names, consumer arguments meant for streams, and the empty
@@ -5712,23 +5709,11 @@ async fn errors_name_what_rabbitmq_names(url: String) {
         ),
     );
     // A publish to a missing exchange with a bad property: the exchange is looked up first.
-    let mut events = Box::pin(conn.events_listener());
-    let ch = channel(&conn).await;
-    step(
-        "basic.publish",
-        ch.basic_publish(
-            missing_x.as_str().into(),
-            "k".into(),
-            BasicPublishOptions::default(),
-            b"m",
-            BasicProperties::default().with_expiration("soon".into()),
-        ),
-    )
-    .await
-    .expect("basic.publish");
-    channel_closed_with(
-        &ch,
-        &mut events,
+    publish_refused(
+        &conn,
+        &missing_x,
+        "k",
+        BasicProperties::default().with_expiration("soon".into()),
         404,
         &format!("NOT_FOUND - no exchange '{missing_x}' in vhost '/'"),
     )
