@@ -5418,7 +5418,50 @@ async fn edge_sequences(url: String) {
         &expect_code("basic.consume ''", r, 406),
         "PRECONDITION_FAILED - reply consumer cannot acknowledge",
     );
+
+    // A reply text too long for a short string is cut to 252 bytes and "...".
+    let long = format!("{}-{}", uniq("long"), "x".repeat(200));
+    let ch = channel(&conn).await;
+    let r = step(
+        "passive declare of a long missing name",
+        ch.queue_declare(
+            long.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    let e = expect_code("passive declare", r, 404);
+    let full = format!("NOT_FOUND - no queue '{long}' in vhost '/'");
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+        panic!("not a protocol error: {e:?}");
+    };
+    assert_eq!(amqp.get_message().as_str(), format!("{}...", &full[..252]));
     close(conn).await;
+
+    // A content header of another class than basic's after basic.publish.
+    let mut raw = Raw::open_channel_1(&url).await;
+    let p = basic_methods::AMQPMethod::Publish(basic_methods::Publish {
+        routing_key: "nowhere".into(),
+        ..Default::default()
+    });
+    raw.send(&AMQPFrame::Method(1, AMQPClass::Basic(p))).await;
+    raw.send_bytes(&[
+        2, 0, 1, 0, 0, 0, 14, 0, 50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0xCE,
+    ])
+    .await;
+    let c = raw.expect_connection_close(505).await;
+    assert_eq!(
+        (c.reply_text.as_str(), c.class_id, c.method_id),
+        (
+            "UNEXPECTED_FRAME - expected content header for class 60, got one for class 50 instead",
+            60,
+            40
+        )
+    );
 }
 
 /// A queue that exists is only compared with a new declaration, on the arguments RabbitMQ

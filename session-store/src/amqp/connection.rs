@@ -1061,6 +1061,18 @@ impl Conn {
         let Some(pending) = chan.pending.as_mut() else {
             return Err(unexpected_frame());
         };
+        if header.class_id != 60 && pending.header.is_none() {
+            return Err(AmqpError::connection(
+                code::UNEXPECTED_FRAME,
+                format!(
+                    "UNEXPECTED_FRAME - expected content header for class 60, got one for class {} instead",
+                    header.class_id
+                ),
+            )
+            .during(&AMQPClass::Basic(basic::AMQPMethod::Publish(
+                basic::Publish::default(),
+            ))));
+        }
         if pending.header.is_some() {
             return Err(mid_content(true));
         }

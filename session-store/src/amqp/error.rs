@@ -70,9 +70,17 @@ impl AmqpError {
         self
     }
 
-    /// The reply text as a short string, cut at 255 bytes like RabbitMQ does.
+    /// The reply text as a short string: one too long for that is cut to 252 bytes and
+    /// "...", as RabbitMQ cuts it.
     pub fn reply_text(&self) -> ShortString {
-        short(&self.text)
+        if self.text.len() <= amq_protocol::types::MAX_SHORT_STRING_LENGTH {
+            return ShortString::from(self.text.as_str());
+        }
+        let mut end = 252;
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        ShortString::from(format!("{}...", &self.text[..end]))
     }
 
     pub fn not_found(what: &str, name: &str, vhost: &str) -> Self {
