@@ -654,6 +654,12 @@ fn reply_code(e: &lapin::Error) -> Option<u16> {
 
 /// A client can still connect, declare, publish and get.
 async fn still_serves(url: &str, queue: &str) {
+    round_trip(url, queue, BasicProperties::default()).await;
+}
+
+/// Declares `queue`, publishes "ping" with `properties` (confirmed) and gets it back;
+/// returns the properties it came back with.
+async fn round_trip(url: &str, queue: &str, properties: BasicProperties) -> BasicProperties {
     let conn = connect(url).await;
     let ch = step("channel", conn.create_channel())
         .await
@@ -681,7 +687,7 @@ async fn still_serves(url: &str, queue: &str) {
             queue.into(),
             BasicPublishOptions::default(),
             b"ping",
-            BasicProperties::default(),
+            properties,
         ),
     )
     .await
@@ -696,8 +702,10 @@ async fn still_serves(url: &str, queue: &str) {
     )
     .await
     .expect("get");
-    assert_eq!(got.map(|m| m.delivery.data), Some(b"ping".to_vec()));
+    let got = got.expect("a message");
+    assert_eq!(got.delivery.data, b"ping".to_vec());
     let _ = step("close", conn.close(200, "bye".into())).await;
+    got.delivery.properties
 }
 
 /// A field table with `depth` tables nested in it: `{n: {n: … {}}}`. Small ones only:
@@ -792,45 +800,14 @@ async fn deeply_nested_field_tables_are_refused() {
     still_serves(&store.url(), "after-deep-tables").await;
     // Nesting up to the limit (64 tables, the headers table among them) is a message
     // like any other.
-    let conn = connect(&store.url()).await;
-    let ch = step("channel", conn.create_channel())
-        .await
-        .expect("channel");
-    step(
-        "declare",
-        ch.queue_declare(
-            "nested".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        ),
+    let headers = nested_table(63);
+    let got = round_trip(
+        &store.url(),
+        "nested",
+        BasicProperties::default().with_headers(headers.clone()),
     )
-    .await
-    .expect("declare");
-    let confirm = step(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            "nested".into(),
-            BasicPublishOptions::default(),
-            b"m",
-            BasicProperties::default().with_headers(nested_table(63)),
-        ),
-    )
-    .await
-    .expect("publish");
-    step("sent", confirm).await.expect("sent");
-    let got = step(
-        "get",
-        ch.basic_get(
-            "nested".into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        ),
-    )
-    .await
-    .expect("get")
-    .expect("a message");
-    assert_eq!(got.delivery.properties.headers(), &Some(nested_table(63)));
-    let _ = step("close", conn.close(200, "bye".into())).await;
+    .await;
+    assert_eq!(got.headers(), &Some(headers));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
