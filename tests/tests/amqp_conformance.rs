@@ -134,6 +134,9 @@ conformance!(
     publish_properties_refused,
     errors_name_what_rabbitmq_names,
     tune_ok_out_of_range_refused_silently,
+    length_limits_meet_consumers_and_requeues,
+    expired_messages_go_when_they_reach_the_head,
+    channel_prefetch_holds_no_ack_consumers,
 );
 
 /// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
@@ -2952,6 +2955,208 @@ async fn per_message_expiration(url: String) {
     )
     .await;
     channel_closed_with(&ch, &mut events, 406, "PRECONDITION_FAILED").await;
+    close(conn).await;
+}
+
+/// The length limits apply to messages that wait: one that goes straight to a consumer
+/// with room is delivered even past a limit of 0, while reject-publish refuses it before
+/// any consumer is tried. Messages given back are counted again, and a drop-head queue
+/// then drops from its head: the oldest, which are the ones given back.
+async fn length_limits_meet_consumers_and_requeues(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let (dlx, dlq) = dead_letter_target(&ch).await;
+    for (limit, value) in [("x-max-length", 0), ("x-max-length-bytes", 1)] {
+        let q = uniq("limit-direct");
+        let a = args(&[
+            (limit, AMQPValue::LongInt(value)),
+            ("x-dead-letter-exchange", lstr(&dlx)),
+        ]);
+        declare_queue(&ch, &q, QueueDeclareOptions::default(), a).await;
+        let cch = channel(&conn).await;
+        let mut c = consume(&cch, &q, true).await;
+        publish(&ch, "", &q, b"straight").await;
+        assert_eq!(body(&next(&mut c).await), "straight", "{limit} {value}");
+        step("channel.close", cch.close(200, "ok".into()))
+            .await
+            .expect("close the consumer's channel");
+        // Without a consumer it is dropped at once, as too long.
+        publish(&ch, "", &q, b"dropped").await;
+        let got = step(
+            "basic.get",
+            ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("basic.get")
+        .expect("the dropped message, dead-lettered");
+        assert_eq!(body(&got.delivery), "dropped");
+        assert_eq!(str_of(x_death(&got.delivery).get("reason")), "maxlen");
+        assert_eq!(ready_count(&conn, &q).await, 0);
+    }
+    let q = uniq("limit-reject-direct");
+    let a = args(&[
+        ("x-max-length", AMQPValue::LongInt(0)),
+        ("x-overflow", lstr("reject-publish")),
+    ]);
+    declare_queue(&ch, &q, QueueDeclareOptions::default(), a).await;
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, &q, true).await;
+    let confirm = step(
+        "basic.publish",
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            b"refused",
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .expect("basic.publish");
+    let confirmation = step("confirm", confirm).await.expect("confirm");
+    assert!(confirmation.is_nack(), "{confirmation:?}");
+    nothing_more(&mut c).await;
+    // Given back past the limit: the head goes, here the two given back.
+    let q = uniq("limit-requeue");
+    let a = args(&[
+        ("x-max-length", AMQPValue::LongInt(2)),
+        ("x-dead-letter-exchange", lstr(&dlx)),
+    ]);
+    declare_queue(&ch, &q, QueueDeclareOptions::default(), a).await;
+    for b in ["1", "2"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    let cch = channel(&conn).await;
+    step("basic.qos", cch.basic_qos(2, BasicQosOptions::default()))
+        .await
+        .expect("basic.qos");
+    let mut c = consume(&cch, &q, false).await;
+    let (first, second) = (next(&mut c).await, next(&mut c).await);
+    assert_eq!((body(&first), body(&second)), ("1".into(), "2".into()));
+    for b in ["3", "4"] {
+        publish(&ch, "", &q, b.as_bytes()).await;
+    }
+    nothing_more(&mut c).await;
+    step(
+        "basic.nack",
+        second.acker.nack(BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        }),
+    )
+    .await
+    .expect("nack");
+    let (third, fourth) = (next(&mut c).await, next(&mut c).await);
+    assert_eq!(
+        (body(&third), third.redelivered, body(&fourth)),
+        ("3".into(), false, "4".into())
+    );
+    let mut dead = Vec::new();
+    for _ in 0..2 {
+        let got = step(
+            "basic.get",
+            ch.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("basic.get")
+        .expect("a message given back and dropped");
+        dead.push((
+            body(&got.delivery),
+            str_of(x_death(&got.delivery).get("reason")),
+        ));
+    }
+    assert_eq!(
+        dead,
+        [("1".into(), "maxlen".into()), ("2".into(), "maxlen".into())]
+    );
+    close(conn).await;
+}
+
+/// A message that expires behind an unexpired head waits, counted, until it reaches the
+/// head; then it goes (dead-lettered) before anything else is handed out, so neither a
+/// consumer nor basic.get sees it, and basic.get-ok's count leaves it out.
+async fn expired_messages_go_when_they_reach_the_head(url: String) {
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    let (dlx, dlq) = dead_letter_target(&ch).await;
+    let queues = [uniq("ttl-behind-get"), uniq("ttl-behind-consume")];
+    for q in &queues {
+        let a = args(&[("x-dead-letter-exchange", lstr(&dlx))]);
+        declare_queue(&ch, q, QueueDeclareOptions::default(), a).await;
+        publish(&ch, "", q, b"head").await;
+        let short = BasicProperties::default().with_expiration("1".into());
+        publish_props(&ch, "", q, b"expired", short).await;
+        publish(&ch, "", q, b"tail").await;
+    }
+    // No event marks the expiry of a message behind the head: only time passing does.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ready_count(&conn, &queues[0]).await, 3, "still counted");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = step(
+            "basic.get",
+            ch.basic_get(queues[0].as_str().into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("basic.get")
+        .expect("a message");
+        got.push((body(&m.delivery), m.message_count));
+    }
+    assert_eq!(got, [("head".into(), 1), ("tail".into(), 0)]);
+    let cch = channel(&conn).await;
+    let mut c = consume(&cch, &queues[1], true).await;
+    assert_eq!(
+        (body(&next(&mut c).await), body(&next(&mut c).await)),
+        ("head".into(), "tail".into())
+    );
+    nothing_more(&mut c).await;
+    let dead = drain(&ch, &dlq).await;
+    assert_eq!(dead, ["expired", "expired"]);
+    close(conn).await;
+}
+
+/// RabbitMQ's channel-wide prefetch (basic.qos global) counts the unacked deliveries of
+/// the channel's consumers; while it is reached, the channel's no-ack consumers wait
+/// too, though their deliveries do not count. basic.get's unacked messages do not count.
+async fn channel_prefetch_holds_no_ack_consumers(url: String) {
+    let conn = connect(&url).await;
+    let pch = confirmed(&conn).await;
+    let queues: Vec<String> = (0..3).map(|i| uniq(&format!("chq{i}"))).collect();
+    for (q, n) in queues.iter().zip([1, 3, 1]) {
+        plain_queue(&pch, q).await;
+        for i in 0..n {
+            publish(&pch, "", q, format!("{i}").as_bytes()).await;
+        }
+    }
+    let ch = channel(&conn).await;
+    step(
+        "basic.qos",
+        ch.basic_qos(1, BasicQosOptions { global: true }),
+    )
+    .await
+    .expect("basic.qos");
+    let mut acking = consume(&ch, &queues[0], false).await;
+    let held = next(&mut acking).await;
+    let mut no_ack = consume(&ch, &queues[1], true).await;
+    nothing_more(&mut no_ack).await;
+    assert_eq!(ready_count(&conn, &queues[1]).await, 3);
+    step("basic.ack", held.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    for _ in 0..3 {
+        next(&mut no_ack).await;
+    }
+    nothing_more(&mut no_ack).await;
+    let got = step(
+        "basic.get",
+        ch.basic_get(queues[2].as_str().into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("basic.get")
+    .expect("a message");
+    assert_eq!(body(&got.delivery), "0");
+    publish(&pch, "", &queues[0], b"after-get").await;
+    assert_eq!(body(&next(&mut acking).await), "after-get");
     close(conn).await;
 }
 

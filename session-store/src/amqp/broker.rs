@@ -213,6 +213,9 @@ struct ChannelState {
     tx_settled: Vec<(Vec<(u64, Unacked)>, Settle)>,
     next_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
+    /// Of `unacked` (and of `tx_settled`, until commit), the deliveries to consumers:
+    /// what a channel-wide prefetch counts. basic.get's do not, as in RabbitMQ.
+    consumer_unacked: usize,
     /// basic.qos global=false: the limit of consumers created from now on.
     consumer_prefetch: u16,
     /// basic.qos global=true: the limit across the channel.
@@ -221,6 +224,15 @@ struct ChannelState {
     consumers: Vec<(String, ShortString)>,
     /// Its consumer of `amq.rabbitmq.reply-to`, if any.
     reply: Option<ReplyConsumer>,
+}
+
+impl ChannelState {
+    /// Whether the channel-wide prefetch lets the channel's consumers receive: while it is
+    /// reached RabbitMQ holds back its no-ack consumers too, though their deliveries do
+    /// not count.
+    fn below_channel_prefetch(&self) -> bool {
+        self.channel_prefetch == 0 || self.consumer_unacked < usize::from(self.channel_prefetch)
+    }
 }
 
 #[derive(Debug)]
@@ -1156,10 +1168,17 @@ impl Broker {
         };
         q.stats.delivered(true, no_ack, m.redelivered);
         q.delivered(&m, no_ack);
-        self.memory.check();
+        // What expired behind it goes now that it is at the head, before the count.
+        let dead: Vec<Dead> = q
+            .drop_expired(now)
+            .into_iter()
+            .filter_map(|e| dead_from(q, e.message, Reason::Expired))
+            .collect();
         let message_count = q.message_count();
         let queue_name = q.name.clone();
         let outgoing = q.outgoing(&m, true);
+        dead_letter_all(core, dead);
+        self.memory.check();
         let Some(state) = core.channels.get_mut(&(conn, channel)) else {
             return Ok(None);
         };
@@ -1340,6 +1359,10 @@ fn unique_name(prefix: &str) -> String {
 fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacked)>, how: Settle) {
     let mut touched: Vec<Arc<str>> = Vec::new();
     let mut dead = Vec::new();
+    if let Some(state) = core.channels.get_mut(&(conn, channel)) {
+        let released = settled.iter().filter(|(_, u)| u.consumer.is_some()).count();
+        state.consumer_unacked = state.consumer_unacked.saturating_sub(released);
+    }
     for (_, u) in settled {
         let Some(q) = core.vhost.queues.get_mut(&*u.queue) else {
             continue;
@@ -1365,6 +1388,9 @@ fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacke
             touched.push(u.queue);
         }
     }
+    if how == Settle::Requeue {
+        trim_requeued(core, &touched, &mut dead);
+    }
     dead_letter_all(core, dead);
     for name in touched {
         dispatch_queue(core, &name);
@@ -1376,6 +1402,21 @@ fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacke
         .is_some_and(|s| s.channel_prefetch > 0)
     {
         redispatch_for(core, |c| c.0 == conn && c.1 == channel);
+    }
+}
+
+/// Drops what messages given back pushed past a drop-head queue's length limits: the
+/// oldest, as RabbitMQ does before it delivers again.
+fn trim_requeued(core: &mut Core, queues: &[Arc<str>], dead: &mut Vec<Dead>) {
+    for name in queues {
+        if let Some(q) = core.vhost.queues.get_mut(&**name) {
+            let dropped = q.trim();
+            dead.extend(
+                dropped
+                    .into_iter()
+                    .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
+            );
+        }
     }
 }
 
@@ -1439,14 +1480,7 @@ fn enqueue_all(
             .filter(|_| persistent || q.args.kind == QueueType::Quorum)
             .map(|(id, _)| id);
         match q.enqueue(message.clone(), now, stored) {
-            Admission::Accepted(dropped) => {
-                q.stats.publish += 1;
-                dead.extend(
-                    dropped
-                        .into_iter()
-                        .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
-                );
-            }
+            Admission::Accepted => q.stats.publish += 1,
             Admission::Rejected => {
                 rejected = true;
                 if q.args.overflow == Overflow::RejectPublishDlx {
@@ -1454,7 +1488,14 @@ fn enqueue_all(
                 }
             }
         }
-        dispatch(q, &mut core.channels, &core.connections);
+        dispatch(q, &mut core.channels, &core.connections, dead);
+        // Only what no consumer took counts against a drop-head limit.
+        let dropped = q.trim();
+        dead.extend(
+            dropped
+                .into_iter()
+                .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
+        );
         let expired = q.drop_expired(now);
         dead.extend(
             expired
@@ -1555,7 +1596,9 @@ fn expire_queue(core: &mut Core, name: &str, now: Instant) {
 fn dispatch_queue(core: &mut Core, name: &str) {
     expire_queue(core, name, Instant::now());
     if let Some(q) = core.vhost.queues.get_mut(name) {
-        dispatch(q, &mut core.channels, &core.connections);
+        let mut dead = Vec::new();
+        dispatch(q, &mut core.channels, &core.connections, &mut dead);
+        dead_letter_all(core, dead);
     }
 }
 
@@ -1644,12 +1687,16 @@ fn deliver_reply(core: &mut Core, suffix: &str, message: Arc<Message>) {
     reply.send(handle, deliver);
 }
 
-/// Hands queued messages to consumers in turn while any has room.
+/// Hands queued messages to consumers in turn while any has room. A message that
+/// expired behind the one handed out goes to `dead` as it reaches the head, as in
+/// RabbitMQ, rather than to a consumer.
 fn dispatch(
     q: &mut Queue,
     channels: &mut HashMap<(ConnId, u16), ChannelState>,
     connections: &HashMap<ConnId, ConnHandle>,
+    dead: &mut Vec<Dead>,
 ) {
+    let now = Instant::now();
     // Without differing `x-priority`s the first consumer with room will do, and the
     // readiness checks (two map lookups each) stop there.
     let prioritized = q
@@ -1667,11 +1714,9 @@ fn dispatch(
         let ready = |c: &Consumer| {
             c.active
                 && (c.no_ack || c.prefetch == 0 || c.unacked < u32::from(c.prefetch))
-                && channels.get(&(c.conn, c.channel)).is_some_and(|s| {
-                    c.no_ack
-                        || s.channel_prefetch == 0
-                        || s.unacked.len() < usize::from(s.channel_prefetch)
-                })
+                && channels
+                    .get(&(c.conn, c.channel))
+                    .is_some_and(ChannelState::below_channel_prefetch)
                 && connections
                     .get(&c.conn)
                     .is_some_and(|h| !h.congested.load(Ordering::Acquire))
@@ -1713,6 +1758,12 @@ fn dispatch(
             return;
         };
         q.delivered(&m, q.consumers[i].no_ack);
+        let expired = q.drop_expired(now);
+        dead.extend(
+            expired
+                .into_iter()
+                .filter_map(|e| dead_from(q, e.message, Reason::Expired)),
+        );
         let outgoing = q.outgoing(&m, false);
         let (Some(state), c) = (channels.get_mut(&key), &mut q.consumers[i]) else {
             return;
@@ -1732,6 +1783,7 @@ fn dispatch(
         q.stats.delivered(false, c.no_ack, m.redelivered);
         if !c.no_ack {
             c.unacked += 1;
+            state.consumer_unacked += 1;
             state.unacked.insert(
                 state.next_tag,
                 Unacked {
@@ -1774,6 +1826,7 @@ fn close_channel(core: &mut Core, conn: ConnId, channel: u16) {
     for (queue, tag) in state.consumers {
         remove_consumer(core, &queue, conn, channel, &tag);
     }
+    trim_requeued(core, &touched, &mut dead);
     dead_letter_all(core, dead);
     for name in touched {
         dispatch_queue(core, &name);

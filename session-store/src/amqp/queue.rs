@@ -2,7 +2,7 @@
 //! `ready`), and the consumers they are handed to in turn;
 //! with the limits of their arguments: message TTL (checked at the head, as RabbitMQ
 //! does), maximum length and bytes (of the ready messages only, as RabbitMQ counts
-//! them). The memory watermark counts message bodies through the messages themselves
+//! them, so a message that goes straight to a consumer is never dropped for length). The memory watermark counts message bodies through the messages themselves
 //! (see `flow`), wherever they are held. A durable queue also tells the journal what becomes of its persistent
 //! messages (delivered, settled, purged), so the log can tell which are still live.
 
@@ -120,10 +120,11 @@ impl QueuedMessage {
 }
 
 /// What a queue did with a new message.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
-    /// Queued; these older messages were dropped from the head to make room.
-    Accepted(Vec<QueuedMessage>),
+    /// Queued, perhaps past a drop-head limit: [`Queue::trim`] drops what is too much
+    /// once consumers had their chance.
+    Accepted,
     /// Refused: the queue is full and its overflow is reject-publish(-dlx).
     Rejected,
 }
@@ -208,8 +209,8 @@ impl Queue {
         }
     }
 
-    /// Queues a message at `now`, applying the length limits. `stored` is its journal id
-    /// when it was logged for this queue.
+    /// Queues a message at `now`, unless a reject-publish limit refuses it. `stored` is
+    /// its journal id when it was logged for this queue.
     pub fn enqueue(
         &mut self,
         message: Arc<Message>,
@@ -248,11 +249,17 @@ impl Queue {
         self.next_seq += 1;
         self.add(size);
         self.messages.push_back(m);
-        Admission::Accepted(self.drop_over_limit())
+        Admission::Accepted
     }
 
-    /// Drops messages from the head while the queue is over its length limits.
-    fn drop_over_limit(&mut self) -> Vec<QueuedMessage> {
+    /// Drops messages from the head while a drop-head queue is over its length limits,
+    /// as RabbitMQ does after a publish no consumer took and after messages are given
+    /// back; the caller dead-letters them.
+    #[must_use]
+    pub fn trim(&mut self) -> Vec<QueuedMessage> {
+        if self.args.overflow != Overflow::DropHead {
+            return Vec::new();
+        }
         let mut dropped = Vec::new();
         while self.args.over_limit(self.messages.len(), self.bytes) {
             match self.pop() {
@@ -275,22 +282,20 @@ impl Queue {
             .declared
             .with_policy(&self.arguments, policy.as_deref().map(|p| &p.effect));
         self.policy = policy;
-        if self.args.overflow == Overflow::DropHead {
-            self.drop_over_limit()
-        } else {
-            Vec::new()
-        }
+        self.trim()
     }
 
     /// Puts back a message recovered from the journal, at the tail, as published at
     /// `published` (so its TTL keeps counting from then), redelivered if it had been
     /// delivered.
     pub fn restore(&mut self, message: Arc<Message>, id: u64, delivered: bool, published: Instant) {
-        if let Admission::Accepted(_) = self.enqueue(message, published, Some(id))
+        if self.enqueue(message, published, Some(id)) == Admission::Accepted
             && let Some(m) = self.messages.last_added_mut(id)
         {
             m.redelivered = delivered;
         }
+        // No consumer yet: what the limits do not allow is dropped as it was logged.
+        let _ = self.trim();
     }
 
     /// Records that a message left the queue for a consumer: one that must ack it is
@@ -447,11 +452,8 @@ mod tests {
         Queue::new("q", false, None, false, FieldTable::default(), args)
     }
 
-    fn accepted(a: Admission) -> Vec<QueuedMessage> {
-        match a {
-            Admission::Accepted(dropped) => dropped,
-            Admission::Rejected => panic!("rejected"),
-        }
+    fn accepted(a: Admission) {
+        assert_eq!(a, Admission::Accepted);
     }
 
     #[test]
@@ -535,13 +537,25 @@ mod tests {
             ..QueueArgs::default()
         });
         for b in [&b"1"[..], b"2", b"3"] {
-            let dropped = accepted(q.enqueue(message(b, None), now, None));
-            if b == b"3" {
-                assert_eq!(dropped.len(), 1);
-                assert_eq!(dropped[0].message.body.as_ref(), b"1");
-            }
+            accepted(q.enqueue(message(b, None), now, None));
         }
+        assert_eq!(q.message_count(), 3, "past the limit until trimmed");
+        let dropped = q.trim();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].message.body.as_ref(), b"1");
         assert_eq!(q.message_count(), 2);
+        // Given back, the oldest return to the head and are the ones dropped.
+        let (first, second) = (q.pop().expect("2"), q.pop().expect("3"));
+        accepted(q.enqueue(message(b"4", None), now, None));
+        accepted(q.enqueue(message(b"5", None), now, None));
+        assert!(q.requeue(second).is_none() && q.requeue(first).is_none());
+        let dropped: Vec<Bytes> = q
+            .trim()
+            .into_iter()
+            .map(|m| m.message.body.clone())
+            .collect();
+        assert_eq!(dropped, [&b"2"[..], b"3"]);
+        assert_eq!(q.bytes(), 2);
         let mut q = queue(QueueArgs {
             max_length_bytes: Some(5),
             overflow: Overflow::RejectPublish,

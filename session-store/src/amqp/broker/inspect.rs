@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use amq_protocol::types::FieldTable;
 
-use super::{Broker, ConnId, Destination, Settle};
+use super::{Broker, ChannelState, ConnId, Destination, Settle};
 use crate::amqp::policy::Policy;
 use crate::amqp::stats::MessageStats;
 
@@ -159,9 +159,10 @@ impl Broker {
                     q.consumers.len()
                 }];
                 let consumer_ready = receiving.iter().any(|c| {
-                    let channel_room = core.channels.get(&(c.conn, c.channel)).is_some_and(|s| {
-                        s.channel_prefetch == 0 || s.unacked.len() < usize::from(s.channel_prefetch)
-                    });
+                    let channel_room = core
+                        .channels
+                        .get(&(c.conn, c.channel))
+                        .is_some_and(ChannelState::below_channel_prefetch);
                     let flowing = core
                         .connections
                         .get(&c.conn)
