@@ -754,19 +754,22 @@ fn raw_frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_field_tables_are_refused() {
     let store = Store::start(&[]);
-    let deep = nested_table_bytes(5000);
-    // connection.start-ok: client properties, mechanism, response, locale.
+    // connection.start-ok: client properties, mechanism, response, locale. Before login a
+    // frame has at most 4088 bytes, which still nest 570 deep; refused, like any bad frame
+    // then, with a silent close after RabbitMQ's pause.
     let mut start_ok = vec![0, 10, 0, 11];
-    start_ok.extend_from_slice(&deep);
+    start_ok.extend_from_slice(&nested_table_bytes(570));
     start_ok.extend_from_slice(b"\x05PLAIN\x00\x00\x00\x0c\x00guest\x00guest\x05en_US");
+    assert!(start_ok.len() <= 4088, "{}", start_ok.len());
     let mut raw = Raw::connect(store.port).await;
     raw.send_bytes(HEADER).await;
     let AMQPClass::Connection(connection::AMQPMethod::Start(_)) = raw.method().await else {
         panic!("expected connection.start");
     };
     raw.send_bytes(&raw_frame(1, 0, &start_ok)).await;
-    let text = raw.expect_connection_close(502).await;
-    assert!(text.contains("nested deeper than 64 levels"), "{text}");
+    assert_eq!(raw.frame_within(STEP).await, Ok(None), "a silent close");
+
+    let deep = nested_table_bytes(5000);
 
     // queue.declare: reserved, queue "deep", no flags, arguments.
     let mut declare = b"\x00\x32\x00\x0a\x00\x00\x04deep\x00".to_vec();

@@ -137,6 +137,7 @@ conformance!(
     length_limits_meet_consumers_and_requeues,
     expired_messages_go_when_they_reach_the_head,
     channel_prefetch_holds_no_ack_consumers,
+    handshake_frames_over_the_minimum_refused_silently,
 );
 
 /// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
@@ -6004,6 +6005,75 @@ async fn errors_name_what_rabbitmq_names(url: String) {
 
 /// Limits out of range in connection.tune-ok get no connection.close: as for a refused
 /// login, the socket just closes after a pause (the reason is in the broker's log).
+/// Before tune-ok the largest frame is RabbitMQ's minimum frame_max (4096 bytes, 4088 of
+/// payload): a bigger start-ok, like any frame error before the connection is open, gets
+/// no connection.close, just a silent close after a pause.
+async fn handshake_frames_over_the_minimum_refused_silently(url: String) {
+    let padded = |n: usize| args(&[("padding", lstr(&"p".repeat(n)))]);
+    // A start-ok that fits is fine.
+    let mut raw = Raw::connect(&url).await;
+    raw.until_tune(padded(3_900)).await;
+    for n in [4_100, 20_000] {
+        let mut raw = Raw::connect(&url).await;
+        raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+        let AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)) = raw.method().await else {
+            panic!("expected connection.start");
+        };
+        raw.send(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(conn_methods::StartOk {
+                client_properties: padded(n),
+                mechanism: "PLAIN".into(),
+                response: LongString::from("\0guest\0guest"),
+                locale: "en_US".into(),
+            })),
+        ))
+        .await;
+        let got = raw.read_to_eof().await;
+        assert!(got.is_empty(), "{n}: expected a silent close, got {got:?}");
+    }
+    // A malformed frame before tune-ok: the same.
+    let mut raw = Raw::connect(&url).await;
+    raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+    let AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)) = raw.method().await else {
+        panic!("expected connection.start");
+    };
+    raw.send_bytes(&[1, 0, 0, 0, 0, 0, 4, 0, 10, 0, 11, 0x00])
+        .await;
+    let got = raw.read_to_eof().await;
+    assert!(
+        got.is_empty(),
+        "bad frame end: expected a silent close, got {got:?}"
+    );
+    // So are methods out of turn: connection.open for start-ok, channel.open before the
+    // connection is open.
+    let out_of_turn = [
+        AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn_methods::AMQPMethod::Open(conn_methods::Open {
+                virtual_host: "/".into(),
+            })),
+        ),
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel_methods::AMQPMethod::Open(channel_methods::Open {})),
+        ),
+    ];
+    for frame in &out_of_turn {
+        let mut raw = Raw::connect(&url).await;
+        raw.send_bytes(b"AMQP\x00\x00\x09\x01").await;
+        let AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)) = raw.method().await else {
+            panic!("expected connection.start");
+        };
+        raw.send(frame).await;
+        let got = raw.read_to_eof().await;
+        assert!(
+            got.is_empty(),
+            "{frame:?}: expected a silent close, got {got:?}"
+        );
+    }
+}
+
 async fn tune_ok_out_of_range_refused_silently(url: String) {
     for (channel_max, frame_max) in [(0, 131_072), (2048, 131_072), (16, 4095), (16, 1 << 20)] {
         let mut raw = Raw::connect(&url).await;

@@ -33,7 +33,7 @@ use super::broker::{Broker, ConnHandle, ConnId, Published};
 use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, ErrorKind, code, short};
 use super::exchange::{Destination, ExchangeKind};
-use super::handshake::{HandshakeEnd, Opened, Tuned, handshake};
+use super::handshake::{FRAME_MIN_SIZE, HandshakeEnd, Opened, Tuned, handshake};
 use super::node::{ConnInfo, ForceClose, Node, now_millis};
 use super::permissions::{Perm, Permissions, Resource, TopicPermission};
 use super::queue::Message;
@@ -76,7 +76,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
         congested.clone(),
         config.frame_max,
     ));
-    let mut frames = FramedRead::new(read, AmqpCodec::new(config.frame_max));
+    let mut frames = FramedRead::new(read, AmqpCodec::new(FRAME_MIN_SIZE));
     match handshake(&mut frames, &tx, &node, peer).await {
         Ok(Opened {
             tuned,
@@ -137,10 +137,6 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
         // every sender is gone.
         Err(HandshakeEnd::Refuse(e)) => {
             close_with(&mut frames, &tx, &e).await;
-            drop(tx);
-        }
-        Err(HandshakeEnd::Codec(e)) => {
-            codec_failed(&mut frames, &tx, id, &e).await;
             drop(tx);
         }
         Err(HandshakeEnd::Gone) => drop(tx),

@@ -27,8 +27,10 @@ use super::users::{User, Users};
 /// How long a client has to complete the handshake (RabbitMQ's `handshake_timeout`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// RabbitMQ's smallest frame_max (amq-protocol's constant says 8192, the spec's 4096).
-const FRAME_MIN_SIZE: u32 = 4096;
+/// RabbitMQ's smallest frame_max (amq-protocol's constant says 8192, the spec's 4096), and
+/// the largest frame it reads before tune-ok: a client not yet logged in cannot make it
+/// buffer more.
+pub const FRAME_MIN_SIZE: u32 = 4096;
 /// How long a client refused before its connection is open (no connection.close for it)
 /// waits for its socket to close, as in RabbitMQ (`SILENT_CLOSE_DELAY`).
 const SILENT_CLOSE_DELAY: Duration = Duration::from_secs(3);
@@ -63,11 +65,24 @@ pub struct Opened {
 pub enum HandshakeEnd {
     /// Refuse with connection.close and this error.
     Refuse(AmqpError),
-    /// The stream is unusable (bad bytes); close with this code.
-    Codec(CodecError),
     /// The client went away, closed politely, sent a foreign protocol header (already
-    /// answered) or ran out of time: just drop the socket.
+    /// answered), ran out of time or was refused silently: just drop the socket.
     Gone,
+}
+
+/// How the steps of a handshake stop short.
+enum Stop {
+    End(HandshakeEnd),
+    /// As RabbitMQ treats a client it does not trust yet (bad frames, methods out of turn,
+    /// limits out of range, a failed login that did not ask for a close): no
+    /// connection.close, the socket closes after a pause. The reason is only logged.
+    Silent(String),
+}
+
+impl From<HandshakeEnd> for Stop {
+    fn from(end: HandshakeEnd) -> Self {
+        Stop::End(end)
+    }
 }
 
 pub async fn handshake<R: AsyncRead + Unpin>(
@@ -76,7 +91,18 @@ pub async fn handshake<R: AsyncRead + Unpin>(
     node: &Node,
     peer: Option<SocketAddr>,
 ) -> Result<Opened, HandshakeEnd> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, steps(frames, tx, node, peer))
+    let run = async {
+        match steps(frames, tx, node, peer).await {
+            Ok(opened) => Ok(opened),
+            Err(Stop::End(end)) => Err(end),
+            Err(Stop::Silent(reason)) => {
+                info!(?peer, "AMQP connection refused before it opened: {reason}");
+                tokio::time::sleep(SILENT_CLOSE_DELAY).await;
+                Err(HandshakeEnd::Gone)
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
         .await
         .unwrap_or(Err(HandshakeEnd::Gone))
 }
@@ -86,27 +112,22 @@ async fn steps<R: AsyncRead + Unpin>(
     tx: &mpsc::Sender<Outbound>,
     node: &Node,
     peer: Option<SocketAddr>,
-) -> Result<Opened, HandshakeEnd> {
+) -> Result<Opened, Stop> {
     let config = node.config();
     match next(frames).await? {
         Inbound::ProtocolHeader { supported: true } => {}
         Inbound::ProtocolHeader { supported: false } => {
             let _ = tx.send(Outbound::ProtocolHeader).await;
-            return Err(HandshakeEnd::Gone);
+            return Err(HandshakeEnd::Gone.into());
         }
-        _ => return Err(HandshakeEnd::Gone),
+        _ => return Err(HandshakeEnd::Gone.into()),
     }
     send(tx, connection::AMQPMethod::Start(start())).await;
     let start_ok = match expect(frames, tx).await? {
         connection::AMQPMethod::StartOk(s) => s,
-        _ => return Err(unexpected()),
+        other => return Err(unexpected(&other)),
     };
-    let auth = authenticate(&start_ok, &node.users(), peer);
-    if let Err(e) = &auth {
-        // The detail the refusal tells the client to look for in the broker's log.
-        info!(?peer, "AMQP login refused: {}", e.reply_text());
-    }
-    let user = match auth {
+    let user = match authenticate(&start_ok, &node.users(), peer) {
         Ok(user) => user,
         // As RabbitMQ: connection.close only to a client that asked for it; the others
         // (and any client whose start-ok RabbitMQ could not even read) see the socket
@@ -118,12 +139,11 @@ async fn steps<R: AsyncRead + Unpin>(
                     "authentication_failure_close",
                 ) =>
         {
-            return Err(HandshakeEnd::Refuse(e));
+            // The detail the refusal tells the client to look for in the broker's log.
+            info!(?peer, "AMQP login refused: {}", e.reply_text());
+            return Err(HandshakeEnd::Refuse(e).into());
         }
-        Err(_) => {
-            tokio::time::sleep(SILENT_CLOSE_DELAY).await;
-            return Err(HandshakeEnd::Gone);
-        }
+        Err(e) => return Err(Stop::Silent(format!("login: {}", e.reply_text()))),
     };
     send(
         tx,
@@ -136,16 +156,9 @@ async fn steps<R: AsyncRead + Unpin>(
     .await;
     let tune_ok = match expect(frames, tx).await? {
         connection::AMQPMethod::TuneOk(t) => t,
-        _ => return Err(unexpected()),
+        other => return Err(unexpected(&other)),
     };
-    if let Err(e) = check_tune_ok(&tune_ok, config) {
-        // RabbitMQ answers limits out of range before the connection is open the way it
-        // answers a client it does not trust yet: nothing, and the socket closes after
-        // the pause. The reason is in the log only.
-        info!(?peer, "AMQP connection refused: {}", e.reply_text());
-        tokio::time::sleep(SILENT_CLOSE_DELAY).await;
-        return Err(HandshakeEnd::Gone);
-    }
+    check_tune_ok(&tune_ok, config).map_err(|e| Stop::Silent(e.reply_text().to_string()))?;
     let tuned = Tuned {
         channel_max: tune_ok.channel_max,
         frame_max: tune_ok.frame_max,
@@ -163,12 +176,13 @@ async fn steps<R: AsyncRead + Unpin>(
         .await;
     let open = match expect(frames, tx).await? {
         connection::AMQPMethod::Open(o) => o,
-        _ => return Err(unexpected()),
+        other => return Err(unexpected(&other)),
     };
+    let refuse = |e| Stop::End(HandshakeEnd::Refuse(e));
     let (vhost, permissions) =
-        open_vhost(node, &user, open.virtual_host.as_str()).map_err(HandshakeEnd::Refuse)?;
+        open_vhost(node, &user, open.virtual_host.as_str()).map_err(refuse)?;
     node.admit_connection(&user.name, vhost.name())
-        .map_err(HandshakeEnd::Refuse)?;
+        .map_err(refuse)?;
     send(tx, connection::AMQPMethod::OpenOk(connection::OpenOk {})).await;
     let property = |key: &str| match start_ok.client_properties.inner().get(key) {
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
@@ -262,11 +276,8 @@ fn client_capability(properties: &FieldTable, name: &str) -> bool {
     }
 }
 
-fn unexpected() -> HandshakeEnd {
-    HandshakeEnd::Refuse(AmqpError::connection(
-        code::COMMAND_INVALID,
-        "COMMAND_INVALID - unexpected method during connection handshake",
-    ))
+fn unexpected(what: &dyn std::fmt::Debug) -> Stop {
+    Stop::Silent(format!("out of turn in the handshake: {what:?}"))
 }
 
 async fn send(tx: &mpsc::Sender<Outbound>, method: connection::AMQPMethod) {
@@ -280,11 +291,11 @@ async fn send(tx: &mpsc::Sender<Outbound>, method: connection::AMQPMethod) {
 
 async fn next<R: AsyncRead + Unpin>(
     frames: &mut FramedRead<R, AmqpCodec>,
-) -> Result<Inbound, HandshakeEnd> {
+) -> Result<Inbound, Stop> {
     match frames.next().await {
         Some(Ok(inbound)) => Ok(inbound),
-        Some(Err(CodecError::Io(_))) | None => Err(HandshakeEnd::Gone),
-        Some(Err(e)) => Err(HandshakeEnd::Codec(e)),
+        Some(Err(CodecError::Io(_))) | None => Err(HandshakeEnd::Gone.into()),
+        Some(Err(e)) => Err(Stop::Silent(e.to_string())),
     }
 }
 
@@ -293,18 +304,18 @@ async fn next<R: AsyncRead + Unpin>(
 async fn expect<R: AsyncRead + Unpin>(
     frames: &mut FramedRead<R, AmqpCodec>,
     tx: &mpsc::Sender<Outbound>,
-) -> Result<connection::AMQPMethod, HandshakeEnd> {
+) -> Result<connection::AMQPMethod, Stop> {
     loop {
         match next(frames).await? {
             Inbound::Frame(AMQPFrame::Heartbeat) => continue,
             Inbound::Frame(AMQPFrame::Method(0, AMQPClass::Connection(m))) => {
                 if let connection::AMQPMethod::Close(_) = m {
                     send(tx, connection::AMQPMethod::CloseOk(connection::CloseOk {})).await;
-                    return Err(HandshakeEnd::Gone);
+                    return Err(HandshakeEnd::Gone.into());
                 }
                 return Ok(m);
             }
-            _ => return Err(unexpected()),
+            other => return Err(unexpected(&other)),
         }
     }
 }
