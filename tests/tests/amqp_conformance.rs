@@ -138,6 +138,7 @@ conformance!(
     expired_messages_go_when_they_reach_the_head,
     channel_prefetch_holds_no_ack_consumers,
     handshake_frames_over_the_minimum_refused_silently,
+    quorum_length_limits,
 );
 
 /// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
@@ -4345,6 +4346,85 @@ fn delivery_count(props: &BasicProperties) -> Option<i64> {
 /// `x-queue-type: quorum` as RabbitMQ 3.10 has it: the declaration rules of the type,
 /// the `x-delivery-count` header, `x-delivery-limit` dead-lettering with reason
 /// `delivery_limit`, and the operations it refuses.
+/// A quorum queue's reject-publish takes messages until the queue is over its limit, so
+/// one more than the limit gets in, and then refuses them until the queue is back at 80%
+/// of it (RabbitMQ's `rabbit_fifo`); drop-head keeps the newest, as a classic queue does,
+/// and so does reject-publish-dlx, which quorum queues do not have.
+async fn quorum_length_limits(url: String) {
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    step(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    let publish_acked = |q: String, body: &'static str| {
+        let ch = ch.clone();
+        async move {
+            let confirm = step(
+                "basic.publish",
+                ch.basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default(),
+                ),
+            )
+            .await
+            .expect("basic.publish");
+            step("confirm", confirm).await.expect("confirm").is_ack()
+        }
+    };
+    let limited = |overflow: &str| {
+        quorum(&[
+            ("x-max-length", AMQPValue::LongInt(5)),
+            ("x-overflow", lstr(overflow)),
+        ])
+    };
+    let q = uniq("qq-reject");
+    declare_queue(&ch, &q, durable(), limited("reject-publish")).await;
+    let mut acks = Vec::new();
+    for b in ["1", "2", "3", "4", "5", "6", "7"] {
+        acks.push(publish_acked(q.clone(), b).await);
+    }
+    assert_eq!(acks, [true, true, true, true, true, true, false]);
+    assert_eq!(ready_count(&conn, &q).await, 6);
+    let get = || async {
+        step(
+            "basic.get",
+            ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("basic.get")
+        .map(|m| body(&m.delivery))
+    };
+    // Down to 5 (the limit) and 4 (80% of it): refused, then taken again.
+    assert_eq!(get().await.as_deref(), Some("1"));
+    assert!(
+        !publish_acked(q.clone(), "8").await,
+        "5 ready: still refusing"
+    );
+    assert_eq!(get().await.as_deref(), Some("2"));
+    assert!(publish_acked(q.clone(), "9").await, "4 ready: taking again");
+    assert_eq!(drain(&ch, &q).await, ["3", "4", "5", "6", "9"]);
+    // reject-publish-dlx is not a quorum queue's: it drops the head instead.
+    for overflow in ["drop-head", "reject-publish-dlx"] {
+        let q = uniq("qq-drop");
+        declare_queue(&ch, &q, durable(), limited(overflow)).await;
+        for b in ["1", "2", "3", "4", "5", "6", "7"] {
+            assert!(publish_acked(q.clone(), b).await, "{overflow}");
+        }
+        assert_eq!(
+            drain(&ch, &q).await,
+            ["3", "4", "5", "6", "7"],
+            "{overflow}"
+        );
+    }
+    close(conn).await;
+}
+
 async fn quorum_queues(url: String) {
     let conn = connect(&url).await;
     let q = uniq("qq");

@@ -711,6 +711,12 @@ impl Broker {
         let args = QueueArgs::parse(&d.arguments, &name, &vhost.name)?;
         if args.kind == QueueType::Quorum {
             check_quorum_declare(d, requested, &vhost.name)?;
+            if args.overflow == Overflow::RejectPublishDlx {
+                tracing::warn!(
+                    queue = %name, vhost = %vhost.name,
+                    "x-overflow reject-publish-dlx is not a quorum queue's: it drops the head"
+                );
+            }
         }
         let owner = d.exclusive.then_some(conn);
         let mut q = Queue::new(
@@ -1483,7 +1489,7 @@ fn enqueue_all(
             Admission::Accepted => q.stats.publish += 1,
             Admission::Rejected => {
                 rejected = true;
-                if q.args.overflow == Overflow::RejectPublishDlx {
+                if q.overflow() == Overflow::RejectPublishDlx {
                     dead.extend(dead_from(q, message.clone(), Reason::MaxLen));
                 }
             }

@@ -164,6 +164,9 @@ pub struct Queue {
     messages: Ready,
     /// Body bytes of `messages`, for `x-max-length-bytes`.
     bytes: u64,
+    /// A quorum queue with reject-publish went over its limits and refuses publishes
+    /// until it is back under 80% of them.
+    refusing: bool,
     next_seq: u64,
     pub consumers: Vec<Consumer>,
     /// Index of the consumer to try first, for round-robin.
@@ -199,6 +202,7 @@ impl Queue {
             policy: None,
             messages,
             bytes: 0,
+            refusing: false,
             next_seq: 0,
             consumers: Vec::new(),
             cursor: 0,
@@ -238,18 +242,49 @@ impl Queue {
             stored: stored.filter(|_| self.journal.is_some()),
         };
         let size = m.size();
-        if self.args.overflow != Overflow::DropHead
-            && self
-                .args
-                .over_limit(self.messages.len() + 1, self.bytes + size)
-        {
+        if self.refuses(size) {
             self.settled(&m);
             return Admission::Rejected;
         }
         self.next_seq += 1;
         self.add(size);
         self.messages.push_back(m);
+        self.refuse_if_over();
         Admission::Accepted
+    }
+
+    /// What the queue does when full: as its arguments and policy say, except that a
+    /// quorum queue has no reject-publish-dlx and drops the head instead, as RabbitMQ's
+    /// do (with a warning in its log).
+    pub fn overflow(&self) -> Overflow {
+        match (self.args.overflow, self.args.kind) {
+            (Overflow::RejectPublishDlx, QueueType::Quorum) => Overflow::DropHead,
+            (overflow, _) => overflow,
+        }
+    }
+
+    /// Whether reject-publish refuses a message of `size` bytes. A classic queue refuses
+    /// one that would take it over a limit. A quorum queue (RabbitMQ's `rabbit_fifo`)
+    /// takes messages until it is over, and then refuses them until it is back under
+    /// 80% of its limits.
+    fn refuses(&self, size: u64) -> bool {
+        match (self.overflow(), self.args.kind) {
+            (Overflow::DropHead, _) => false,
+            (Overflow::RejectPublish, QueueType::Quorum) => self.refusing,
+            _ => self
+                .args
+                .over_limit(self.messages.len() + 1, self.bytes + size),
+        }
+    }
+
+    /// Starts a quorum queue's refusals once it is over its limits.
+    fn refuse_if_over(&mut self) {
+        if self.args.kind == QueueType::Quorum
+            && self.overflow() == Overflow::RejectPublish
+            && self.args.over_limit(self.messages.len(), self.bytes)
+        {
+            self.refusing = true;
+        }
     }
 
     /// Drops messages from the head while a drop-head queue is over its length limits,
@@ -257,7 +292,7 @@ impl Queue {
     /// back; the caller dead-letters them.
     #[must_use]
     pub fn trim(&mut self) -> Vec<QueuedMessage> {
-        if self.args.overflow != Overflow::DropHead {
+        if self.overflow() != Overflow::DropHead {
             return Vec::new();
         }
         let mut dropped = Vec::new();
@@ -282,6 +317,8 @@ impl Queue {
             .declared
             .with_policy(&self.arguments, policy.as_deref().map(|p| &p.effect));
         self.policy = policy;
+        self.refusing = false;
+        self.refuse_if_over();
         self.trim()
     }
 
@@ -359,6 +396,7 @@ impl Queue {
         }
         self.add(message.size());
         self.messages.insert_in_place(message);
+        self.refuse_if_over();
         None
     }
 
@@ -428,6 +466,9 @@ impl Queue {
 
     fn sub(&mut self, size: u64) {
         self.bytes -= size;
+        if self.refusing && self.args.below_soft_limit(self.messages.len(), self.bytes) {
+            self.refusing = false;
+        }
     }
 }
 

@@ -290,6 +290,15 @@ impl QueueArgs {
         self.max_length.is_some_and(|max| len as u64 > max)
             || self.max_length_bytes.is_some_and(|max| bytes > max)
     }
+
+    /// Whether a queue holding `len` messages of `bytes` bytes is at or below 80% of each
+    /// of its limits: where a quorum queue that refused publishes takes them again
+    /// (RabbitMQ's `rabbit_fifo` low limit).
+    pub fn below_soft_limit(&self, len: usize, bytes: u64) -> bool {
+        let soft = |max: u64| max * 4 / 5;
+        self.max_length.is_none_or(|max| len as u64 <= soft(max))
+            && self.max_length_bytes.is_none_or(|max| bytes <= soft(max))
+    }
 }
 
 /// basic.consume's `x-priority` for a consumer of `queue` (0 without one): any integer
