@@ -139,6 +139,7 @@ conformance!(
     channel_prefetch_holds_no_ack_consumers,
     handshake_frames_over_the_minimum_refused_silently,
     quorum_length_limits,
+    requeue_order_by_queue_type,
 );
 
 /// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
@@ -4421,6 +4422,77 @@ async fn quorum_length_limits(url: String) {
             ["3", "4", "5", "6", "7"],
             "{overflow}"
         );
+    }
+    close(conn).await;
+}
+
+/// Where a message given back goes: a classic queue puts it back where it was; a quorum
+/// queue (RabbitMQ 3.10's `rabbit_fifo`) puts one nacked to its tail, or with an
+/// `x-delivery-limit` to its head, in the order they came back; those let go with
+/// their channel go to the head.
+async fn requeue_order_by_queue_type(url: String) {
+    let conn = connect(&url).await;
+    let pch = confirmed(&conn).await;
+    let cases = [
+        ("classic", false, false, ["1", "2", "4", "5"]),
+        ("quorum", false, false, ["5", "4", "1", "2"]),
+        ("quorum", true, false, ["4", "1", "2", "5"]),
+        ("quorum", false, true, ["1", "3", "4", "5"]),
+        ("quorum", true, true, ["1", "3", "4", "5"]),
+    ];
+    for (kind, limit, close_channel, expected) in cases {
+        let case = format!("{kind}, delivery limit {limit}, channel closed {close_channel}");
+        let q = uniq("requeue-order");
+        let mut a = vec![("x-queue-type", lstr(kind))];
+        if limit {
+            a.push(("x-delivery-limit", AMQPValue::LongInt(10)));
+        }
+        declare_queue(&pch, &q, durable(), args(&a)).await;
+        for b in ["1", "2", "3", "4", "5"] {
+            publish(&pch, "", &q, b.as_bytes()).await;
+        }
+        let ch = channel(&conn).await;
+        let mut tags = Vec::new();
+        for _ in 0..4 {
+            let m = step(
+                "basic.get",
+                ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false }),
+            )
+            .await
+            .expect("basic.get")
+            .expect("a message");
+            tags.push(m.delivery.delivery_tag);
+        }
+        if close_channel {
+            step(
+                "basic.ack",
+                ch.basic_ack(tags[1], BasicAckOptions::default()),
+            )
+            .await
+            .expect("ack");
+            step("channel.close", ch.close(200, "ok".into()))
+                .await
+                .expect("close");
+        } else {
+            // "4" alone, then "1" and "2" at once; "3" stays unacked.
+            for (tag, multiple) in [(tags[3], false), (tags[1], true)] {
+                let options = BasicNackOptions {
+                    multiple,
+                    requeue: true,
+                };
+                step("basic.nack", ch.basic_nack(tag, options))
+                    .await
+                    .expect("nack");
+            }
+        }
+        // RabbitMQ applies returns to a quorum queue after the nack's round trip.
+        e2e::wait_for_async("the messages back", Duration::from_secs(5), || {
+            let conn = &conn;
+            let q = &q;
+            async move { (ready_count(conn, q).await == 4).then_some(()) }
+        })
+        .await;
+        assert_eq!(drain(&pch, &q).await, expected, "{case}");
     }
     close(conn).await;
 }

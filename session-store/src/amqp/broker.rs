@@ -36,7 +36,7 @@ use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::flow::MemoryMonitor;
 use super::policy::{Policies, Policy};
-use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage};
+use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage, Return};
 use super::queue_args::{
     Overflow, QueueArgs, QueueType, check_args_equivalent, check_equivalent, consumer_priority,
     display_value, type_name,
@@ -1380,7 +1380,7 @@ fn settle(core: &mut Core, conn: ConnId, channel: u16, settled: Vec<(u64, Unacke
                 q.settled(&u.message);
             }
             Settle::Requeue => {
-                if let Some(m) = q.requeue(u.message) {
+                if let Some(m) = q.requeue(u.message, Return::Given) {
                     q.settled(&m);
                     dead.extend(dead_from(q, m.message, Reason::DeliveryLimit));
                 }
@@ -1820,7 +1820,7 @@ fn close_channel(core: &mut Core, conn: ConnId, channel: u16) {
     for u in state.unacked.into_values().chain(in_tx.map(|(_, u)| u)) {
         if let Some(q) = core.vhost.queues.get_mut(&*u.queue) {
             release_credit(q, conn, channel, u.consumer.as_ref());
-            if let Some(m) = q.requeue(u.message) {
+            if let Some(m) = q.requeue(u.message, Return::Released) {
                 q.settled(&m);
                 dead.extend(dead_from(q, m.message, Reason::DeliveryLimit));
             }

@@ -119,6 +119,15 @@ impl QueuedMessage {
     }
 }
 
+/// How a delivered message comes back to its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    /// Given back by its consumer: basic.nack, basic.reject or basic.recover.
+    Given,
+    /// Let go with its channel or connection.
+    Released,
+}
+
 /// What a queue did with a new message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -167,6 +176,9 @@ pub struct Queue {
     /// A quorum queue with reject-publish went over its limits and refuses publishes
     /// until it is back under 80% of them.
     refusing: bool,
+    /// Of a quorum queue's messages, how many at the head came back to it (see
+    /// [`Queue::requeue`]).
+    returns: usize,
     next_seq: u64,
     pub consumers: Vec<Consumer>,
     /// Index of the consumer to try first, for round-robin.
@@ -203,6 +215,7 @@ impl Queue {
             messages,
             bytes: 0,
             refusing: false,
+            returns: 0,
             next_seq: 0,
             consumers: Vec::new(),
             cursor: 0,
@@ -364,6 +377,7 @@ impl Queue {
     /// Takes the message at the head.
     pub fn pop(&mut self) -> Option<QueuedMessage> {
         let m = self.messages.pop_front()?;
+        self.returns = self.returns.saturating_sub(1);
         self.sub(m.size());
         Some(m)
     }
@@ -372,6 +386,7 @@ impl Queue {
     /// message waits for its turn.
     pub fn drop_expired(&mut self, now: Instant) -> Vec<QueuedMessage> {
         let expired = self.messages.pop_expired(now);
+        self.returns = self.returns.saturating_sub(expired.len());
         for m in &expired {
             self.sub(m.size());
             self.settled(m);
@@ -379,11 +394,14 @@ impl Queue {
         expired
     }
 
-    /// Puts a delivered message back at its original position, marked redelivered; it
-    /// keeps its expiry time. A quorum queue hands back one given back more often than
-    /// its `x-delivery-limit`: the caller settles and dead-letters it.
+    /// Puts a delivered message back, marked redelivered; it keeps its expiry time. A
+    /// classic queue puts it where it was. A quorum queue does what RabbitMQ 3.10's
+    /// `rabbit_fifo` does: one given back goes to the tail, or, with an
+    /// `x-delivery-limit`, to the head behind those returned before it; one let go with
+    /// its channel goes there too. It hands back one given back more often than its
+    /// delivery limit: the caller settles and dead-letters it.
     #[must_use]
-    pub fn requeue(&mut self, mut message: QueuedMessage) -> Option<QueuedMessage> {
+    pub fn requeue(&mut self, mut message: QueuedMessage, how: Return) -> Option<QueuedMessage> {
         message.redelivered = true;
         message.returned = message.returned.saturating_add(1);
         if self.args.kind == QueueType::Quorum
@@ -395,7 +413,16 @@ impl Queue {
             return Some(message);
         }
         self.add(message.size());
-        self.messages.insert_in_place(message);
+        match self.args.kind {
+            QueueType::Quorum if how == Return::Given && self.args.delivery_limit.is_none() => {
+                self.messages.push_back(message);
+            }
+            QueueType::Quorum => {
+                self.messages.insert_at(self.returns, message);
+                self.returns += 1;
+            }
+            QueueType::Classic => self.messages.insert_in_place(message),
+        }
         self.refuse_if_over();
         None
     }
@@ -448,6 +475,7 @@ impl Queue {
             });
         }
         self.messages.clear();
+        self.returns = 0;
         self.sub(self.bytes);
         count
     }
@@ -512,8 +540,8 @@ mod tests {
             4,
             "only ready messages count for x-max-length-bytes"
         );
-        assert!(q.requeue(second).is_none());
-        assert!(q.requeue(first).is_none());
+        assert!(q.requeue(second, Return::Given).is_none());
+        assert!(q.requeue(first, Return::Released).is_none());
         let order: Vec<(u64, bool)> = q.messages.iter().map(|m| (m.seq, m.redelivered)).collect();
         assert_eq!(order, vec![(1, true), (2, true), (3, false), (4, false)]);
         assert_eq!(q.purge(), 4);
@@ -589,7 +617,8 @@ mod tests {
         let (first, second) = (q.pop().expect("2"), q.pop().expect("3"));
         accepted(q.enqueue(message(b"4", None), now, None));
         accepted(q.enqueue(message(b"5", None), now, None));
-        assert!(q.requeue(second).is_none() && q.requeue(first).is_none());
+        assert!(q.requeue(second, Return::Given).is_none());
+        assert!(q.requeue(first, Return::Given).is_none());
         let dropped: Vec<Bytes> = q
             .trim()
             .into_iter()

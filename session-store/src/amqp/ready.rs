@@ -55,6 +55,14 @@ impl Ready {
         self.len += 1;
     }
 
+    /// Puts `m` at `index` among its level's messages (at the end if there are fewer).
+    pub fn insert_at(&mut self, index: usize, m: QueuedMessage) {
+        let level = self.level(&m);
+        let level = &mut self.levels[level];
+        level.insert(index.min(level.len()), m);
+        self.len += 1;
+    }
+
     /// Takes the next message out.
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
         let m = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
