@@ -640,6 +640,67 @@ mod tests {
         assert_eq!(q.message_count(), 2);
     }
 
+    fn bodies(q: &Queue) -> Vec<&[u8]> {
+        q.messages.iter().map(|m| m.message.body.as_ref()).collect()
+    }
+
+    #[test]
+    fn quorum_queues_requeue_to_the_tail_or_behind_earlier_returns() {
+        let now = Instant::now();
+        for (delivery_limit, how, expected) in [
+            (None, Return::Given, [&b"3"[..], b"2", b"1"]),
+            (Some(10), Return::Given, [&b"2"[..], b"1", b"3"]),
+            (None, Return::Released, [&b"2"[..], b"1", b"3"]),
+        ] {
+            let mut q = queue(QueueArgs {
+                kind: QueueType::Quorum,
+                delivery_limit,
+                ..QueueArgs::default()
+            });
+            for b in [&b"1"[..], b"2", b"3"] {
+                accepted(q.enqueue(message(b, None), now, None));
+            }
+            let (first, second) = (q.pop().expect("1"), q.pop().expect("2"));
+            assert!(q.requeue(second, how).is_none() && q.requeue(first, how).is_none());
+            assert_eq!(bodies(&q), expected, "{delivery_limit:?} {how:?}");
+            let head = q.pop().expect("head");
+            assert_eq!(
+                head.redelivered,
+                head.message.body != b"3"[..],
+                "only 3 is new"
+            );
+        }
+    }
+
+    #[test]
+    fn quorum_reject_publish_refuses_from_over_the_limit_to_80_percent() {
+        let now = Instant::now();
+        let mut q = queue(QueueArgs {
+            kind: QueueType::Quorum,
+            max_length: Some(5),
+            overflow: Overflow::RejectPublish,
+            ..QueueArgs::default()
+        });
+        for _ in 0..6 {
+            accepted(q.enqueue(message(b"m", None), now, None));
+        }
+        assert_eq!(
+            q.enqueue(message(b"m", None), now, None),
+            Admission::Rejected
+        );
+        q.pop();
+        assert_eq!(
+            q.enqueue(message(b"m", None), now, None),
+            Admission::Rejected,
+            "5 left"
+        );
+        q.pop();
+        accepted(q.enqueue(message(b"m", None), now, None));
+        // A quorum queue has no reject-publish-dlx: it drops the head.
+        q.args.overflow = Overflow::RejectPublishDlx;
+        assert_eq!(q.overflow(), Overflow::DropHead);
+    }
+
     #[test]
     fn unused_queues_expire_only_without_consumers() {
         let mut q = queue(QueueArgs {
