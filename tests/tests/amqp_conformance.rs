@@ -5056,6 +5056,48 @@ async fn rabbitmq_particulars(url: String) {
         publish_props(&ch, &hx, "", body.as_bytes(), props).await;
     }
     assert_eq!(drain(&ch, &hq).await, ["long", "unsigned-byte", "double"]);
+    // Values compare as Erlang's `==` compares them decoded: strings and byte arrays are
+    // all binaries, a timestamp is an integer; a boolean is not 1.
+    let bq = uniq("hdr-bin-q");
+    plain_queue(&ch, &bq).await;
+    let binding = args(&[
+        ("s", AMQPValue::ByteArray(b"v".to_vec().into())),
+        ("t", AMQPValue::LongLongInt(1_700_000_000)),
+    ]);
+    bind(&ch, &bq, &hx, "", binding).await;
+    for (body, s, t) in [
+        (
+            "long-string",
+            lstr("v"),
+            AMQPValue::Timestamp(1_700_000_000),
+        ),
+        (
+            "bytes",
+            AMQPValue::ByteArray(b"v".to_vec().into()),
+            AMQPValue::Double(1.7e9),
+        ),
+        (
+            "other-bytes",
+            lstr("w"),
+            AMQPValue::Timestamp(1_700_000_000),
+        ),
+        ("other-time", lstr("v"), AMQPValue::Timestamp(1)),
+    ] {
+        let props = BasicProperties::default().with_headers(args(&[("s", s), ("t", t)]));
+        publish_props(&ch, &hx, "", body.as_bytes(), props).await;
+    }
+    assert_eq!(drain(&ch, &bq).await, ["long-string", "bytes"]);
+    let tq = uniq("hdr-bool-q");
+    plain_queue(&ch, &tq).await;
+    bind(&ch, &tq, &hx, "", args(&[("b", AMQPValue::Boolean(true))])).await;
+    for (body, b) in [
+        ("one", AMQPValue::LongInt(1)),
+        ("true", AMQPValue::Boolean(true)),
+    ] {
+        let props = BasicProperties::default().with_headers(args(&[("b", b)]));
+        publish_props(&ch, &hx, "", body.as_bytes(), props).await;
+    }
+    assert_eq!(drain(&ch, &tq).await, ["true"]);
     for (mode, text) in [
         (
             lstr("some"),

@@ -204,9 +204,14 @@ fn topic_matches(pattern: &[&str], words: &[&str]) -> bool {
     }
 }
 
-/// Equal as RabbitMQ's headers exchange compares: numbers of any AMQP type by value (a
-/// byte 1 binding matches a long 1 or a double 1.0), anything else by type and value.
+/// Equal as RabbitMQ's headers exchange compares, with Erlang's `==` on the decoded
+/// values: numbers of any AMQP type by value, timestamps among them (a byte 1 binding
+/// matches a long 1 or a double 1.0); short, long strings and byte arrays, all Erlang
+/// binaries, by their bytes; anything else by type and value.
 fn same_header_value(a: &AMQPValue, b: &AMQPValue) -> bool {
+    if let (Some(x), Some(y)) = (binary(a), binary(b)) {
+        return x == y;
+    }
     match (number(a), number(b)) {
         (Some(Number::Int(x)), Some(Number::Int(y))) => x == y,
         (Some(x), Some(y)) => x.as_f64() == y.as_f64(),
@@ -214,9 +219,18 @@ fn same_header_value(a: &AMQPValue, b: &AMQPValue) -> bool {
     }
 }
 
+fn binary(v: &AMQPValue) -> Option<&[u8]> {
+    match v {
+        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
+        AMQPValue::LongString(s) => Some(s.as_bytes()),
+        AMQPValue::ByteArray(b) => Some(b.as_slice()),
+        _ => None,
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Number {
-    Int(i64),
+    Int(i128),
     Float(f64),
 }
 
@@ -231,13 +245,14 @@ impl Number {
 
 fn number(v: &AMQPValue) -> Option<Number> {
     Some(match v {
-        AMQPValue::ShortShortInt(n) => Number::Int(i64::from(*n)),
-        AMQPValue::ShortShortUInt(n) => Number::Int(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Number::Int(i64::from(*n)),
-        AMQPValue::ShortUInt(n) => Number::Int(i64::from(*n)),
-        AMQPValue::LongInt(n) => Number::Int(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Number::Int(i64::from(*n)),
-        AMQPValue::LongLongInt(n) => Number::Int(*n),
+        AMQPValue::ShortShortInt(n) => Number::Int(i128::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Number::Int(i128::from(*n)),
+        AMQPValue::ShortInt(n) => Number::Int(i128::from(*n)),
+        AMQPValue::ShortUInt(n) => Number::Int(i128::from(*n)),
+        AMQPValue::LongInt(n) => Number::Int(i128::from(*n)),
+        AMQPValue::LongUInt(n) => Number::Int(i128::from(*n)),
+        AMQPValue::LongLongInt(n) => Number::Int(i128::from(*n)),
+        AMQPValue::Timestamp(t) => Number::Int(i128::from(*t)),
         AMQPValue::Float(f) => Number::Float(f64::from(*f)),
         AMQPValue::Double(f) => Number::Float(*f),
         _ => return None,
