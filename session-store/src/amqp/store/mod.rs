@@ -9,6 +9,11 @@
 //! [`Journal::synced`] reaches that number. On start the log is replayed into a
 //! [`State`] (`state`) and the broker rebuilt from it (`recover`).
 //!
+//! A clean shutdown leaves a marker file beside the log. Without it, the broker did not
+//! stop cleanly, and as RabbitMQ's queue index does then, every recovered message of a
+//! classic queue is marked delivered (a consumer may have seen it just before the crash),
+//! so it comes back with redelivered set.
+//!
 //! Other records (declares, deliveries, acks) are not waited for: they reach the disk
 //! with the next batch, a few milliseconds later, and since the log is written in order,
 //! any confirm sent after them also covers them. Unlike RabbitMQ, declare-ok does not
@@ -37,6 +42,9 @@ use tokio::sync::watch;
 use tracing::info;
 
 use writer::Command;
+
+/// The marker a clean shutdown leaves, removed when the log is opened again.
+const CLEAN_SHUTDOWN: &str = "clean-shutdown";
 
 /// Why the store cannot open or write.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +93,8 @@ struct Inner {
     next_id: AtomicU64,
     synced: watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Where the clean-shutdown marker goes.
+    dir: PathBuf,
 }
 
 impl Journal {
@@ -128,12 +138,67 @@ impl Journal {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
+        let Some(thread) = thread else {
+            return;
+        };
+        if thread.join().is_err() {
             tracing::error!("amqp store: the log writer panicked");
+            return;
+        }
+        if let Err(e) = mark_clean(&self.inner.dir) {
+            tracing::warn!(
+                "amqp store: could not mark the shutdown clean ({e}); recovered messages will come back redelivered"
+            );
         }
     }
+}
+
+/// Leaves the clean-shutdown marker, on disk before this returns.
+fn mark_clean(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::create(dir.join(CLEAN_SHUTDOWN))?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Takes the clean-shutdown marker away, on disk before this returns: from now on a crash
+/// must not look like a clean shutdown. Returns whether it was there.
+fn take_clean_mark(dir: &Path) -> Result<bool, StoreError> {
+    let path = dir.join(CLEAN_SHUTDOWN);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io(dir, e))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::io(&path, e)),
+    }
+}
+
+/// After a crash: marks every message of the classic queues in `state` delivered, and
+/// returns the records that say so in the log. Quorum queues replay their log as it was,
+/// in RabbitMQ as here, so theirs keep their flags.
+fn mark_delivered(state: &mut State) -> Vec<Record> {
+    let mut records = Vec::new();
+    for (queue, def) in &mut state.queues {
+        let quorum = matches!(
+            def.arguments.inner().get("x-queue-type"),
+            Some(amq_protocol::types::AMQPValue::LongString(t)) if t.as_bytes() == b"quorum"
+        );
+        if quorum {
+            continue;
+        }
+        for (id, delivered) in &mut def.messages {
+            if !*delivered {
+                *delivered = true;
+                records.push(Record::Delivered {
+                    queue: queue.clone(),
+                    id: *id,
+                });
+            }
+        }
+    }
+    records
 }
 
 /// Opens (creating if need be) the log in `dir`, replays it and starts the writer.
@@ -141,6 +206,7 @@ impl Journal {
 /// recovered messages are charged to `memory`, the broker's watermark count.
 pub fn open(dir: &Path, memory: &Arc<AtomicU64>) -> Result<(Journal, State), StoreError> {
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let clean = take_clean_mark(dir)?;
     let segments = log::list_segments(dir)?;
     let mut state = State::default();
     let mut total = 0;
@@ -179,6 +245,17 @@ pub fn open(dir: &Path, memory: &Arc<AtomicU64>) -> Result<(Journal, State), Sto
         state.queues.len(),
         state.messages.len()
     );
+    let crashed = if clean {
+        Vec::new()
+    } else {
+        mark_delivered(&mut state)
+    };
+    if !crashed.is_empty() {
+        info!(
+            "amqp store: the last shutdown was not clean; {} recovered messages will be delivered as redelivered, as RabbitMQ delivers them",
+            crashed.len()
+        );
+    }
     let (tx, rx) = mpsc::channel();
     let (synced_tx, synced_rx) = watch::channel(0);
     let writer_state = state.clone();
@@ -192,8 +269,12 @@ pub fn open(dir: &Path, memory: &Arc<AtomicU64>) -> Result<(Journal, State), Sto
             next_id: AtomicU64::new(state.max_id + 1),
             synced: synced_rx,
             thread: Mutex::new(Some(thread)),
+            dir: dir.to_path_buf(),
         }),
     };
+    for record in crashed {
+        journal.append(record);
+    }
     Ok((journal, state))
 }
 
