@@ -1624,6 +1624,30 @@ async fn mandatory_unroutable_returned(url: String) {
     let confirmation = step("confirm", confirm).await.expect("confirm");
     assert!(confirmation.is_ack());
     assert!(confirmation.take_message().is_none());
+    // A returned message has lost its BCC header, as a delivered one has; CC stays.
+    let keys = |k: &str| AMQPValue::FieldArray(vec![lstr(k)].into());
+    let headers = args(&[("CC", keys("cc-key")), ("BCC", keys("bcc-key"))]);
+    let confirm = step(
+        "publish mandatory with CC and BCC",
+        ch.basic_publish(
+            x.as_str().into(),
+            "nobody".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"bounce",
+            BasicProperties::default().with_headers(headers),
+        ),
+    )
+    .await
+    .expect("publish");
+    let confirmation = step("confirm", confirm).await.expect("confirm");
+    let ret = confirmation.take_message().expect("a basic.return");
+    assert_eq!(
+        ret.delivery.properties.headers(),
+        &Some(args(&[("CC", keys("cc-key"))]))
+    );
     close(conn).await;
 }
 
@@ -2900,6 +2924,28 @@ async fn dead_letter_on_expiry(url: String) {
         d.properties.expiration().is_none(),
         "expiration is removed when dead-lettered"
     );
+    // An x-death the publisher set that is not an array is replaced, and without a real
+    // first death the x-first-death headers are left as they were.
+    for junk in [lstr("junk"), AMQPValue::LongInt(3)] {
+        let q3 = uniq("dl-junk");
+        let a = args(&[
+            ("x-dead-letter-exchange", lstr(&dlx)),
+            ("x-message-ttl", AMQPValue::LongInt(0)),
+        ]);
+        declare_queue(&ch, &q3, QueueDeclareOptions::default(), a).await;
+        let headers = args(&[("x-death", junk), ("x-first-death-queue", lstr("zz"))]);
+        let props = BasicProperties::default().with_headers(headers);
+        publish_props(&ch, "", &q3, b"junk-death", props).await;
+        let d = next(&mut c).await;
+        assert_eq!(body(&d), "junk-death");
+        let death = x_death(&d);
+        assert_eq!(
+            (str_of(death.get("queue")), int_of(death.get("count"))),
+            (q3.clone(), 1)
+        );
+        assert_eq!(str_of(header(&d.properties, "x-first-death-queue")), "zz");
+        assert!(header(&d.properties, "x-first-death-reason").is_none());
+    }
     close(conn).await;
 }
 

@@ -861,15 +861,7 @@ impl Broker {
         let core = &mut *core;
         check_publish(&core.vhost, message.exchange.as_str())?;
         let cc = routing_headers(message.properties())?;
-        if message
-            .properties()
-            .headers()
-            .as_ref()
-            .is_some_and(|h| h.inner().contains_key("BCC"))
-        {
-            let stripped = strip_bcc(std::mem::take(message.properties_mut()));
-            *message.properties_mut() = stripped;
-        }
+        message.strip_bcc();
         message.charge(&core.memory);
         if message.exchange.as_str().is_empty()
             && let Some(suffix) = reply_to::suffix(message.routing_key.as_str())
@@ -1285,19 +1277,6 @@ fn routing_keys<'a>(message: &'a Message, cc: &'a [String]) -> Vec<&'a str> {
     keys.push(message.routing_key.as_str());
     keys.extend(cc.iter().map(String::as_str));
     keys
-}
-
-/// The properties without the `BCC` header, which no consumer may see.
-fn strip_bcc(properties: AMQPProperties) -> AMQPProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    let kept: BTreeMap<_, _> = headers
-        .inner()
-        .iter()
-        .filter(|(k, _)| k.as_str() != "BCC")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    headers = FieldTable::from(kept);
-    properties.with_headers(headers)
 }
 
 /// A headers binding's `x-match`, checked as RabbitMQ checks it when binding.

@@ -1264,12 +1264,14 @@ impl Conn {
     fn route(&mut self, ch: u16, p: BufferedPublish) -> Result<Published, AmqpError> {
         let BufferedPublish { publish, message } = p;
         let returned = publish.mandatory.then(|| {
-            Arc::new(Message::new(
+            let mut copy = Message::new(
                 message.exchange.clone(),
                 message.routing_key.clone(),
                 message.properties().clone(),
                 message.body.clone(),
-            ))
+            );
+            copy.strip_bcc();
+            Arc::new(copy)
         });
         let published = self.broker.publish(message)?;
         if let (false, Some(message)) = (published.routed, returned) {

@@ -79,8 +79,9 @@ pub fn dead_letter(
 }
 
 /// Adds a death to `x-death`: the entry for the same queue and reason counts one more and
-/// moves to the front, or a new entry with count 1 goes first. The first death also sets
-/// `x-first-death-reason`, `-queue` and `-exchange`.
+/// moves to the front, or a new entry with count 1 goes first. The first death (no
+/// `x-death` at all) also sets `x-first-death-reason`, `-queue` and `-exchange`; an
+/// `x-death` that is not an array is replaced by the new entry alone, as RabbitMQ does.
 fn update_x_death(
     headers: &mut FieldTable,
     mut info: FieldTable,
@@ -88,20 +89,21 @@ fn update_x_death(
     reason: Reason,
     exchange: &str,
 ) {
-    let existing = match headers.inner().get("x-death") {
-        Some(AMQPValue::FieldArray(deaths)) => Some(deaths.as_slice().to_vec()),
-        _ => None,
-    };
-    let Some(deaths) = existing else {
-        info.insert("count".into(), AMQPValue::LongLongInt(1));
-        headers.insert("x-first-death-reason".into(), long(reason.as_str()));
-        headers.insert("x-first-death-queue".into(), long(queue));
-        headers.insert("x-first-death-exchange".into(), long(exchange));
-        headers.insert(
-            "x-death".into(),
-            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(info)])),
-        );
-        return;
+    let deaths = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(deaths)) => deaths.as_slice().to_vec(),
+        invalid => {
+            if invalid.is_none() {
+                headers.insert("x-first-death-reason".into(), long(reason.as_str()));
+                headers.insert("x-first-death-queue".into(), long(queue));
+                headers.insert("x-first-death-exchange".into(), long(exchange));
+            }
+            info.insert("count".into(), AMQPValue::LongLongInt(1));
+            headers.insert(
+                "x-death".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(info)])),
+            );
+            return;
+        }
     };
     let same = |d: &AMQPValue| match d {
         AMQPValue::FieldTable(t) => {

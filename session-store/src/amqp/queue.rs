@@ -72,6 +72,28 @@ impl Message {
         &mut self.properties
     }
 
+    /// Drops the `BCC` header, which the message routes by and no one may see: not its
+    /// consumers, nor a publisher it is returned to.
+    pub fn strip_bcc(&mut self) {
+        if self
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.inner().contains_key("BCC"))
+        {
+            let kept: std::collections::BTreeMap<_, _> = self
+                .properties
+                .headers()
+                .iter()
+                .flat_map(|h| h.inner())
+                .filter(|(k, _)| k.as_str() != "BCC")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let properties = std::mem::take(self.properties_mut());
+            self.properties = properties.with_headers(FieldTable::from(kept));
+        }
+    }
+
     pub fn raw_properties(&self) -> Option<&Bytes> {
         self.raw_properties.as_ref()
     }
