@@ -276,8 +276,12 @@ fn client_capability(properties: &FieldTable, name: &str) -> bool {
     }
 }
 
+/// Bytes of what came out of turn quoted in the log.
+const EXCERPT: usize = 200;
+
 fn unexpected(what: &dyn std::fmt::Debug) -> Stop {
-    Stop::Silent(format!("out of turn in the handshake: {what:?}"))
+    let text: String = format!("{what:?}").chars().take(EXCERPT).collect();
+    Stop::Silent(format!("out of turn in the handshake: {text}"))
 }
 
 async fn send(tx: &mpsc::Sender<Outbound>, method: connection::AMQPMethod) {

@@ -1,10 +1,11 @@
 //! Queues: the messages waiting in order (by priority first, with `x-max-priority`; see
-//! `ready`), and the consumers they are handed to in turn;
-//! with the limits of their arguments: message TTL (checked at the head, as RabbitMQ
-//! does), maximum length and bytes (of the ready messages only, as RabbitMQ counts
-//! them, so a message that goes straight to a consumer is never dropped for length). The memory watermark counts message bodies through the messages themselves
-//! (see `flow`), wherever they are held. A durable queue also tells the journal what becomes of its persistent
-//! messages (delivered, settled, purged), so the log can tell which are still live.
+//! `ready`), and the consumers they are handed to in turn; with the limits of their
+//! arguments: message TTL (checked at the head, as RabbitMQ does), maximum length and
+//! bytes (of the ready messages only, as RabbitMQ counts them, so a message that goes
+//! straight to a consumer is never dropped for length). The memory watermark counts
+//! message bodies through the messages themselves (see `flow`), wherever they are held. A
+//! durable queue also tells the journal what becomes of its persistent messages
+//! (delivered, settled, purged), so the log can tell which are still live.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
