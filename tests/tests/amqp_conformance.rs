@@ -140,6 +140,7 @@ conformance!(
     handshake_frames_over_the_minimum_refused_silently,
     quorum_length_limits,
     requeue_order_by_queue_type,
+    quorum_consumers_as_rabbitmq_counts_them,
 );
 
 /// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
@@ -4540,6 +4541,104 @@ async fn requeue_order_by_queue_type(url: String) {
         .await;
         assert_eq!(drain(&pch, &q).await, expected, "{case}");
     }
+    close(conn).await;
+}
+
+/// A quorum queue counts consumers as RabbitMQ's `rabbit_fifo` holds them: a basic.get
+/// whose message is not settled is one, a cancelled consumer stays one until its
+/// deliveries are settled, and a single-active-consumer queue counts only the active
+/// one (where basic.get is refused). `exclusive` means nothing to a quorum queue.
+async fn quorum_consumers_as_rabbitmq_counts_them(url: String) {
+    let conn = connect(&url).await;
+    let pch = confirmed(&conn).await;
+    let consumers = |q: String| {
+        let conn = &conn;
+        async move {
+            let ch = channel(conn).await;
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..durable()
+            };
+            let declared = step(
+                "queue.declare passive",
+                ch.queue_declare(q.as_str().into(), options, FieldTable::default()),
+            )
+            .await
+            .expect("passive declare");
+            let _ = step("channel.close", ch.close(200, "ok".into())).await;
+            declared.consumer_count()
+        }
+    };
+    let settles_to = |q: String, want: u32| {
+        let consumers = &consumers;
+        async move {
+            e2e::wait_for_async("the consumer count", Duration::from_secs(5), || {
+                let q = q.clone();
+                async move { (consumers(q).await == want).then_some(()) }
+            })
+            .await;
+        }
+    };
+    let q = uniq("qq-count");
+    declare_queue(&pch, &q, durable(), quorum(&[])).await;
+    for b in ["1", "2"] {
+        publish(&pch, "", &q, b.as_bytes()).await;
+    }
+    let ch = channel(&conn).await;
+    let got = step(
+        "basic.get",
+        ch.basic_get(q.as_str().into(), BasicGetOptions { no_ack: false }),
+    )
+    .await
+    .expect("basic.get")
+    .expect("a message");
+    assert_eq!(consumers(q.clone()).await, 1, "an unsettled basic.get");
+    step("basic.ack", got.delivery.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    settles_to(q.clone(), 0).await;
+    let mut c = consume(&ch, &q, false).await;
+    let d = next(&mut c).await;
+    step(
+        "basic.cancel",
+        ch.basic_cancel(c.tag(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("cancel");
+    assert_eq!(consumers(q.clone()).await, 1, "cancelled, not settled");
+    step("basic.ack", d.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    settles_to(q.clone(), 0).await;
+    // Exclusive consumers share a quorum queue like any other.
+    // (A lapin consumer dropped is cancelled: each is held while it should count.)
+    let exclusive = exclusive_consume(&ch, &q).await.expect("exclusive consume");
+    let other = channel(&conn).await;
+    let shared = consume(&other, &q, false).await;
+    assert_eq!(consumers(q.clone()).await, 2);
+    drop((exclusive, shared));
+    // Single active consumer: the waiting one is not counted, and basic.get is refused.
+    let sac = uniq("qq-sac-count");
+    let a = quorum(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+    declare_queue(&pch, &sac, durable(), a).await;
+    let (first, second) = (channel(&conn).await, channel(&conn).await);
+    let active = consume(&first, &sac, false).await;
+    let waiting = consume(&second, &sac, false).await;
+    settles_to(sac.clone(), 1).await;
+    let gch = channel(&conn).await;
+    let r = step(
+        "basic.get",
+        gch.basic_get(sac.as_str().into(), BasicGetOptions { no_ack: true }),
+    )
+    .await;
+    let e = expect_code("basic.get on a single-active-consumer quorum queue", r, 405);
+    expect_text(
+        &e,
+        &format!(
+            "RESOURCE_LOCKED - cannot obtain access to locked queue '{sac}' in vhost '/'. basic.get operations are not supported by quorum queues with single active consumer"
+        ),
+    );
+    drop((active, waiting));
     close(conn).await;
 }
 

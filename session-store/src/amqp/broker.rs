@@ -657,7 +657,8 @@ impl Broker {
         if d.passive {
             let q = vhost.usable_queue(requested, conn)?;
             q.last_used = now;
-            return Ok((q.name.to_string(), q.message_count(), q.consumer_count()));
+            let consumers = reported_consumers(q, &core.channels);
+            return Ok((q.name.to_string(), q.message_count(), consumers));
         }
         // A queue that exists is only compared with the declaration, as in RabbitMQ: its
         // arguments were checked when it was made.
@@ -679,7 +680,8 @@ impl Broker {
                 return Err(arg("auto_delete", &d.auto_delete, &q.auto_delete));
             }
             check_equivalent(&d.arguments, &q.arguments, requested, &vhost.name)?;
-            return Ok((q.name.to_string(), q.message_count(), q.consumer_count()));
+            let consumers = reported_consumers(q, &core.channels);
+            return Ok((q.name.to_string(), q.message_count(), consumers));
         }
         // A new queue, checked in RabbitMQ's order: permission, the vhost's limit, the
         // dead-letter exchange's type, then every argument and what its type demands.
@@ -987,8 +989,11 @@ impl Broker {
             )));
         }
         // A single-active-consumer queue refuses exclusive consumers outright, as RabbitMQ's.
+        // A quorum queue takes no notice of `exclusive`, as in RabbitMQ 3.10.
         let taken = !q.consumers.is_empty() || q.args.single_active_consumer;
-        if (c.exclusive && taken) || q.consumers.iter().any(|c| c.exclusive) {
+        if q.args.kind == QueueType::Classic
+            && ((c.exclusive && taken) || q.consumers.iter().any(|c| c.exclusive))
+        {
             return Err(AmqpError::access_refused(format_args!(
                 "queue '{}' in vhost '{vhost_name}' in exclusive use",
                 q.name
@@ -1156,7 +1161,17 @@ impl Broker {
     ) -> Result<Option<GetResult>, AmqpError> {
         let mut core = self.lock();
         let core = &mut *core;
-        core.vhost.usable_queue(queue, conn)?;
+        let q = core.vhost.usable_queue(queue, conn)?;
+        if q.args.kind == QueueType::Quorum && q.args.single_active_consumer {
+            let name = q.name.clone();
+            return Err(AmqpError::channel(
+                super::error::code::RESOURCE_LOCKED,
+                format!(
+                    "RESOURCE_LOCKED - cannot obtain access to locked queue '{name}' in vhost '{}'. basic.get operations are not supported by quorum queues with single active consumer",
+                    core.vhost.name
+                ),
+            ));
+        }
         let now = Instant::now();
         expire_queue(core, queue, now);
         let q = core.vhost.usable_queue(queue, conn)?;
@@ -1218,6 +1233,44 @@ impl Broker {
         drop(guard);
         self.memory.check();
     }
+}
+
+/// The consumer count queue.declare-ok reports. A quorum queue reports what RabbitMQ's
+/// `rabbit_fifo` holds as consumers: not the waiting ones of a single-active-consumer
+/// queue, but a cancelled one until its deliveries are settled, and each basic.get
+/// whose message is not yet settled.
+fn reported_consumers(q: &Queue, channels: &HashMap<(ConnId, u16), ChannelState>) -> u32 {
+    if q.args.kind != QueueType::Quorum {
+        return q.consumer_count();
+    }
+    let mut count = if q.args.single_active_consumer {
+        q.consumers.len().min(1)
+    } else {
+        q.consumers.len()
+    };
+    let mut cancelled: Vec<(ConnId, u16, &ShortString)> = Vec::new();
+    for (&(conn, channel), state) in channels {
+        let held = state.unacked.values();
+        let in_tx = state
+            .tx_settled
+            .iter()
+            .flat_map(|(settled, _)| settled.iter().map(|(_, u)| u));
+        for u in held.chain(in_tx).filter(|u| *u.queue == *q.name) {
+            match &u.consumer {
+                None => count += 1,
+                Some(tag) => {
+                    let live = q
+                        .consumers
+                        .iter()
+                        .any(|c| c.conn == conn && c.channel == channel && c.tag == *tag);
+                    if !live && !cancelled.contains(&(conn, channel, tag)) {
+                        cancelled.push((conn, channel, tag));
+                    }
+                }
+            }
+        }
+    }
+    u32::try_from(count + cancelled.len()).unwrap_or(u32::MAX)
 }
 
 /// What RabbitMQ refuses when a quorum queue is created, in its order.
