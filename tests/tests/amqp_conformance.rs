@@ -141,6 +141,7 @@ conformance!(
     quorum_length_limits,
     requeue_order_by_queue_type,
     quorum_consumers_as_rabbitmq_counts_them,
+    quorum_queue_particulars,
 );
 
 /// As [`conformance!`], for scenarios `<name>(amqp_url, management_api_url, metrics_url)`
@@ -4639,6 +4640,76 @@ async fn quorum_consumers_as_rabbitmq_counts_them(url: String) {
         ),
     );
     drop((active, waiting));
+    close(conn).await;
+}
+
+/// More of RabbitMQ 3.10's quorum queue (`rabbit_fifo`): cancelling the single active
+/// consumer hands its queue to the next one at once; messages one publish pushes out are
+/// dead-lettered newest first; a channel-wide qos after basic.consume does not limit the
+/// consumer.
+async fn quorum_queue_particulars(url: String) {
+    let conn = connect(&url).await;
+    let pch = confirmed(&conn).await;
+    // Single active consumer: the next one takes over at the cancel.
+    let q = uniq("qq-sac-cancel");
+    let sac = quorum(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+    declare_queue(&pch, &q, durable(), sac).await;
+    let (a1, a2) = (channel(&conn).await, channel(&conn).await);
+    step("basic.qos", a1.basic_qos(1, BasicQosOptions::default()))
+        .await
+        .expect("qos");
+    let mut c0 = consume(&a1, &q, false).await;
+    let mut c1 = consume(&a2, &q, false).await;
+    for b in ["m0", "m1"] {
+        publish(&pch, "", &q, b.as_bytes()).await;
+    }
+    let held = next(&mut c0).await;
+    assert_eq!(body(&held), "m0");
+    step(
+        "basic.cancel",
+        a1.basic_cancel(c0.tag(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("cancel");
+    assert_eq!(body(&next(&mut c1).await), "m1", "before m0 is acked");
+    step("basic.ack", held.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    // One publish past x-max-length-bytes drops two: dead-lettered newest first.
+    let (dlx, dlq) = dead_letter_target(&pch).await;
+    let q = uniq("qq-drop-order");
+    let a = quorum(&[
+        ("x-max-length-bytes", AMQPValue::LongInt(10)),
+        ("x-dead-letter-exchange", lstr(&dlx)),
+    ]);
+    declare_queue(&pch, &q, durable(), a).await;
+    for b in ["aaaa", "bbbb", "cccccccccc"] {
+        publish(&pch, "", &q, b.as_bytes()).await;
+    }
+    e2e::wait_for_async("the dead letters", Duration::from_secs(5), || {
+        let conn = &conn;
+        let dlq = &dlq;
+        async move { (ready_count(conn, dlq).await == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(drain(&pch, &dlq).await, ["bbbb", "aaaa"]);
+    // basic.qos global after basic.consume: the consumer keeps the credit it had.
+    let q = uniq("qq-global-qos");
+    declare_queue(&pch, &q, durable(), quorum(&[])).await;
+    let ch = channel(&conn).await;
+    let mut c = consume(&ch, &q, false).await;
+    step(
+        "basic.qos global",
+        ch.basic_qos(1, BasicQosOptions { global: true }),
+    )
+    .await
+    .expect("qos");
+    for b in ["1", "2", "3"] {
+        publish(&pch, "", &q, b.as_bytes()).await;
+    }
+    for b in ["1", "2", "3"] {
+        assert_eq!(body(&next(&mut c).await), b);
+    }
     close(conn).await;
 }
 

@@ -1079,6 +1079,17 @@ impl Broker {
         };
         let (queue, tag) = state.consumers.remove(pos);
         remove_consumer(&mut core, &queue, conn, channel, &tag);
+        // A quorum queue hands its messages to the consumers left at once (with a single
+        // active consumer, to the next one), as RabbitMQ's does; a classic queue waits
+        // for its next event.
+        if core
+            .vhost
+            .queues
+            .get(&queue)
+            .is_some_and(|q| q.args.kind == QueueType::Quorum)
+        {
+            dispatch_queue(&mut core, &queue);
+        }
         true
     }
 
@@ -1735,6 +1746,7 @@ fn dispatch(
     dead: &mut Vec<Dead>,
 ) {
     let now = Instant::now();
+    let quorum = q.args.kind == QueueType::Quorum;
     // Without differing `x-priority`s the first consumer with room will do, and the
     // readiness checks (two map lookups each) stop there.
     let prioritized = q
@@ -1752,9 +1764,11 @@ fn dispatch(
         let ready = |c: &Consumer| {
             c.active
                 && (c.no_ack || c.prefetch == 0 || c.unacked < u32::from(c.prefetch))
-                && channels
-                    .get(&(c.conn, c.channel))
-                    .is_some_and(ChannelState::below_channel_prefetch)
+                && channels.get(&(c.conn, c.channel)).is_some_and(|s| {
+                    // A quorum queue's consumer has its credit from basic.consume; a
+                    // channel-wide limit set later does not apply to it.
+                    quorum || s.below_channel_prefetch()
+                })
                 && connections
                     .get(&c.conn)
                     .is_some_and(|h| !h.congested.load(Ordering::Acquire))

@@ -325,7 +325,8 @@ impl Queue {
 
     /// Drops messages from the head while a drop-head queue is over its length limits,
     /// as RabbitMQ does after a publish no consumer took and after messages are given
-    /// back; the caller dead-letters them.
+    /// back; the caller dead-letters them in the order returned: oldest first, or for a
+    /// quorum queue newest first, as `rabbit_fifo` emits them.
     #[must_use]
     pub fn trim(&mut self) -> Vec<QueuedMessage> {
         if self.overflow() != Overflow::DropHead {
@@ -340,6 +341,9 @@ impl Queue {
                 }
                 None => break,
             }
+        }
+        if self.args.kind == QueueType::Quorum {
+            dropped.reverse();
         }
         dropped
     }
