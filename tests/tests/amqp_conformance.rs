@@ -399,6 +399,27 @@ async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
     publish_props(ch, exchange, key, body, BasicProperties::default()).await;
 }
 
+/// Publishes to queue `key` through the default exchange on a confirm-mode channel;
+/// whether the broker acked it (false: nacked).
+async fn publish_acked(ch: &Channel, key: &str, body: &[u8]) -> bool {
+    let confirm = step(
+        "basic.publish",
+        ch.basic_publish(
+            "".into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("basic.publish to {key:?}: {e}"));
+    step("publisher confirm", confirm)
+        .await
+        .unwrap_or_else(|e| panic!("confirm of publish to {key:?}: {e}"))
+        .is_ack()
+}
+
 /// Messages ready in `queue` (queue.declare passive on a fresh channel, so a failure does
 /// not close the caller's channel).
 async fn ready_count(conn: &Connection, queue: &str) -> u32 {
@@ -2702,27 +2723,11 @@ async fn max_length_reject_publish(url: String) {
     )
     .await
     .expect("confirm.select");
-    let mut results = Vec::new();
+    let mut acked = Vec::new();
     for b in ["1", "2", "3"] {
-        let p = step(
-            "publish",
-            ch.basic_publish(
-                "".into(),
-                q.as_str().into(),
-                BasicPublishOptions::default(),
-                b.as_bytes(),
-                BasicProperties::default(),
-            ),
-        )
-        .await
-        .expect("publish");
-        results.push(step("confirm", p).await.expect("confirm"));
+        acked.push(publish_acked(&ch, &q, b.as_bytes()).await);
     }
-    assert!(results[0].is_ack() && results[1].is_ack(), "{results:?}");
-    assert!(
-        results[2].is_nack(),
-        "the third publish is nacked: {results:?}"
-    );
+    assert_eq!(acked, [true, true, false], "the third publish is nacked");
     assert_eq!(drain(&ch, &q).await, vec!["1", "2"]);
     close(conn).await;
 }
@@ -3052,20 +3057,7 @@ async fn length_limits_meet_consumers_and_requeues(url: String) {
     declare_queue(&ch, &q, QueueDeclareOptions::default(), a).await;
     let cch = channel(&conn).await;
     let mut c = consume(&cch, &q, true).await;
-    let confirm = step(
-        "basic.publish",
-        ch.basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            b"refused",
-            BasicProperties::default(),
-        ),
-    )
-    .await
-    .expect("basic.publish");
-    let confirmation = step("confirm", confirm).await.expect("confirm");
-    assert!(confirmation.is_nack(), "{confirmation:?}");
+    assert!(!publish_acked(&ch, &q, b"refused").await, "nacked");
     nothing_more(&mut c).await;
     // Given back past the limit: the head goes, here the two given back.
     let q = uniq("limit-requeue");
@@ -4408,24 +4400,6 @@ async fn quorum_length_limits(url: String) {
     )
     .await
     .expect("confirm.select");
-    let publish_acked = |q: String, body: &'static str| {
-        let ch = ch.clone();
-        async move {
-            let confirm = step(
-                "basic.publish",
-                ch.basic_publish(
-                    "".into(),
-                    q.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    BasicProperties::default(),
-                ),
-            )
-            .await
-            .expect("basic.publish");
-            step("confirm", confirm).await.expect("confirm").is_ack()
-        }
-    };
     let limited = |overflow: &str| {
         quorum(&[
             ("x-max-length", AMQPValue::LongInt(5)),
@@ -4436,7 +4410,7 @@ async fn quorum_length_limits(url: String) {
     declare_queue(&ch, &q, durable(), limited("reject-publish")).await;
     let mut acks = Vec::new();
     for b in ["1", "2", "3", "4", "5", "6", "7"] {
-        acks.push(publish_acked(q.clone(), b).await);
+        acks.push(publish_acked(&ch, &q, b.as_bytes()).await);
     }
     assert_eq!(acks, [true, true, true, true, true, true, false]);
     assert_eq!(ready_count(&conn, &q).await, 6);
@@ -4452,18 +4426,18 @@ async fn quorum_length_limits(url: String) {
     // Down to 5 (the limit) and 4 (80% of it): refused, then taken again.
     assert_eq!(get().await.as_deref(), Some("1"));
     assert!(
-        !publish_acked(q.clone(), "8").await,
+        !publish_acked(&ch, &q, b"8").await,
         "5 ready: still refusing"
     );
     assert_eq!(get().await.as_deref(), Some("2"));
-    assert!(publish_acked(q.clone(), "9").await, "4 ready: taking again");
+    assert!(publish_acked(&ch, &q, b"9").await, "4 ready: taking again");
     assert_eq!(drain(&ch, &q).await, ["3", "4", "5", "6", "9"]);
     // reject-publish-dlx is not a quorum queue's: it drops the head instead.
     for overflow in ["drop-head", "reject-publish-dlx"] {
         let q = uniq("qq-drop");
         declare_queue(&ch, &q, durable(), limited(overflow)).await;
         for b in ["1", "2", "3", "4", "5", "6", "7"] {
-            assert!(publish_acked(q.clone(), b).await, "{overflow}");
+            assert!(publish_acked(&ch, &q, b.as_bytes()).await, "{overflow}");
         }
         assert_eq!(
             drain(&ch, &q).await,
