@@ -39,7 +39,7 @@ pub(crate) struct Shared {
     pub(crate) cookies: Cookies,
     /// Sessions whose idle deadline this node pushed out recently (see
     /// [`SessionConfig::touch_interval`]).
-    pub(crate) touched: moka::sync::Cache<crate::SessionId, ()>,
+    pub(crate) touched: crate::id::IdCache<()>,
 }
 
 impl Shared {
@@ -81,7 +81,7 @@ impl SessionLayer {
         let touched = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.touch_interval)
-            .build();
+            .build_with_hasher(crate::id::IdHasher::default());
         SessionLayer {
             shared: Arc::new(Shared {
                 storage,

@@ -32,6 +32,7 @@ use super::redis::RedisStore;
 use super::{CompareAndSetMode, Saved, SessionStore, StoreError, UserSession, Write};
 use crate::cookies::CookieKeys;
 use crate::events::{Bus, BusConfig, Event, EventKind, Subscriber};
+use crate::id::{IdCache, IdHasher};
 use crate::{Record, SessionId};
 
 const MAX_ENTRIES: u64 = 100_000;
@@ -101,10 +102,10 @@ impl EventSigner {
 
 /// The cache proper, told about events and link state by the bus.
 struct NearCache {
-    entries: Cache<SessionId, Arc<Record>>,
+    entries: IdCache<Arc<Record>>,
     /// Highest version any event announced per session; outlives entries by one max age,
     /// long enough that no read begun before the event can still be in flight.
-    floors: Cache<SessionId, u64>,
+    floors: IdCache<u64>,
     live: AtomicBool,
     /// Serialises every change of the cache's contents against events and link changes,
     /// and counts link changes so a read begun before one cannot fill the cache after it.
@@ -126,12 +127,12 @@ impl NearCache {
             entries: Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(max_age)
-                .build(),
+                .build_with_hasher(IdHasher::default()),
             // Bounded by time only: a floor the cache dropped to make room would silently
             // reopen the race it closes.
             floors: Cache::builder()
                 .time_to_live(max_age.saturating_mul(2))
-                .build(),
+                .build_with_hasher(IdHasher::default()),
             live: AtomicBool::new(false),
             epoch: Mutex::new(0),
             hits: AtomicU64::new(0),
@@ -153,13 +154,16 @@ impl NearCache {
     }
 
     /// A cached copy at least as new as everything the client and the events know of.
+    /// The floor needs no lookup here: every change that raises it drops older entries in
+    /// the same critical section, and nothing below it is ever inserted, so any entry
+    /// present is at or above it.
     fn get(&self, id: &SessionId, min_version: u64) -> Option<Record> {
         let hit = self
             .live
             .load(Ordering::Acquire)
             .then(|| self.entries.get(id))
             .flatten()
-            .filter(|r| r.version >= min_version.max(self.floor(id)));
+            .filter(|r| r.version >= min_version);
         let counter = if hit.is_some() {
             &self.hits
         } else {

@@ -12,6 +12,7 @@ use moka::sync::Cache;
 
 use super::{Saved, SessionStore, StoreError, UserSession, Write};
 use crate::events::EventKind;
+use crate::id::{IdCache, IdHasher};
 use crate::{Record, SessionId};
 
 /// Bounded so a flood of new visitors cannot grow memory without limit; past it, moka's
@@ -19,7 +20,7 @@ use crate::{Record, SessionId};
 const MAX_SESSIONS: u64 = 100_000;
 
 pub struct MemoryStore {
-    sessions: Cache<SessionId, Arc<Record>>,
+    sessions: IdCache<Arc<Record>>,
     /// Per-user index; entries whose session has gone are pruned whenever it is read.
     users: Mutex<HashMap<String, Vec<UserSession>>>,
     /// Serialises compare-and-set writes: check and insert must be one step.
@@ -33,7 +34,7 @@ impl MemoryStore {
             sessions: Cache::builder()
                 .max_capacity(MAX_SESSIONS)
                 .time_to_idle(idle_timeout)
-                .build(),
+                .build_with_hasher(IdHasher::default()),
             users: Mutex::new(HashMap::new()),
             writes: Mutex::new(()),
         }
