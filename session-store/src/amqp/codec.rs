@@ -288,10 +288,11 @@ enum Unparsed {
 
 /// Parses a complete method or header frame without letting its nesting overflow the
 /// thread's stack. Each level of nesting needs a type tag, 'F' or 'A': a frame with no
-/// more of those bytes than [`MAX_NESTING`] is parsed as it is. Any other (long strings
-/// full of capital A and F included) is parsed on a stack of its own, sized for the
-/// deepest nesting its length allows, and refused there, dropped on that stack, if it
-/// nests deeper than [`MAX_NESTING`].
+/// more of those bytes than [`MAX_NESTING`] is parsed as it is. Any other (strings with
+/// capital A and F in them included) is parsed where there is stack for the deepest
+/// nesting its tags and length allow: on the thread's own stack when that much is left
+/// (so headers carrying, say, uppercase hex pay no stack switch), else on a stack of its
+/// own; and refused there, dropped on that stack, if it nests deeper than [`MAX_NESTING`].
 fn parse_guarded(frame: &[u8]) -> Result<AMQPFrame, Unparsed> {
     let tags = frame.iter().filter(|&&b| b == b'F' || b == b'A').count();
     let parse = || {
@@ -302,11 +303,12 @@ fn parse_guarded(frame: &[u8]) -> Result<AMQPFrame, Unparsed> {
     if tags <= MAX_NESTING {
         return parse();
     }
-    // A level takes at least 5 bytes ('A' and a length); 1 MiB more for the rest.
-    let stack = (frame.len() / 5)
-        .saturating_mul(STACK_PER_LEVEL)
-        .saturating_add(1 << 20);
-    stacker::grow(stack, || {
+    // A level takes one of the tags and at least 5 bytes (a tag and a length).
+    let levels = tags.min(frame.len() / 5);
+    let needed = levels.saturating_mul(STACK_PER_LEVEL);
+    // Room to spare for the callers' frames; a stack of its own gets 1 MiB for them.
+    let red_zone = needed.saturating_add(256 << 10);
+    stacker::maybe_grow(red_zone, needed.saturating_add(1 << 20), || {
         let parsed = parse()?;
         if frame_nesting(&parsed) > MAX_NESTING {
             drop(parsed);
@@ -507,11 +509,17 @@ mod tests {
                         "depth {depth}"
                     );
                 }
-                // Many capital A and F in a string nest nothing.
-                assert!(matches!(
-                    decode(header_frame(0, Some(&"AF".repeat(5000)))),
-                    Ok(Some(Inbound::Header { .. }))
-                ));
+                // Many capital A and F in a string nest nothing, whether the frame is
+                // parsed on this stack or on one of its own.
+                for pairs in [40, 200, 5000] {
+                    assert!(
+                        matches!(
+                            decode(header_frame(0, Some(&"AF".repeat(pairs)))),
+                            Ok(Some(Inbound::Header { .. }))
+                        ),
+                        "{pairs} pairs"
+                    );
+                }
             })
             .expect("spawn");
         run.join().expect("no overflow, no panic");
