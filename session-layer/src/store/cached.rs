@@ -618,6 +618,55 @@ mod tests {
         assert_eq!(cache.stats().flushes, 1);
     }
 
+    /// What lets `get` skip the floor: whatever mix of fills, events and own changes, no
+    /// copy below the newest version announced for a session is ever served.
+    #[test]
+    fn no_copy_below_an_announced_version_is_served() {
+        let cache = live_cache();
+        let ids = [SessionId::generate(), SessionId::generate()];
+        let mut announced = [0u64; 2];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        for step in 0..5_000 {
+            let which = next(2) as usize;
+            let id = &ids[which];
+            let version = 1 + next(40);
+            match next(4) {
+                0 => cache.fill(id, &record(version), cache.begin_read()),
+                1 => {
+                    cache.event(event(id, version));
+                    announced[which] = announced[which].max(version);
+                }
+                2 => {
+                    cache.advance(id, version);
+                    announced[which] = announced[which].max(version);
+                }
+                _ => {
+                    let floor = announced[which];
+                    cache.fill(id, &record(floor), cache.begin_read());
+                    let served = cache.get(id, 0).map(|r| r.version);
+                    assert!(
+                        served >= Some(floor),
+                        "step {step}: a copy at the floor is served"
+                    );
+                }
+            }
+            if let Some(copy) = cache.get(id, 0) {
+                assert!(
+                    copy.version >= announced[which],
+                    "step {step}: served {} below {}",
+                    copy.version,
+                    announced[which]
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_copy_older_than_the_clients_cookie_is_skipped() {
         let cache = live_cache();
