@@ -3,10 +3,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// Hashes session ids in this process's caches. SipHash, the default, defends maps
-/// against keys chosen to collide; ids here are unguessable values the server issued,
-/// looked up only once a cookie or event carrying one has been verified or parsed, and
-/// foldhash (seeded per map) costs a fraction of SipHash on every request's lookups.
+/// Hashes session ids in this process's caches: foldhash, seeded at random per map. It
+/// gives up SipHash's stronger defence against keys chosen to collide, which these keys
+/// do not need (ids the server issued at random, from signed cookies, or event ids that
+/// must parse as one), and costs a fraction of it on every request's lookups.
 pub(crate) type IdHasher = foldhash::fast::RandomState;
 /// A bounded in-process cache keyed by session id.
 pub(crate) type IdCache<V> = moka::sync::Cache<SessionId, V, IdHasher>;
