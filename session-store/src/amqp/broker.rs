@@ -1193,11 +1193,8 @@ impl Broker {
         q.stats.delivered(true, no_ack, m.redelivered);
         q.delivered(&m, no_ack);
         // What expired behind it goes now that it is at the head, before the count.
-        let dead: Vec<Dead> = q
-            .drop_expired(now)
-            .into_iter()
-            .filter_map(|e| dead_from(q, e.message, Reason::Expired))
-            .collect();
+        let expired = q.drop_expired(now);
+        let dead: Vec<Dead> = dead_letters(q, expired, Reason::Expired).collect();
         let message_count = q.message_count();
         let queue_name = q.name.clone();
         let outgoing = q.outgoing(&m, true);
@@ -1460,13 +1457,20 @@ fn trim_requeued(core: &mut Core, queues: &[Arc<str>], dead: &mut Vec<Dead>) {
     for name in queues {
         if let Some(q) = core.vhost.queues.get_mut(&**name) {
             let dropped = q.trim();
-            dead.extend(
-                dropped
-                    .into_iter()
-                    .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
-            );
+            dead.extend(dead_letters(q, dropped, Reason::MaxLen));
         }
     }
+}
+
+/// Dead letters for the messages `q` dropped, if it has a dead-letter exchange.
+fn dead_letters(
+    q: &Queue,
+    dropped: Vec<QueuedMessage>,
+    reason: Reason,
+) -> impl Iterator<Item = Dead> + '_ {
+    dropped
+        .into_iter()
+        .filter_map(move |m| dead_from(q, m.message, reason))
 }
 
 /// A dead letter from `q`, if it has a dead-letter exchange.
@@ -1488,11 +1492,7 @@ fn reapply_policies(core: &mut Core) {
     let mut dead = Vec::new();
     for (name, q) in &mut vhost.queues {
         let dropped = q.set_policy(vhost.policies.for_queue(name));
-        dead.extend(
-            dropped
-                .into_iter()
-                .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
-        );
+        dead.extend(dead_letters(q, dropped, Reason::MaxLen));
     }
     for (name, x) in &mut vhost.exchanges {
         x.policy = vhost.policies.for_exchange(name);
@@ -1519,11 +1519,7 @@ fn enqueue_all(
             continue;
         };
         let expired = q.drop_expired(now);
-        dead.extend(
-            expired
-                .into_iter()
-                .filter_map(|m| dead_from(q, m.message, Reason::Expired)),
-        );
+        dead.extend(dead_letters(q, expired, Reason::Expired));
         // Only the queues the record names keep the message on disk.
         let stored = logged
             .filter(|_| persistent || q.args.kind == QueueType::Quorum)
@@ -1540,17 +1536,9 @@ fn enqueue_all(
         dispatch(q, &mut core.channels, &core.connections, dead);
         // Only what no consumer took counts against a drop-head limit.
         let dropped = q.trim();
-        dead.extend(
-            dropped
-                .into_iter()
-                .filter_map(|m| dead_from(q, m.message, Reason::MaxLen)),
-        );
+        dead.extend(dead_letters(q, dropped, Reason::MaxLen));
         let expired = q.drop_expired(now);
-        dead.extend(
-            expired
-                .into_iter()
-                .filter_map(|m| dead_from(q, m.message, Reason::Expired)),
-        );
+        dead.extend(dead_letters(q, expired, Reason::Expired));
     }
     (rejected, logged.map(|(_, seq)| seq))
 }
@@ -1634,10 +1622,7 @@ fn expire_queue(core: &mut Core, name: &str, now: Instant) {
     if expired.is_empty() {
         return;
     }
-    let dead: Vec<Dead> = expired
-        .into_iter()
-        .filter_map(|m| dead_from(q, m.message, Reason::Expired))
-        .collect();
+    let dead: Vec<Dead> = dead_letters(q, expired, Reason::Expired).collect();
     dead_letter_all(core, dead);
 }
 
@@ -1811,11 +1796,7 @@ fn dispatch(
         };
         q.delivered(&m, q.consumers[i].no_ack);
         let expired = q.drop_expired(now);
-        dead.extend(
-            expired
-                .into_iter()
-                .filter_map(|e| dead_from(q, e.message, Reason::Expired)),
-        );
+        dead.extend(dead_letters(q, expired, Reason::Expired));
         let outgoing = q.outgoing(&m, false);
         let (Some(state), c) = (channels.get_mut(&key), &mut q.consumers[i]) else {
             return;
