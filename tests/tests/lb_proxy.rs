@@ -69,14 +69,16 @@ async fn three_backends() -> ([TestBackend; 3], Vec<String>) {
 }
 
 impl TestBackend {
+    /// Listens on a port the kernel picks, so no other process can take it first.
     async fn start(name: &str) -> TestBackend {
-        TestBackend::start_on(name, free_port()).await
+        TestBackend::start_on(name, 0).await
     }
 
     async fn start_on(name: &str, port: u16) -> TestBackend {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind a test backend");
+        let port = listener.local_addr().expect("a bound address").port();
         let state = Arc::new(BackendState {
             name: name.to_string(),
             healthy: AtomicBool::new(true),
