@@ -16,6 +16,8 @@
 #   SECONDS=10     measured seconds per run (plus 1 s warm-up)
 #   SCENARIOS="transient ack confirm-persistent fanout3 latency"
 #   SETTLE=10      seconds to let a freshly booted RabbitMQ go idle before measuring
+#   PUBLISHERS=1   publishing tasks (own channels, one connection) in the throughput scenarios
+#   ACK_WINDOW=1   acks a manually acking consumer keeps in flight (1: each ack awaited)
 #   BUILD=0        use the release binaries already built instead of running cargo build
 set -euo pipefail
 # stop_pid, wait_port, start_rabbit
@@ -27,8 +29,12 @@ unset SECONDS
 REPS="${REPS:-3}"
 SCENARIOS="${SCENARIOS:-transient ack confirm-persistent fanout3 latency}"
 SETTLE="${SETTLE:-10}"
+PUBLISHERS="${PUBLISHERS:-1}"
+ACK_WINDOW="${ACK_WINDOW:-1}"
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "REPS must be a positive integer" >&2; exit 2; }
 [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "SECONDS must be a positive integer" >&2; exit 2; }
+[[ "$PUBLISHERS" =~ ^[1-9][0-9]*$ ]] || { echo "PUBLISHERS must be a positive integer" >&2; exit 2; }
+[[ "$ACK_WINDOW" =~ ^[1-9][0-9]*$ ]] || { echo "ACK_WINDOW must be a positive integer" >&2; exit 2; }
 for s in $SCENARIOS; do
   case "$s" in
     transient | ack | confirm-persistent | fanout3 | latency) ;;
@@ -87,7 +93,7 @@ sleep "$SETTLE"
 
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 {
-  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" $(nproc) CPUs"
+  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" PUBLISHERS=$PUBLISHERS ACK_WINDOW=$ACK_WINDOW $(nproc) CPUs"
   echo "# rabbitmq $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?'), ours $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- session-store 2>/dev/null || echo '+dirty')"
   echo "target=rabbit start_rss_mb=$(rss_mb "$RABBIT_PID")"
   echo "target=ours start_rss_mb=$(rss_mb "$OURS_PID")"
@@ -100,7 +106,8 @@ run_one() { # TARGET PORT PID SCENARIO REP
     line="scenario=$4 error=\"broker process $3 is not running\""
   else
     line=$(timeout $((SECS + 90)) "$BENCH" amqp --url "amqp://guest:guest@127.0.0.1:$2/%2f" \
-      --scenario "$4" --seconds "$SECS" --broker-pid "$3" | tail -1) || true
+      --scenario "$4" --seconds "$SECS" --broker-pid "$3" \
+      --publishers "$PUBLISHERS" --ack-window "$ACK_WINDOW" | tail -1) || true
     [ -n "$line" ] || line="scenario=$4 error=\"bench printed nothing (exit or timeout)\""
   fi
   echo "target=$1 rep=$5 $line" | tee -a "$RESULTS" >&2

@@ -79,6 +79,19 @@ pub struct Args {
     /// throughput run measures a steady state instead of a growing queue.
     #[arg(long, default_value_t = 10_000)]
     max_backlog: u64,
+
+    /// Publishing tasks in the throughput scenarios, each on its own channel of the one
+    /// publisher connection. lapin resolves a publish once its frames are written, so one
+    /// task has one message in flight and measures the client's hand-offs as much as the
+    /// broker; several let lapin write their frames together, as a busy service does.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    publishers: u16,
+
+    /// Acks a manually acking consumer may have sent but not yet seen written before it
+    /// takes its next delivery. 1 awaits each ack, lapin's way; amqplib and pika return
+    /// from an ack at once, which a larger window mirrors.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    ack_window: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -465,12 +478,20 @@ async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
         .with_context(|| format!("connect to {url}"))
 }
 
-/// Opens a connection and a consumer on `queue`. With `prefetch`, the consumer acks each
-/// delivery (manual ack); without, the broker considers messages acked when sent.
+/// How a manually acking consumer acks: each delivery, with up to `window` acks in
+/// flight.
+#[derive(Clone, Copy)]
+struct ManualAck {
+    prefetch: u16,
+    window: usize,
+}
+
+/// Opens a connection and a consumer on `queue`. With `manual`, the consumer acks each
+/// delivery; without, the broker considers messages acked when sent.
 async fn start_consumer(
     url: &str,
     queue: &str,
-    prefetch: Option<u16>,
+    manual: Option<ManualAck>,
     counters: &Arc<Counters>,
     latency: Option<Arc<LatencyRecorder>>,
     clients: &mut Clients,
@@ -480,13 +501,13 @@ async fn start_consumer(
         .create_channel()
         .await
         .context("open consumer channel")?;
-    if let Some(prefetch) = prefetch {
+    if let Some(ManualAck { prefetch, .. }) = manual {
         ch.basic_qos(prefetch, BasicQosOptions::default())
             .await
             .context("basic.qos")?;
     }
     let options = BasicConsumeOptions {
-        no_ack: prefetch.is_none(),
+        no_ack: manual.is_none(),
         ..Default::default()
     };
     let mut consumer = ch
@@ -495,19 +516,29 @@ async fn start_consumer(
         .with_context(|| format!("basic.consume on {queue}"))?;
     let counters = counters.clone();
     let queue = queue.to_owned();
-    let manual_ack = prefetch.is_some();
+    let window = manual.map_or(1, |m| m.window.max(1));
     let task = tokio::spawn(async move {
         let _channel = ch;
-        while let Some(delivery) = consumer.next().await {
-            let delivery = match delivery {
-                Ok(delivery) => delivery,
-                Err(err) => return counters.fail(format!("consumer on {queue}: {err}")),
+        let mut acks = FuturesUnordered::new();
+        loop {
+            // A full window of acks in flight: the next delivery waits for one of them.
+            let full = acks.len() >= window;
+            let delivery = tokio::select! {
+                Some(done) = acks.next(), if !acks.is_empty() => match done {
+                    Ok(_) => continue,
+                    Err(err) => return counters.fail(format!("basic.ack on {queue}: {err}")),
+                },
+                next = consumer.next(), if !full => match next {
+                    None => break,
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(err)) => return counters.fail(format!("consumer on {queue}: {err}")),
+                },
             };
             if let Some(latency) = &latency {
                 latency.record(&delivery.data);
             }
-            if manual_ack && let Err(err) = delivery.ack(BasicAckOptions::default()).await {
-                return counters.fail(format!("basic.ack on {queue}: {err}"));
+            if manual.is_some() {
+                acks.push(async move { delivery.ack(BasicAckOptions::default()).await });
             }
             counters.delivered.fetch_add(1, Relaxed);
         }
@@ -521,6 +552,7 @@ async fn start_consumer(
 }
 
 /// Where and how the throughput publisher sends.
+#[derive(Clone)]
 struct Publish {
     exchange: String,
     routing_key: String,
@@ -582,6 +614,44 @@ async fn publish_flat_out(
         }
     }
     Ok(())
+}
+
+/// Starts `--publishers` flat-out publishers on `conn`: one on `ch` (already in confirm
+/// mode when the scenario wants confirms), the others on channels of their own. The
+/// confirm window is shared out among them.
+async fn start_publishers(
+    args: &Args,
+    conn: &Connection,
+    ch: Channel,
+    publish: &Publish,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let n = usize::from(args.publishers);
+    let mut channels = vec![ch];
+    while channels.len() < n {
+        let ch = conn
+            .create_channel()
+            .await
+            .context("open publisher channel")?;
+        if publish.confirm_window.is_some() {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .context("confirm.select")?;
+        }
+        channels.push(ch);
+    }
+    let mut share = publish.clone();
+    share.confirm_window = publish.confirm_window.map(|w| w.div_ceil(n).max(1));
+    Ok(channels
+        .into_iter()
+        .map(|ch| {
+            spawn_reporting(
+                counters,
+                "publisher",
+                publish_flat_out(ch, share.clone(), counters.clone(), args.max_backlog),
+            )
+        })
+        .collect())
 }
 
 /// Runs `task` in the background; its error, if any, fails the scenario.
@@ -655,12 +725,18 @@ async fn measure(
     })
 }
 
-/// Waits (bounded by [`DRAIN`]) for the publisher task to stop and report.
-async fn finish_publisher(publisher: JoinHandle<()>, counters: &Counters) -> anyhow::Result<()> {
-    let aborter = publisher.abort_handle();
-    if tokio::time::timeout(DRAIN, publisher).await.is_err() {
-        aborter.abort();
-        bail!("the publisher did not stop within {DRAIN:?}");
+/// Waits (bounded by [`DRAIN`]) for the publisher tasks to stop and report.
+async fn finish_publishers(
+    publishers: Vec<JoinHandle<()>>,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    let aborters: Vec<_> = publishers.iter().map(JoinHandle::abort_handle).collect();
+    if tokio::time::timeout(DRAIN, futures::future::join_all(publishers))
+        .await
+        .is_err()
+    {
+        aborters.iter().for_each(tokio::task::AbortHandle::abort);
+        bail!("the publishers did not stop within {DRAIN:?}");
     }
     match counters.failure() {
         Some(failure) => Err(anyhow!(failure)),
@@ -685,7 +761,6 @@ async fn queue_flow(
         .create_channel()
         .await
         .context("open publisher channel")?;
-    clients.connections.push(conn);
     let durable = QueueDeclareOptions {
         durable: persistent,
         ..Default::default()
@@ -699,7 +774,11 @@ async fn queue_flow(
             .context("confirm.select")?;
     }
     let counters = Arc::new(Counters::default());
-    start_consumer(&args.url, queue, prefetch, &counters, None, &mut clients).await?;
+    let manual = prefetch.map(|prefetch| ManualAck {
+        prefetch,
+        window: usize::from(args.ack_window),
+    });
+    start_consumer(&args.url, queue, manual, &counters, None, &mut clients).await?;
     let publish = Publish {
         exchange: String::new(),
         routing_key: queue.clone(),
@@ -708,13 +787,10 @@ async fn queue_flow(
         fanout: 1,
         confirm_window: confirms.then_some(args.window),
     };
-    let publisher = spawn_reporting(
-        &counters,
-        "publisher",
-        publish_flat_out(ch, publish, counters.clone(), args.max_backlog),
-    );
+    let publishers = start_publishers(args, &conn, ch, &publish, &counters).await?;
+    clients.connections.push(conn);
     let window = measure(args, scenario.name(), &counters, probe, None).await?;
-    finish_publisher(publisher, &counters).await?;
+    finish_publishers(publishers, &counters).await?;
     clients.close().await;
     Ok(Report::new(window, scenario, None))
 }
@@ -728,7 +804,6 @@ async fn fanout3(args: &Args, names: &Names, probe: Option<Probe>) -> anyhow::Re
         .create_channel()
         .await
         .context("open publisher channel")?;
-    clients.connections.push(conn);
     ch.exchange_declare(
         exchange.into(),
         ExchangeKind::Fanout,
@@ -765,13 +840,10 @@ async fn fanout3(args: &Args, names: &Names, probe: Option<Probe>) -> anyhow::Re
         fanout: names.queues.len() as u64,
         confirm_window: None,
     };
-    let publisher = spawn_reporting(
-        &counters,
-        "publisher",
-        publish_flat_out(ch, publish, counters.clone(), args.max_backlog),
-    );
+    let publishers = start_publishers(args, &conn, ch, &publish, &counters).await?;
+    clients.connections.push(conn);
     let window = measure(args, "fanout3", &counters, probe, None).await?;
-    finish_publisher(publisher, &counters).await?;
+    finish_publishers(publishers, &counters).await?;
     clients.close().await;
     Ok(Report::new(window, Scenario::Fanout3, None))
 }
@@ -835,7 +907,7 @@ async fn latency(args: &Args, names: &Names, probe: Option<Probe>) -> anyhow::Re
         })
     };
     let window = measure(args, "latency", &counters, probe, Some(&recorder)).await?;
-    finish_publisher(publisher, &counters).await?;
+    finish_publishers(vec![publisher], &counters).await?;
     // Let the messages still in flight arrive, so slow ones count in the tail.
     let deadline = Instant::now() + DRAIN;
     while counters.delivered.load(Relaxed) < counters.published.load(Relaxed)
