@@ -128,10 +128,11 @@ for rep in $(seq 1 "$REPS"); do
 done
 
 echo "raw results: $RESULTS" >&2
-python3 - "$RESULTS" "$SCENARIOS" "$REPS" <<'PY'
+python3 - "$RESULTS" "$SCENARIOS" "$REPS" "$PUBLISHERS" "$ACK_WINDOW" <<'PY'
 import shlex, statistics, sys
 
 path, scenarios, reps = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
+publishers, ack_window = int(sys.argv[4]), int(sys.argv[5])
 runs, errors, start_rss = {}, [], {}
 for line in open(path):
     if line.startswith("#"):
@@ -187,7 +188,9 @@ print()
 print(f"Broker RSS right after start: RabbitMQ {start_rss.get('rabbit', '?')} MB, "
       f"ours {start_rss.get('ours', '?')} MB. Medians of {reps} interleaved reps; rate is "
       "confirmed/s for confirm-persistent and deliveries/s otherwise; CPU is the broker's "
-      "utime+stime over the measured window per counted message.")
+      "utime+stime over the measured window per counted message. "
+      f"{publishers} publishing task(s) in the throughput scenarios; manual-ack consumers "
+      f"keep up to {ack_window} ack(s) in flight.")
 if errors:
     print()
     print("Failed runs (n/a above):")
