@@ -93,7 +93,7 @@ sleep "$SETTLE"
 
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 {
-  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" PUBLISHERS=$PUBLISHERS ACK_WINDOW=$ACK_WINDOW $(nproc) CPUs"
+  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" PUBLISHERS=$PUBLISHERS ACK_WINDOW=$ACK_WINDOW STORE_AMQP_THREADS=${STORE_AMQP_THREADS:-default} $(nproc) CPUs"
   echo "# rabbitmq $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?'), ours $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- session-store 2>/dev/null || echo '+dirty')"
   echo "target=rabbit start_rss_mb=$(rss_mb "$RABBIT_PID")"
   echo "target=ours start_rss_mb=$(rss_mb "$OURS_PID")"
