@@ -224,6 +224,35 @@ impl Proc {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// The address in the process's first log line that says `{what} on ADDR`, such as
+    /// `amqp listening on 127.0.0.1:40123`. A server told to bind port 0 reports the port
+    /// the kernel gave it this way, so no other process can take that port between a
+    /// test's choice of it and the server's bind. Panics if the process exits first.
+    pub fn logged_addr(&mut self, what: &str, timeout: Duration) -> SocketAddr {
+        let marker = format!("{what} on ");
+        let name = self.name.clone();
+        let output = Arc::clone(&self.output);
+        let child = &mut self.child;
+        wait_for(
+            &format!("{name} to log `{marker}ADDR` (at RUST_LOG=info or finer)"),
+            timeout,
+            || {
+                let lines = output.lines.lock().unwrap_or_else(PoisonError::into_inner);
+                let found = lines.iter().find_map(|line| {
+                    let (_, rest) = line.split_once(&marker)?;
+                    rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+                });
+                drop(lines);
+                if found.is_none()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    panic!("{name} exited ({status}) before it logged `{marker}ADDR`");
+                }
+                found
+            },
+        )
+    }
 }
 
 impl Drop for Proc {

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -440,31 +440,38 @@ fn tail_logs(dir: &Path) -> String {
 }
 
 /// Our broker: `session-store` with its AMQP listener on a free loopback port (the RESP
-/// listener on an ephemeral one). Killed when the returned [`Proc`] is dropped.
+/// listener on another). Killed when the returned [`Proc`] is dropped.
 pub fn start_embedded() -> (Proc, u16) {
     let (proc, port, _) = start_embedded_with_management();
     (proc, port)
 }
 
-/// [`start_embedded`], also returning the free loopback port of its management API.
+/// [`start_embedded`], also returning the loopback port of its management API. Every
+/// listener binds port 0 and the ports are read from the log, so none can be taken by
+/// another process first.
 pub fn start_embedded_with_management() -> (Proc, u16, u16) {
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
     remove_stale_dirs();
-    let port = free_port();
-    let management = free_port();
     // Its own empty data directory, so durable queues of earlier runs cannot leak in.
-    let data = std::env::temp_dir().join(format!("e2e-amqp-{}-{port}", std::process::id()));
+    let data = std::env::temp_dir().join(format!(
+        "e2e-amqp-{}-{}",
+        std::process::id(),
+        STARTED.fetch_add(1, Ordering::Relaxed)
+    ));
     let args = vec![
         "--bind".to_string(),
         "127.0.0.1:0".to_string(),
         "--amqp-bind".to_string(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".to_string(),
         "--amqp-data-dir".to_string(),
         data.display().to_string(),
         "--amqp-management-bind".to_string(),
-        format!("127.0.0.1:{management}"),
+        "127.0.0.1:0".to_string(),
     ];
-    let proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
-    wait_port(port, Duration::from_secs(20));
-    wait_port(management, Duration::from_secs(20));
+    let mut proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
+    // Logged once each listener is bound and listening.
+    let start = Duration::from_secs(20);
+    let port = proc.logged_addr("amqp listening", start).port();
+    let management = proc.logged_addr("amqp management listening", start).port();
     (proc, port, management)
 }
