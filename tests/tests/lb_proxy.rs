@@ -226,14 +226,28 @@ impl Lb {
         Lb::start_with(args, &[]).await
     }
 
-    /// Starts the `lb` binary on a free port with exactly `args` and `env` besides
-    /// `--listen`, and waits until it accepts connections.
+    /// Starts the `lb` binary with exactly `args` and `env` besides `--listen`, on a port
+    /// the kernel picks (read back from its `listening on` log line, so no other process
+    /// can take it first), and waits until it accepts connections.
     async fn start_with(mut args: Vec<String>, env: &[(&str, &str)]) -> Lb {
-        let port = free_port();
         args.push("--listen".to_string());
-        args.push(format!("127.0.0.1:{port}"));
+        args.push("127.0.0.1:0".to_string());
         let binary = lb_binary().await;
-        let proc = Proc::spawn("lb", &binary, &args, env);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (proc, port) = tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut proc = Proc::spawn("lb", &binary, &args, &env);
+            let port = proc
+                .logged_addr("listening", Duration::from_secs(20))
+                .port();
+            (proc, port)
+        })
+        .await
+        .expect("start the lb binary");
         wait_for_async(
             "lb to accept connections",
             Duration::from_secs(20),
