@@ -127,12 +127,16 @@ pub async fn serve(
             args.listen
         )
     })?;
+    // The bound address, not the asked one: with port 0 the kernel picks the port.
+    let addr = listener
+        .local_addr()
+        .context("reading the address the listener is bound to")?;
     let node = args
         .node_id
         .clone()
-        .unwrap_or_else(|| format!("node-{}", args.listen.port()));
+        .unwrap_or_else(|| format!("node-{}", addr.port()));
     let built = sessions::build(&args)?;
-    tracing::info!(node, mode = %args.session_mode, near_cache = built.near_cache.is_some(), "listening on {}", args.listen);
+    tracing::info!(node, mode = %args.session_mode, near_cache = built.near_cache.is_some(), "listening on {addr}");
     let state = AppState {
         node: node.into(),
         mode: args.session_mode,

@@ -146,21 +146,28 @@ impl Topology {
             events_url,
             extra_args: opts.node_args.clone(),
         };
-        let nodes: Vec<(String, u16, Proc)> = (1..=opts.nodes)
+        // Nodes and the LB listen on ports the kernel picks, read back from their logs,
+        // so no other process can take them first. All nodes start before any is waited on.
+        let started: Vec<(String, Proc)> = (1..=opts.nodes)
             .map(|i| {
                 let id = format!("app{i}");
-                let port = free_port();
-                let proc = node_spec.spawn(&id, port);
+                let proc = node_spec.spawn(&id, 0);
+                (id, proc)
+            })
+            .collect();
+        let nodes: Vec<(String, u16, Proc)> = started
+            .into_iter()
+            .map(|(id, mut proc)| {
+                let port = proc.logged_addr("listening", START).port();
                 (id, port, proc)
             })
             .collect();
         for (_, port, _) in &nodes {
             wait_port(*port, START);
         }
-        let lb_port = free_port();
         let mut args = vec![
             "--listen".to_string(),
-            format!("127.0.0.1:{lb_port}"),
+            "127.0.0.1:0".to_string(),
             "--affinity".to_string(),
             opts.affinity.to_string(),
         ];
@@ -168,7 +175,8 @@ impl Topology {
             args.push("--backend".into());
             args.push(format!("{id}=http://127.0.0.1:{port}"));
         }
-        let lb = Proc::spawn("lb", &bin("lb"), &args, &[("LB_COOKIE_KEY", LB_COOKIE_KEY)]);
+        let mut lb = Proc::spawn("lb", &bin("lb"), &args, &[("LB_COOKIE_KEY", LB_COOKIE_KEY)]);
+        let lb_port = lb.logged_addr("listening", START).port();
         wait_port(lb_port, START);
         Topology {
             store,
