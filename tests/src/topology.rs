@@ -146,8 +146,9 @@ impl Topology {
             events_url,
             extra_args: opts.node_args.clone(),
         };
-        // Nodes and the LB listen on ports the kernel picks, read back from their logs,
-        // so no other process can take them first. All nodes start before any is waited on.
+        // Nodes and the LB listen on ports the kernel picks, read back from the line each
+        // logs once it accepts connections, so no other process can take them first. All
+        // nodes start before any is waited on.
         let started: Vec<(String, Proc)> = (1..=opts.nodes)
             .map(|i| {
                 let id = format!("app{i}");
@@ -162,9 +163,6 @@ impl Topology {
                 (id, port, proc)
             })
             .collect();
-        for (_, port, _) in &nodes {
-            wait_port(*port, START);
-        }
         let mut args = vec![
             "--listen".to_string(),
             "127.0.0.1:0".to_string(),
@@ -177,7 +175,6 @@ impl Topology {
         }
         let mut lb = Proc::spawn("lb", &bin("lb"), &args, &[("LB_COOKIE_KEY", LB_COOKIE_KEY)]);
         let lb_port = lb.logged_addr("listening", START).port();
-        wait_port(lb_port, START);
         Topology {
             store,
             store_port,

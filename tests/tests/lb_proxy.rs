@@ -227,8 +227,8 @@ impl Lb {
     }
 
     /// Starts the `lb` binary with exactly `args` and `env` besides `--listen`, on a port
-    /// the kernel picks (read back from its `listening on` log line, so no other process
-    /// can take it first), and waits until it accepts connections.
+    /// the kernel picks, read back from the `listening on` line it logs once it accepts
+    /// connections (so no other process can take the port first).
     async fn start_with(mut args: Vec<String>, env: &[(&str, &str)]) -> Lb {
         args.push("--listen".to_string());
         args.push("127.0.0.1:0".to_string());
@@ -248,12 +248,6 @@ impl Lb {
         })
         .await
         .expect("start the lb binary");
-        wait_for_async(
-            "lb to accept connections",
-            Duration::from_secs(20),
-            || async { TcpStream::connect(("127.0.0.1", port)).await.ok() },
-        )
-        .await;
         Lb { proc, port }
     }
 
