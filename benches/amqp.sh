@@ -19,6 +19,7 @@
 #   PUBLISHERS=1   publishing tasks (own channels, one connection) in the throughput scenarios
 #   ACK_WINDOW=1   acks a manually acking consumer keeps in flight (1: each ack awaited)
 #   BUILD=0        use the release binaries already built instead of running cargo build
+#   STORE_AMQP_THREADS=1   the broker's threads (session-store's --amqp-threads)
 set -euo pipefail
 # stop_pid, wait_port, start_rabbit
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -93,7 +94,7 @@ sleep "$SETTLE"
 
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 {
-  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" PUBLISHERS=$PUBLISHERS ACK_WINDOW=$ACK_WINDOW STORE_AMQP_THREADS=${STORE_AMQP_THREADS:-default} $(nproc) CPUs"
+  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" PUBLISHERS=$PUBLISHERS ACK_WINDOW=$ACK_WINDOW STORE_AMQP_THREADS=${STORE_AMQP_THREADS:-1} $(nproc) CPUs"
   echo "# rabbitmq $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?'), ours $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- session-store 2>/dev/null || echo '+dirty')"
   echo "target=rabbit start_rss_mb=$(rss_mb "$RABBIT_PID")"
   echo "target=ours start_rss_mb=$(rss_mb "$OURS_PID")"

@@ -115,12 +115,12 @@ pub struct Args {
     #[arg(long, env = "STORE_NO_AMQP")]
     pub no_amqp: bool,
 
-    /// Threads the AMQP broker runs on, apart from the RESP server's. Default: as many as
-    /// the RESP server (TOKIO_WORKER_THREADS, else one per core). One thread spends less
-    /// CPU per message (no wake-up of a second thread for each); more spread socket work
-    /// over the cores, for more throughput when many connections are busy.
-    #[arg(long, env = "STORE_AMQP_THREADS")]
-    pub amqp_threads: Option<NonZeroUsize>,
+    /// Threads the AMQP broker runs on, apart from the RESP server's. One (the default)
+    /// spends the least CPU per message: routing takes one lock anyway, and a second
+    /// thread costs a cross-thread wake-up for many messages. More spread socket and
+    /// framing work over the cores, for a big machine where many connections are busy.
+    #[arg(long, env = "STORE_AMQP_THREADS", default_value = "1")]
+    pub amqp_threads: NonZeroUsize,
 }
 
 impl Args {
@@ -157,7 +157,10 @@ impl std::fmt::Debug for Args {
             .field("bind", &self.bind)
             .field("amqp_bind", &(!self.no_amqp).then_some(&self.amqp_bind))
             .field("amqp_definitions", &self.amqp_definitions)
-            .field("amqp_threads", &self.amqp_threads.filter(|_| !self.no_amqp))
+            .field(
+                "amqp_threads",
+                &(!self.no_amqp).then_some(self.amqp_threads),
+            )
             .field(
                 "amqp_data_dir",
                 &(!self.no_amqp && !self.amqp_no_persist).then_some(&self.amqp_data_dir),

@@ -1,14 +1,14 @@
 //! The broker's own threads, apart from the RESP server's, so that neither protocol's load
 //! delays the other and each can be given its own share of the cores.
 //!
-//! How many is a trade. Routing runs under one lock per node, so more threads add only
-//! socket and framing work in parallel, and they cost a cross-thread wake-up for many
-//! messages: a publisher's connection task routes a message and wakes its consumer's task,
-//! which a multi-threaded runtime may hand to a second, parked thread; on one thread that
-//! wake-up is a queue push. Measured on two cores against one lapin client: on a quiet
-//! machine one thread used 16–28% less broker CPU per message in the ack, confirm and
-//! fanout benchmarks at the same rates; on a busy one, two threads delivered about 13% more
-//! in fanout at the same CPU per message.
+//! How many is a trade, and one is the default. Routing runs under one lock per node, so
+//! more threads add only socket and framing work in parallel, and they cost a cross-thread
+//! wake-up for many messages: a publisher's connection task routes a message and wakes its
+//! consumer's task, which a multi-threaded runtime may hand to a second, parked thread; on
+//! one thread that wake-up is a queue push. Measured on two cores against one lapin
+//! client, one thread used 30–40% less broker CPU per message than two in the transient,
+//! manual-ack and fanout benchmarks, at the same or higher rates; on an earlier, busy day
+//! two threads delivered about 13% more in fanout at the same CPU per message.
 
 use std::io;
 use std::num::NonZeroUsize;
@@ -20,25 +20,23 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Node, serve};
 
-/// Runs [`serve`] on a runtime of `threads` threads of its own (None: Tokio's default, one
-/// per core unless `TOKIO_WORKER_THREADS` says otherwise) until `stop` is cancelled, and
-/// returns once it has shut down. Fails only if the threads cannot start.
+/// Runs [`serve`] on a runtime of `threads` threads of its own until `stop` is cancelled,
+/// and returns once it has shut down. Fails only if the threads cannot start.
 pub async fn serve_on_own_threads(
     listener: TcpListener,
     node: Arc<Node>,
-    threads: Option<NonZeroUsize>,
+    threads: NonZeroUsize,
     stop: CancellationToken,
 ) -> io::Result<()> {
     // A socket belongs to the runtime that registered it: hand it over unregistered.
     let listener = listener.into_std()?;
-    let runtime = match threads.map(NonZeroUsize::get) {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
+    let runtime = match threads.get() {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.worker_threads(n);
             builder
         }
-        None => tokio::runtime::Builder::new_multi_thread(),
     }
     .enable_all()
     .thread_name("amqp")
