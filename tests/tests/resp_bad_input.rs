@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use e2e::{Proc, bin, free_port, wait_port};
+use e2e::{Proc, bin};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, cmd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,18 +21,20 @@ async fn step<T>(fut: impl Future<Output = T>) -> T {
 }
 
 fn start_store() -> (Proc, u16) {
-    let port = free_port();
     let args = [
+        // The kernel picks the port; it is read back from the log.
         "--bind".to_string(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".to_string(),
         "--max-frame-bytes".to_string(),
         MAX_FRAME_BYTES.to_string(),
         "--amqp-bind".to_string(),
         "127.0.0.1:0".to_string(),
         "--amqp-no-persist".to_string(),
     ];
-    let proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
-    wait_port(port, Duration::from_secs(20));
+    let mut proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
+    let port = proc
+        .logged_addr("session-store listening", Duration::from_secs(20))
+        .port();
     (proc, port)
 }
 

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use e2e::{Proc, bin, engines_required, free_port, start_redis_server, wait_port, which};
+use e2e::{Proc, bin, engines_required, start_redis_server, which};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, RedisResult, cmd};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -30,10 +30,10 @@ struct Server {
 }
 
 fn start_store(password: Option<&str>) -> Server {
-    let port = free_port();
     let mut args = vec![
+        // The kernel picks the port; it is read back from the log.
         "--bind".to_string(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".to_string(),
         "--amqp-bind".to_string(),
         "127.0.0.1:0".to_string(),
         "--amqp-no-persist".to_string(),
@@ -41,8 +41,10 @@ fn start_store(password: Option<&str>) -> Server {
     if let Some(password) = password {
         args.extend(["--requirepass".to_string(), password.to_string()]);
     }
-    let proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
-    wait_port(port, Duration::from_secs(20));
+    let mut proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
+    let port = proc
+        .logged_addr("session-store listening", Duration::from_secs(20))
+        .port();
     Server {
         name: "session-store",
         port,
