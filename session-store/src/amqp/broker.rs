@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
-use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{AMQPClass, basic, exchange, queue};
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
@@ -1365,6 +1364,11 @@ fn check_x_match(arguments: &FieldTable) -> Result<(), AmqpError> {
 
 /// The exchange exists and takes publishes from clients.
 fn check_publish(vhost: &VHost, exchange: &str) -> Result<(), AmqpError> {
+    // The default exchange can be neither deleted nor made internal. Not looked up: see
+    // `names::same` on what comparing empty names costs.
+    if exchange.is_empty() {
+        return Ok(());
+    }
     let x = vhost.exchange(exchange)?;
     if x.internal {
         return Err(AmqpError::access_refused(format_args!(
@@ -1913,7 +1917,7 @@ fn delete_queue_for(core: &mut Core, name: &str, deleter: Option<ConnId>) -> (u3
                 consumer_tag: c.tag.clone(),
                 nowait: true,
             }));
-            let frame = Outbound::Frame(AMQPFrame::Method(c.channel, cancel));
+            let frame = Outbound::Method(c.channel, cancel);
             if deleter == Some(c.conn) {
                 own.push(frame);
                 continue;

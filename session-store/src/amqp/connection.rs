@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{
     AMQPClass, access, basic, channel, confirm, connection, exchange, queue, tx as tx_class,
 };
@@ -34,6 +34,7 @@ use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, ErrorKind, code, short};
 use super::exchange::{Destination, ExchangeKind};
 use super::handshake::{FRAME_MIN_SIZE, HandshakeEnd, Opened, Tuned, handshake};
+use super::names;
 use super::node::{ConnInfo, ForceClose, Node, now_millis};
 use super::permissions::{Perm, Permissions, Resource, TopicPermission};
 use super::queue::Message;
@@ -167,7 +168,7 @@ async fn write_loop(
             item = rx.recv() => item,
             () = tick(&mut heartbeat) => {
                 if !std::mem::take(&mut wrote)
-                    && sink.send(Outbound::Frame(AMQPFrame::Heartbeat)).await.is_err()
+                    && sink.send(Outbound::Heartbeat).await.is_err()
                 {
                     return;
                 }
@@ -211,7 +212,7 @@ async fn write_loop(
 #[derive(Debug)]
 struct Pending {
     publish: basic::Publish,
-    header: Option<AMQPContentHeader>,
+    header: Option<Box<AMQPContentHeader>>,
     /// The header's property bytes as the client sent them.
     raw_properties: Option<Bytes>,
     parts: Vec<Bytes>,
@@ -305,8 +306,7 @@ impl Conn {
     }
 
     async fn method(&self, channel: u16, method: AMQPClass) {
-        self.send(Outbound::Frame(AMQPFrame::Method(channel, method)))
-            .await;
+        self.send(Outbound::Method(channel, method)).await;
     }
 
     async fn run<R: AsyncRead + Unpin>(
@@ -341,7 +341,11 @@ impl Conn {
                 return;
             }
             let waiting = self.confirms.front().map(|c| c.position);
+            // Frames first: while the socket has data, the other branches are not polled
+            // (each would register a waiter and drop it again, for every frame). Tokio's
+            // per-task budget makes the read pending now and then, so they still run.
             let event = tokio::select! {
+                biased;
                 next = frames.next() => Event::Read(next.transpose()),
                 () = tick(&mut watchdog) => {
                     quiet_ticks += 1;
@@ -491,30 +495,24 @@ impl Conn {
     fn hot(&mut self, inbound: Inbound) -> Hot {
         let done =
             |ch, r: Result<(), AmqpError>| r.map_or_else(|e| Hot::Failed(ch, e), |()| Hot::Done);
-        let frame = match inbound {
-            Inbound::Body(ch, body) => return done(ch, self.body(ch, body)),
-            Inbound::ProtocolHeader { .. } => return Hot::Failed(0, unexpected_frame()),
+        match inbound {
+            Inbound::Body(ch, body) => done(ch, self.body(ch, body)),
             Inbound::Header {
                 channel,
                 header,
                 raw_properties,
-            } => return done(channel, self.header(channel, header, Some(raw_properties))),
-            Inbound::Frame(frame) => frame,
-        };
-        match frame {
-            AMQPFrame::Heartbeat => Hot::Done,
+            } => done(channel, self.header(channel, header, raw_properties)),
+            Inbound::Method(ch, m) => self.basic_hot(ch, m),
+            Inbound::Heartbeat => Hot::Done,
             // RabbitMQ names the frame as its reader saw it: type 8, no payload.
-            AMQPFrame::InvalidHeartbeat(ch) => Hot::Failed(
+            Inbound::InvalidHeartbeat(ch) => Hot::Failed(
                 ch,
                 AmqpError::connection(
                     code::UNEXPECTED_FRAME,
                     "UNEXPECTED_FRAME - type 8, all octets = <<>>",
                 ),
             ),
-            AMQPFrame::ProtocolHeader(_) => Hot::Failed(0, unexpected_frame()),
-            AMQPFrame::Header(ch, header) => done(ch, self.header(ch, header, None)),
-            AMQPFrame::Body(ch, body) => done(ch, self.body(ch, Bytes::from(body))),
-            AMQPFrame::Method(ch, m) => self.basic_hot(ch, m),
+            Inbound::ProtocolHeader { .. } => Hot::Failed(0, unexpected_frame()),
         }
     }
 
@@ -786,7 +784,9 @@ impl Conn {
 
     /// basic.publish needs write on the exchange.
     fn allow_publish(&mut self, ch: u16, exchange: &ShortString) -> Result<(), AmqpError> {
-        if self.channels.get(&ch).and_then(|c| c.writable.as_ref()) == Some(exchange) {
+        if let Some(writable) = self.channels.get(&ch).and_then(|c| c.writable.as_ref())
+            && names::same(writable.as_str(), exchange.as_str())
+        {
             return Ok(());
         }
         self.allow(Perm::Write, Resource::Exchange, exchange.as_str())?;
@@ -1045,8 +1045,8 @@ impl Conn {
     fn header(
         &mut self,
         ch: u16,
-        header: AMQPContentHeader,
-        raw_properties: Option<Bytes>,
+        header: Box<AMQPContentHeader>,
+        raw_properties: Bytes,
     ) -> Result<(), AmqpError> {
         let Some(chan) = self.channels.get_mut(&ch) else {
             return Err(unexpected_frame());
@@ -1083,7 +1083,7 @@ impl Conn {
         }
         let done = header.body_size == 0;
         pending.header = Some(header);
-        pending.raw_properties = raw_properties;
+        pending.raw_properties = Some(raw_properties);
         if done {
             self.complete(ch)?;
         }
@@ -1205,10 +1205,8 @@ impl Conn {
                     });
                 }
                 _ => {
-                    self.outbox.push_back(Outbound::Frame(AMQPFrame::Method(
-                        ch,
-                        confirm_method(seq, false, ack),
-                    )));
+                    self.outbox
+                        .push_back(Outbound::Method(ch, confirm_method(seq, false, ack)));
                     self.broker.confirmed();
                 }
             }
@@ -1403,7 +1401,7 @@ async fn send_close(tx: &mpsc::Sender<Outbound>, e: &AmqpError) {
     };
     let method = AMQPClass::Connection(connection::AMQPMethod::Close(close));
     // A failed send means the writer is gone: nothing left to tell.
-    let _ = tx.send(Outbound::Frame(AMQPFrame::Method(0, method))).await;
+    let _ = tx.send(Outbound::Method(0, method)).await;
 }
 
 /// Sends connection.close, then ignores everything but close(-ok) for a while.
@@ -1416,17 +1414,11 @@ async fn close_with<R: AsyncRead + Unpin>(
     let linger = async {
         while let Some(Ok(inbound)) = frames.next().await {
             match inbound {
-                Inbound::Frame(AMQPFrame::Method(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
-                )) => return,
-                Inbound::Frame(AMQPFrame::Method(
-                    0,
-                    AMQPClass::Connection(connection::AMQPMethod::Close(_)),
-                )) => {
-                    let _ = tx
-                        .send(Outbound::Frame(AMQPFrame::Method(0, close_ok())))
-                        .await;
+                Inbound::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
+                    return;
+                }
+                Inbound::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                    let _ = tx.send(Outbound::Method(0, close_ok())).await;
                     return;
                 }
                 _ => {}

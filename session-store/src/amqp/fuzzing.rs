@@ -64,7 +64,10 @@ pub fn decode_all(bytes: &[u8], frame_max: u32) -> Outcome {
                     assert!(buf.len() < before, "decoder produced an item without input");
                     match item {
                         Inbound::ProtocolHeader { .. } => out.headers += 1,
-                        Inbound::Frame(_) | Inbound::Header { .. } => out.frames += 1,
+                        Inbound::Method(..)
+                        | Inbound::Heartbeat
+                        | Inbound::InvalidHeartbeat(_)
+                        | Inbound::Header { .. } => out.frames += 1,
                         Inbound::Body(_, body) => {
                             assert!(
                                 body.len() + FRAME_OVERHEAD <= bound,

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable};
@@ -286,10 +285,7 @@ fn unexpected(what: &dyn std::fmt::Debug) -> Stop {
 
 async fn send(tx: &mpsc::Sender<Outbound>, method: connection::AMQPMethod) {
     let _ = tx
-        .send(Outbound::Frame(AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(method),
-        )))
+        .send(Outbound::Method(0, AMQPClass::Connection(method)))
         .await;
 }
 
@@ -311,8 +307,8 @@ async fn expect<R: AsyncRead + Unpin>(
 ) -> Result<connection::AMQPMethod, Stop> {
     loop {
         match next(frames).await? {
-            Inbound::Frame(AMQPFrame::Heartbeat) => continue,
-            Inbound::Frame(AMQPFrame::Method(0, AMQPClass::Connection(m))) => {
+            Inbound::Heartbeat => continue,
+            Inbound::Method(0, AMQPClass::Connection(m)) => {
                 if let connection::AMQPMethod::Close(_) = m {
                     send(tx, connection::AMQPMethod::CloseOk(connection::CloseOk {})).await;
                     return Err(HandshakeEnd::Gone.into());

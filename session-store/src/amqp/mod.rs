@@ -26,6 +26,7 @@ pub mod fuzzing;
 mod handshake;
 pub mod limits;
 pub mod management;
+mod names;
 mod node;
 pub mod permissions;
 mod policy;

@@ -6,7 +6,7 @@
 //! wake-up for many messages: a publisher's connection task routes a message and wakes its
 //! consumer's task, which a multi-threaded runtime may hand to a second, parked thread; on
 //! one thread that wake-up is a queue push. Measured on two cores against one lapin
-//! client, one thread used 30–40% less broker CPU per message than two in the transient,
+//! client, one thread used 31–41% less broker CPU per message than two in the transient,
 //! manual-ack and fanout benchmarks, at the same or higher rates; on an earlier, busy day
 //! two threads delivered about 13% more in fanout at the same CPU per message.
 
