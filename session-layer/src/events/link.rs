@@ -374,11 +374,16 @@ impl Session {
         let mut flushed = false;
         let mut check = tokio::time::interval(STATUS_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Made once, not per event: each would register a waiter and drop it again.
+        let stopping = stopped(stop);
+        tokio::pin!(stopping);
+        let unconfirmed = broken.notified();
+        tokio::pin!(unconfirmed);
         loop {
             tokio::select! {
                 biased;
-                () = stopped(stop) => return End::Stop,
-                () = broken.notified() => return End::Lost("a publish was not confirmed".into()),
+                () = &mut stopping => return End::Stop,
+                () = &mut unconfirmed => return End::Lost("a publish was not confirmed".into()),
                 event = self.events.next() => match event {
                     Some(lapin::Event::Error(e)) => return End::Lost(e.to_string()),
                     Some(other) => debug!(event = ?other, "session events: connection event"),
