@@ -1,7 +1,7 @@
-//! Comparing names (exchanges, routing keys, queues) on the per-message path.
+//! Comparing exchange names on the per-message path.
 //!
 //! An empty `String` points at no allocation (a dangling, never-dereferenced address in
-//! page 0), and the default exchange and fanout routing keys are empty on most messages.
+//! page 0), and the default exchange, which most publishes name, is empty.
 //! glibc's AVX-512 `memcmp`, which `==` on strings calls even for zero bytes, loads from
 //! both addresses under an all-zero mask; with the address in an unmapped page that load
 //! takes a microcode assist. Measured on an AVX-512 x86-64 server with glibc 2.36: about
