@@ -7083,8 +7083,15 @@ async fn management_administers_access(url: String, api_base: String, _metrics: 
         api(&api_base, Method::PUT, &grant_path, Some(all)).await.0,
         201
     );
-    let conn = connect(&user_url("pw")).await;
+    // RabbitMQ answers connection.open before it tracks the connection, and a user's
+    // deletion closes only tracked connections: wait until the broker lists it.
+    let given = uniq("deleted-user");
+    let properties = ConnectionProperties::default().with_connection_name(given.as_str().into());
+    let conn = step("connect", Connection::connect(&user_url("pw"), properties))
+        .await
+        .expect("connect");
     let mut events = Box::pin(conn.events_listener());
+    connection_path(&api_base, &given).await;
     assert_eq!(
         api(&api_base, Method::DELETE, &user_path, None).await.0,
         204
