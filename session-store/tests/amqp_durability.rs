@@ -415,7 +415,7 @@ async fn a_quorum_queue_keeps_transient_messages_through_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn policies_the_api_accepted_survive_kill_9_and_apply_after_it() {
+async fn policies_and_operator_policies_the_api_accepted_survive_kill_9_and_apply_after_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
     let http = reqwest::Client::new();
@@ -429,41 +429,69 @@ async fn policies_the_api_accepted_survive_kill_9_and_apply_after_it() {
     let (store, api) = Store::start_managed(&data, &log).await;
     let capped = serde_json::json!({"pattern": "^capped$", "apply-to": "queues",
                                     "definition": {"max-length": 2}});
-    for (method, name, body, status) in [
-        (reqwest::Method::PUT, "capped", Some(capped), 201),
+    let operator_cap = serde_json::json!({"pattern": "^(capped|op)$",
+                                          "definition": {"max-length": 1}});
+    for (method, path, body, status) in [
         (
             reqwest::Method::PUT,
-            "gone",
+            "policies/%2F/capped",
+            Some(capped),
+            201,
+        ),
+        (
+            reqwest::Method::PUT,
+            "policies/%2F/gone",
             Some(serde_json::json!({"pattern": "x",
             "definition": {"message-ttl": 5}})),
             201,
         ),
-        (reqwest::Method::DELETE, "gone", None, 204),
+        (reqwest::Method::DELETE, "policies/%2F/gone", None, 204),
+        (
+            reqwest::Method::PUT,
+            "operator-policies/%2F/op",
+            Some(operator_cap),
+            201,
+        ),
+        (
+            reqwest::Method::PUT,
+            "operator-policies/%2F/op-gone",
+            Some(serde_json::json!({"pattern": "x",
+            "definition": {"message-ttl": 5}})),
+            201,
+        ),
+        (
+            reqwest::Method::DELETE,
+            "operator-policies/%2F/op-gone",
+            None,
+            204,
+        ),
     ] {
-        let url = format!("{api}/api/policies/%2F/{name}");
+        let url = format!("{api}/api/{path}");
         let response = step(call(method, url, body)).await.expect("request");
-        assert_eq!(response.status().as_u16(), status, "{name}");
+        assert_eq!(response.status().as_u16(), status, "{path}");
     }
     // Killed right after the answers: what they acknowledged must be on disk.
     store.kill9();
 
     let (store, api) = Store::start_managed(&data, &log).await;
-    let listed: serde_json::Value = step(async {
-        call(reqwest::Method::GET, format!("{api}/api/policies"), None)
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json")
-    })
-    .await;
-    let names: Vec<&str> = listed
-        .as_array()
-        .expect("a list")
-        .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
-    assert_eq!(names, ["capped"]);
+    for (list, expected) in [("policies", "capped"), ("operator-policies", "op")] {
+        let listed: serde_json::Value = step(async {
+            call(reqwest::Method::GET, format!("{api}/api/{list}"), None)
+                .await
+                .expect("request")
+                .json()
+                .await
+                .expect("json")
+        })
+        .await;
+        let names: Vec<&str> = listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(names, [expected], "{list}");
+    }
     let (_conn, ch) = channel(&store.url()).await;
     declare(&ch, "capped", true, FieldTable::default()).await;
     step(ch.confirm_select(ConfirmSelectOptions::default()))
@@ -479,7 +507,29 @@ async fn policies_the_api_accepted_survive_kill_9_and_apply_after_it() {
         .collect();
     assert_eq!(
         kept,
-        ["4", "5"],
+        ["5"],
+        "the recovered operator policy's smaller max-length applies"
+    );
+    // Without the operator policy, the recovered policy's own limit is back.
+    let response = step(call(
+        reqwest::Method::DELETE,
+        format!("{api}/api/operator-policies/%2F/op"),
+        None,
+    ))
+    .await
+    .expect("request");
+    assert_eq!(response.status().as_u16(), 204);
+    for body in ["6", "7", "8"] {
+        publish_confirmed(&ch, "", "capped", body.as_bytes(), true).await;
+    }
+    let kept: Vec<String> = drain(&ch, "capped")
+        .await
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(
+        kept,
+        ["7", "8"],
         "the recovered policy's max-length applies"
     );
     store.stop().await;

@@ -163,6 +163,7 @@ macro_rules! managed_conformance {
 
 managed_conformance!(
     policies,
+    operator_policies,
     management_closes_connections,
     prometheus_metrics,
     management_administers_access,
@@ -6584,6 +6585,11 @@ async fn policies(url: String, api_base: String, _metrics: String) {
             "Validation failed\n\n[{&lt;&lt;\"foo\"&gt;&gt;,1}] are not recognised policy settings\n",
         ),
         (json!({}), "Validation failed\n\nno policy provided\n"),
+        // A bad value is named before an unknown key.
+        (
+            json!({"foo": 1, "message-ttl": -1}),
+            "Validation failed\n\n-1 is not a valid message TTL\n",
+        ),
     ] {
         let body = json!({"pattern": "x", "definition": definition});
         let (status, error) = api(&api_base, Method::PUT, &path(&uniq("bad")), Some(body)).await;
@@ -6718,6 +6724,167 @@ async fn policies(url: String, api_base: String, _metrics: String) {
     assert!(
         confirmation.take_message().is_some(),
         "unroutable again without the policy's alternate exchange"
+    );
+    close(conn).await;
+}
+
+/// Operator policies: administrators' caps over the policies users set. Where both set a
+/// limit the smaller applies, to live queues at once; only limits may be set, and only by
+/// administrators; definitions list them as runtime parameters.
+async fn operator_policies(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let p = uniq("oppol");
+    let (q, own) = (format!("{p}.q"), format!("{p}.own"));
+    let pattern = format!("^{}\\.", regex_escape(&p));
+    let op_path = format!("/api/operator-policies/%2F/{p}");
+    let policy_path = format!("/api/policies/%2F/{p}");
+    let policy = json!({"pattern": pattern, "apply-to": "queues",
+        "definition": {"max-length": 5, "message-ttl": 600000}});
+    assert_eq!(
+        api(&api_base, Method::PUT, &policy_path, Some(policy))
+            .await
+            .0,
+        201
+    );
+    let cap = json!({"pattern": pattern, "apply-to": "queues", "priority": 0,
+        "definition": {"max-length": 2, "expires": 600000}});
+    assert_eq!(
+        api(&api_base, Method::PUT, &op_path, Some(cap.clone()))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        api(&api_base, Method::PUT, &op_path, Some(cap.clone()))
+            .await
+            .0,
+        204
+    );
+    let (status, listed) = api(&api_base, Method::GET, &op_path, None).await;
+    assert_eq!(status, 200);
+    for key in ["pattern", "apply-to", "priority", "definition"] {
+        assert_eq!(
+            listed[key], cap[key],
+            "{key} of the operator policy read back"
+        );
+    }
+    let (status, all) = api(&api_base, Method::GET, "/api/operator-policies/%2F", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = all
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(names.contains(&p.as_str()), "{all}");
+    // Only limits, and a bad value is named before an unknown key.
+    for (definition, reason) in [
+        (
+            json!({"dead-letter-exchange": "dlx"}),
+            // Not HTML-escaped, unlike a policy's.
+            "Validation failed\n\n[{<<\"dead-letter-exchange\">>,<<\"dlx\">>}] are not recognised policy settings\n",
+        ),
+        (
+            json!({"overflow": "drop-head", "max-length": -1}),
+            "Validation failed\n\n-1 is not a valid maximum length\n",
+        ),
+    ] {
+        let body = json!({"pattern": "x", "definition": definition});
+        let path = format!("/api/operator-policies/%2F/{}", uniq("bad"));
+        let (status, error) = api(&api_base, Method::PUT, &path, Some(body)).await;
+        assert_eq!((status, error["reason"].as_str()), (400, Some(reason)));
+    }
+    // A policymaker may set policies, not operator policies.
+    let maker = uniq("maker");
+    let user_path = format!("/api/users/{maker}");
+    let created = json!({"password": "pw", "tags": "policymaker"});
+    assert_eq!(
+        api(&api_base, Method::PUT, &user_path, Some(created))
+            .await
+            .0,
+        201
+    );
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    let grant = format!("/api/permissions/%2F/{maker}");
+    assert_eq!(api(&api_base, Method::PUT, &grant, Some(all)).await.0, 201);
+    let (status, refused) = api_as(
+        &api_base,
+        (&maker, "pw"),
+        Method::PUT,
+        &op_path,
+        Some(cap.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["reason"].as_str()),
+        (401, Some("Not administrator user"))
+    );
+    assert_eq!(
+        api(&api_base, Method::DELETE, &user_path, None).await.0,
+        204
+    );
+
+    // The smaller of the two limits applies, and a queue's own smaller one still wins.
+    let conn = connect(&url).await;
+    let ch = confirmed(&conn).await;
+    plain_queue(&ch, &q).await;
+    for body in ["m0", "m1", "m2", "m3"] {
+        publish(&ch, "", &q, body.as_bytes()).await;
+    }
+    assert_eq!(ready_count(&conn, &q).await, 2, "the operator's cap");
+    declare_queue(
+        &ch,
+        &own,
+        QueueDeclareOptions::default(),
+        args(&[("x-max-length", AMQPValue::LongInt(1))]),
+    )
+    .await;
+    for body in ["o0", "o1"] {
+        publish(&ch, "", &own, body.as_bytes()).await;
+    }
+    assert_eq!(drain(&ch, &own).await, ["o1"]);
+    let queue_path = format!("/api/queues/%2F/{q}");
+    eventually("the queue lists both policies", STATS_LAG, || async {
+        let (_, info) = api(&api_base, Method::GET, &queue_path, None).await;
+        info["policy"] == json!(p)
+            && info["operator_policy"] == json!(p)
+            && info["effective_policy_definition"]
+                == json!({"max-length": 2, "message-ttl": 600000, "expires": 600000})
+    })
+    .await;
+    // A definitions export lists it as a runtime parameter.
+    let (_, exported) = api(&api_base, Method::GET, "/api/definitions", None).await;
+    let parameter = exported["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["component"] == "operator_policy" && e["name"] == json!(p))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(parameter["vhost"], "/", "{exported}");
+    assert_eq!(parameter["value"]["pattern"], cap["pattern"], "{parameter}");
+    assert_eq!(
+        parameter["value"]["definition"], cap["definition"],
+        "{parameter}"
+    );
+
+    // Cleared, the policy's own limit is back.
+    assert_eq!(api(&api_base, Method::DELETE, &op_path, None).await.0, 204);
+    assert_eq!(api(&api_base, Method::DELETE, &op_path, None).await.0, 404);
+    // (RabbitMQ tells a live queue of a policy change asynchronously.)
+    eventually("the operator's cap lifted", STEP, || async {
+        publish(&ch, "", &q, b"n").await;
+        ready_count(&conn, &q).await == 5
+    })
+    .await;
+    for body in ["n0", "n1"] {
+        publish(&ch, "", &q, body.as_bytes()).await;
+    }
+    assert_eq!(ready_count(&conn, &q).await, 5, "the policy's limit");
+    assert_eq!(
+        api(&api_base, Method::DELETE, &policy_path, None).await.0,
+        204
     );
     close(conn).await;
 }

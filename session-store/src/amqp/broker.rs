@@ -34,7 +34,7 @@ use super::dead_letter::{self, Reason, Target};
 use super::error::AmqpError;
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::flow::MemoryMonitor;
-use super::policy::{Policies, Policy};
+use super::policy::{Kind, Policies, Policy};
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage, Return};
 use super::queue_args::{
     Overflow, QueueArgs, QueueType, check_args_equivalent, check_equivalent, consumer_priority,
@@ -65,6 +65,7 @@ pub struct VHost {
     pub(super) exchanges: HashMap<String, Exchange>,
     pub(super) queues: HashMap<String, Queue>,
     pub(super) policies: Policies,
+    pub(super) operator_policies: Policies,
     /// Where durable changes are logged; none when nothing persists.
     journal: Option<Journal>,
 }
@@ -93,7 +94,16 @@ impl VHost {
             exchanges,
             queues: HashMap::new(),
             policies: Policies::default(),
+            operator_policies: Policies::default(),
             journal: None,
+        }
+    }
+
+    /// The list of policies of `kind`.
+    pub(super) fn policy_list(&mut self, kind: Kind) -> &mut Policies {
+        match kind {
+            Kind::Policy => &mut self.policies,
+            Kind::Operator => &mut self.operator_policies,
         }
     }
 
@@ -728,7 +738,10 @@ impl Broker {
             d.arguments.clone(),
             args,
         );
-        let none_yet = q.set_policy(vhost.policies.for_queue(&name));
+        let none_yet = q.set_policy(
+            vhost.policies.for_queue(&name),
+            vhost.operator_policies.for_queue(&name),
+        );
         debug_assert!(none_yet.is_empty(), "an empty queue drops nothing");
         // Exclusive queues die with their connection, so they are never logged.
         if d.durable && owner.is_none() && vhost.journal.is_some() {
@@ -754,20 +767,27 @@ impl Broker {
         self.lock().vhost.exchanges.get(name).map(|x| x.kind)
     }
 
-    /// The vhost's policies, highest priority first.
-    pub fn policies(&self) -> Vec<Arc<Policy>> {
-        self.lock().vhost.policies.iter().cloned().collect()
+    /// The vhost's policies of `kind`, highest priority first.
+    pub fn policies(&self, kind: Kind) -> Vec<Arc<Policy>> {
+        self.lock()
+            .vhost
+            .policy_list(kind)
+            .iter()
+            .cloned()
+            .collect()
     }
 
-    /// Adds or replaces a policy and applies the vhost's policies anew to every queue and
-    /// exchange. Returns whether one of that name existed, and the journal position to
-    /// await (see [`Broker::synced`]) before telling the caller it is kept.
+    /// Adds or replaces a policy (of its kind) and applies the vhost's policies anew to
+    /// every queue and exchange. Returns whether one of that name existed, and the
+    /// journal position to await (see [`Broker::synced`]) before telling the caller it
+    /// is kept.
     pub fn set_policy(&self, policy: Policy) -> (bool, Option<u64>) {
         let mut core = self.lock();
         let vhost = &mut core.vhost;
-        let (name, json) = (policy.name.clone(), policy.to_json(&vhost.name).to_string());
-        let existed = vhost.policies.set(policy);
-        let logged = vhost.log(|| Record::SetPolicy { name, json });
+        let (kind, name) = (policy.kind, policy.name.clone());
+        let json = policy.to_json(&vhost.name).to_string();
+        let existed = vhost.policy_list(kind).set(policy);
+        let logged = vhost.log(|| Record::SetPolicy { kind, name, json });
         reapply_policies(&mut core);
         drop(core);
         self.memory.check();
@@ -776,13 +796,14 @@ impl Broker {
 
     /// Removes a policy and applies the rest anew. None when there was no such policy;
     /// else the journal position to await, as for [`Broker::set_policy`].
-    pub fn clear_policy(&self, name: &str) -> Option<Option<u64>> {
+    pub fn clear_policy(&self, kind: Kind, name: &str) -> Option<Option<u64>> {
         let mut core = self.lock();
         let vhost = &mut core.vhost;
-        if !vhost.policies.remove(name) {
+        if !vhost.policy_list(kind).remove(name) {
             return None;
         }
         let logged = vhost.log(|| Record::ClearPolicy {
+            kind,
             name: name.to_string(),
         });
         reapply_policies(&mut core);
@@ -1495,7 +1516,10 @@ fn reapply_policies(core: &mut Core) {
     let vhost = &mut core.vhost;
     let mut dead = Vec::new();
     for (name, q) in &mut vhost.queues {
-        let dropped = q.set_policy(vhost.policies.for_queue(name));
+        let dropped = q.set_policy(
+            vhost.policies.for_queue(name),
+            vhost.operator_policies.for_queue(name),
+        );
         dead.extend(dead_letters(q, dropped, Reason::MaxLen));
     }
     for (name, x) in &mut vhost.exchanges {

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::exchange::ExchangeKind;
 use super::limits::{self, Limits};
 use super::permissions::{Permissions, TopicPermission};
-use super::policy::Policy;
+use super::policy::{Kind, Policy};
 use super::queue_args::QueueArgs;
 use super::users::{GUEST, Hashing, PasswordHash, User, Users};
 
@@ -85,7 +85,7 @@ pub struct Definitions {
     pub exchanges: Vec<ExchangeDef>,
     pub queues: Vec<QueueDef>,
     pub bindings: Vec<BindingDef>,
-    /// Policies by vhost, set before anything is declared.
+    /// Policies and operator policies by vhost, set before anything is declared.
     pub policies: Vec<(String, Policy)>,
     /// What the file holds that this broker does not apply (runtime parameters), one
     /// line each, so that the start can say so instead of the broker
@@ -351,6 +351,20 @@ impl Definitions {
         }
         let mut unsupported = Vec::new();
         for p in file.parameters {
+            if p.component == OPERATOR_POLICY {
+                let vhost = p.vhost.unwrap_or_default();
+                known_vhost(&vhost, &|| format!("operator policy '{}'", p.name))?;
+                let policy =
+                    Policy::parse_as(Kind::Operator, &p.name, &p.value).map_err(|reason| {
+                        invalid(format!(
+                            "operator policy '{}' in vhost '{vhost}': {}",
+                            p.name,
+                            reason.trim_end()
+                        ))
+                    })?;
+                d.policies.push((vhost, policy));
+                continue;
+            }
             if p.component != VHOST_LIMITS {
                 unsupported.push(format!("'{}'", p.name));
                 continue;
@@ -410,8 +424,8 @@ fn invalid(problem: String) -> ParseError {
     ParseError::Invalid(problem)
 }
 
-/// The sections read. Of `parameters` only vhost limits are applied; the others are read
-/// to name what is not. Other sections are ignored.
+/// The sections read. Of `parameters` only vhost limits and operator policies are
+/// applied; the others are read to name what is not. Other sections are ignored.
 #[derive(Deserialize)]
 struct File {
     #[serde(default)]
@@ -435,6 +449,8 @@ struct File {
 
 /// RabbitMQ keeps vhost limits as the runtime parameter `limits` of this component.
 const VHOST_LIMITS: &str = "vhost-limits";
+/// RabbitMQ keeps operator policies as runtime parameters of this component.
+pub const OPERATOR_POLICY: &str = "operator_policy";
 
 #[derive(Deserialize)]
 struct ParameterJson {
@@ -770,9 +786,18 @@ mod tests {
                 "parameters": [
                   {"vhost": "/", "component": "vhost-limits", "name": "limits",
                    "value": {"max-queues": 10}},
+                  {"vhost": "/", "component": "operator_policy", "name": "cap",
+                   "value": {"pattern": ".*", "definition": {"max-length": 100},
+                             "priority": 0, "apply-to": "queues"}},
                   {"vhost": "/", "component": "shovel", "name": "to-dc2", "value": {}}]}"#,
         )
         .expect("valid");
+        let (vhost, cap) = &d.policies[0];
+        assert_eq!((vhost.as_str(), cap.name.as_str()), ("/", "cap"));
+        assert_eq!(
+            (cap.kind, cap.effect.max_length),
+            (Kind::Operator, Some(100))
+        );
         let app = d.users.user_limits("app");
         assert_eq!(app.get("max-connections"), Some(5));
         assert_eq!(app.get("max-channels"), None, "negative is no limit");
@@ -782,6 +807,14 @@ mod tests {
         assert_eq!(exported["parameters"][0]["value"]["max-queues"], 10);
         assert_eq!(exported["users"][0]["limits"]["max-connections"], 5);
 
+        let not_a_limit = r#"{"vhosts": [{"name": "/"}], "parameters": [{"vhost": "/",
+            "component": "operator_policy", "name": "dlx",
+            "value": {"pattern": ".*", "definition": {"dead-letter-exchange": "x"}}}]}"#;
+        assert!(
+            problem(not_a_limit).contains("operator policy 'dlx' in vhost '/'"),
+            "{}",
+            problem(not_a_limit)
+        );
         let bad = r#"{"users": [{"name": "app", "password": "pw", "limits": {"max-queues": 1}}]}"#;
         assert_eq!(
             problem(bad),

@@ -173,6 +173,17 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         )
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node_named))
+        .route("/api/operator-policies", get(policies::list_operator))
+        .route(
+            "/api/operator-policies/{vhost}",
+            get(policies::list_operator_in),
+        )
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(policies::get_operator)
+                .put(policies::put_operator)
+                .delete(policies::delete_operator),
+        )
         .route("/api/policies", get(policies::list))
         .route("/api/policies/{vhost}", get(policies::list_in))
         .route(

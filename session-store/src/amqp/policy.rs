@@ -6,6 +6,10 @@
 //! precedence holds: the smaller limit wins, and the queue's own dead-letter settings
 //! and overflow win over the policy's.
 //!
+//! Operator policies are RabbitMQ's caps on top: set by administrators, limited to TTLs,
+//! expiry, lengths and delivery limits, and matched beside the (user) policy, so a queue
+//! can have one of each. Where both set a key, the smaller value applies.
+//!
 //! Policies are checked as RabbitMQ 3.10 checks them, with its reasons (in its Erlang
 //! notation, `<<"a">> is not a valid message TTL`), so tools that print them read the
 //! same. Keys that only matter to a cluster or to RabbitMQ's storage (`ha-mode`,
@@ -40,6 +44,27 @@ const INERT_KEYS: &[&str] = &[
     "stream-max-segment-size-bytes",
 ];
 
+/// The keys an operator policy may set (RabbitMQ's `operator_policy_validator`s); each
+/// merges with a policy's value as the smaller of the two.
+const OPERATOR_KEYS: &[&str] = &[
+    "delivery-limit",
+    "expires",
+    "max-in-memory-bytes",
+    "max-in-memory-length",
+    "max-length",
+    "max-length-bytes",
+    "message-ttl",
+];
+
+/// Which of a vhost's two lists a policy belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// Set by users with the `policymaker` tag: any key.
+    Policy,
+    /// Set by administrators: only [`OPERATOR_KEYS`], merged over the policy.
+    Operator,
+}
+
 /// What a policy may apply to (`apply-to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyTo {
@@ -72,9 +97,46 @@ pub struct Effect {
     pub alternate_exchange: Option<String>,
 }
 
+impl Effect {
+    /// What applies to an object with `policy` and `operator` matching it: the policy's
+    /// settings, with each limit the operator policy also sets lowered to the smaller
+    /// (RabbitMQ's `merge_policy_value`). None when neither matches.
+    pub fn merged(policy: Option<&Effect>, operator: Option<&Effect>) -> Option<Effect> {
+        let Some(op) = operator else {
+            return policy.cloned();
+        };
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut e = policy.cloned().unwrap_or_default();
+        e.message_ttl = min(e.message_ttl, op.message_ttl);
+        e.expires = min(e.expires, op.expires);
+        e.max_length = min(e.max_length, op.max_length);
+        e.max_length_bytes = min(e.max_length_bytes, op.max_length_bytes);
+        e.delivery_limit = min(e.delivery_limit, op.delivery_limit);
+        Some(e)
+    }
+}
+
+/// The definition listed as a queue's `effective_policy_definition`: the keys of both,
+/// the smaller value where both set one (an operator policy's values are whole numbers).
+pub fn merged_definition(policy: Option<&Policy>, operator: Option<&Policy>) -> Map<String, Value> {
+    let mut out = policy.map_or_else(Map::new, |p| p.definition.clone());
+    for (key, value) in operator.into_iter().flat_map(|o| &o.definition) {
+        let smaller = match (out.get(key).and_then(Value::as_u64), value.as_u64()) {
+            (Some(own), Some(op)) if own < op => continue,
+            _ => value.clone(),
+        };
+        out.insert(key.clone(), smaller);
+    }
+    out
+}
+
 /// One policy of a vhost.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    pub kind: Kind,
     pub name: String,
     pub pattern: String,
     regex: Regex,
@@ -89,6 +151,11 @@ impl Policy {
     /// Reads a policy from its JSON (the management API's PUT body, a definitions file
     /// entry), refusing it with RabbitMQ's reason.
     pub fn parse(name: &str, body: &Value) -> Result<Policy, String> {
+        Policy::parse_as(Kind::Policy, name, body)
+    }
+
+    /// As [`Policy::parse`], for a policy of `kind`.
+    pub fn parse_as(kind: Kind, name: &str, body: &Value) -> Result<Policy, String> {
         let Some(body) = body.as_object() else {
             return Err("not_json".to_string());
         };
@@ -140,8 +207,9 @@ impl Policy {
                 erlang(definition)
             )));
         };
-        let effect = effect(definition).map_err(failed)?;
+        let effect = effect(kind, definition).map_err(failed)?;
         Ok(Policy {
+            kind,
             name: name.to_string(),
             pattern: pattern.to_string(),
             regex,
@@ -225,31 +293,19 @@ fn outranks(a: &Policy, b: &Policy) -> std::cmp::Ordering {
         .then_with(|| a.name.cmp(&b.name))
 }
 
-/// Checks a definition key by key as RabbitMQ does: unknown keys first (all of them,
-/// sorted), then each known key in key order.
-fn effect(definition: &Map<String, Value>) -> Result<Effect, String> {
+/// Checks a definition key by key as RabbitMQ does: each known key in key order, then
+/// the unknown keys (all of them, sorted). Which keys are known depends on the `kind`.
+fn effect(kind: Kind, definition: &Map<String, Value>) -> Result<Effect, String> {
     if definition.is_empty() {
         return Err("no policy provided".to_string());
     }
     let mut keys: Vec<&String> = definition.keys().collect();
     keys.sort();
-    let unknown: Vec<String> = keys
-        .iter()
-        .filter(|k| !INERT_KEYS.contains(&k.as_str()) && !is_effective(k))
-        .map(|k| {
-            format!(
-                "{{{},{}}}",
-                erlang_binary(k),
-                erlang(&definition[k.as_str()])
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(format!(
-            "[{}] are not recognised policy settings",
-            unknown.join(",")
-        ));
-    }
+    let known = |k: &str| match kind {
+        Kind::Policy => INERT_KEYS.contains(&k) || is_effective(k),
+        Kind::Operator => OPERATOR_KEYS.contains(&k),
+    };
+    let (keys, unknown): (Vec<&String>, Vec<&String>) = keys.into_iter().partition(|k| known(k));
     let mut e = Effect::default();
     for key in keys {
         let v = &definition[key.as_str()];
@@ -278,8 +334,27 @@ fn effect(definition: &Map<String, Value>) -> Result<Effect, String> {
                 e.dead_letter_routing_key = Some(text("dead letter routing key")?);
             }
             "alternate-exchange" => e.alternate_exchange = Some(text("alternate exchange name")?),
+            "max-in-memory-length" | "max-in-memory-bytes" => {
+                count(0, "maximum memory in bytes")?;
+            }
             _ => {}
         }
+    }
+    if !unknown.is_empty() {
+        let listed: Vec<String> = unknown
+            .iter()
+            .map(|k| {
+                format!(
+                    "{{{},{}}}",
+                    erlang_binary(k),
+                    erlang(&definition[k.as_str()])
+                )
+            })
+            .collect();
+        return Err(format!(
+            "[{}] are not recognised policy settings",
+            listed.join(",")
+        ));
     }
     Ok(e)
 }
@@ -386,6 +461,80 @@ mod tests {
         assert!(all.remove("high"));
         assert!(!all.remove("high"));
         assert_eq!(name(all.for_queue("q.1")), Some("low".to_string()));
+    }
+
+    #[test]
+    fn operator_policies_take_only_limits() {
+        let reason = |definition: Value| {
+            Policy::parse_as(
+                Kind::Operator,
+                "op",
+                &json!({"pattern": ".*", "definition": definition}),
+            )
+            .err()
+            .unwrap_or_default()
+        };
+        assert_eq!(
+            reason(json!({"dead-letter-exchange": "dlx", "max-length": 5})),
+            "Validation failed\n\n[{<<\"dead-letter-exchange\">>,<<\"dlx\">>}] are not recognised policy settings\n"
+        );
+        // A bad value is reported before an unknown key, as RabbitMQ validates.
+        assert_eq!(
+            reason(json!({"overflow": "drop-head", "max-in-memory-length": -1})),
+            "Validation failed\n\n-1 is not a valid maximum memory in bytes\n"
+        );
+        let op = Policy::parse_as(
+            Kind::Operator,
+            "op",
+            &json!({"pattern": ".*",
+            "definition": {"max-length": 5, "message-ttl": 1000, "max-in-memory-length": 3}}),
+        )
+        .expect("limits are operator settings");
+        assert_eq!(op.kind, Kind::Operator);
+        assert_eq!(
+            (op.effect.max_length, op.effect.message_ttl),
+            (Some(5), Some(1000))
+        );
+    }
+
+    #[test]
+    fn operator_limits_lower_the_policy_s() {
+        let policy = Policy::parse(
+            "p",
+            &json!({"pattern": ".*", "definition":
+            {"max-length": 3, "message-ttl": 60000, "dead-letter-exchange": "dlx"}}),
+        )
+        .expect("policy");
+        let op = Policy::parse_as(
+            Kind::Operator,
+            "op",
+            &json!({"pattern": ".*",
+            "definition": {"max-length": 10, "message-ttl": 500, "expires": 9000}}),
+        )
+        .expect("operator policy");
+        let e = Effect::merged(Some(&policy.effect), Some(&op.effect)).expect("both apply");
+        assert_eq!(e.max_length, Some(3), "the policy's smaller limit stays");
+        assert_eq!(
+            e.message_ttl,
+            Some(500),
+            "the operator's smaller TTL applies"
+        );
+        assert_eq!(e.expires, Some(9000));
+        assert_eq!(e.dead_letter_exchange.as_deref(), Some("dlx"));
+        assert_eq!(Effect::merged(None, None), None);
+        assert_eq!(
+            Effect::merged(None, Some(&op.effect)),
+            Some(op.effect.clone())
+        );
+        assert_eq!(
+            Value::Object(merged_definition(Some(&policy), Some(&op))),
+            json!({"max-length": 3, "message-ttl": 500, "expires": 9000, "dead-letter-exchange": "dlx"})
+        );
+        assert_eq!(
+            Value::Object(merged_definition(None, Some(&op))),
+            json!({"max-length": 10,
+            "message-ttl": 500, "expires": 9000})
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::broker::ConnId;
 use super::flow::Charge;
-use super::policy::Policy;
+use super::policy::{Effect, Policy};
 use super::queue_args::{Overflow, QueueArgs, QueueType, parse_expiration};
 use super::ready::Ready;
 use super::stats::MessageStats;
@@ -189,10 +189,12 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// What `arguments` say.
     pub declared: QueueArgs,
-    /// What applies: `declared` under `policy`.
+    /// What applies: `declared` under `policy` and `operator_policy`.
     pub args: QueueArgs,
     /// The vhost's policy that matches the queue, if any.
     pub policy: Option<Arc<Policy>>,
+    /// The vhost's operator policy that matches the queue, if any.
+    pub operator_policy: Option<Arc<Policy>>,
     messages: Ready,
     /// Body bytes of `messages`, for `x-max-length-bytes`.
     bytes: u64,
@@ -235,6 +237,7 @@ impl Queue {
             declared: args.clone(),
             args,
             policy: None,
+            operator_policy: None,
             messages,
             bytes: 0,
             refusing: false,
@@ -348,15 +351,22 @@ impl Queue {
         dropped
     }
 
-    /// Puts the queue under `policy` (or none). A drop-head queue whose limit fell drops
+    /// Puts the queue under `policy` and `operator` (or none). A drop-head queue whose limit fell drops
     /// its oldest messages at once, as RabbitMQ's does; the caller dead-letters them.
     /// Messages already queued keep the expiry they were given.
     #[must_use]
-    pub fn set_policy(&mut self, policy: Option<Arc<Policy>>) -> Vec<QueuedMessage> {
-        self.args = self
-            .declared
-            .with_policy(&self.arguments, policy.as_deref().map(|p| &p.effect));
+    pub fn set_policy(
+        &mut self,
+        policy: Option<Arc<Policy>>,
+        operator: Option<Arc<Policy>>,
+    ) -> Vec<QueuedMessage> {
+        let effect = Effect::merged(
+            policy.as_deref().map(|p| &p.effect),
+            operator.as_deref().map(|p| &p.effect),
+        );
+        self.args = self.declared.with_policy(&self.arguments, effect.as_ref());
         self.policy = policy;
+        self.operator_policy = operator;
         self.refusing = false;
         self.refuse_if_over();
         self.trim()

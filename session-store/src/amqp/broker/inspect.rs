@@ -52,6 +52,8 @@ pub struct QueueInfo {
     pub consumer_ready: bool,
     /// The policy that applies, and its definition.
     pub policy: Option<Arc<Policy>>,
+    /// The operator policy that applies, and its definition.
+    pub operator_policy: Option<Arc<Policy>>,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +198,7 @@ impl Broker {
                         .map(|c| c.tag.to_string()),
                     consumer_ready,
                     policy: q.policy.clone(),
+                    operator_policy: q.operator_policy.clone(),
                 }
             })
             .collect();

@@ -13,6 +13,7 @@ use super::depths::Depths;
 use crate::amqp::broker::{Broker, ConnId};
 use crate::amqp::definitions;
 use crate::amqp::node::{ConnInfo, Node};
+use crate::amqp::policy::{self, Kind};
 use crate::amqp::stats::{DepthRates, MessageStats, Rates};
 use crate::amqp::users::{User, Users};
 
@@ -349,9 +350,12 @@ pub fn queues(node: &Node, depths: &Depths, vhosts: &[Arc<Broker>], only: Option
                         "exclusive": q.exclusive,
                         "arguments": table(&q.arguments),
                         "policy": q.policy.as_ref().map(|p| p.name.as_str()),
-                        "operator_policy": null,
-                        "effective_policy_definition":
-                            q.policy.as_ref().map_or_else(Map::new, |p| p.definition.clone()),
+                        "operator_policy":
+                            q.operator_policy.as_ref().map(|p| p.name.as_str()),
+                        "effective_policy_definition": policy::merged_definition(
+                            q.policy.as_deref(),
+                            q.operator_policy.as_deref(),
+                        ),
                         "messages": q.messages_ready + q.messages_unacknowledged,
                         "messages_ready": q.messages_ready,
                         "messages_unacknowledged": q.messages_unacknowledged,
@@ -502,13 +506,38 @@ pub fn definitions(node: &Node) -> Value {
         "vhosts": vhosts,
         "permissions": permissions(node),
         "topic_permissions": definitions::topic_permissions_json(&node.users(), &vhost_names),
-        "parameters": definitions::vhost_limits_json(&node.users(), &vhost_names),
+        "parameters": parameters(node, &vhost_names, &node.vhosts()),
         "global_parameters": [],
-        "policies": policies(&node.vhosts()),
+        "policies": policies(Kind::Policy, &node.vhosts()),
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
     })
+}
+
+/// A definitions file's runtime parameters: the vhosts' limits and operator policies, as
+/// RabbitMQ keeps them (components `vhost-limits` and `operator_policy`).
+fn parameters(node: &Node, names: &[String], vhosts: &[Arc<Broker>]) -> Value {
+    let mut list = match definitions::vhost_limits_json(&node.users(), names) {
+        Value::Array(list) => list,
+        _ => Vec::new(),
+    };
+    for v in vhosts {
+        for p in v.policies(Kind::Operator) {
+            let mut value = p.to_json(v.name());
+            if let Value::Object(fields) = &mut value {
+                fields.remove("vhost");
+                fields.remove("name");
+            }
+            list.push(json!({
+                "value": value,
+                "vhost": v.name(),
+                "component": definitions::OPERATOR_POLICY,
+                "name": p.name,
+            }));
+        }
+    }
+    Value::Array(list)
 }
 
 /// `/api/definitions/{vhost}`: one vhost's part, as RabbitMQ exports it (what
@@ -528,8 +557,8 @@ pub fn vhost_definitions(node: &Node, vhost: &Arc<Broker>) -> Value {
     });
     json!({
         "rabbit_version": MANAGEMENT_VERSION,
-        "parameters": definitions::vhost_limits_json(&node.users(), &here),
-        "policies": policies(std::slice::from_ref(vhost)),
+        "parameters": parameters(node, &here, std::slice::from_ref(vhost)),
+        "policies": policies(Kind::Policy, std::slice::from_ref(vhost)),
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -695,12 +724,13 @@ pub fn resident_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// `/api/policies`: the given vhosts' policies, each vhost's highest priority first.
-pub fn policies<'a>(vhosts: impl IntoIterator<Item = &'a Arc<Broker>>) -> Value {
+/// `/api/policies` or `/api/operator-policies`: the given vhosts' policies of `kind`, each
+/// vhost's highest priority first.
+pub fn policies<'a>(kind: Kind, vhosts: impl IntoIterator<Item = &'a Arc<Broker>>) -> Value {
     vhosts
         .into_iter()
         .flat_map(|v| {
-            v.policies()
+            v.policies(kind)
                 .into_iter()
                 .map(|p| p.to_json(v.name()))
                 .collect::<Vec<_>>()

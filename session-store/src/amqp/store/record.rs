@@ -17,6 +17,7 @@ use amq_protocol::types::parsing::parse_field_table;
 use bytes::Bytes;
 
 use super::super::exchange::Destination;
+use super::super::policy::Kind;
 use super::super::queue::Message;
 
 /// Bytes before each record's payload: its length and checksum.
@@ -74,12 +75,14 @@ pub enum Record {
     Purge {
         queue: Arc<str>,
     },
-    /// A policy set (or replaced), as its management API JSON.
+    /// A policy or operator policy set (or replaced), as its management API JSON.
     SetPolicy {
+        kind: Kind,
         name: String,
         json: String,
     },
     ClearPolicy {
+        kind: Kind,
         name: String,
     },
 }
@@ -111,6 +114,16 @@ const SETTLE: u8 = 10;
 const PURGE: u8 = 11;
 const SET_POLICY: u8 = 12;
 const CLEAR_POLICY: u8 = 13;
+const SET_OPERATOR_POLICY: u8 = 14;
+const CLEAR_OPERATOR_POLICY: u8 = 15;
+
+fn policy_kind(operator: bool) -> Kind {
+    if operator {
+        Kind::Operator
+    } else {
+        Kind::Policy
+    }
+}
 
 const TO_QUEUE: u8 = 0;
 const TO_EXCHANGE: u8 = 1;
@@ -228,13 +241,19 @@ impl Record {
                 out.push(PURGE);
                 put_str(out, queue);
             }
-            Record::SetPolicy { name, json } => {
-                out.push(SET_POLICY);
+            Record::SetPolicy { kind, name, json } => {
+                out.push(match kind {
+                    Kind::Policy => SET_POLICY,
+                    Kind::Operator => SET_OPERATOR_POLICY,
+                });
                 put_str(out, name);
                 put_str(out, json);
             }
-            Record::ClearPolicy { name } => {
-                out.push(CLEAR_POLICY);
+            Record::ClearPolicy { kind, name } => {
+                out.push(match kind {
+                    Kind::Policy => CLEAR_POLICY,
+                    Kind::Operator => CLEAR_OPERATOR_POLICY,
+                });
                 put_str(out, name);
             }
         }
@@ -313,11 +332,15 @@ impl Record {
             PURGE => Record::Purge {
                 queue: r.string()?.into(),
             },
-            SET_POLICY => Record::SetPolicy {
+            tag @ (SET_POLICY | SET_OPERATOR_POLICY) => Record::SetPolicy {
+                kind: policy_kind(tag == SET_OPERATOR_POLICY),
                 name: r.string()?,
                 json: r.string()?,
             },
-            CLEAR_POLICY => Record::ClearPolicy { name: r.string()? },
+            tag @ (CLEAR_POLICY | CLEAR_OPERATOR_POLICY) => Record::ClearPolicy {
+                kind: policy_kind(tag == CLEAR_OPERATOR_POLICY),
+                name: r.string()?,
+            },
             other => return Err(bad(format!("unknown record type {other}"))),
         };
         if !r.buf.is_empty() {
@@ -512,10 +535,23 @@ mod tests {
             },
             Record::Purge { queue: "q".into() },
             Record::SetPolicy {
+                kind: Kind::Policy,
                 name: "ttl".into(),
                 json: r#"{"pattern":"^q","definition":{"message-ttl":5}}"#.into(),
             },
-            Record::ClearPolicy { name: "ttl".into() },
+            Record::ClearPolicy {
+                kind: Kind::Policy,
+                name: "ttl".into(),
+            },
+            Record::SetPolicy {
+                kind: Kind::Operator,
+                name: "cap".into(),
+                json: r#"{"pattern":".*","definition":{"max-length":9}}"#.into(),
+            },
+            Record::ClearPolicy {
+                kind: Kind::Operator,
+                name: "cap".into(),
+            },
         ]
     }
 

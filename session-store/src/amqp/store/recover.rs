@@ -28,13 +28,13 @@ pub fn restore(vhost: &mut VHost, state: State, journal: &Journal) {
         messages,
         ..
     } = state;
-    for (name, json) in policies {
+    for ((kind, name), json) in policies {
         match serde_json::from_str(&json)
             .map_err(|e| e.to_string())
-            .and_then(|body| Policy::parse(&name, &body))
+            .and_then(|body| Policy::parse_as(kind, &name, &body))
         {
             Ok(policy) => {
-                vhost.policies.set(policy);
+                vhost.policy_list(kind).set(policy);
             }
             Err(e) => warn!("amqp store: policy '{name}' not recovered: {e}"),
         }
@@ -63,7 +63,10 @@ pub fn restore(vhost: &mut VHost, state: State, journal: &Journal) {
         });
         let mut q = Queue::new(&name, true, None, def.auto_delete, def.arguments, args);
         q.journal = Some(journal.clone());
-        let none_yet = q.set_policy(vhost.policies.for_queue(&name));
+        let none_yet = q.set_policy(
+            vhost.policies.for_queue(&name),
+            vhost.operator_policies.for_queue(&name),
+        );
         debug_assert!(none_yet.is_empty(), "an empty queue drops nothing");
         for (id, delivered) in def.messages {
             let Some(m) = messages.get(&id) else {

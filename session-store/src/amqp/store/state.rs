@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
+use super::super::policy::Kind;
 use super::super::queue::Message;
 use super::record::{BindingRecord, Record};
 
@@ -45,8 +46,8 @@ pub struct State {
     pub exchanges: BTreeMap<String, ExchangeDef>,
     pub queues: BTreeMap<Arc<str>, QueueDef>,
     pub bindings: Vec<BindingRecord>,
-    /// Policies by name, as their JSON.
-    pub policies: BTreeMap<String, String>,
+    /// Policies and operator policies by kind and name, as their JSON.
+    pub policies: BTreeMap<(Kind, String), String>,
     pub messages: HashMap<u64, StoredMessage>,
     /// The highest message id seen, so new ids never repeat old ones.
     pub max_id: u64,
@@ -166,11 +167,11 @@ impl State {
                     }
                 }
             }
-            Record::SetPolicy { name, json } => {
-                self.policies.insert(name.clone(), json.clone());
+            Record::SetPolicy { kind, name, json } => {
+                self.policies.insert((*kind, name.clone()), json.clone());
             }
-            Record::ClearPolicy { name } => {
-                self.policies.remove(name);
+            Record::ClearPolicy { kind, name } => {
+                self.policies.remove(&(*kind, name.clone()));
             }
         }
     }
@@ -197,8 +198,9 @@ impl State {
     /// [`Record::Snapshot`]; messages in id order, so each queue keeps its order.
     pub fn snapshot(&self) -> Vec<Record> {
         let mut out = vec![Record::Snapshot];
-        for (name, json) in &self.policies {
+        for ((kind, name), json) in &self.policies {
             out.push(Record::SetPolicy {
+                kind: *kind,
                 name: name.clone(),
                 json: json.clone(),
             });
@@ -362,21 +364,36 @@ mod tests {
             settle("b", 1),
             Record::DeleteQueue { name: "c".into() },
             Record::SetPolicy {
+                kind: Kind::Policy,
                 name: "kept".into(),
                 json: "{}".into(),
             },
             Record::SetPolicy {
+                kind: Kind::Operator,
+                name: "kept".into(),
+                json: "{}".into(),
+            },
+            Record::SetPolicy {
+                kind: Kind::Policy,
                 name: "cleared".into(),
                 json: "{}".into(),
             },
             Record::ClearPolicy {
+                kind: Kind::Policy,
                 name: "cleared".into(),
             },
         ]);
         let snapshot = s.snapshot();
         assert_eq!(snapshot[0], Record::Snapshot);
         let rebuilt = replay(&snapshot);
-        assert_eq!(rebuilt.policies.keys().collect::<Vec<_>>(), ["kept"]);
+        let kept = [
+            (Kind::Policy, "kept".to_string()),
+            (Kind::Operator, "kept".to_string()),
+        ];
+        assert_eq!(
+            rebuilt.policies.keys().collect::<Vec<_>>(),
+            kept.iter().collect::<Vec<_>>()
+        );
         assert_eq!(rebuilt.exchanges, s.exchanges);
         assert_eq!(rebuilt.queues, s.queues);
         assert_eq!(rebuilt.bindings, s.bindings);
