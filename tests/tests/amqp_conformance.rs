@@ -6524,6 +6524,20 @@ async fn api_as(
     (status, serde_json::from_str(&text).unwrap_or_default())
 }
 
+/// Creates `user` (password `pw`) with `tags` and every permission on the vhost
+/// `vhost_path` (percent-encoded).
+async fn add_user(api_base: &str, user: &str, tags: &str, vhost_path: &str) {
+    use serde_json::json;
+    let created = json!({"password": "pw", "tags": tags});
+    let path = format!("/api/users/{user}");
+    let (status, _) = api(api_base, reqwest::Method::PUT, &path, Some(created)).await;
+    assert_eq!(status, 201, "create user {user}");
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    let grant = format!("/api/permissions/{vhost_path}/{user}");
+    let (status, _) = api(api_base, reqwest::Method::PUT, &grant, Some(all)).await;
+    assert_eq!(status, 201, "grant {user} on {vhost_path}");
+}
+
 /// Polls `check` until it holds, for at most `limit`.
 async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
@@ -6798,16 +6812,7 @@ async fn operator_policies(url: String, api_base: String, _metrics: String) {
     // A policymaker may set policies, not operator policies.
     let maker = uniq("maker");
     let user_path = format!("/api/users/{maker}");
-    let created = json!({"password": "pw", "tags": "policymaker"});
-    assert_eq!(
-        api(&api_base, Method::PUT, &user_path, Some(created))
-            .await
-            .0,
-        201
-    );
-    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
-    let grant = format!("/api/permissions/%2F/{maker}");
-    assert_eq!(api(&api_base, Method::PUT, &grant, Some(all)).await.0, 201);
+    add_user(&api_base, &maker, "policymaker", "%2F").await;
     let (status, refused) = api_as(
         &api_base,
         (&maker, "pw"),
@@ -7303,17 +7308,8 @@ async fn topic_permissions(url: String, api_base: String, _metrics: String) {
     use serde_json::json;
     let user = uniq("topics");
     let user_path = format!("/api/users/{user}");
-    let grant = format!("/api/permissions/%2F/{user}");
     let topics = format!("/api/topic-permissions/%2F/{user}");
-    let created = json!({"password": "pw", "tags": "management"});
-    assert_eq!(
-        api(&api_base, Method::PUT, &user_path, Some(created))
-            .await
-            .0,
-        201
-    );
-    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
-    assert_eq!(api(&api_base, Method::PUT, &grant, Some(all)).await.0, 201);
+    add_user(&api_base, &user, "management", "%2F").await;
     let first = json!({"exchange": "amq.topic", "write": "^z", "read": "^b\\."});
     assert_eq!(
         api(&api_base, Method::PUT, &topics, Some(first)).await.0,
@@ -7500,16 +7496,7 @@ async fn limits(url: String, api_base: String, _metrics: String) {
             .0,
         201
     );
-    let created = json!({"password": "pw", "tags": "management"});
-    assert_eq!(
-        api(&api_base, Method::PUT, &user_path, Some(created))
-            .await
-            .0,
-        201
-    );
-    let grant = format!("/api/permissions/{}/{user}", percent_encode(&vhost));
-    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
-    assert_eq!(api(&api_base, Method::PUT, &grant, Some(all)).await.0, 201);
+    add_user(&api_base, &user, "management", &percent_encode(&vhost)).await;
     let (status, none) = api(&api_base, Method::GET, &vhost_limits, None).await;
     assert_eq!((status, none), (200, json!([])));
 
