@@ -164,6 +164,7 @@ macro_rules! managed_conformance {
 managed_conformance!(
     policies,
     operator_policies,
+    health_checks,
     management_closes_connections,
     prometheus_metrics,
     management_administers_access,
@@ -6892,6 +6893,82 @@ async fn operator_policies(url: String, api_base: String, _metrics: String) {
         204
     );
     close(conn).await;
+}
+
+/// The health checks probes and monitors call, as RabbitMQ answers them on a node of its
+/// own without TLS listeners.
+async fn health_checks(_url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    for (given, canonical) in [
+        ("amqp091", "amqp"),
+        ("AMQP0-9-1", "amqp"),
+        ("management", "http"),
+    ] {
+        let path = format!("/api/health/checks/protocol-listener/{given}");
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (200, json!({"status": "ok", "protocol": canonical})),
+            "{path}"
+        );
+    }
+    let (status, body) = api(
+        &api_base,
+        Method::GET,
+        "/api/health/checks/protocol-listener/stomp",
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        (&body["status"], &body["reason"], &body["missing"]),
+        (
+            &json!("failed"),
+            &json!("No active listener"),
+            &json!("stomp")
+        )
+    );
+    let protocols = body["protocols"].as_array().cloned().unwrap_or_default();
+    for listening in ["amqp", "http"] {
+        assert!(protocols.contains(&json!(listening)), "{body}");
+    }
+    for check in ["node-is-quorum-critical", "node-is-mirror-sync-critical"] {
+        let path = format!("/api/health/checks/{check}");
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (
+                200,
+                json!({"status": "ok", "reason": "single node cluster"})
+            ),
+            "{path}"
+        );
+    }
+    for (period, answer) in [
+        ("1/weeks", (200, json!({"status": "ok"}))),
+        ("3/MONTHS", (200, json!({"status": "ok"}))),
+        (
+            "soon/days",
+            (
+                400,
+                json!({"error": "bad_request", "reason": "Invalid expiration value."}),
+            ),
+        ),
+        (
+            "1/hours",
+            (
+                400,
+                json!({"error": "bad_request",
+                "reason": "Time unit not recognised. Supported units: days, weeks, months, years."}),
+            ),
+        ),
+    ] {
+        let path = format!("/api/health/checks/certificate-expiration/{period}");
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            answer,
+            "{path}"
+        );
+    }
 }
 
 /// `text` with the regular-expression metacharacters the scenario's names may hold

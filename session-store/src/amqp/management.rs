@@ -6,11 +6,11 @@
 //! have permissions on. Users, permissions and definitions (which carry password
 //! hashes) are for administrators only, as in RabbitMQ.
 //!
-//! The health checks Kubernetes probes and monitors call answer as RabbitMQ's do:
-//! `{"status":"ok"}`, or HTTP 503 with `"status":"failed"` and the reason.
+//! The health checks Kubernetes probes and monitors call are in [`health`].
 
 mod admin;
 mod depths;
+mod health;
 mod import;
 mod json;
 mod limits;
@@ -83,13 +83,29 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         .route("/api/overview", get(overview))
         .route("/api/whoami", get(whoami))
         .route("/api/aliveness-test/{vhost}", get(aliveness_test))
-        .route("/api/healthchecks/node", get(status_ok))
-        .route("/api/health/checks/alarms", get(alarms))
-        .route("/api/health/checks/local-alarms", get(local_alarms))
-        .route("/api/health/checks/virtual-hosts", get(status_ok))
+        .route("/api/healthchecks/node", get(health::status_ok))
+        .route("/api/health/checks/alarms", get(health::alarms))
+        .route("/api/health/checks/local-alarms", get(health::local_alarms))
+        .route("/api/health/checks/virtual-hosts", get(health::status_ok))
         .route(
             "/api/health/checks/port-listener/{port}",
-            get(port_listener),
+            get(health::port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocol}",
+            get(health::protocol_listener),
+        )
+        .route(
+            "/api/health/checks/node-is-quorum-critical",
+            get(health::single_node),
+        )
+        .route(
+            "/api/health/checks/node-is-mirror-sync-critical",
+            get(health::single_node),
+        )
+        .route(
+            "/api/health/checks/certificate-expiration/{within}/{unit}",
+            get(health::certificate_expiration),
         )
         .route("/api/users", get(users))
         .route(
@@ -717,69 +733,12 @@ async fn vhost_definitions(
     axum::Json(json::vhost_definitions(&node, &broker)).into_response()
 }
 
-/// A health check that passed.
-async fn status_ok() -> axum::Json<Value> {
-    axum::Json(json!({"status": "ok"}))
-}
-
-/// A health check that failed: 503 with RabbitMQ's `status`, `reason` and whatever else
-/// the check reports.
-fn check_failed(reason: &str, extra: Value) -> Response {
-    let mut body = json!({"status": "failed", "reason": reason});
-    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
-        body.extend(extra);
-    }
-    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-}
-
 /// Whether the memory alarm is on. The vhosts share one memory monitor, so any of them
 /// tells; a node without vhosts holds no messages and raises no alarm.
 fn memory_alarm(node: &Node) -> bool {
     node.vhosts()
         .first()
         .is_some_and(|v| *v.memory_alarm().borrow())
-}
-
-/// RabbitMQ's alarm check: 503 with each alarm's node and resource while one is on.
-fn alarm_check(node: &Node, reason: &str) -> Response {
-    if memory_alarm(node) {
-        check_failed(
-            reason,
-            json!({"alarms": [{"node": json::NODE, "resource": "memory"}]}),
-        )
-    } else {
-        axum::Json(json!({"status": "ok"})).into_response()
-    }
-}
-
-/// `/api/health/checks/alarms`; with one node, the cluster's alarms are the node's.
-async fn alarms(State(node): State<Arc<Node>>) -> Response {
-    alarm_check(&node, "There are alarms in effect in the cluster")
-}
-
-async fn local_alarms(State(node): State<Arc<Node>>) -> Response {
-    alarm_check(&node, "There are alarms in effect on the node")
-}
-
-/// Whether this node listens on the port: its AMQP listener or this API's, as RabbitMQ
-/// counts all of its listeners.
-async fn port_listener(State(node): State<Arc<Node>>, Path(port): Path<String>) -> Response {
-    let Ok(port) = port.parse::<i64>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "bad_request", "reason": "Invalid port"})),
-        )
-            .into_response();
-    };
-    let ports: Vec<u16> = node.listeners().iter().map(|(_, a)| a.port()).collect();
-    if ports.iter().any(|p| i64::from(*p) == port) {
-        axum::Json(json!({"status": "ok", "port": port})).into_response()
-    } else {
-        check_failed(
-            "No active listener",
-            json!({"missing": port, "ports": ports}),
-        )
-    }
 }
 
 /// The queue RabbitMQ's aliveness test declares, publishes to and reads from.
@@ -804,7 +763,7 @@ async fn aliveness_test(
     };
     match round_trip(&v) {
         Ok(()) => axum::Json(json!({"status": "ok"})).into_response(),
-        Err(reason) => check_failed(&reason, json!({})),
+        Err(reason) => health::check_failed(&reason, json!({})),
     }
 }
 

@@ -1,0 +1,130 @@
+//! The health checks Kubernetes probes and monitors call, answered as RabbitMQ's are:
+//! `{"status":"ok"}`, or HTTP 503 with `"status":"failed"`, the reason and what the check
+//! found. This node is a cluster of one and serves no TLS, so the checks about quorum,
+//! mirrors and certificates pass as RabbitMQ's do on such a node.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::json::NODE;
+use super::memory_alarm;
+use crate::amqp::node::Node;
+
+/// A health check that passed.
+pub async fn status_ok() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// A health check that failed: 503 with RabbitMQ's `status`, `reason` and whatever else
+/// the check reports.
+pub fn check_failed(reason: &str, extra: Value) -> Response {
+    let mut body = json!({"status": "failed", "reason": reason});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// RabbitMQ's alarm check: 503 with each alarm's node and resource while one is on.
+fn alarm_check(node: &Node, reason: &str) -> Response {
+    if memory_alarm(node) {
+        check_failed(
+            reason,
+            json!({"alarms": [{"node": NODE, "resource": "memory"}]}),
+        )
+    } else {
+        axum::Json(json!({"status": "ok"})).into_response()
+    }
+}
+
+/// `/api/health/checks/alarms`; with one node, the cluster's alarms are the node's.
+pub async fn alarms(State(node): State<Arc<Node>>) -> Response {
+    alarm_check(&node, "There are alarms in effect in the cluster")
+}
+
+pub async fn local_alarms(State(node): State<Arc<Node>>) -> Response {
+    alarm_check(&node, "There are alarms in effect on the node")
+}
+
+/// Whether this node listens on the port: its AMQP listener or this API's, as RabbitMQ
+/// counts all of its listeners.
+pub async fn port_listener(State(node): State<Arc<Node>>, Path(port): Path<String>) -> Response {
+    let Ok(port) = port.parse::<i64>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "bad_request", "reason": "Invalid port"})),
+        )
+            .into_response();
+    };
+    let ports: Vec<u16> = node.listeners().iter().map(|(_, a)| a.port()).collect();
+    if ports.iter().any(|p| i64::from(*p) == port) {
+        axum::Json(json!({"status": "ok", "port": port})).into_response()
+    } else {
+        check_failed(
+            "No active listener",
+            json!({"missing": port, "ports": ports}),
+        )
+    }
+}
+
+/// `/api/health/checks/protocol-listener/{protocol}`: whether the node listens for the
+/// protocol, under any of the names RabbitMQ takes for it (`amqp091`, `management`, ...).
+pub async fn protocol_listener(
+    State(node): State<Arc<Node>>,
+    Path(protocol): Path<String>,
+) -> Response {
+    let protocol = canonical_protocol(&protocol);
+    let protocols: Vec<&str> = node.listeners().iter().map(|(p, _)| *p).collect();
+    if protocols.contains(&protocol.as_str()) {
+        axum::Json(json!({"status": "ok", "protocol": protocol})).into_response()
+    } else {
+        check_failed(
+            "No active listener",
+            json!({"missing": protocol, "protocols": protocols}),
+        )
+    }
+}
+
+/// The listener name RabbitMQ's check compares for a protocol named `given`; names it
+/// does not know are compared as given, lower-cased.
+fn canonical_protocol(given: &str) -> String {
+    let given = given.to_lowercase();
+    let name = match given.as_str() {
+        "amqp091" | "amqp0.9.1" | "amqp0-9-1" | "amqp0_9_1" | "amqp10" | "amqp1.0" | "amqp1-0"
+        | "amqp1_0" => "amqp",
+        "amqps" => "amqp/ssl",
+        "http1" | "http1.1" | "http_api" | "management" | "management_ui" | "ui" => "http",
+        "cli" | "distribution" => "clustering",
+        other => other,
+    };
+    name.to_string()
+}
+
+/// `node-is-quorum-critical` and `node-is-mirror-sync-critical`: a single node can be
+/// stopped without costing another node a quorum or a mirror.
+pub async fn single_node() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok", "reason": "single node cluster"}))
+}
+
+/// `/api/health/checks/certificate-expiration/{within}/{unit}`: no listener serves TLS,
+/// so no certificate expires; the period is still checked as RabbitMQ checks it.
+pub async fn certificate_expiration(Path((within, unit)): Path<(String, String)>) -> Response {
+    let bad = |reason: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "bad_request", "reason": reason})),
+        )
+            .into_response()
+    };
+    if within.parse::<i64>().is_err() {
+        return bad("Invalid expiration value.");
+    }
+    if !["days", "weeks", "months", "years"].contains(&unit.to_lowercase().as_str()) {
+        return bad("Time unit not recognised. Supported units: days, weeks, months, years.");
+    }
+    axum::Json(json!({"status": "ok"})).into_response()
+}
