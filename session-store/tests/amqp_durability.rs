@@ -885,6 +885,112 @@ const TWO_VHOSTS: &str = r#"{
   "bindings": [{"source": "incoming", "vhost": "orders", "destination": "q", "destination_type": "queue", "routing_key": "new", "arguments": {}}]
 }"#;
 
+/// The cluster name the server sends in connection.start (read off the wire: lapin does
+/// not expose the server's properties).
+async fn announced_cluster_name(port: u16) -> String {
+    use amq_protocol::frame::{AMQPFrame, parse_frame};
+    use amq_protocol::protocol::{AMQPClass, connection};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut socket = step(tokio::net::TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .expect("connect");
+    step(socket.write_all(b"AMQP\x00\x00\x09\x01"))
+        .await
+        .expect("protocol header");
+    let mut buf = Vec::new();
+    for _ in 0..64 {
+        if let Ok((_, frame)) = parse_frame(buf.as_slice()) {
+            let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(start))) =
+                frame
+            else {
+                panic!("expected connection.start, got {frame:?}");
+            };
+            return match start.server_properties.inner().get("cluster_name") {
+                Some(AMQPValue::LongString(name)) => name.to_string(),
+                other => panic!("cluster_name: {other:?}"),
+            };
+        }
+        let mut chunk = [0u8; 4096];
+        let n = step(socket.read(&mut chunk)).await.expect("read");
+        assert!(n > 0, "closed before connection.start");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    panic!("no connection.start in {} bytes", buf.len());
+}
+
+/// The cluster's name and the global parameters set through the API are kept: they are
+/// there after a kill -9, clients are told the name, and the cluster's id stays the one it
+/// was given at first start.
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_name_and_global_parameters_survive_kill_9() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, url: String, body: Option<serde_json::Value>| {
+        let mut request = http.request(method, url).basic_auth("guest", Some("guest"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+    let get = |url: String| async {
+        let response = step(call(reqwest::Method::GET, url, None))
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = step(response.json()).await.unwrap_or_default();
+        (status, body)
+    };
+    let (store, api) = Store::start_managed(&data, &log).await;
+    let (_, first) = get(format!("{api}/api/global-parameters/internal_cluster_id")).await;
+    let id = first["value"].as_str().unwrap_or_default().to_string();
+    assert!(id.starts_with("rabbitmq-cluster-id-"), "{first}");
+    for (method, path, body, status) in [
+        (
+            reqwest::Method::PUT,
+            "cluster-name",
+            Some(serde_json::json!({"name": "edge-1"})),
+            204,
+        ),
+        (
+            reqwest::Method::PUT,
+            "global-parameters/region",
+            Some(serde_json::json!({"value": {"zone": "b"}})),
+            201,
+        ),
+        (
+            reqwest::Method::PUT,
+            "global-parameters/gone",
+            Some(serde_json::json!({"value": 1})),
+            201,
+        ),
+        (reqwest::Method::DELETE, "global-parameters/gone", None, 204),
+    ] {
+        let url = format!("{api}/api/{path}");
+        let response = step(call(method, url, body)).await.expect("request");
+        assert_eq!(response.status().as_u16(), status, "{path}");
+    }
+    assert_eq!(announced_cluster_name(store.port).await, "edge-1");
+    store.kill9();
+
+    let (store, api) = Store::start_managed(&data, &log).await;
+    assert_eq!(
+        get(format!("{api}/api/cluster-name")).await,
+        (200, serde_json::json!({"name": "edge-1"}))
+    );
+    assert_eq!(announced_cluster_name(store.port).await, "edge-1");
+    let (_, globals) = get(format!("{api}/api/global-parameters")).await;
+    assert_eq!(
+        globals,
+        serde_json::json!([
+            {"name": "cluster_name", "value": "edge-1"},
+            {"name": "internal_cluster_id", "value": id},
+            {"name": "region", "value": {"zone": "b"}},
+        ])
+    );
+    store.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_vhost_has_its_own_journal_and_defined_entities_are_journaled() {
     let tmp = tempfile::tempdir().expect("tempdir");

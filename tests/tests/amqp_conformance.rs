@@ -172,6 +172,8 @@ managed_conformance!(
     limits,
     definitions_import,
     java_client,
+    management_views,
+    runtime_parameters,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -8093,4 +8095,890 @@ async fn disconnected(conn: &Connection, who: &str) {
         assert!(Instant::now() < deadline, "{who} is still connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// RabbitMQ's answer to a path naming nothing.
+fn not_found() -> serde_json::Value {
+    serde_json::json!({"error": "Object Not Found", "reason": "Not Found"})
+}
+
+/// RabbitMQ's answer to a non-administrator calling an administrator's endpoint.
+fn not_administrator() -> serde_json::Value {
+    serde_json::json!({"error": "not_authorised", "reason": "Not administrator user"})
+}
+
+/// The broker's name for the connection whose client named it `given`, once listed.
+async fn connection_name(api_base: &str, given: &str) -> String {
+    let path = connection_path(api_base, given).await;
+    let (status, info) = api(api_base, reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{path}: {info}");
+    info["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no name in {info}"))
+        .to_string()
+}
+
+/// The scoped views operators' tools read and act on: one vhost's connections and
+/// channels, one connection's channels, one channel with its prefetch and consumers, one
+/// user's connections (closed all at once), users without permissions, bulk user deletion,
+/// topic permissions by user and by vhost, a node's health check, the login page's
+/// settings, the UI's extensions and a queue rebalance; with RabbitMQ's refusals.
+async fn management_views(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let vhost = uniq("views-vhost");
+    let v = percent_encode(&vhost);
+    let vhost_path = format!("/api/vhosts/{v}");
+    // Its creator (guest) gets every permission there.
+    assert_eq!(
+        api(&api_base, Method::PUT, &vhost_path, Some(json!({})))
+            .await
+            .0,
+        201
+    );
+    // `bare` has no permissions; `viewer` manages, on the vhost and on "/".
+    let (bare, viewer) = (uniq("bare"), uniq("viewer"));
+    let created = json!({"password": "pw", "tags": ""});
+    let bare_path = format!("/api/users/{bare}");
+    let (status, body) = api(&api_base, Method::PUT, &bare_path, Some(created)).await;
+    assert_eq!(status, 201, "{body}");
+    add_user(&api_base, &viewer, "management", &v).await;
+    let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+    let on_root = format!("/api/permissions/%2F/{viewer}");
+    assert_eq!(
+        api(&api_base, Method::PUT, &on_root, Some(all)).await.0,
+        201
+    );
+    let as_viewer = (viewer.as_str(), "pw");
+
+    let host = {
+        let base = url.rsplit_once('@').map_or(url.as_str(), |(_, host)| host);
+        base.split('/').next().unwrap_or(base).to_string()
+    };
+    let named = |given: &str| ConnectionProperties::default().with_connection_name(given.into());
+    // guest: one connection with two channels on the vhost, a consumer on the first; one
+    // connection with a channel on "/".
+    let (in_vhost, in_root) = (uniq("in-vhost"), uniq("in-root"));
+    let vhost_url = format!("amqp://guest:guest@{host}/{v}");
+    let conn = step("connect", Connection::connect(&vhost_url, named(&in_vhost)))
+        .await
+        .expect("connect to the vhost");
+    let first = channel(&conn).await;
+    let _second = channel(&conn).await;
+    let q = uniq("views-q");
+    plain_queue(&first, &q).await;
+    step("basic.qos", first.basic_qos(7, BasicQosOptions::default()))
+        .await
+        .expect("basic.qos");
+    let _consumer = consume(&first, &q, false).await;
+    let root = step("connect", Connection::connect(&url, named(&in_root)))
+        .await
+        .expect("connect to /");
+    let _root_channel = channel(&root).await;
+    // viewer: one connection on the vhost, one on "/".
+    let viewer_given = [uniq("viewer-vhost"), uniq("viewer-root")];
+    let mut viewer_conns = Vec::new();
+    for (given, path) in viewer_given.iter().zip([v.as_str(), "%2F"]) {
+        let viewer_url = format!("amqp://{viewer}:pw@{host}/{path}");
+        let opened = step("connect", Connection::connect(&viewer_url, named(given)))
+            .await
+            .expect("connect as the viewer");
+        viewer_conns.push(opened);
+    }
+
+    // One vhost's connections and channels, and nothing of another vhost's.
+    let conn_name = connection_name(&api_base, &in_vhost).await;
+    let root_name = connection_name(&api_base, &in_root).await;
+    let mut viewer_names = Vec::new();
+    for given in &viewer_given {
+        viewer_names.push(connection_name(&api_base, given).await);
+    }
+    let conn_path = format!("/api/connections/{}", percent_encode(&conn_name));
+    let connections_path = format!("{vhost_path}/connections");
+    let (status, listed) = api(&api_base, Method::GET, &connections_path, None).await;
+    assert_eq!(status, 200, "{listed}");
+    let entries = listed.as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = entries.iter().filter_map(|c| c["name"].as_str()).collect();
+    for present in [&conn_name, &viewer_names[0]] {
+        assert!(names.contains(&present.as_str()), "{present} in {listed}");
+    }
+    for absent in [&root_name, &viewer_names[1]] {
+        assert!(!names.contains(&absent.as_str()), "{absent} in {listed}");
+    }
+    assert!(entries.iter().all(|c| c["vhost"] == vhost), "{listed}");
+    let channels_path = format!("{vhost_path}/channels");
+    let root_channels = format!("/api/connections/{}/channels", percent_encode(&root_name));
+    eventually("the channels listed", STATS_LAG, || async {
+        let (_, listed) = api(&api_base, Method::GET, &channels_path, None).await;
+        let (_, on_root) = api(&api_base, Method::GET, &root_channels, None).await;
+        let of_conn = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["connection_details"]["name"] == conn_name.as_str())
+            .count();
+        of_conn == 2 && on_root.as_array().is_some_and(|l| l.len() == 1)
+    })
+    .await;
+    let (status, listed) = api(&api_base, Method::GET, &channels_path, None).await;
+    assert_eq!(status, 200, "{listed}");
+    let entries = listed.as_array().cloned().unwrap_or_default();
+    assert!(
+        entries
+            .iter()
+            .all(|c| c["vhost"] == vhost && c["connection_details"]["name"] != root_name.as_str()),
+        "{listed}"
+    );
+    let nowhere = percent_encode(&uniq("nowhere"));
+    for view in ["connections", "channels"] {
+        let path = format!("/api/vhosts/{nowhere}/{view}");
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (404, not_found()),
+            "{path}"
+        );
+    }
+
+    // One connection's channels.
+    let (status, channels) = api(
+        &api_base,
+        Method::GET,
+        &format!("{conn_path}/channels"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{channels}");
+    let channels = channels.as_array().cloned().unwrap_or_default();
+    let mut numbers: Vec<i64> = channels
+        .iter()
+        .filter_map(|c| c["number"].as_i64())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, [1, 2], "{channels:?}");
+    assert!(
+        channels
+            .iter()
+            .all(|c| c["connection_details"]["name"] == conn_name.as_str()),
+        "{channels:?}"
+    );
+    // RabbitMQ fails (500, no body) for a connection it does not have; an error either way.
+    let unknown = format!(
+        "/api/connections/{}/channels",
+        percent_encode("127.0.0.1:1 -> 127.0.0.1:2")
+    );
+    let (status, body) = api(&api_base, Method::GET, &unknown, None).await;
+    assert!(status >= 400, "{unknown}: {status} {body}");
+
+    // One channel, with its prefetch and its consumer (statistics that lag).
+    let first_name = channels
+        .iter()
+        .find(|c| c["number"] == 1)
+        .and_then(|c| c["name"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let channel_path = format!("/api/channels/{}", percent_encode(&first_name));
+    eventually("the channel counts its consumer", STATS_LAG, || async {
+        api(&api_base, Method::GET, &channel_path, None).await.1["consumer_count"] == 1
+    })
+    .await;
+    let (status, one) = api(&api_base, Method::GET, &channel_path, None).await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(
+        (
+            &one["name"],
+            &one["number"],
+            &one["vhost"],
+            &one["user"],
+            &one["connection_details"]["name"],
+            &one["prefetch_count"],
+            &one["consumer_count"],
+        ),
+        (
+            &json!(first_name),
+            &json!(1),
+            &json!(vhost),
+            &json!("guest"),
+            &json!(conn_name),
+            &json!(7),
+            &json!(1),
+        ),
+        "{one}"
+    );
+    assert_eq!(
+        one["consumer_details"][0]["queue"],
+        json!({"name": q, "vhost": vhost}),
+        "{one}"
+    );
+    let unknown = format!(
+        "/api/channels/{}",
+        percent_encode("127.0.0.1:1 -> 127.0.0.1:2 (1)")
+    );
+    assert_eq!(
+        api(&api_base, Method::GET, &unknown, None).await,
+        (404, not_found())
+    );
+
+    // One user's connections, as the broker tracks them, and closing them all.
+    let (_, overview) = api(&api_base, Method::GET, "/api/overview", None).await;
+    let node = overview["node"].as_str().unwrap_or_default().to_string();
+    assert!(!node.is_empty(), "{overview}");
+    let by_user = format!("/api/connections/username/{viewer}");
+    eventually("the viewer's connections tracked", STATS_LAG, || async {
+        let (_, tracked) = api(&api_base, Method::GET, &by_user, None).await;
+        tracked.as_array().is_some_and(|l| l.len() == 2)
+    })
+    .await;
+    let (status, tracked) = api(&api_base, Method::GET, &by_user, None).await;
+    assert_eq!(status, 200, "{tracked}");
+    let by_name = |list: &[serde_json::Value]| {
+        let mut list = list.to_vec();
+        list.sort_by_key(|c| c["name"].to_string());
+        list
+    };
+    let expected = [
+        json!({"name": viewer_names[0], "user": viewer, "vhost": vhost, "node": node}),
+        json!({"name": viewer_names[1], "user": viewer, "vhost": "/", "node": node}),
+    ];
+    assert_eq!(
+        by_name(tracked.as_array().map_or(&[], Vec::as_slice)),
+        by_name(&expected),
+        "{tracked}"
+    );
+    let nobody = format!("/api/connections/username/{}", uniq("nobody"));
+    assert_eq!(
+        api(&api_base, Method::GET, &nobody, None).await,
+        (200, json!([]))
+    );
+    let mut listeners: Vec<_> = viewer_conns
+        .iter()
+        .map(|c| Box::pin(c.events_listener()))
+        .collect();
+    assert_eq!(
+        api(&api_base, Method::DELETE, &by_user, None).await,
+        (204, serde_json::Value::Null)
+    );
+    for ((events, conn), given) in listeners.iter_mut().zip(&viewer_conns).zip(&viewer_given) {
+        let reason = step("the broker's connection.close", async {
+            loop {
+                match events.next().await {
+                    Some(lapin::Event::Error(e)) => break e,
+                    Some(_) => continue,
+                    None => panic!("the connection's event stream ended"),
+                }
+            }
+        })
+        .await;
+        // A close lapin read before the socket went must be this one.
+        if let lapin::ErrorKind::ProtocolError(amqp) = reason.kind() {
+            assert_eq!(
+                (amqp.get_id(), amqp.get_message().as_str()),
+                (320, "CONNECTION_FORCED - Closed via management plugin"),
+                "{given}"
+            );
+        }
+        disconnected(conn, given).await;
+    }
+    assert!(
+        root.status().connected(),
+        "another user's connection closed"
+    );
+    let _still = channel(&root).await;
+    eventually("the viewer's connections untracked", STATS_LAG, || async {
+        api(&api_base, Method::GET, &by_user, None).await == (200, json!([]))
+    })
+    .await;
+
+    // Users without permissions: administrators only.
+    let (status, listed) = api(
+        &api_base,
+        Method::GET,
+        "/api/users/without-permissions",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert!(names.contains(&bare.as_str()), "{bare} in {listed}");
+    assert!(!names.contains(&viewer.as_str()), "{viewer} in {listed}");
+    assert_eq!(
+        api_as(
+            &api_base,
+            as_viewer,
+            Method::GET,
+            "/api/users/without-permissions",
+            None
+        )
+        .await,
+        (401, not_administrator())
+    );
+
+    // Topic permissions by user and by vhost.
+    let topics = format!("/api/topic-permissions/{v}/{viewer}");
+    let rule = json!({"exchange": "amq.topic", "write": "^a\\.", "read": "^b\\."});
+    assert_eq!(
+        api(&api_base, Method::PUT, &topics, Some(rule)).await.0,
+        201
+    );
+    let entry = json!({"user": viewer, "vhost": vhost, "exchange": "amq.topic",
+        "write": "^a\\.", "read": "^b\\."});
+    for path in [
+        format!("/api/users/{viewer}/topic-permissions"),
+        format!("{vhost_path}/topic-permissions"),
+    ] {
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (200, json!([entry])),
+            "{path}"
+        );
+    }
+    for path in [
+        format!("/api/users/{}/topic-permissions", uniq("nobody")),
+        format!("/api/vhosts/{nowhere}/topic-permissions"),
+    ] {
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (404, not_found()),
+            "{path}"
+        );
+    }
+
+    // The node's health check, by the node's own name.
+    let path = format!("/api/healthchecks/node/{}", percent_encode(&node));
+    assert_eq!(
+        api(&api_base, Method::GET, &path, None).await,
+        (200, json!({"status": "ok"}))
+    );
+    let path = format!(
+        "/api/healthchecks/node/{}",
+        percent_encode("conf-nobody@nowhere")
+    );
+    assert_eq!(
+        api(&api_base, Method::GET, &path, None).await,
+        (404, not_found())
+    );
+
+    // What the login page asks before anyone logs in.
+    let response = step("/api/auth", reqwest::get(format!("{api_base}/api/auth")))
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    let auth: serde_json::Value = step("its body", response.json()).await.unwrap_or_default();
+    assert_eq!(
+        auth,
+        json!({"enable_uaa": false, "uaa_client_id": "", "uaa_location": ""})
+    );
+    // The scripts plugins add to the UI (which ones is up to the plugins).
+    let (status, extensions) = api(&api_base, Method::GET, "/api/extensions", None).await;
+    assert_eq!(status, 200, "{extensions}");
+    assert!(
+        extensions
+            .as_array()
+            .is_some_and(|l| l.iter().all(|e| e["javascript"].is_string())),
+        "{extensions}"
+    );
+    // Rebalancing queue leaders: administrators only.
+    assert_eq!(
+        api(&api_base, Method::POST, "/api/rebalance/queues", None).await,
+        (204, serde_json::Value::Null)
+    );
+    assert_eq!(
+        api_as(
+            &api_base,
+            as_viewer,
+            Method::POST,
+            "/api/rebalance/queues",
+            None
+        )
+        .await,
+        (401, not_administrator())
+    );
+
+    // Bulk deletion: administrators only.
+    let both = json!({"users": [bare, viewer]});
+    assert_eq!(
+        api_as(
+            &api_base,
+            as_viewer,
+            Method::POST,
+            "/api/users/bulk-delete",
+            Some(both.clone())
+        )
+        .await,
+        (401, not_administrator())
+    );
+    // A name that does not exist stops the deletion there: those before it are gone.
+    let (extra, missing) = (uniq("views-extra"), uniq("views-missing"));
+    let created = json!({"password": "pw", "tags": ""});
+    let extra_path = format!("/api/users/{extra}");
+    assert_eq!(
+        api(&api_base, Method::PUT, &extra_path, Some(created))
+            .await
+            .0,
+        201
+    );
+    let stopped = json!({"users": [extra, missing, bare]});
+    assert_eq!(
+        api(
+            &api_base,
+            Method::POST,
+            "/api/users/bulk-delete",
+            Some(stopped)
+        )
+        .await,
+        (
+            400,
+            json!({"error": "bad_request", "reason": ["no_such_user", missing]})
+        )
+    );
+    assert_eq!(api(&api_base, Method::GET, &extra_path, None).await.0, 404);
+    let bare_path = format!("/api/users/{bare}");
+    assert_eq!(api(&api_base, Method::GET, &bare_path, None).await.0, 200);
+    assert_eq!(
+        api(
+            &api_base,
+            Method::POST,
+            "/api/users/bulk-delete",
+            Some(both)
+        )
+        .await,
+        (204, serde_json::Value::Null)
+    );
+    for user in [&bare, &viewer] {
+        let path = format!("/api/users/{user}");
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (404, not_found()),
+            "{path}"
+        );
+    }
+    close(conn).await;
+    close(root).await;
+    assert_eq!(
+        api(&api_base, Method::DELETE, &vhost_path, None).await.0,
+        204
+    );
+}
+
+/// Runtime and global parameters as RabbitMQ's API lists and sets them: a vhost's limits
+/// and operator policies are parameters of that vhost (its policies are not listed with
+/// them) and can be set and cleared as parameters; unknown components and policies are
+/// refused; policymakers read and set them, management users may not. Global parameters
+/// hold the cluster's id and name and an operator's own values, which definitions export;
+/// the cluster's name is readable by management users and set by administrators.
+async fn runtime_parameters(_url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let vhost = uniq("params-vhost");
+    let v = percent_encode(&vhost);
+    let vhost_path = format!("/api/vhosts/{v}");
+    assert_eq!(
+        api(&api_base, Method::PUT, &vhost_path, Some(json!({})))
+            .await
+            .0,
+        201
+    );
+    let limits_path = format!("/api/vhost-limits/{v}");
+    assert_eq!(
+        api(
+            &api_base,
+            Method::PUT,
+            &format!("{limits_path}/max-connections"),
+            Some(json!({"value": 10}))
+        )
+        .await
+        .0,
+        204
+    );
+    let op = uniq("params-op");
+    let op_value = json!({"pattern": "^params\\.", "apply-to": "queues", "priority": 0,
+        "definition": {"max-length": 2}});
+    let (status, body) = api(
+        &api_base,
+        Method::PUT,
+        &format!("/api/operator-policies/{v}/{op}"),
+        Some(op_value.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let policy = uniq("params-policy");
+    let (status, body) = api(
+        &api_base,
+        Method::PUT,
+        &format!("/api/policies/{v}/{policy}"),
+        Some(json!({"pattern": "^params\\.", "definition": {"message-ttl": 60000}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Listed whole, by component, by component and vhost, and one by one.
+    let limits = json!({"vhost": vhost, "component": "vhost-limits", "name": "limits",
+        "value": {"max-connections": 10}});
+    let operator = json!({"vhost": vhost, "component": "operator_policy", "name": op,
+        "value": op_value});
+    let of_vhost = |list: &serde_json::Value| {
+        let mut mine: Vec<serde_json::Value> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["vhost"] == vhost)
+            .cloned()
+            .collect();
+        mine.sort_by_key(|p| p["component"].to_string());
+        mine
+    };
+    let (status, all) = api(&api_base, Method::GET, "/api/parameters", None).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(of_vhost(&all), [operator.clone(), limits.clone()], "{all}");
+    assert!(
+        all.as_array()
+            .is_some_and(|l| l.iter().all(|p| p["component"] != "policy")),
+        "policies listed with the parameters: {all}"
+    );
+    for (entry, component, name) in [
+        (&limits, "vhost-limits", "limits"),
+        (&operator, "operator_policy", op.as_str()),
+    ] {
+        let path = format!("/api/parameters/{component}");
+        let (status, listed) = api(&api_base, Method::GET, &path, None).await;
+        assert_eq!(
+            (status, of_vhost(&listed)),
+            (200, vec![entry.clone()]),
+            "{path}"
+        );
+        let path = format!("/api/parameters/{component}/{v}");
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (200, json!([entry])),
+            "{path}"
+        );
+        let path = format!("/api/parameters/{component}/{v}/{name}");
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (200, entry.clone()),
+            "{path}"
+        );
+    }
+    let nowhere = percent_encode(&uniq("nowhere"));
+    for path in [
+        format!("/api/parameters/vhost-limits/{nowhere}"),
+        format!("/api/parameters/vhost-limits/{nowhere}/limits"),
+        format!("/api/parameters/vhost-limits/{v}/other"),
+    ] {
+        assert_eq!(
+            api(&api_base, Method::GET, &path, None).await,
+            (404, not_found()),
+            "{path}"
+        );
+    }
+    // A component no plugin provides has nothing.
+    let path = format!("/api/parameters/federation-upstream/{v}");
+    assert_eq!(
+        api(&api_base, Method::GET, &path, None).await,
+        (200, json!([]))
+    );
+
+    // Set and cleared as a parameter, a vhost's limits are replaced whole.
+    let param = format!("/api/parameters/vhost-limits/{v}/limits");
+    let queues = json!({"value": {"max-queues": 5}});
+    assert_eq!(
+        api(&api_base, Method::PUT, &param, Some(queues.clone())).await,
+        (204, serde_json::Value::Null)
+    );
+    let only_queues = json!([{"vhost": vhost, "value": {"max-queues": 5}}]);
+    assert_eq!(
+        api(&api_base, Method::GET, &limits_path, None).await,
+        (200, only_queues.clone())
+    );
+    // As rabbitmqadmin sends it, naming what the path names.
+    let full = json!({"vhost": vhost, "component": "vhost-limits", "name": "limits",
+        "value": {"max-queues": 5}});
+    assert_eq!(
+        api(&api_base, Method::PUT, &param, Some(full)).await,
+        (204, serde_json::Value::Null)
+    );
+    assert_eq!(
+        api(&api_base, Method::DELETE, &param, None).await,
+        (204, serde_json::Value::Null)
+    );
+    assert_eq!(
+        api(&api_base, Method::GET, &limits_path, None).await,
+        (200, json!([]))
+    );
+    assert_eq!(
+        api(&api_base, Method::DELETE, &param, None).await,
+        (404, not_found())
+    );
+
+    // Refusals.
+    let bad_request = |reason: &str| json!({"error": "bad_request", "reason": reason});
+    let upstream = format!("/api/parameters/federation-upstream/{v}/up");
+    assert_eq!(
+        api(
+            &api_base,
+            Method::PUT,
+            &upstream,
+            Some(json!({"value": {"uri": "amqp://"}}))
+        )
+        .await,
+        (
+            400,
+            bad_request("Validation failed\n\ncomponent federation-upstream not found\n")
+        )
+    );
+    let as_policy = format!("/api/parameters/policy/{v}/x");
+    let body = json!({"value": {"pattern": "^x", "definition": {"max-length": 1}}});
+    assert_eq!(
+        api(&api_base, Method::PUT, &as_policy, Some(body)).await,
+        (
+            400,
+            bad_request("policies may not be set using this method")
+        )
+    );
+    assert_eq!(
+        api(&api_base, Method::PUT, &param, Some(json!({}))).await,
+        (400, bad_request("[{key_missing,value}]"))
+    );
+    // HTML-escaped, unlike the same refusal at /api/vhost-limits.
+    assert_eq!(
+        api(
+            &api_base,
+            Method::PUT,
+            &param,
+            Some(json!({"value": {"max-foo": 5}}))
+        )
+        .await,
+        (
+            400,
+            bad_request(
+                "Validation failed\n\nUnrecognised terms [{&lt;&lt;\"max-foo\"&gt;&gt;,5}] in limits\n"
+            )
+        )
+    );
+    assert_eq!(
+        api(
+            &api_base,
+            Method::PUT,
+            &format!("/api/parameters/vhost-limits/{nowhere}/limits"),
+            Some(queues.clone())
+        )
+        .await,
+        (
+            404,
+            json!({"error": "not_found", "reason": "vhost_not_found"})
+        )
+    );
+    for path in [
+        format!("/api/parameters/vhost-limits/{v}/missing"),
+        format!("{upstream}-missing"),
+    ] {
+        assert_eq!(
+            api(&api_base, Method::DELETE, &path, None).await,
+            (404, not_found()),
+            "{path}"
+        );
+    }
+
+    // A policymaker with permissions on the vhost reads and sets them; a management
+    // user may do neither.
+    let (maker, manager) = (uniq("params-maker"), uniq("params-manager"));
+    add_user(&api_base, &maker, "policymaker", &v).await;
+    add_user(&api_base, &manager, "management", &v).await;
+    let (as_maker, as_manager) = ((maker.as_str(), "pw"), (manager.as_str(), "pw"));
+    assert_eq!(
+        api_as(
+            &api_base,
+            as_maker,
+            Method::PUT,
+            &param,
+            Some(queues.clone())
+        )
+        .await,
+        (201, serde_json::Value::Null)
+    );
+    let entry = json!({"vhost": vhost, "component": "vhost-limits", "name": "limits",
+        "value": {"max-queues": 5}});
+    assert_eq!(
+        api_as(&api_base, as_maker, Method::GET, &param, None).await,
+        (200, entry)
+    );
+    assert_eq!(
+        api(&api_base, Method::GET, &limits_path, None).await,
+        (200, only_queues)
+    );
+    let not_authorised = json!({"error": "not_authorised",
+        "reason": "User not authorised to access object"});
+    for (method, path, body) in [
+        (Method::GET, "/api/parameters".to_string(), None),
+        (Method::GET, param.clone(), None),
+        (Method::PUT, param.clone(), Some(queues.clone())),
+        (Method::DELETE, param.clone(), None),
+        (Method::GET, "/api/global-parameters".to_string(), None),
+    ] {
+        assert_eq!(
+            api_as(&api_base, as_manager, method.clone(), &path, body).await,
+            (401, not_authorised.clone()),
+            "{method} {path} as a management user"
+        );
+    }
+
+    // Global parameters: the cluster's id, and one of the operator's own.
+    let (status, globals) = api(&api_base, Method::GET, "/api/global-parameters", None).await;
+    assert_eq!(status, 200, "{globals}");
+    let id = globals
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == "internal_cluster_id")
+        .and_then(|g| g["value"].as_str())
+        .unwrap_or_default();
+    assert!(id.starts_with("rabbitmq-cluster-id-"), "{globals}");
+    let global = uniq("params-global");
+    let global_path = format!("/api/global-parameters/{global}");
+    let value = json!({"given": global, "enabled": true, "n": 3});
+    let set = json!({ "value": value });
+    assert_eq!(
+        api(&api_base, Method::PUT, &global_path, Some(set.clone())).await,
+        (201, serde_json::Value::Null)
+    );
+    assert_eq!(
+        api(&api_base, Method::PUT, &global_path, Some(set.clone())).await,
+        (204, serde_json::Value::Null)
+    );
+    let entry = json!({"name": global, "value": value});
+    assert_eq!(
+        api(&api_base, Method::GET, &global_path, None).await,
+        (200, entry.clone())
+    );
+    let (_, globals) = api(&api_base, Method::GET, "/api/global-parameters", None).await;
+    assert!(
+        globals.as_array().is_some_and(|l| l.contains(&entry)),
+        "{globals}"
+    );
+    let (_, exported) = api(&api_base, Method::GET, "/api/definitions", None).await;
+    assert!(
+        exported["global_parameters"]
+            .as_array()
+            .is_some_and(|l| l.contains(&entry)),
+        "{exported}"
+    );
+    assert_eq!(
+        api(&api_base, Method::PUT, &global_path, Some(json!({}))).await,
+        (400, bad_request("[{key_missing,value}]"))
+    );
+    assert_eq!(
+        api_as(&api_base, as_manager, Method::PUT, &global_path, Some(set)).await,
+        (401, not_authorised.clone())
+    );
+    assert_eq!(
+        api(&api_base, Method::DELETE, &global_path, None).await,
+        (204, serde_json::Value::Null)
+    );
+    assert_eq!(
+        api(&api_base, Method::GET, &global_path, None).await,
+        (404, not_found())
+    );
+    assert_eq!(
+        api(&api_base, Method::DELETE, &global_path, None).await,
+        (404, not_found())
+    );
+    let (_, exported) = api(&api_base, Method::GET, "/api/definitions", None).await;
+    assert!(
+        !exported["global_parameters"].to_string().contains(&global),
+        "{exported}"
+    );
+
+    // The cluster's name, shown in the overview and kept as a global parameter.
+    let (status, named) = api(&api_base, Method::GET, "/api/cluster-name", None).await;
+    assert_eq!(status, 200, "{named}");
+    let original = named["name"].as_str().unwrap_or_default().to_string();
+    assert!(!original.is_empty(), "{named}");
+    let (_, overview) = api(&api_base, Method::GET, "/api/overview", None).await;
+    assert_eq!(overview["cluster_name"], json!(original), "{overview}");
+    assert_eq!(
+        api_as(
+            &api_base,
+            as_manager,
+            Method::GET,
+            "/api/cluster-name",
+            None
+        )
+        .await,
+        (200, named.clone())
+    );
+    // Other scenarios share the node: everything is read before any assertion, so the
+    // original name is back even when one fails.
+    let renamed = uniq("cluster");
+    let set = api(
+        &api_base,
+        Method::PUT,
+        "/api/cluster-name",
+        Some(json!({ "name": renamed })),
+    )
+    .await;
+    let shown = api(&api_base, Method::GET, "/api/cluster-name", None).await;
+    let in_overview =
+        api(&api_base, Method::GET, "/api/overview", None).await.1["cluster_name"].clone();
+    let as_global = api(
+        &api_base,
+        Method::GET,
+        "/api/global-parameters/cluster_name",
+        None,
+    )
+    .await;
+    let by_manager = api_as(
+        &api_base,
+        as_manager,
+        Method::PUT,
+        "/api/cluster-name",
+        Some(json!({"name": "conf.refused"})),
+    )
+    .await;
+    let after_refusal = api(&api_base, Method::GET, "/api/cluster-name", None).await;
+    let restored = api(
+        &api_base,
+        Method::PUT,
+        "/api/cluster-name",
+        Some(json!({ "name": original })),
+    )
+    .await;
+    assert_eq!(
+        restored,
+        (204, serde_json::Value::Null),
+        "the original name put back"
+    );
+    assert_eq!(set, (204, serde_json::Value::Null));
+    assert_eq!(shown, (200, json!({ "name": renamed })));
+    assert_eq!(in_overview, json!(renamed));
+    assert_eq!(
+        as_global,
+        (200, json!({"name": "cluster_name", "value": renamed}))
+    );
+    assert_eq!(by_manager, (401, not_administrator()));
+    assert_eq!(after_refusal, shown, "unchanged by the refused rename");
+    assert_eq!(
+        api(&api_base, Method::GET, "/api/cluster-name", None).await,
+        (200, named)
+    );
+    let (_, overview) = api(&api_base, Method::GET, "/api/overview", None).await;
+    assert_eq!(overview["cluster_name"], json!(original), "{overview}");
+
+    assert_eq!(
+        api(&api_base, Method::DELETE, &vhost_path, None).await.0,
+        204
+    );
+    for user in [&maker, &manager] {
+        let path = format!("/api/users/{user}");
+        assert_eq!(api(&api_base, Method::DELETE, &path, None).await.0, 204);
+    }
+    let policies = format!("/api/policies/{v}");
+    assert_eq!(
+        api(&api_base, Method::GET, &policies, None).await.0,
+        404,
+        "the vhost's policy went with it"
+    );
 }

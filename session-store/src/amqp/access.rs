@@ -1,4 +1,4 @@
-//! Users, vhosts and permissions across restarts. What the management API changes is
+//! Users, vhosts, permissions and global parameters across restarts. What the management API changes is
 //! written, whole, to `definitions.json` in the data directory (RabbitMQ's definitions
 //! format, password hashes included; a temporary file renamed over the old one, so a
 //! crash leaves one or the other). At start that file is the base: an explicit
@@ -11,6 +11,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use super::definitions::{Definitions, access_json};
+use super::globals::Globals;
 use super::node::NodeError;
 use super::store::{DataDir, StoreError};
 use super::users::Users;
@@ -21,32 +22,52 @@ fn path(data: &DataDir) -> PathBuf {
     data.root().join(FILE)
 }
 
-/// The users and vhosts to start with, from the data directory and the configuration.
-pub fn starting(
-    configured: &Definitions,
-    data: Option<&DataDir>,
-) -> Result<(Users, Vec<String>), NodeError> {
+/// What the node starts with: users, vhosts and global parameters.
+pub struct Access {
+    pub users: Users,
+    pub vhosts: Vec<String>,
+    pub globals: Globals,
+}
+
+/// The users, vhosts and global parameters to start with, from the data directory and
+/// the configuration.
+pub fn starting(configured: &Definitions, data: Option<&DataDir>) -> Result<Access, NodeError> {
     let kept = data.map(path).filter(|p| p.is_file());
     let Some(kept) = kept else {
-        return Ok((configured.users.clone(), configured.vhosts.clone()));
+        return Ok(Access {
+            users: configured.users.clone(),
+            vhosts: configured.vhosts.clone(),
+            globals: configured.globals.clone(),
+        });
     };
     let mut base = Definitions::load(&kept)?;
     if configured.explicit {
         base.users.merge(&configured.users);
+        base.globals.merge(&configured.globals);
         for vhost in &configured.vhosts {
             if !base.vhosts.contains(vhost) {
                 base.vhosts.push(vhost.clone());
             }
         }
     }
-    Ok((base.users, base.vhosts))
+    Ok(Access {
+        users: base.users,
+        vhosts: base.vhosts,
+        globals: base.globals,
+    })
 }
 
-/// Writes the node's users, vhosts and permissions, replacing what was kept, and syncs.
-pub fn save(data: &DataDir, users: &Users, vhosts: &[String]) -> Result<(), StoreError> {
+/// Writes the node's users, vhosts, permissions and global parameters, replacing what was
+/// kept, and syncs.
+pub fn save(
+    data: &DataDir,
+    users: &Users,
+    vhosts: &[String],
+    globals: &Globals,
+) -> Result<(), StoreError> {
     let target = path(data);
     let temporary = target.with_extension("json.tmp");
-    let text = access_json(users, vhosts).to_string();
+    let text = access_json(users, vhosts, globals).to_string();
     let write = || -> std::io::Result<()> {
         let mut file = fs::File::create(&temporary)?;
         file.write_all(text.as_bytes())?;

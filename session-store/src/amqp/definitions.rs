@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::exchange::ExchangeKind;
+use super::globals::{CLUSTER_ID, Globals};
 use super::limits::{self, Limits};
 use super::permissions::{Permissions, TopicPermission};
 use super::policy::{Kind, Policy};
@@ -87,6 +88,8 @@ pub struct Definitions {
     pub bindings: Vec<BindingDef>,
     /// Policies and operator policies by vhost, set before anything is declared.
     pub policies: Vec<(String, Policy)>,
+    /// Global parameters (`cluster_name`, ...), set over the node's.
+    pub globals: Globals,
     /// What the file holds that this broker does not apply (runtime parameters), one
     /// line each, so that the start can say so instead of the broker
     /// quietly behaving otherwise than the file's RabbitMQ did.
@@ -118,6 +121,7 @@ impl Definitions {
             queues: Vec::new(),
             bindings: Vec::new(),
             policies: Vec::new(),
+            globals: Globals::default(),
             ignored: Vec::new(),
             explicit: true,
         }
@@ -207,6 +211,7 @@ impl Definitions {
     pub fn parse_vhost_import(text: &str, vhost: &str) -> Result<Self, ImportError> {
         let mut file: File = serde_json::from_str(text).map_err(|_| ImportError::NotJson)?;
         file.users.clear();
+        file.global_parameters.clear();
         file.vhosts = None;
         file.permissions.clear();
         file.topic_permissions.clear();
@@ -349,6 +354,13 @@ impl Definitions {
             })?;
             d.users.grant_topic(&t.user, &t.vhost, permission);
         }
+        // The cluster id is the node's own, never another's from a file.
+        d.globals = file
+            .global_parameters
+            .into_iter()
+            .filter(|g| g.name != CLUSTER_ID)
+            .map(|g| (g.name, g.value))
+            .collect();
         let mut unsupported = Vec::new();
         for p in file.parameters {
             if p.component == OPERATOR_POLICY {
@@ -435,6 +447,8 @@ struct File {
     #[serde(default)]
     parameters: Vec<ParameterJson>,
     #[serde(default)]
+    global_parameters: Vec<GlobalJson>,
+    #[serde(default)]
     users: Vec<UserJson>,
     vhosts: Option<Vec<VHostJson>>,
     #[serde(default)]
@@ -448,9 +462,15 @@ struct File {
 }
 
 /// RabbitMQ keeps vhost limits as the runtime parameter `limits` of this component.
-const VHOST_LIMITS: &str = "vhost-limits";
+pub const VHOST_LIMITS: &str = "vhost-limits";
 /// RabbitMQ keeps operator policies as runtime parameters of this component.
 pub const OPERATOR_POLICY: &str = "operator_policy";
+
+#[derive(Deserialize)]
+struct GlobalJson {
+    name: String,
+    value: Value,
+}
 
 #[derive(Deserialize)]
 struct ParameterJson {
@@ -689,8 +709,9 @@ pub fn permissions_json(users: &Users, vhosts: &[String]) -> Value {
         .collect()
 }
 
-/// The users, vhosts, permissions and limits part of a definitions file.
-pub fn access_json(users: &Users, vhosts: &[String]) -> Value {
+/// The users, vhosts, permissions, limits and global parameters part of a definitions
+/// file.
+pub fn access_json(users: &Users, vhosts: &[String], globals: &Globals) -> Value {
     let mut list: Vec<&Arc<User>> = users.all().collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
     serde_json::json!({
@@ -699,6 +720,7 @@ pub fn access_json(users: &Users, vhosts: &[String]) -> Value {
         "permissions": permissions_json(users, vhosts),
         "topic_permissions": topic_permissions_json(users, vhosts),
         "parameters": vhost_limits_json(users, vhosts),
+        "global_parameters": globals.to_json(),
     })
 }
 
@@ -778,11 +800,13 @@ mod tests {
     }
 
     #[test]
-    fn applies_user_and_vhost_limits_and_names_other_parameters() {
+    fn applies_limits_and_global_parameters_and_names_other_parameters() {
         let d = Definitions::parse(
             r#"{"users": [{"name": "app", "password": "pw", "tags": "",
                            "limits": {"max-connections": 5, "max-channels": -1}}],
                 "vhosts": [{"name": "/"}],
+                "global_parameters": [{"name": "cluster_name", "value": "edge"},
+                                      {"name": "internal_cluster_id", "value": "other"}],
                 "parameters": [
                   {"vhost": "/", "component": "vhost-limits", "name": "limits",
                    "value": {"max-queues": 10}},
@@ -803,8 +827,13 @@ mod tests {
         assert_eq!(app.get("max-channels"), None, "negative is no limit");
         assert_eq!(d.users.vhost_limits("/").get("max-queues"), Some(10));
         assert_eq!(d.ignored, vec!["parameters 'to-dc2'"]);
-        let exported = access_json(&d.users, &d.vhosts);
+        assert_eq!(d.globals.cluster_name(), Some("edge"));
+        let exported = access_json(&d.users, &d.vhosts, &d.globals);
         assert_eq!(exported["parameters"][0]["value"]["max-queues"], 10);
+        assert_eq!(
+            exported["global_parameters"],
+            serde_json::json!([{"name": "cluster_name", "value": "edge"}])
+        );
         assert_eq!(exported["users"][0]["limits"]["max-connections"], 5);
 
         let not_a_limit = r#"{"vhosts": [{"name": "/"}], "parameters": [{"vhost": "/",

@@ -121,7 +121,11 @@ async fn steps<R: AsyncRead + Unpin>(
         }
         _ => return Err(HandshakeEnd::Gone.into()),
     }
-    send(tx, connection::AMQPMethod::Start(start())).await;
+    send(
+        tx,
+        connection::AMQPMethod::Start(start(&node.cluster_name())),
+    )
+    .await;
     let start_ok = match expect(frames, tx).await? {
         connection::AMQPMethod::StartOk(s) => s,
         other => return Err(unexpected(&other)),
@@ -320,7 +324,7 @@ async fn expect<R: AsyncRead + Unpin>(
     }
 }
 
-fn start() -> connection::Start {
+fn start(cluster_name: &str) -> connection::Start {
     let mut capabilities = FieldTable::default();
     for cap in [
         "publisher_confirms",
@@ -341,7 +345,7 @@ fn start() -> connection::Start {
     props.insert("version".into(), long(env!("CARGO_PKG_VERSION")));
     props.insert("platform".into(), long("Rust"));
     // The keys RabbitMQ sends, so clients that read them find them.
-    props.insert("cluster_name".into(), long("session-store@localhost"));
+    props.insert("cluster_name".into(), long(cluster_name));
     props.insert(
         "copyright".into(),
         long("The session-store authors; MIT OR Apache-2.0"),

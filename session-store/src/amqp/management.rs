@@ -9,12 +9,14 @@
 //! The health checks Kubernetes probes and monitors call are in [`health`].
 
 mod admin;
+mod connections;
 mod depths;
 mod health;
 mod import;
 mod json;
 mod limits;
 mod metrics;
+mod parameters;
 mod policies;
 mod write;
 
@@ -84,6 +86,7 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         .route("/api/whoami", get(whoami))
         .route("/api/aliveness-test/{vhost}", get(aliveness_test))
         .route("/api/healthchecks/node", get(health::status_ok))
+        .route("/api/healthchecks/node/{node}", get(health::node_named))
         .route("/api/health/checks/alarms", get(health::alarms))
         .route("/api/health/checks/local-alarms", get(health::local_alarms))
         .route("/api/health/checks/virtual-hosts", get(health::status_ok))
@@ -108,6 +111,15 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             get(health::certificate_expiration),
         )
         .route("/api/users", get(users))
+        .route(
+            "/api/users/without-permissions",
+            get(admin::users_without_permissions),
+        )
+        .route("/api/users/bulk-delete", post(admin::bulk_delete_users))
+        .route(
+            "/api/users/{name}/topic-permissions",
+            get(admin::user_topic_permissions),
+        )
         .route(
             "/api/users/{name}",
             get(user).put(admin::put_user).delete(admin::delete_user),
@@ -150,6 +162,11 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/definitions/{vhost}",
             get(vhost_definitions).post(import::vhost_definitions),
         )
+        // RabbitMQ's older name for the definitions.
+        .route(
+            "/api/all-configuration",
+            get(definitions).post(import::definitions),
+        )
         .route("/api/vhosts", get(vhosts))
         .route(
             "/api/vhosts/{name}",
@@ -159,12 +176,32 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/vhosts/{name}/permissions",
             get(admin::vhost_permissions),
         )
-        .route("/api/connections", get(connections))
+        .route(
+            "/api/vhosts/{name}/topic-permissions",
+            get(admin::vhost_topic_permissions),
+        )
+        .route("/api/rebalance/queues", post(admin::rebalance_queues))
+        .route("/api/extensions", get(extensions))
+        .route("/api/connections", get(connections::all))
         .route(
             "/api/connections/{name}",
-            get(connection).delete(close_connection),
+            get(connections::named).delete(connections::close),
         )
-        .route("/api/channels", get(channels))
+        .route(
+            "/api/connections/{name}/channels",
+            get(connections::channels_of),
+        )
+        .route(
+            "/api/connections/username/{user}",
+            get(connections::of_user).delete(connections::close_of_user),
+        )
+        .route("/api/channels", get(connections::all_channels))
+        .route("/api/channels/{name}", get(connections::channel))
+        .route("/api/vhosts/{name}/connections", get(connections::in_vhost))
+        .route(
+            "/api/vhosts/{name}/channels",
+            get(connections::channels_in_vhost),
+        )
         .route("/api/consumers", get(consumers))
         .route("/api/consumers/{vhost}", get(consumers_in))
         .route("/api/exchanges", get(exchanges))
@@ -189,6 +226,29 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         )
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node_named))
+        .route("/api/parameters", get(parameters::all))
+        .route("/api/parameters/{component}", get(parameters::of_component))
+        .route(
+            "/api/parameters/{component}/{vhost}",
+            get(parameters::in_vhost),
+        )
+        .route(
+            "/api/parameters/{component}/{vhost}/{name}",
+            get(parameters::one)
+                .put(parameters::put)
+                .delete(parameters::delete),
+        )
+        .route("/api/global-parameters", get(parameters::globals))
+        .route(
+            "/api/global-parameters/{name}",
+            get(parameters::global)
+                .put(parameters::put_global)
+                .delete(parameters::delete_global),
+        )
+        .route(
+            "/api/cluster-name",
+            get(parameters::cluster_name).put(parameters::put_cluster_name),
+        )
         .route("/api/operator-policies", get(policies::list_operator))
         .route(
             "/api/operator-policies/{vhost}",
@@ -240,8 +300,9 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         )
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::Extension(depths))
-        // Without a login, as RabbitMQ's Prometheus endpoint.
+        // Without a login, as RabbitMQ's Prometheus endpoint and login settings.
         .route("/metrics", get(metrics::aggregated))
+        .route("/api/auth", get(auth_settings))
         .route("/metrics/per-object", get(metrics::per_object))
         .with_state(node)
 }
@@ -349,6 +410,17 @@ async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
+/// `/api/auth`, which RabbitMQ's login page reads before anyone logs in: no OAuth 2
+/// (UAA) sign-in here, only users and passwords.
+async fn auth_settings() -> axum::Json<Value> {
+    axum::Json(json!({"enable_uaa": false, "uaa_client_id": "", "uaa_location": ""}))
+}
+
+/// `/api/extensions`: the management UI's plugin extensions; there are none.
+async fn extensions() -> axum::Json<Value> {
+    axum::Json(json!([]))
+}
+
 type Lengths = axum::Extension<Arc<Depths>>;
 
 async fn overview(
@@ -412,71 +484,6 @@ async fn vhost(
         Some(v) => axum::Json(json::vhost(&node, &v, &depths)).into_response(),
         None => not_found(),
     }
-}
-
-async fn connections(
-    State(node): State<Arc<Node>>,
-    axum::Extension(user): Caller,
-) -> axum::Json<Value> {
-    axum::Json(json::connections(&node, &visible(&node, &user)))
-}
-
-/// `/api/connections/{name}`, for the connection's own user, monitors and
-/// administrators.
-async fn connection(
-    State(node): State<Arc<Node>>,
-    axum::Extension(user): Caller,
-    Path(name): Path<String>,
-) -> Response {
-    let Value::Array(list) = json::connections(&node, &visible(&node, &user)) else {
-        return not_found();
-    };
-    let found = list.into_iter().find(|c| c["name"] == name.as_str());
-    match found {
-        Some(c) if c["user"] == user.name.as_str() || monitor(&user) => {
-            axum::Json(c).into_response()
-        }
-        Some(_) => not_authorized("User not authorised to access object"),
-        None => not_found(),
-    }
-}
-
-/// `DELETE /api/connections/{name}`: closes it with CONNECTION_FORCED and the request's
-/// `X-Reason` (default "Closed via management plugin"), as RabbitMQ does. For the
-/// connection's own user and administrators.
-async fn close_connection(
-    State(node): State<Arc<Node>>,
-    axum::Extension(user): Caller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let Some(owner) = node
-        .connections()
-        .into_iter()
-        .find(|c| c.name() == name)
-        .map(|c| c.user)
-    else {
-        return not_found();
-    };
-    if owner != user.name && !user.has_tag("administrator") {
-        return not_authorized("User not authorised to access object");
-    }
-    let reason = headers
-        .get("x-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("Closed via management plugin");
-    if node.close_connection(&name, reason) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        not_found()
-    }
-}
-
-async fn channels(
-    State(node): State<Arc<Node>>,
-    axum::Extension(user): Caller,
-) -> axum::Json<Value> {
-    axum::Json(json::channels(&node, &visible(&node, &user)))
 }
 
 async fn consumers(

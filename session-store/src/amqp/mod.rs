@@ -23,6 +23,7 @@ mod exchange;
 mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
+mod globals;
 mod handshake;
 pub mod limits;
 pub mod management;

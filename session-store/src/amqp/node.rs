@@ -22,6 +22,7 @@ use super::definitions::{Definitions, DefinitionsError};
 use super::error::{AmqpError, code, short};
 use super::exchange::Destination;
 use super::flow::MemoryMonitor;
+use super::globals::{self, Globals};
 use super::limits::Limits;
 use super::permissions::{Permissions, TopicPermission};
 use super::stats::{MessageStats, Rates, Sampler};
@@ -36,6 +37,10 @@ pub enum NodeError {
     #[error(transparent)]
     Definitions(#[from] DefinitionsError),
 }
+
+/// The node's name, as RabbitMQ names nodes `name@host`; the cluster's name until one is
+/// set.
+pub const NODE_NAME: &str = "session-store@localhost";
 
 /// An open connection as the management API lists it.
 #[derive(Debug, Clone)]
@@ -104,6 +109,8 @@ pub struct Node {
     vhosts: RwLock<BTreeMap<String, Arc<Broker>>>,
     /// Who may connect, and what they may do where; changed by the management API.
     users: RwLock<Users>,
+    /// Node-wide settings such as the cluster's name; changed by the management API.
+    globals: RwLock<Globals>,
     /// Serialises changes of users, vhosts and permissions with their saving.
     admin: Mutex<()>,
     /// Bumped by every change of permissions, so open connections look theirs up again
@@ -133,11 +140,18 @@ impl Node {
     pub fn new(config: AmqpConfig) -> Result<Arc<Self>, NodeError> {
         let memory = Arc::new(MemoryMonitor::new(config.memory_high_watermark));
         let data = config.data_dir.as_deref().map(DataDir::lock).transpose()?;
-        let (users, vhost_names) = access::starting(&config.definitions, data.as_ref())?;
+        let access::Access {
+            users,
+            vhosts: vhost_names,
+            mut globals,
+        } = access::starting(&config.definitions, data.as_ref())?;
+        let id = globals::cluster_id(data.as_ref().map(DataDir::root))?;
+        globals.set(globals::CLUSTER_ID, serde_json::json!(id));
         let node = Node {
             memory,
             vhosts: RwLock::new(BTreeMap::new()),
             users: RwLock::new(users),
+            globals: RwLock::new(globals),
             admin: Mutex::new(()),
             permissions_changed: AtomicU64::new(1),
             data,
@@ -288,7 +302,12 @@ impl Node {
         let Some(data) = &self.data else {
             return Ok(());
         };
-        access::save(data, &read(&self.users), &self.vhost_names())
+        access::save(
+            data,
+            &read(&self.users),
+            &self.vhost_names(),
+            &read(&self.globals),
+        )
     }
 
     /// Adds or replaces a user; true if one of that name existed. Writes the disk.
@@ -314,6 +333,69 @@ impl Node {
         }
         self.save_access()?;
         Ok(true)
+    }
+
+    /// The global parameters, as they are now.
+    pub fn globals(&self) -> Globals {
+        read(&self.globals).clone()
+    }
+
+    /// The cluster's name: the one set, or the node's.
+    pub fn cluster_name(&self) -> String {
+        read(&self.globals)
+            .cluster_name()
+            .unwrap_or(NODE_NAME)
+            .to_string()
+    }
+
+    /// Sets a global parameter; true if it was set before. Writes the disk.
+    pub fn set_global(&self, name: &str, value: serde_json::Value) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        let existed = write(&self.globals).set(name, value);
+        self.save_access()?;
+        Ok(existed)
+    }
+
+    /// Clears a global parameter; false if it was not set. Writes the disk.
+    pub fn clear_global(&self, name: &str) -> Result<bool, StoreError> {
+        let _admin = lock(&self.admin);
+        if !write(&self.globals).remove(name) {
+            return Ok(false);
+        }
+        self.save_access()?;
+        Ok(true)
+    }
+
+    /// Deletes the users `names` in order, closing their connections, up to the first
+    /// that does not exist, which is returned (RabbitMQ's bulk delete stops there too);
+    /// one write of the data directory for all.
+    pub fn delete_users(&self, names: &[String]) -> Result<Option<String>, StoreError> {
+        let _admin = lock(&self.admin);
+        let mut deleted = Vec::new();
+        let mut missing = None;
+        {
+            let mut users = write(&self.users);
+            for name in names {
+                if !users.remove(name) {
+                    missing = Some(name.clone());
+                    break;
+                }
+                deleted.push(name.as_str());
+            }
+        }
+        if deleted.is_empty() {
+            return Ok(missing);
+        }
+        for c in self
+            .conns()
+            .values()
+            .filter(|c| deleted.contains(&c.user.as_str()))
+        {
+            c.force_close
+                .close(&format!("user '{}' is deleted", c.user));
+        }
+        self.save_access()?;
+        Ok(missing)
     }
 
     /// Grants `user` `permissions` in `vhost`: Some(whether it had some), or None when
@@ -403,6 +485,7 @@ impl Node {
                 }
             }
             write(&self.users).merge(&d.users);
+            write(&self.globals).merge(&d.globals);
             self.save_access()?;
         }
         self.declare(d, true)?;
@@ -447,6 +530,25 @@ impl Node {
         drop(users);
         self.save_access()?;
         Ok(true)
+    }
+
+    /// Replaces all of `vhost`'s limits (none: clears them): Some(whether it had some),
+    /// or None when there is no such vhost. Writes the disk.
+    pub fn replace_vhost_limits(
+        &self,
+        vhost: &str,
+        limits: Limits,
+    ) -> Result<Option<bool>, StoreError> {
+        let _admin = lock(&self.admin);
+        if self.vhost(vhost).is_none() {
+            return Ok(None);
+        }
+        let mut users = write(&self.users);
+        let had = !users.vhost_limits(vhost).is_empty();
+        users.set_vhost_limits(vhost, limits);
+        drop(users);
+        self.save_access()?;
+        Ok(Some(had))
     }
 
     /// The connection limits of `vhost` and of `user`, checked as RabbitMQ checks them

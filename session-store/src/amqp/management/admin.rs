@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::write::{ApiError, created_or_not, error};
+use super::write::{ApiError, created_or_not, error, not_a};
 use super::{Caller, not_found};
 use crate::amqp::definitions;
 use crate::amqp::node::Node;
@@ -161,6 +161,93 @@ pub async fn user_permissions(
         .filter(|p| p["user"] == user.as_str())
         .collect();
     Ok(axum::Json(own).into_response())
+}
+
+/// `GET /api/vhosts/{name}/topic-permissions`: every user's there.
+pub async fn vhost_topic_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(vhost): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    if node.vhost(&vhost).is_none() {
+        return Ok(not_found());
+    }
+    let all = definitions::topic_permissions_json(&node.users(), std::slice::from_ref(&vhost));
+    Ok(axum::Json(all).into_response())
+}
+
+/// `GET /api/users/{name}/topic-permissions`: the user's in every vhost.
+pub async fn user_topic_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let users = node.users();
+    if users.get(&user).is_none() {
+        return Ok(not_found());
+    }
+    let Value::Array(all) = definitions::topic_permissions_json(&users, &node.vhost_names()) else {
+        return Ok(not_found());
+    };
+    let own: Vec<Value> = all
+        .into_iter()
+        .filter(|p| p["user"] == user.as_str())
+        .collect();
+    Ok(axum::Json(own).into_response())
+}
+
+/// `GET /api/users/without-permissions`: the users no vhost admits, the ones a cleanup
+/// looks for.
+pub async fn users_without_permissions(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let users = node.users();
+    let mut list: Vec<&Arc<User>> = users
+        .all()
+        .filter(|u| !users.grants().any(|(name, _, _)| name == u.name))
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let listed: Vec<Value> = list
+        .into_iter()
+        .map(|u| definitions::user_json(u, &users.user_limits(&u.name)))
+        .collect();
+    Ok(axum::Json(listed).into_response())
+}
+
+/// `POST /api/users/bulk-delete` with `{"users": [...]}`: 204, their connections
+/// closed. As in RabbitMQ, a name that does not exist stops the deletion there with a
+/// 400 `["no_such_user", NAME]`, the users before it deleted.
+pub async fn bulk_delete_users(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    let body = object(&raw)?;
+    let names: Vec<String> = match body.get("users") {
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("users must be a list of names"))?,
+        Some(_) => return Err(bad("users must be a list of names")),
+        None => return Err(bad("[{key_missing,users}]")),
+    };
+    match blocking(move || node.delete_users(&names)).await? {
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+        Some(missing) => Err(not_a("no_such_user", &Value::from(missing))),
+    }
+}
+
+/// `POST /api/rebalance/queues`: 204. A single node has no queue leaders to move; the
+/// call is accepted so that scripts written for a cluster run unchanged.
+pub async fn rebalance_queues(axum::Extension(caller): Caller) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `PUT /api/permissions/{vhost}/{user}`: `configure`, `write` and `read` patterns.

@@ -11,12 +11,21 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::json::NODE;
-use super::memory_alarm;
+use super::{memory_alarm, not_found};
 use crate::amqp::node::Node;
 
 /// A health check that passed.
 pub async fn status_ok() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok"}))
+}
+
+/// `/api/healthchecks/node/{node}`: this node's check, 404 for any other node.
+pub async fn node_named(Path(name): Path<String>) -> Response {
+    if name == NODE {
+        status_ok().await.into_response()
+    } else {
+        not_found()
+    }
 }
 
 /// A health check that failed: 503 with RabbitMQ's `status`, `reason` and whatever else

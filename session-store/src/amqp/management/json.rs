@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::depths::Depths;
 use crate::amqp::broker::{Broker, ConnId};
 use crate::amqp::definitions;
-use crate::amqp::node::{ConnInfo, Node};
+use crate::amqp::node::{ConnInfo, NODE_NAME, Node};
 use crate::amqp::policy::{self, Kind};
 use crate::amqp::stats::{DepthRates, MessageStats, Rates};
 use crate::amqp::users::{User, Users};
@@ -21,7 +21,7 @@ use crate::amqp::users::{User, Users};
 /// reported, so tools that branch on the version see one story.
 pub const MANAGEMENT_VERSION: &str = "3.12.0";
 /// The node name every object reports (there is one node, no cluster).
-pub const NODE: &str = "session-store@localhost";
+pub const NODE: &str = NODE_NAME;
 
 /// Counters RabbitMQ reports for channels, exchanges, vhosts and the node but not for
 /// queues: publisher confirms and unroutable messages never concern a queue.
@@ -117,7 +117,7 @@ pub fn overview(node: &Node, depths: &Depths) -> Value {
         "product_name": "session-store",
         "product_version": env!("CARGO_PKG_VERSION"),
         "node": NODE,
-        "cluster_name": NODE,
+        "cluster_name": node.cluster_name(),
         "listeners": listeners,
         "exchange_types": exchange_types,
         "object_totals": {
@@ -507,7 +507,7 @@ pub fn definitions(node: &Node) -> Value {
         "permissions": permissions(node),
         "topic_permissions": definitions::topic_permissions_json(&node.users(), &vhost_names),
         "parameters": parameters(node, &vhost_names, &node.vhosts()),
-        "global_parameters": [],
+        "global_parameters": node.globals().to_json(),
         "policies": policies(Kind::Policy, &node.vhosts()),
         "queues": queues,
         "exchanges": exchanges,
@@ -517,7 +517,7 @@ pub fn definitions(node: &Node) -> Value {
 
 /// A definitions file's runtime parameters: the vhosts' limits and operator policies, as
 /// RabbitMQ keeps them (components `vhost-limits` and `operator_policy`).
-fn parameters(node: &Node, names: &[String], vhosts: &[Arc<Broker>]) -> Value {
+pub fn parameters(node: &Node, names: &[String], vhosts: &[Arc<Broker>]) -> Value {
     let mut list = match definitions::vhost_limits_json(&node.users(), names) {
         Value::Array(list) => list,
         _ => Vec::new(),

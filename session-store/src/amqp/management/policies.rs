@@ -120,10 +120,22 @@ async fn put_kind(
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     let broker = may_change(kind, &node, &user, &vhost)?;
+    let body: Value = serde_json::from_slice(&raw)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", "not_json"))?;
+    apply(&broker, kind, &name, &body).await
+}
+
+/// Sets the policy of `kind` named `name` in `broker`'s vhost from `body`, for a caller
+/// already authorised: 201 for a new one, 204 for a change, once it is on disk.
+pub(super) async fn apply(
+    broker: &Broker,
+    kind: Kind,
+    name: &str,
+    body: &Value,
+) -> Result<Response, ApiError> {
     let bad = |reason: &str| error(StatusCode::BAD_REQUEST, "bad_request", reason);
-    let body: Value = serde_json::from_slice(&raw).map_err(|_| bad("not_json"))?;
     // RabbitMQ's plugin HTML-escapes a policy's reasons, not an operator policy's.
-    let policy = Policy::parse_as(kind, &name, &body).map_err(|reason| match kind {
+    let policy = Policy::parse_as(kind, name, body).map_err(|reason| match kind {
         Kind::Policy => bad(&escape_tags(&reason)),
         Kind::Operator => bad(&reason),
     })?;
@@ -157,7 +169,13 @@ async fn delete_kind(
     Path((vhost, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let broker = may_change(kind, &node, &user, &vhost)?;
-    Ok(match broker.clear_policy(kind, &name) {
+    remove(&broker, kind, &name).await
+}
+
+/// Clears the policy of `kind` named `name` in `broker`'s vhost, for a caller already
+/// authorised: 204 once that is on disk, 404 if there is none.
+pub(super) async fn remove(broker: &Broker, kind: Kind, name: &str) -> Result<Response, ApiError> {
+    Ok(match broker.clear_policy(kind, name) {
         Some(logged) => {
             broker.synced(logged).await;
             StatusCode::NO_CONTENT.into_response()
@@ -190,6 +208,6 @@ fn unauthorised(reason: &str) -> ApiError {
 }
 
 /// What the management plugin does to a reason before sending it.
-fn escape_tags(reason: &str) -> String {
+pub(super) fn escape_tags(reason: &str) -> String {
     reason.replace('<', "&lt;").replace('>', "&gt;")
 }
