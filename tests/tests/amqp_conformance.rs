@@ -174,6 +174,7 @@ managed_conformance!(
     java_client,
     management_views,
     runtime_parameters,
+    auth_attempts,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -6977,6 +6978,132 @@ async fn health_checks(_url: String, api_base: String, _metrics: String) {
 /// escaped (names are made of `[a-z0-9.-]`).
 fn regex_escape(text: &str) -> String {
     text.replace('.', "\\.")
+}
+
+/// One protocol's counters in a `/api/auth/attempts/NODE` answer: total, failed,
+/// succeeded (zeros when the protocol is not listed).
+fn attempts_of(list: &serde_json::Value, protocol: &str) -> [u64; 3] {
+    let found = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["protocol"] == protocol);
+    let count = |key: &str| found.and_then(|a| a[key].as_u64()).unwrap_or(0);
+    [
+        count("auth_attempts"),
+        count("auth_attempts_failed"),
+        count("auth_attempts_succeeded"),
+    ]
+}
+
+/// The value of a Prometheus sample labelled with `protocol` alone, if present.
+fn protocol_sample(text: &str, family: &str, protocol: &str) -> Option<f64> {
+    let prefix = format!("{family}{{protocol=\"{protocol}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Login attempts are counted per protocol as RabbitMQ counts them, for the alerts on
+/// password guessing: a refused AMQP login is a failed `amqp091` attempt, a management
+/// request with a wrong password a failed `http` one; the counts are in the API (for
+/// monitors) and the Prometheus metrics, and an operator can reset them.
+async fn auth_attempts(url: String, api_base: String, metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let (_, overview) = api(&api_base, Method::GET, "/api/overview", None).await;
+    let node = overview["node"].as_str().unwrap_or_default().to_string();
+    let path = format!("/api/auth/attempts/{}", percent_encode(&node));
+    let conn = connect(&url).await;
+    close(conn).await;
+    let (status, before) = api(&api_base, Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{before}");
+    let [_, failed_before, succeeded_before] = attempts_of(&before, "amqp091");
+
+    let wrong = url.replace("guest:guest", "guest:wrong");
+    let refused = step(
+        "connect with a wrong password",
+        Connection::connect(&wrong, ConnectionProperties::default()),
+    )
+    .await;
+    expect_code("wrong password", refused, 403);
+    let conn = connect(&url).await;
+    close(conn).await;
+    let (status, _) = api_as(&api_base, ("guest", "wrong"), Method::GET, &path, None).await;
+    assert_eq!(status, 401);
+
+    let (_, after) = api(&api_base, Method::GET, &path, None).await;
+    let [total, failed, succeeded] = attempts_of(&after, "amqp091");
+    assert!(failed > failed_before, "{before} then {after}");
+    assert!(succeeded > succeeded_before, "{before} then {after}");
+    assert_eq!(total, failed + succeeded, "{after}");
+    let [http_total, http_failed, http_succeeded] = attempts_of(&after, "http");
+    assert!(http_failed >= 1 && http_succeeded >= 1, "{after}");
+    assert_eq!(http_total, http_failed + http_succeeded, "{after}");
+    for entry in after.as_array().into_iter().flatten() {
+        let mut keys: Vec<&str> = entry
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "auth_attempts",
+                "auth_attempts_failed",
+                "auth_attempts_succeeded",
+                "protocol"
+            ],
+            "{after}"
+        );
+    }
+
+    let text = step("scrape", async {
+        reqwest::get(&metrics)
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
+    })
+    .await;
+    for family in [
+        "rabbitmq_auth_attempts_total",
+        "rabbitmq_auth_attempts_failed_total",
+        "rabbitmq_auth_attempts_succeeded_total",
+    ] {
+        assert!(
+            protocol_sample(&text, family, "amqp091").is_some_and(|n| n >= 1.0),
+            "{family} in:\n{text}"
+        );
+    }
+
+    // Sources are tracked only when the broker is configured to.
+    let (status, sources) = api(&api_base, Method::GET, &format!("{path}/source"), None).await;
+    assert_eq!((status, sources), (200, json!([])));
+    let elsewhere = format!("/api/auth/attempts/{}", uniq("nowhere"));
+    assert_eq!(api(&api_base, Method::GET, &elsewhere, None).await.0, 404);
+    let manager = uniq("attempts-manager");
+    add_user(&api_base, &manager, "management", "%2F").await;
+    let as_manager = (manager.as_str(), "pw");
+    assert_eq!(
+        api_as(&api_base, as_manager, Method::GET, &path, None).await,
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "Not monitor user"})
+        )
+    );
+
+    // Reset: counted from zero again (other logins may follow at once on a shared node,
+    // but far fewer than all those since it started).
+    assert_eq!(api(&api_base, Method::DELETE, &path, None).await.0, 204);
+    let (_, reset) = api(&api_base, Method::GET, &path, None).await;
+    let [total_after_reset, _, _] = attempts_of(&reset, "amqp091");
+    assert!(total_after_reset < total, "{after} then {reset}");
+    let deleted = format!("/api/users/{manager}");
+    assert_eq!(api(&api_base, Method::DELETE, &deleted, None).await.0, 204);
 }
 
 /// An operator closes a client's connection through the API: the client is told with

@@ -16,6 +16,7 @@ use tokio_util::codec::FramedRead;
 use tracing::info;
 
 use super::AmqpConfig;
+use super::auth_attempts::Protocol;
 use super::broker::Broker;
 use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, code};
@@ -130,7 +131,16 @@ async fn steps<R: AsyncRead + Unpin>(
         connection::AMQPMethod::StartOk(s) => s,
         other => return Err(unexpected(&other)),
     };
-    let user = match authenticate(&start_ok, &node.users(), peer) {
+    let login = authenticate(&start_ok, &node.users(), peer);
+    // As RabbitMQ counts them: an unknown mechanism is no attempt at a password.
+    match &login {
+        Ok(_) => node.auth_attempts().succeeded(Protocol::Amqp091),
+        Err(e) if e.code != code::COMMAND_INVALID => {
+            node.auth_attempts().failed(Protocol::Amqp091);
+        }
+        Err(_) => {}
+    }
+    let user = match login {
         Ok(user) => user,
         // As RabbitMQ: connection.close only to a client that asked for it; the others
         // (and any client whose start-ok RabbitMQ could not even read) see the socket

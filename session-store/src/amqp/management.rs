@@ -40,6 +40,7 @@ use amq_protocol::protocol::queue as amqp_queue;
 use amq_protocol::types::FieldTable;
 
 use self::depths::Depths;
+use super::auth_attempts::Protocol;
 use super::broker::{Broker, ConnId};
 use super::node::Node;
 use super::queue::Message;
@@ -87,6 +88,14 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         .route("/api/aliveness-test/{vhost}", get(aliveness_test))
         .route("/api/healthchecks/node", get(health::status_ok))
         .route("/api/healthchecks/node/{node}", get(health::node_named))
+        .route(
+            "/api/auth/attempts/{node}",
+            get(auth_attempts).delete(reset_auth_attempts),
+        )
+        .route(
+            "/api/auth/attempts/{node}/source",
+            get(auth_attempts_by_source),
+        )
         .route("/api/health/checks/alarms", get(health::alarms))
         .route("/api/health/checks/local-alarms", get(health::local_alarms))
         .route("/api/health/checks/virtual-hosts", get(health::status_ok))
@@ -321,10 +330,20 @@ async fn authenticate(
         return challenge(StatusCode::UNAUTHORIZED.into_response());
     };
     let login = node.users().login(&name, &password, Some(peer));
+    let attempts = node.auth_attempts();
+    if !login.as_ref().is_some_and(|u| u.may_manage()) {
+        attempts.failed(Protocol::Http);
+    }
     match login {
         Some(user) if user.may_manage() => {
+            attempts.succeeded(Protocol::Http);
             request.extensions_mut().insert(user);
-            next.run(request).await
+            let response = next.run(request).await;
+            // RabbitMQ counts a login its route refuses as a failed attempt.
+            if response.status() == StatusCode::UNAUTHORIZED {
+                attempts.refused_after_all(Protocol::Http);
+            }
+            response
         }
         Some(_) => not_authorized("Not management user"),
         None => challenge(
@@ -414,6 +433,66 @@ async fn page() -> Html<&'static str> {
 /// (UAA) sign-in here, only users and passwords.
 async fn auth_settings() -> axum::Json<Value> {
     axum::Json(json!({"enable_uaa": false, "uaa_client_id": "", "uaa_location": ""}))
+}
+
+/// `GET /api/auth/attempts/{node}` (monitors): logins tried per protocol since the start
+/// or the last reset.
+async fn auth_attempts(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    if !monitor(&user) {
+        return not_authorized("Not monitor user");
+    }
+    if name != json::NODE {
+        return not_found();
+    }
+    let counts: Vec<Value> = node
+        .auth_attempts()
+        .counts()
+        .into_iter()
+        .map(|c| {
+            json!({
+                "protocol": c.protocol.name(),
+                "auth_attempts": c.total(),
+                "auth_attempts_failed": c.failed,
+                "auth_attempts_succeeded": c.succeeded,
+            })
+        })
+        .collect();
+    axum::Json(Value::Array(counts)).into_response()
+}
+
+/// `GET /api/auth/attempts/{node}/source`: empty, as RabbitMQ's is unless it is
+/// configured to track each attempt's source (`track_auth_attempt_source`).
+async fn auth_attempts_by_source(
+    axum::Extension(user): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    if !monitor(&user) {
+        return not_authorized("Not monitor user");
+    }
+    if name != json::NODE {
+        return not_found();
+    }
+    axum::Json(json!([])).into_response()
+}
+
+/// `DELETE /api/auth/attempts/{node}`: counts from zero again.
+async fn reset_auth_attempts(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    if !monitor(&user) {
+        return not_authorized("Not monitor user");
+    }
+    if name != json::NODE {
+        return not_found();
+    }
+    node.auth_attempts().reset();
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `/api/extensions`: the management UI's plugin extensions; there are none.

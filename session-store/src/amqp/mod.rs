@@ -13,6 +13,7 @@
 //! messages for the [`management`] HTTP API.
 
 mod access;
+pub mod auth_attempts;
 mod broker;
 mod codec;
 mod connection;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AmqpConfig;
 use super::access;
+use super::auth_attempts::AuthAttempts;
 use super::broker::{Broker, ConnId, VHostInfo};
 use super::definitions::{Definitions, DefinitionsError};
 use super::error::{AmqpError, code, short};
@@ -126,6 +127,8 @@ pub struct Node {
     /// The addresses its servers listen on, by protocol (`amqp`, `http`), as they bound.
     listeners: Mutex<Vec<(&'static str, SocketAddr)>>,
     started: Instant,
+    /// Logins tried, per protocol.
+    auth_attempts: AuthAttempts,
 }
 
 /// The sampler's key for the node's totals.
@@ -161,6 +164,7 @@ impl Node {
             rates: Mutex::new(Sampler::default()),
             listeners: Mutex::new(Vec::new()),
             started: Instant::now(),
+            auth_attempts: AuthAttempts::default(),
             config,
         };
         for name in &vhost_names {
@@ -666,6 +670,11 @@ impl Node {
         }
         self.save_access()?;
         Ok(true)
+    }
+
+    /// Logins tried, per protocol.
+    pub fn auth_attempts(&self) -> &AuthAttempts {
+        &self.auth_attempts
     }
 
     /// How long the node has run.

@@ -145,6 +145,29 @@ fn collect(node: &Node, per_queue: bool, m: &mut Metrics) {
         m.counter(name, help, &protocol, value);
     }
 
+    for c in node.auth_attempts().counts() {
+        let labels = [("protocol", c.protocol.name())];
+        for (name, help, value) in [
+            (
+                "rabbitmq_auth_attempts_total",
+                "Total number of authorization attempts",
+                c.total(),
+            ),
+            (
+                "rabbitmq_auth_attempts_succeeded_total",
+                "Total number of successful authentication attempts",
+                c.succeeded,
+            ),
+            (
+                "rabbitmq_auth_attempts_failed_total",
+                "Total number of failed authentication attempts",
+                c.failed,
+            ),
+        ] {
+            m.counter(name, help, &labels, value);
+        }
+    }
+
     let resident = i64::try_from(resident_bytes()).unwrap_or(i64::MAX);
     let limit = i64::try_from(node.config().memory_high_watermark).unwrap_or(i64::MAX);
     m.gauge(
@@ -197,7 +220,10 @@ fn collect(node: &Node, per_queue: bool, m: &mut Metrics) {
     m.gauge(
         "rabbitmq_identity_info",
         "RabbitMQ node & cluster identity info",
-        &[("rabbitmq_node", NODE), ("rabbitmq_cluster", NODE)],
+        &[
+            ("rabbitmq_node", NODE),
+            ("rabbitmq_cluster", &node.cluster_name()),
+        ],
         1,
     );
 }
