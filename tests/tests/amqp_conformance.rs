@@ -175,6 +175,7 @@ managed_conformance!(
     management_views,
     runtime_parameters,
     auth_attempts,
+    queue_and_vhost_actions,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -6978,6 +6979,111 @@ async fn health_checks(_url: String, api_base: String, _metrics: String) {
 /// escaped (names are made of `[a-z0-9.-]`).
 fn regex_escape(text: &str) -> String {
     text.replace('.', "\\.")
+}
+
+/// The cluster operations RabbitMQ's API offers for queues and vhosts, which scripts
+/// call after a node restart: synchronising a queue's mirrors (a queue without any has
+/// nothing to do) and starting a vhost on a node (one that runs is left running). For
+/// administrators only.
+async fn queue_and_vhost_actions(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let conn = connect(&url).await;
+    let ch = channel(&conn).await;
+    let q = uniq("actions");
+    step(
+        "declare",
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare");
+    let actions = format!("/api/queues/%2F/{q}/actions");
+    for action in ["sync", "cancel_sync"] {
+        assert_eq!(
+            api(
+                &api_base,
+                Method::POST,
+                &actions,
+                Some(json!({ "action": action }))
+            )
+            .await,
+            (204, serde_json::Value::Null),
+            "{action}"
+        );
+    }
+    let (status, body) = api(
+        &api_base,
+        Method::POST,
+        &actions,
+        Some(json!({"action": "rebalance"})),
+    )
+    .await;
+    let bad_request = |reason: serde_json::Value| json!({"error": "bad_request", "reason": reason});
+    assert_eq!(
+        (status, body),
+        (400, bad_request(json!(["unknown", "rebalance"])))
+    );
+    assert_eq!(
+        api(&api_base, Method::POST, &actions, Some(json!({}))).await,
+        (400, bad_request(json!("[{key_missing,action}]")))
+    );
+    // A queue that does not exist: refused (RabbitMQ's handler crashes, a 500).
+    let missing = format!("/api/queues/%2F/{}/actions", uniq("missing"));
+    let (status, _) = api(
+        &api_base,
+        Method::POST,
+        &missing,
+        Some(json!({"action": "sync"})),
+    )
+    .await;
+    assert!(status >= 400, "{status}");
+
+    let (_, overview) = api(&api_base, Method::GET, "/api/overview", None).await;
+    let node = percent_encode(overview["node"].as_str().unwrap_or_default());
+    let start = format!("/api/vhosts/%2F/start/{node}");
+    assert_eq!(
+        api(&api_base, Method::POST, &start, None).await,
+        (204, serde_json::Value::Null)
+    );
+    let nowhere = format!("/api/vhosts/{}/start/{node}", uniq("nowhere"));
+    let (status, body) = api(&api_base, Method::POST, &nowhere, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no_such_vhost")),
+        "{body}"
+    );
+    let other = uniq("other@host");
+    let elsewhere = format!("/api/vhosts/%2F/start/{other}");
+    assert_eq!(
+        api(&api_base, Method::POST, &elsewhere, None).await,
+        (
+            400,
+            bad_request(json!(format!(
+                "Request to node {other} failed with nodedown"
+            )))
+        )
+    );
+
+    let manager = uniq("actions-manager");
+    add_user(&api_base, &manager, "management", "%2F").await;
+    let as_manager = (manager.as_str(), "pw");
+    let refused = json!({"error": "not_authorised", "reason": "Not administrator user"});
+    for (path, body) in [(&actions, Some(json!({"action": "sync"}))), (&start, None)] {
+        assert_eq!(
+            api_as(&api_base, as_manager, Method::POST, path, body).await,
+            (401, refused.clone()),
+            "{path}"
+        );
+    }
+    let deleted = format!("/api/users/{manager}");
+    assert_eq!(api(&api_base, Method::DELETE, &deleted, None).await.0, 204);
+    close(conn).await;
 }
 
 /// One protocol's counters in a `/api/auth/attempts/NODE` answer: total, failed,

@@ -190,6 +190,7 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             get(admin::vhost_topic_permissions),
         )
         .route("/api/rebalance/queues", post(admin::rebalance_queues))
+        .route("/api/vhosts/{name}/start/{node}", post(admin::start_vhost))
         .route("/api/extensions", get(extensions))
         .route("/api/connections", get(connections::all))
         .route(
@@ -288,6 +289,10 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             axum::routing::delete(write::purge_queue),
         )
         .route("/api/queues/{vhost}/{name}/get", post(write::get_messages))
+        .route(
+            "/api/queues/{vhost}/{name}/actions",
+            post(admin::queue_action),
+        )
         .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings_in))

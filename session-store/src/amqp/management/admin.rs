@@ -15,9 +15,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::write::{ApiError, created_or_not, error, not_a};
-use super::{Caller, not_found};
+use super::{Caller, has_queue, not_found};
 use crate::amqp::definitions;
-use crate::amqp::node::Node;
+use crate::amqp::node::{NODE_NAME, Node};
 use crate::amqp::permissions::{Permissions, TopicPermission};
 use crate::amqp::store::StoreError;
 use crate::amqp::users::{Hashing, PasswordHash, User};
@@ -241,6 +241,49 @@ pub async fn bulk_delete_users(
         None => Ok(StatusCode::NO_CONTENT.into_response()),
         Some(missing) => Err(not_a("no_such_user", &Value::from(missing))),
     }
+}
+
+/// `POST /api/queues/{vhost}/{name}/actions` with `{"action": "sync"}` or
+/// `"cancel_sync"`: 204. They synchronise a classic queue's mirrors; a single node has
+/// none, so there is nothing to do, as RabbitMQ answers for a queue without mirrors.
+pub async fn queue_action(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    if !node.vhost(&vhost).is_some_and(|v| has_queue(&v, &name)) {
+        return Ok(not_found());
+    }
+    let body = object(&raw)?;
+    match body.get("action") {
+        Some(Value::String(action)) if action == "sync" || action == "cancel_sync" => {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Some(other) => Err(not_a("unknown", other)),
+        None => Err(bad("[{key_missing,action}]")),
+    }
+}
+
+/// `POST /api/vhosts/{name}/start/{node}`: 204. A vhost runs here while it exists, so
+/// starting it again, as scripts do after a node restart, changes nothing. Refusals
+/// with RabbitMQ's 400 texts.
+pub async fn start_vhost(
+    State(node): State<Arc<Node>>,
+    axum::Extension(caller): Caller,
+    Path((vhost, on)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    administrator(&caller)?;
+    if on != NODE_NAME {
+        return Err(bad(&format!("Request to node {on} failed with nodedown")));
+    }
+    if node.vhost(&vhost).is_none() {
+        return Err(bad(&format!(
+            "Request to node {on} failed with {{no_such_vhost,<<\"{vhost}\">>}}"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /api/rebalance/queues`: 204. A single node has no queue leaders to move; the
