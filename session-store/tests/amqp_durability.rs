@@ -419,13 +419,7 @@ async fn policies_and_operator_policies_the_api_accepted_survive_kill_9_and_appl
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
     let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, url: String, body: Option<serde_json::Value>| {
-        let mut request = http.request(method, url).basic_auth("guest", Some("guest"));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send()
-    };
+    let call = |method, url, body| as_guest(&http, method, url, body);
     let (store, api) = Store::start_managed(&data, &log).await;
     let capped = serde_json::json!({"pattern": "^capped$", "apply-to": "queues",
                                     "definition": {"max-length": 2}});
@@ -885,6 +879,20 @@ const TWO_VHOSTS: &str = r#"{
   "bindings": [{"source": "incoming", "vhost": "orders", "destination": "q", "destination_type": "queue", "routing_key": "new", "arguments": {}}]
 }"#;
 
+/// A management API request as `guest`, with a JSON body if given.
+fn as_guest(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> impl Future<Output = reqwest::Result<reqwest::Response>> {
+    let mut request = http.request(method, url).basic_auth("guest", Some("guest"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send()
+}
+
 /// The cluster name the server sends in connection.start (read off the wire: lapin does
 /// not expose the server's properties).
 async fn announced_cluster_name(port: u16) -> String {
@@ -926,13 +934,7 @@ async fn cluster_name_and_global_parameters_survive_kill_9() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
     let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, url: String, body: Option<serde_json::Value>| {
-        let mut request = http.request(method, url).basic_auth("guest", Some("guest"));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send()
-    };
+    let call = |method, url, body| as_guest(&http, method, url, body);
     let get = |url: String| async {
         let response = step(call(reqwest::Method::GET, url, None))
             .await

@@ -6543,6 +6543,18 @@ async fn add_user(api_base: &str, user: &str, tags: &str, vhost_path: &str) {
     assert_eq!(status, 201, "grant {user} on {vhost_path}");
 }
 
+/// Creates a vhost named `uniq(prefix)`, where its creator (guest) gets every
+/// permission; returns its name and its percent-encoded path segment.
+async fn add_vhost(api_base: &str, prefix: &str) -> (String, String) {
+    let vhost = uniq(prefix);
+    let encoded = percent_encode(&vhost);
+    let path = format!("/api/vhosts/{encoded}");
+    let created = serde_json::json!({});
+    let (status, _) = api(api_base, reqwest::Method::PUT, &path, Some(created)).await;
+    assert_eq!(status, 201, "create vhost {vhost}");
+    (vhost, encoded)
+}
+
 /// Polls `check` until it holds, for at most `limit`.
 async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
@@ -7796,18 +7808,13 @@ async fn topic_permissions(url: String, api_base: String, _metrics: String) {
 async fn limits(url: String, api_base: String, _metrics: String) {
     use reqwest::Method;
     use serde_json::json;
-    let (user, vhost) = (uniq("limited"), uniq("limited-vhost"));
+    let user = uniq("limited");
+    let (vhost, v) = add_vhost(&api_base, "limited-vhost").await;
     let user_path = format!("/api/users/{user}");
-    let vhost_path = format!("/api/vhosts/{}", percent_encode(&vhost));
-    let vhost_limits = format!("/api/vhost-limits/{}", percent_encode(&vhost));
+    let vhost_path = format!("/api/vhosts/{v}");
+    let vhost_limits = format!("/api/vhost-limits/{v}");
     let user_limits = format!("/api/user-limits/{user}");
     let value = |n: i64| Some(json!({ "value": n }));
-    assert_eq!(
-        api(&api_base, Method::PUT, &vhost_path, Some(json!({})))
-            .await
-            .0,
-        201
-    );
     add_user(&api_base, &user, "management", &percent_encode(&vhost)).await;
     let (status, none) = api(&api_base, Method::GET, &vhost_limits, None).await;
     assert_eq!((status, none), (200, json!([])));
@@ -8359,16 +8366,8 @@ async fn connection_name(api_base: &str, given: &str) -> String {
 async fn management_views(url: String, api_base: String, _metrics: String) {
     use reqwest::Method;
     use serde_json::json;
-    let vhost = uniq("views-vhost");
-    let v = percent_encode(&vhost);
+    let (vhost, v) = add_vhost(&api_base, "views-vhost").await;
     let vhost_path = format!("/api/vhosts/{v}");
-    // Its creator (guest) gets every permission there.
-    assert_eq!(
-        api(&api_base, Method::PUT, &vhost_path, Some(json!({})))
-            .await
-            .0,
-        201
-    );
     // `bare` has no permissions; `viewer` manages, on the vhost and on "/".
     let (bare, viewer) = (uniq("bare"), uniq("viewer"));
     let created = json!({"password": "pw", "tags": ""});
@@ -8806,15 +8805,8 @@ async fn management_views(url: String, api_base: String, _metrics: String) {
 async fn runtime_parameters(_url: String, api_base: String, _metrics: String) {
     use reqwest::Method;
     use serde_json::json;
-    let vhost = uniq("params-vhost");
-    let v = percent_encode(&vhost);
+    let (vhost, v) = add_vhost(&api_base, "params-vhost").await;
     let vhost_path = format!("/api/vhosts/{v}");
-    assert_eq!(
-        api(&api_base, Method::PUT, &vhost_path, Some(json!({})))
-            .await
-            .0,
-        201
-    );
     let limits_path = format!("/api/vhost-limits/{v}");
     assert_eq!(
         api(

@@ -152,15 +152,8 @@ pub async fn user_permissions(
     if users.get(&user).is_none() {
         return Ok(not_found());
     }
-    let vhosts: Vec<String> = node.vhost_names();
-    let Value::Array(all) = definitions::permissions_json(&users, &vhosts) else {
-        return Ok(not_found());
-    };
-    let own: Vec<Value> = all
-        .into_iter()
-        .filter(|p| p["user"] == user.as_str())
-        .collect();
-    Ok(axum::Json(own).into_response())
+    let all = definitions::permissions_json(&users, &node.vhost_names());
+    Ok(axum::Json(of_user(all, &user)).into_response())
 }
 
 /// `GET /api/vhosts/{name}/topic-permissions`: every user's there.
@@ -188,14 +181,8 @@ pub async fn user_topic_permissions(
     if users.get(&user).is_none() {
         return Ok(not_found());
     }
-    let Value::Array(all) = definitions::topic_permissions_json(&users, &node.vhost_names()) else {
-        return Ok(not_found());
-    };
-    let own: Vec<Value> = all
-        .into_iter()
-        .filter(|p| p["user"] == user.as_str())
-        .collect();
-    Ok(axum::Json(own).into_response())
+    let all = definitions::topic_permissions_json(&users, &node.vhost_names());
+    Ok(axum::Json(of_user(all, &user)).into_response())
 }
 
 /// `GET /api/users/without-permissions`: the users no vhost admits, the ones a cleanup
@@ -331,15 +318,8 @@ pub async fn get_topic_permissions(
 ) -> Result<Response, ApiError> {
     administrator(&caller)?;
     let users = node.users();
-    let Value::Array(all) =
-        definitions::topic_permissions_json(&users, std::slice::from_ref(&vhost))
-    else {
-        return Ok(not_found());
-    };
-    let own: Vec<Value> = all
-        .into_iter()
-        .filter(|p| p["user"] == user.as_str())
-        .collect();
+    let all = definitions::topic_permissions_json(&users, std::slice::from_ref(&vhost));
+    let own = of_user(all, &user);
     if own.is_empty() {
         return Ok(not_found());
     }
@@ -386,6 +366,14 @@ pub async fn delete_permissions(
     administrator(&caller)?;
     let deleted = blocking(move || node.delete_permissions(&user, &vhost)).await?;
     Ok(deleted_or_not(deleted))
+}
+
+/// The rows of a permissions listing that are `user`'s.
+fn of_user(all: Value, user: &str) -> Vec<Value> {
+    let Value::Array(all) = all else {
+        return Vec::new();
+    };
+    all.into_iter().filter(|p| p["user"] == user).collect()
 }
 
 /// RabbitMQ's refusal for anyone but administrators.
