@@ -29,6 +29,7 @@ mod inspect;
 
 pub use inspect::VHostInfo;
 
+use super::churn::{self, Churn};
 use super::codec::Outbound;
 use super::dead_letter::{self, Reason, Target};
 use super::error::AmqpError;
@@ -258,6 +259,8 @@ struct Core {
     retired: MessageStats,
     /// The node-wide count of held message bytes, which dead letters are charged to.
     memory: Arc<AtomicU64>,
+    /// The node's churn counters.
+    churn: Arc<Churn>,
 }
 
 /// What basic.get hands back.
@@ -311,8 +314,9 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// The vhost `name`, its messages' bytes counted by the node-wide `memory` monitor.
-    pub fn new(name: &str, memory: Arc<MemoryMonitor>) -> Self {
+    /// The vhost `name`, its messages' bytes counted by the node-wide `memory` monitor,
+    /// its channels and queues opened and closed by the node's `churn`.
+    pub fn new(name: &str, memory: Arc<MemoryMonitor>, churn: Arc<Churn>) -> Self {
         Broker {
             name: name.to_string(),
             core: Mutex::new(Core {
@@ -324,6 +328,7 @@ impl Broker {
                 unroutable: 0,
                 retired: MessageStats::default(),
                 memory: memory.counter(),
+                churn,
             }),
             memory,
             confirms: AtomicU64::new(0),
@@ -404,9 +409,10 @@ impl Broker {
     }
 
     pub fn open_channel(&self, conn: ConnId, channel: u16) {
-        self.lock()
-            .channels
+        let mut core = self.lock();
+        core.channels
             .insert((conn, channel), ChannelState::default());
+        core.churn.count(churn::Event::ChannelCreated);
     }
 
     pub fn close_channel(&self, conn: ConnId, channel: u16) {
@@ -672,6 +678,7 @@ impl Broker {
         // A queue that exists is only compared with the declaration, as in RabbitMQ: its
         // arguments were checked when it was made.
         if let Some(q) = vhost.queues.get_mut(requested) {
+            core.churn.count(churn::Event::QueueDeclared);
             q.last_used = now;
             let arg = |a, r: &dyn std::fmt::Display, c: &dyn std::fmt::Display| {
                 AmqpError::inequivalent(a, "queue", requested, &vhost.name, r, c)
@@ -702,6 +709,7 @@ impl Broker {
         if let Some(check) = authorize.take() {
             check(&name)?;
         }
+        core.churn.count(churn::Event::QueueDeclared);
         if let Some(max) = max_queues
             && u64::try_from(vhost.queues.len()).unwrap_or(u64::MAX) >= max
         {
@@ -753,6 +761,7 @@ impl Broker {
             });
         }
         vhost.queues.insert(name.clone(), q);
+        core.churn.count(churn::Event::QueueCreated);
         Ok((name, 0, 0))
     }
 
@@ -1863,6 +1872,7 @@ fn close_channel(core: &mut Core, conn: ConnId, channel: u16) {
     let Some(state) = core.channels.remove(&(conn, channel)) else {
         return;
     };
+    core.churn.count(churn::Event::ChannelClosed);
     if let Some(reply) = &state.reply {
         core.replies.remove(&reply.suffix);
     }
@@ -1925,6 +1935,7 @@ fn delete_queue_for(core: &mut Core, name: &str, deleter: Option<ConnId>) -> (u3
     let Some(q) = core.vhost.queues.remove(name) else {
         return (0, own);
     };
+    core.churn.count(churn::Event::QueueDeleted);
     core.retired.add(&q.stats);
     if q.journal.is_some() {
         core.vhost.log(|| Record::DeleteQueue {

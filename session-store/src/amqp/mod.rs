@@ -15,6 +15,7 @@
 mod access;
 pub mod auth_attempts;
 mod broker;
+pub mod churn;
 mod codec;
 mod connection;
 mod dead_letter;

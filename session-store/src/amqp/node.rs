@@ -19,6 +19,7 @@ use super::AmqpConfig;
 use super::access;
 use super::auth_attempts::AuthAttempts;
 use super::broker::{Broker, ConnId, VHostInfo};
+use super::churn::{self, Churn};
 use super::definitions::{Definitions, DefinitionsError};
 use super::error::{AmqpError, code, short};
 use super::exchange::Destination;
@@ -129,6 +130,8 @@ pub struct Node {
     started: Instant,
     /// Logins tried, per protocol.
     auth_attempts: AuthAttempts,
+    /// Connections, channels and queues opened and closed.
+    churn: Arc<Churn>,
 }
 
 /// The sampler's key for the node's totals.
@@ -165,6 +168,7 @@ impl Node {
             listeners: Mutex::new(Vec::new()),
             started: Instant::now(),
             auth_attempts: AuthAttempts::default(),
+            churn: Arc::default(),
             config,
         };
         for name in &vhost_names {
@@ -183,7 +187,7 @@ impl Node {
     /// Creates the vhost `name`, recovering its durable state if the data directory has
     /// some. Reads the disk.
     fn open_vhost(&self, name: &str) -> Result<Arc<Broker>, StoreError> {
-        let broker = Broker::new(name, self.memory.clone());
+        let broker = Broker::new(name, self.memory.clone(), self.churn.clone());
         if let Some(data) = &self.data {
             let (journal, state) = store::open(&data.vhost(name), &self.memory.counter())?;
             broker.restore_durable(journal.clone(), state);
@@ -719,10 +723,18 @@ impl Node {
     /// Lists a connection that opened its vhost.
     pub fn connection_opened(&self, info: ConnInfo) {
         self.conns().insert(info.id, info);
+        self.churn.count(churn::Event::ConnectionCreated);
     }
 
     pub fn connection_closed(&self, id: ConnId) {
-        self.conns().remove(&id);
+        if self.conns().remove(&id).is_some() {
+            self.churn.count(churn::Event::ConnectionClosed);
+        }
+    }
+
+    /// Connections, channels and queues opened and closed since the start.
+    pub fn churn(&self) -> &Churn {
+        &self.churn
     }
 
     /// The open connections, oldest first.
@@ -785,6 +797,7 @@ impl Node {
             rates.record(key, stats, now);
         }
         rates.end_round();
+        self.churn.sample(now);
         traffic
     }
 

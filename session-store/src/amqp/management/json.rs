@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::depths::Depths;
 use crate::amqp::broker::{Broker, ConnId};
+use crate::amqp::churn::{self, Churn};
 use crate::amqp::definitions;
 use crate::amqp::node::{ConnInfo, NODE_NAME, Node};
 use crate::amqp::policy::{self, Kind};
@@ -129,7 +130,22 @@ pub fn overview(node: &Node, depths: &Depths) -> Value {
         },
         "queue_totals": queue_totals,
         "message_stats": message_stats(&total.stats, &rates, &[]),
+        "churn_rates": churn_rates(node.churn()),
     })
+}
+
+/// The overview's `churn_rates`: each count since the start and its rate.
+fn churn_rates(churn: &Churn) -> Value {
+    let mut out = serde_json::Map::new();
+    for event in churn::Event::ALL {
+        let name = event.overview_name();
+        out.insert(name.to_string(), json!(churn.total(event)));
+        out.insert(
+            format!("{name}_details"),
+            json!({"rate": churn.rate(event)}),
+        );
+    }
+    Value::Object(out)
 }
 
 pub fn vhost(node: &Node, vhost: &Broker, depths: &Depths) -> Value {

@@ -15,6 +15,10 @@ use tracing::warn;
 
 use super::json::{MANAGEMENT_VERSION, NODE, resident_bytes};
 use super::memory_alarm;
+use nix::sys::resource::{Resource, getrlimit};
+use nix::sys::statvfs::statvfs;
+
+use crate::amqp::churn;
 use crate::amqp::node::Node;
 use crate::amqp::stats::MessageStats;
 
@@ -145,6 +149,27 @@ fn collect(node: &Node, per_queue: bool, m: &mut Metrics) {
         m.counter(name, help, &protocol, value);
     }
 
+    for (name, help, value) in channel_counters(&totals.stats) {
+        m.counter(name, help, &[], value);
+    }
+    m.gauge(
+        "rabbitmq_channel_consumers",
+        "Consumers on a channel",
+        &[],
+        totals.consumers as i64,
+    );
+    m.gauge(
+        "rabbitmq_channel_messages_unacked",
+        "Delivered but not yet acknowledged messages",
+        &[],
+        i64::try_from(totals.messages_unacknowledged).unwrap_or(i64::MAX),
+    );
+    let churn = node.churn();
+    for event in churn::Event::ALL {
+        let (name, help) = event.metric();
+        m.counter(name, help, &[], churn.total(event));
+    }
+
     for c in node.auth_attempts().counts() {
         let labels = [("protocol", c.protocol.name())];
         for (name, help, value) in [
@@ -201,6 +226,47 @@ fn collect(node: &Node, per_queue: bool, m: &mut Metrics) {
         &[],
         fds as i64,
     );
+    if let Ok((max_fds, _)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let max_fds = i64::try_from(max_fds).unwrap_or(i64::MAX);
+        m.gauge(
+            "rabbitmq_process_max_fds",
+            "Open file descriptors limit",
+            &[],
+            max_fds,
+        );
+        m.gauge(
+            "rabbitmq_process_max_tcp_sockets",
+            "Open TCP sockets limit (the descriptors limit: each socket takes one)",
+            &[],
+            max_fds,
+        );
+    }
+    m.gauge(
+        "rabbitmq_process_open_tcp_sockets",
+        "Open TCP sockets (of client connections)",
+        &[],
+        totals.connections as i64,
+    );
+    let data = node
+        .config()
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    if let Ok(fs) = statvfs(&data) {
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        m.gauge(
+            "rabbitmq_disk_space_available_bytes",
+            "Disk space available in bytes (where the data directory is)",
+            &[],
+            i64::try_from(free).unwrap_or(i64::MAX),
+        );
+    }
+    m.gauge(
+        "rabbitmq_disk_space_available_limit_bytes",
+        "Free disk space low watermark in bytes (none: publishers are never blocked for disk space)",
+        &[],
+        0,
+    );
     m.gauge(
         "rabbitmq_erlang_uptime_seconds",
         "Node uptime",
@@ -226,6 +292,63 @@ fn collect(node: &Node, per_queue: bool, m: &mut Metrics) {
         ],
         1,
     );
+}
+
+/// The plugin's `rabbitmq_channel_*` counters, summed over every channel since the start
+/// (RabbitMQ's sum forgets closed channels; these never go back).
+fn channel_counters(s: &MessageStats) -> [(&'static str, &'static str, u64); 10] {
+    [
+        (
+            "rabbitmq_channel_messages_published_total",
+            "Total number of messages published into an exchange on a channel",
+            s.publish,
+        ),
+        (
+            "rabbitmq_channel_messages_confirmed_total",
+            "Total number of messages published into an exchange and confirmed on the channel",
+            s.confirm,
+        ),
+        (
+            "rabbitmq_channel_messages_unroutable_returned_total",
+            "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+            s.return_unroutable,
+        ),
+        (
+            "rabbitmq_channel_messages_unroutable_dropped_total",
+            "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+            s.drop_unroutable,
+        ),
+        (
+            "rabbitmq_channel_get_ack_total",
+            "Total number of messages fetched with basic.get in manual acknowledgement mode",
+            s.get,
+        ),
+        (
+            "rabbitmq_channel_get_total",
+            "Total number of messages fetched with basic.get in automatic acknowledgement mode",
+            s.get_no_ack,
+        ),
+        (
+            "rabbitmq_channel_messages_delivered_ack_total",
+            "Total number of messages delivered to consumers in manual acknowledgement mode",
+            s.deliver,
+        ),
+        (
+            "rabbitmq_channel_messages_delivered_total",
+            "Total number of messages delivered to consumers in automatic acknowledgement mode",
+            s.deliver_no_ack,
+        ),
+        (
+            "rabbitmq_channel_messages_redelivered_total",
+            "Total number of messages redelivered to consumers",
+            s.redeliver,
+        ),
+        (
+            "rabbitmq_channel_messages_acked_total",
+            "Total number of messages acknowledged by consumers",
+            s.ack,
+        ),
+    ]
 }
 
 /// The plugin's `rabbitmq_global_messages_*` counters from the node's message counters.
