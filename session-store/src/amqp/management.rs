@@ -18,6 +18,7 @@ mod limits;
 mod metrics;
 mod parameters;
 mod policies;
+mod shape;
 mod write;
 
 use std::net::SocketAddr;
@@ -312,6 +313,7 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
             "/api/bindings/{vhost}/e/{source}/e/{destination}/{props}",
             axum::routing::delete(write::unbind_exchange),
         )
+        .layer(middleware::from_fn(shape::reply))
         .layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .layer(axum::Extension(depths))
         // Without a login, as RabbitMQ's Prometheus endpoint and login settings.
