@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::json as view;
 use super::write::{ApiError, error};
-use super::{Caller, monitor, not_authorized, not_found, one, visible};
+use super::{Caller, monitor, not_found, one, visible};
 use crate::amqp::node::Node;
 use crate::amqp::users::User;
 
@@ -103,22 +103,22 @@ pub async fn close(
     axum::Extension(user): Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Some(owner) = node
         .connections()
         .into_iter()
         .find(|c| c.name() == name)
         .map(|c| c.user)
     else {
-        return not_found();
+        return Err(missing());
     };
     if owner != user.name && !user.has_tag("administrator") {
-        return not_authorized("User not authorised to access object");
+        return Err(not_yours());
     }
     if node.close_connection(&name, reason(&headers)) {
-        StatusCode::NO_CONTENT.into_response()
+        Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        not_found()
+        Err(missing())
     }
 }
 
@@ -165,17 +165,17 @@ pub async fn channel(
     State(node): State<Arc<Node>>,
     axum::Extension(user): Caller,
     Path(name): Path<String>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Value::Array(list) = view::channels(&node, &visible(&node, &user)) else {
-        return not_found();
+        return Err(missing());
     };
     match list.into_iter().find(|ch| ch["name"] == name.as_str()) {
         Some(mut ch) if ch["user"] == user.name.as_str() || monitor(&user) => {
             ch["consumer_details"] = consumers_on(&node, &user, &name).into();
-            axum::Json(ch).into_response()
+            Ok(axum::Json(ch).into_response())
         }
-        Some(_) => not_authorized("User not authorised to access object"),
-        None => not_found(),
+        Some(_) => Err(not_yours()),
+        None => Err(missing()),
     }
 }
 
