@@ -104,6 +104,7 @@ conformance!(
     per_message_expiration,
     transactions,
     pika_client,
+    aio_pika_client,
     amqplib_client,
     celery_client,
     second_protocol_header_after_handshake,
@@ -3604,6 +3605,16 @@ async fn pika_client(url: String) {
     let out = python_script(url, "pika", "test_pika.py", Duration::from_secs(30)).await;
     if let Some(out) = out {
         assert!(out.0, "pika script failed:\n{}", out.1);
+    }
+}
+
+/// The same through an asyncio client with a codec of its own (aio-pika over aiormq and
+/// pamqp): confirms, returns, a prefetch-bounded consumer, dead letters, a transaction, a
+/// refused redeclaration and the RPC pattern.
+async fn aio_pika_client(url: String) {
+    let out = python_script(url, "aio_pika", "test_aio_pika.py", Duration::from_secs(30)).await;
+    if let Some(out) = out {
+        assert!(out.0, "aio-pika script failed:\n{}", out.1);
     }
 }
 
