@@ -6569,6 +6569,22 @@ async fn add_vhost(api_base: &str, prefix: &str) -> (String, String) {
     (vhost, encoded)
 }
 
+/// The error the broker's connection.close gives a connection, read from its events.
+async fn broker_closed(
+    events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin),
+) -> lapin::Error {
+    step("the broker's connection.close", async {
+        loop {
+            match events.next().await {
+                Some(lapin::Event::Error(e)) => break e,
+                Some(_) => continue,
+                None => panic!("the connection's event stream ended"),
+            }
+        }
+    })
+    .await
+}
+
 /// Polls `check` until it holds, for at most `limit`.
 async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
@@ -7500,16 +7516,7 @@ async fn management_closes_connections(url: String, api_base: String, _metrics: 
     .await
     .expect("request");
     assert_eq!(response.status().as_u16(), 204);
-    let reason = step("the broker's connection.close", async {
-        loop {
-            match events.next().await {
-                Some(lapin::Event::Error(e)) => break e,
-                Some(_) => continue,
-                None => panic!("the connection's event stream ended"),
-            }
-        }
-    })
-    .await;
+    let reason = broker_closed(&mut events).await;
     let e = expect_code("closed via the API", Err::<(), _>(reason), 320);
     expect_text(&e, "CONNECTION_FORCED - maintenance window");
     let missing = format!(
@@ -7785,16 +7792,7 @@ async fn management_administers_access(url: String, api_base: String, _metrics: 
         api(&api_base, Method::DELETE, &vhost_path, None).await.0,
         204
     );
-    let reason = step("the broker's connection.close", async {
-        loop {
-            match events.next().await {
-                Some(lapin::Event::Error(e)) => break e,
-                Some(_) => continue,
-                None => panic!("the connection's event stream ended"),
-            }
-        }
-    })
-    .await;
+    let reason = broker_closed(&mut events).await;
     // Both brokers send connection.close; RabbitMQ closes the socket right after it, so
     // lapin sometimes reports the reset first. A close it did read must be this one.
     // RabbitMQ races its own vhost shutdown and sometimes says "is down" instead.
@@ -7835,16 +7833,7 @@ async fn management_administers_access(url: String, api_base: String, _metrics: 
         api(&api_base, Method::DELETE, &user_path, None).await.0,
         204
     );
-    let reason = step("the broker's connection.close", async {
-        loop {
-            match events.next().await {
-                Some(lapin::Event::Error(e)) => break e,
-                Some(_) => continue,
-                None => panic!("the connection's event stream ended"),
-            }
-        }
-    })
-    .await;
+    let reason = broker_closed(&mut events).await;
     if let lapin::ErrorKind::ProtocolError(amqp) = reason.kind() {
         assert_eq!(amqp.get_id(), 320, "{reason}");
         assert_eq!(
@@ -8833,16 +8822,7 @@ async fn management_views(url: String, api_base: String, _metrics: String) {
         (204, serde_json::Value::Null)
     );
     for ((events, conn), given) in listeners.iter_mut().zip(&viewer_conns).zip(&viewer_given) {
-        let reason = step("the broker's connection.close", async {
-            loop {
-                match events.next().await {
-                    Some(lapin::Event::Error(e)) => break e,
-                    Some(_) => continue,
-                    None => panic!("the connection's event stream ended"),
-                }
-            }
-        })
-        .await;
+        let reason = broker_closed(events).await;
         // A close lapin read before the socket went must be this one.
         if let lapin::ErrorKind::ProtocolError(amqp) = reason.kind() {
             assert_eq!(
@@ -9985,16 +9965,7 @@ async fn rabbitmqadmin_cli(url: String, api_base: String, _metrics: String) {
     );
     let close_conn = ["close", "connection", &format!("name={name}")];
     admin.says(None, &close_conn, "connection closed\n").await;
-    let reason = step("the broker's connection.close", async {
-        loop {
-            match events.next().await {
-                Some(lapin::Event::Error(e)) => break e,
-                Some(_) => continue,
-                None => panic!("the connection's event stream ended"),
-            }
-        }
-    })
-    .await;
+    let reason = broker_closed(&mut events).await;
     let e = expect_code("closed by rabbitmqadmin", Err::<(), _>(reason), 320);
     expect_text(&e, "CONNECTION_FORCED - Closed via management plugin");
     disconnected(&conn, "the closed connection").await;
