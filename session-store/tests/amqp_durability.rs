@@ -114,6 +114,11 @@ impl Store {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// As guest, in `vhost` (percent-encoded).
+    fn url_of_vhost(&self, vhost: &str) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", self.port)
+    }
+
     fn url_of(&self, user: &str, vhost: &str) -> String {
         format!("amqp://{user}:{user}@127.0.0.1:{}/{vhost}", self.port)
     }
@@ -926,11 +931,12 @@ async fn announced_cluster_name(port: u16) -> String {
     panic!("no connection.start in {} bytes", buf.len());
 }
 
-/// The cluster's name and the global parameters set through the API are kept: they are
-/// there after a kill -9, clients are told the name, and the cluster's id stays the one it
-/// was given at first start.
+/// The cluster's name, the global parameters and a vhost's metadata set through the API
+/// are kept: they are there after a kill -9, clients are told the name, the vhost's
+/// default queue type still applies, and the cluster's id stays the one it was given at
+/// first start.
 #[tokio::test(flavor = "multi_thread")]
-async fn cluster_name_and_global_parameters_survive_kill_9() {
+async fn cluster_name_global_parameters_and_vhost_metadata_survive_kill_9() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
     let http = reqwest::Client::new();
@@ -967,6 +973,13 @@ async fn cluster_name_and_global_parameters_survive_kill_9() {
             201,
         ),
         (reqwest::Method::DELETE, "global-parameters/gone", None, 204),
+        (
+            reqwest::Method::PUT,
+            "vhosts/shop",
+            Some(serde_json::json!({"description": "the shop", "tags": "a,b",
+                                    "defaultqueuetype": "quorum"})),
+            201,
+        ),
     ] {
         let url = format!("{api}/api/{path}");
         let response = step(call(method, url, body)).await.expect("request");
@@ -990,6 +1003,17 @@ async fn cluster_name_and_global_parameters_survive_kill_9() {
             {"name": "region", "value": {"zone": "b"}},
         ])
     );
+    let (_, shop) = get(format!("{api}/api/vhosts/shop")).await;
+    assert_eq!(
+        shop["metadata"],
+        serde_json::json!({"description": "the shop", "tags": ["a", "b"],
+                           "default_queue_type": "quorum"}),
+        "{shop}"
+    );
+    let (_conn, ch) = channel(&store.url_of_vhost("shop")).await;
+    declare(&ch, "orders", true, FieldTable::default()).await;
+    let (_, orders) = get(format!("{api}/api/queues/shop/orders")).await;
+    assert_eq!(orders["type"], "quorum", "{orders}");
     store.stop().await;
 }
 

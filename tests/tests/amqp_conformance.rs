@@ -180,6 +180,7 @@ managed_conformance!(
     rabbitmqadmin_cli,
     churn_and_channel_metrics,
     listing_parameters,
+    vhost_metadata,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -7355,6 +7356,87 @@ async fn listing_parameters(url: String, api_base: String, _metrics: String) {
     close(conn).await;
     let gone = format!("/api/vhosts/{v}");
     assert_eq!(api(&api_base, Method::DELETE, &gone, None).await.0, 204);
+}
+
+/// A vhost's metadata as RabbitMQ 3.10 keeps it: a description and tags, shown at the
+/// top and in `metadata`, changed by a later PUT; and a default queue type, which makes a
+/// queue declared there without `x-queue-type` a quorum queue when it can be one
+/// (durable, not exclusive, not auto-delete), redeclared as it was without a mismatch,
+/// while an exclusive queue stays classic.
+async fn vhost_metadata(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let vhost = uniq("described");
+    let v = percent_encode(&vhost);
+    let path = format!("/api/vhosts/{v}");
+    let made =
+        json!({"description": "orders", "tags": "team-a, billing", "defaultqueuetype": "quorum"});
+    assert_eq!(api(&api_base, Method::PUT, &path, Some(made)).await.0, 201);
+    let (status, shown) = api(&api_base, Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(
+        (
+            &shown["description"],
+            &shown["tags"],
+            &shown["default_queue_type"],
+            &shown["metadata"]
+        ),
+        (
+            &json!("orders"),
+            &json!(["team-a", "billing"]),
+            &json!("quorum"),
+            &json!({"description": "orders", "tags": ["team-a", "billing"],
+                    "default_queue_type": "quorum"})
+        ),
+        "{shown}"
+    );
+
+    let conn = connect(&url.replace("/%2f", &format!("/{v}"))).await;
+    let ch = channel(&conn).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_queue(&ch, "orders", durable, FieldTable::default()).await;
+    // Declared again as before: the vhost's default is applied the same way.
+    declare_queue(&ch, "orders", durable, FieldTable::default()).await;
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    declare_queue(&ch, "scratch", exclusive, FieldTable::default()).await;
+    for (queue, kind) in [("orders", "quorum"), ("scratch", "classic")] {
+        let one = format!("/api/queues/{v}/{queue}");
+        let deadline = Instant::now() + STATS_LAG;
+        loop {
+            let (status, q) = api(&api_base, Method::GET, &one, None).await;
+            if status == 200 {
+                assert_eq!(q["type"], kind, "{q}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{one}: {status} {q}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // A later PUT sets the description and tags; the default queue type stays.
+    let changed = json!({"description": "orders, v2", "tags": ["billing"]});
+    assert_eq!(
+        api(&api_base, Method::PUT, &path, Some(changed)).await.0,
+        204
+    );
+    let (_, shown) = api(&api_base, Method::GET, &path, None).await;
+    assert_eq!(
+        (
+            &shown["description"],
+            &shown["tags"],
+            &shown["default_queue_type"]
+        ),
+        (&json!("orders, v2"), &json!(["billing"]), &json!("quorum")),
+        "{shown}"
+    );
+    close(conn).await;
+    assert_eq!(api(&api_base, Method::DELETE, &path, None).await.0, 204);
 }
 
 /// One protocol's counters in a `/api/auth/attempts/NODE` answer: total, failed,

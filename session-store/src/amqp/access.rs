@@ -6,6 +6,7 @@
 //! over its database at boot, while the implicit `guest` default applies only to a data
 //! directory that has none (so a guest deleted or re-passworded through the API stays so).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use super::globals::Globals;
 use super::node::NodeError;
 use super::store::{DataDir, StoreError};
 use super::users::Users;
+use super::vhost_meta::VHostMeta;
 
 const FILE: &str = "definitions.json";
 
@@ -22,10 +24,12 @@ fn path(data: &DataDir) -> PathBuf {
     data.root().join(FILE)
 }
 
-/// What the node starts with: users, vhosts and global parameters.
+/// What the node starts with: users, vhosts (with their metadata) and global
+/// parameters.
 pub struct Access {
     pub users: Users,
     pub vhosts: Vec<String>,
+    pub vhost_meta: BTreeMap<String, VHostMeta>,
     pub globals: Globals,
 }
 
@@ -37,6 +41,7 @@ pub fn starting(configured: &Definitions, data: Option<&DataDir>) -> Result<Acce
         return Ok(Access {
             users: configured.users.clone(),
             vhosts: configured.vhosts.clone(),
+            vhost_meta: configured.vhost_meta.clone(),
             globals: configured.globals.clone(),
         });
     };
@@ -44,6 +49,7 @@ pub fn starting(configured: &Definitions, data: Option<&DataDir>) -> Result<Acce
     if configured.explicit {
         base.users.merge(&configured.users);
         base.globals.merge(&configured.globals);
+        base.vhost_meta.extend(configured.vhost_meta.clone());
         for vhost in &configured.vhosts {
             if !base.vhosts.contains(vhost) {
                 base.vhosts.push(vhost.clone());
@@ -53,6 +59,7 @@ pub fn starting(configured: &Definitions, data: Option<&DataDir>) -> Result<Acce
     Ok(Access {
         users: base.users,
         vhosts: base.vhosts,
+        vhost_meta: base.vhost_meta,
         globals: base.globals,
     })
 }
@@ -63,11 +70,12 @@ pub fn save(
     data: &DataDir,
     users: &Users,
     vhosts: &[String],
+    meta: &BTreeMap<String, VHostMeta>,
     globals: &Globals,
 ) -> Result<(), StoreError> {
     let target = path(data);
     let temporary = target.with_extension("json.tmp");
-    let text = access_json(users, vhosts, globals).to_string();
+    let text = access_json(users, vhosts, meta, globals).to_string();
     let write = || -> std::io::Result<()> {
         let mut file = fs::File::create(&temporary)?;
         file.write_all(text.as_bytes())?;

@@ -44,6 +44,7 @@ use super::queue_args::{
 use super::reply_to::{self, Replies, ReplyConsumer};
 use super::stats::MessageStats;
 use super::store::{self, BindingRecord, Journal, Record};
+use super::vhost_meta::VHostMeta;
 
 /// Identifies a client connection inside the broker.
 pub type ConnId = u64;
@@ -69,6 +70,8 @@ pub struct VHost {
     pub(super) operator_policies: Policies,
     /// Where durable changes are logged; none when nothing persists.
     journal: Option<Journal>,
+    /// Description, tags and default queue type.
+    pub(super) meta: VHostMeta,
 }
 
 impl VHost {
@@ -97,6 +100,7 @@ impl VHost {
             policies: Policies::default(),
             operator_policies: Policies::default(),
             journal: None,
+            meta: VHostMeta::default(),
         }
     }
 
@@ -408,6 +412,15 @@ impl Broker {
         core.connections.remove(&conn);
     }
 
+    /// The vhost's description, tags and default queue type.
+    pub fn meta(&self) -> VHostMeta {
+        self.lock().vhost.meta.clone()
+    }
+
+    pub fn set_meta(&self, meta: VHostMeta) {
+        self.lock().vhost.meta = meta;
+    }
+
     pub fn open_channel(&self, conn: ConnId, channel: u16) {
         let mut core = self.lock();
         core.channels
@@ -640,6 +653,24 @@ impl Broker {
     ) -> Result<(String, u32, u32), AmqpError> {
         let mut core = self.lock();
         let core = &mut *core;
+        // The vhost's default queue type, for a declaration that names none.
+        let defaulted;
+        let d = match core
+            .vhost
+            .meta
+            .queue_type_for(d.durable, d.exclusive, d.auto_delete)
+        {
+            Some(kind) if !d.arguments.inner().contains_key("x-queue-type") => {
+                let mut arguments = d.arguments.clone();
+                arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+                defaulted = queue::Declare {
+                    arguments,
+                    ..d.clone()
+                };
+                &defaulted
+            }
+            _ => d,
+        };
         let requested = d.queue.as_str();
         if reply_to::is_reserved(requested) {
             // The pseudo-queue, or a live reply address, "exists" with one consumer.

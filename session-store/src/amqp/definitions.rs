@@ -6,6 +6,7 @@
 //! that every vhost and user named exists), so a bad file stops the broker before it
 //! serves anyone, with the file and the problem in the message.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use super::permissions::{Permissions, TopicPermission};
 use super::policy::{Kind, Policy};
 use super::queue_args::QueueArgs;
 use super::users::{GUEST, Hashing, PasswordHash, User, Users};
+use super::vhost_meta::VHostMeta;
 
 /// The vhost every broker has unless definitions say otherwise.
 pub const DEFAULT_VHOST: &str = "/";
@@ -90,6 +92,8 @@ pub struct Definitions {
     pub policies: Vec<(String, Policy)>,
     /// Global parameters (`cluster_name`, ...), set over the node's.
     pub globals: Globals,
+    /// The file's vhosts' descriptions, tags and default queue types, by name.
+    pub vhost_meta: BTreeMap<String, VHostMeta>,
     /// What the file holds that this broker does not apply (runtime parameters), one
     /// line each, so that the start can say so instead of the broker
     /// quietly behaving otherwise than the file's RabbitMQ did.
@@ -122,6 +126,7 @@ impl Definitions {
             bindings: Vec::new(),
             policies: Vec::new(),
             globals: Globals::default(),
+            vhost_meta: BTreeMap::new(),
             ignored: Vec::new(),
             explicit: true,
         }
@@ -230,6 +235,11 @@ impl Definitions {
     /// `existing` ones.
     fn from_file(file: File, vhosts: Vec<String>, existing: &[String]) -> Result<Self, ParseError> {
         let mut d = Definitions::empty();
+        for v in file.vhosts.iter().flatten() {
+            let meta = VHostMeta::from_fields(&v.rest)
+                .map_err(|e| invalid(format!("vhost '{}': {e}", v.name)))?;
+            d.vhost_meta.insert(v.name.clone(), meta);
+        }
         d.vhosts = vhosts;
         d.vhosts.dedup();
         let known: Vec<String> = d.vhosts.iter().chain(existing).cloned().collect();
@@ -508,6 +518,9 @@ struct TopicPermissionJson {
 #[derive(Deserialize)]
 struct VHostJson {
     name: String,
+    /// Description, tags, metadata and the default queue type.
+    #[serde(flatten)]
+    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -709,14 +722,27 @@ pub fn permissions_json(users: &Users, vhosts: &[String]) -> Value {
         .collect()
 }
 
-/// The users, vhosts, permissions, limits and global parameters part of a definitions
-/// file.
-pub fn access_json(users: &Users, vhosts: &[String], globals: &Globals) -> Value {
+/// A vhost as a definitions file lists it: its name and metadata.
+pub fn vhost_json(name: &str, meta: &VHostMeta) -> Value {
+    let mut fields = meta.json_fields();
+    fields.insert("name".into(), Value::from(name));
+    Value::Object(fields)
+}
+
+/// The users, vhosts (with their metadata), permissions, limits and global parameters
+/// part of a definitions file.
+pub fn access_json(
+    users: &Users,
+    vhosts: &[String],
+    meta: &BTreeMap<String, VHostMeta>,
+    globals: &Globals,
+) -> Value {
     let mut list: Vec<&Arc<User>> = users.all().collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
+    let none = VHostMeta::default();
     serde_json::json!({
         "users": list.into_iter().map(|u| user_json(u, &users.user_limits(&u.name))).collect::<Vec<_>>(),
-        "vhosts": vhosts.iter().map(|v| serde_json::json!({"name": v})).collect::<Vec<_>>(),
+        "vhosts": vhosts.iter().map(|v| vhost_json(v, meta.get(v).unwrap_or(&none))).collect::<Vec<_>>(),
         "permissions": permissions_json(users, vhosts),
         "topic_permissions": topic_permissions_json(users, vhosts),
         "parameters": vhost_limits_json(users, vhosts),
@@ -828,7 +854,7 @@ mod tests {
         assert_eq!(d.users.vhost_limits("/").get("max-queues"), Some(10));
         assert_eq!(d.ignored, vec!["parameters 'to-dc2'"]);
         assert_eq!(d.globals.cluster_name(), Some("edge"));
-        let exported = access_json(&d.users, &d.vhosts, &d.globals);
+        let exported = access_json(&d.users, &d.vhosts, &d.vhost_meta, &d.globals);
         assert_eq!(exported["parameters"][0]["value"]["max-queues"], 10);
         assert_eq!(
             exported["global_parameters"],

@@ -43,6 +43,7 @@ mod store;
 mod trim;
 mod tx;
 pub mod users;
+pub mod vhost_meta;
 
 pub use definitions::{Definitions, DefinitionsError};
 pub use flow::default_watermark;

@@ -30,6 +30,7 @@ use super::permissions::{Permissions, TopicPermission};
 use super::stats::{MessageStats, Rates, Sampler};
 use super::store::{self, DataDir, Journal, StoreError};
 use super::users::{User, Users};
+use super::vhost_meta::VHostMeta;
 
 /// Why a node cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +150,7 @@ impl Node {
         let access::Access {
             users,
             vhosts: vhost_names,
+            vhost_meta,
             mut globals,
         } = access::starting(&config.definitions, data.as_ref())?;
         let id = globals::cluster_id(data.as_ref().map(DataDir::root))?;
@@ -172,9 +174,12 @@ impl Node {
             config,
         };
         for name in &vhost_names {
-            if let Err(e) = node.open_vhost(name) {
-                node.close_journals();
-                return Err(e.into());
+            match node.open_vhost(name) {
+                Ok(broker) => broker.set_meta(vhost_meta.get(name).cloned().unwrap_or_default()),
+                Err(e) => {
+                    node.close_journals();
+                    return Err(e.into());
+                }
             }
         }
         if let Err(e) = node.settle_definitions() {
@@ -310,10 +315,16 @@ impl Node {
         let Some(data) = &self.data else {
             return Ok(());
         };
+        let meta = self
+            .vhosts()
+            .iter()
+            .map(|v| (v.name().to_string(), v.meta()))
+            .collect();
         access::save(
             data,
             &read(&self.users),
             &self.vhost_names(),
+            &meta,
             &read(&self.globals),
         )
     }
@@ -487,9 +498,18 @@ impl Node {
         {
             let _admin = lock(&self.admin);
             for name in &d.vhosts {
-                if self.vhost(name).is_none() {
-                    self.open_vhost(name)?;
-                    write(&self.users).grant(creator, name, Permissions::all());
+                let meta = d.vhost_meta.get(name).cloned().unwrap_or_default();
+                match self.vhost(name) {
+                    None => {
+                        self.open_vhost(name)?.set_meta(meta);
+                        write(&self.users).grant(creator, name, Permissions::all());
+                    }
+                    // As RabbitMQ's import: an existing vhost takes the file's
+                    // description and tags, and keeps its default queue type.
+                    Some(broker) => broker.set_meta(VHostMeta {
+                        default_queue_type: broker.meta().default_queue_type,
+                        ..meta
+                    }),
                 }
             }
             write(&self.users).merge(&d.users);
@@ -636,15 +656,27 @@ impl Node {
         self.data.as_ref().is_none_or(|data| data.fits(name))
     }
 
-    /// Creates the vhost `name` (if new) and, as RabbitMQ's management API does, gives
-    /// `creator` every permission there; true if it existed. Reads and writes the disk:
+    /// Creates the vhost `name` (if new) with `meta` and, as RabbitMQ's management API
+    /// does, gives `creator` every permission there; true if it existed. Reads and writes the disk:
     /// call it from a blocking context.
-    pub fn add_vhost(&self, name: &str, creator: &str) -> Result<bool, StoreError> {
+    pub fn add_vhost(
+        &self,
+        name: &str,
+        creator: &str,
+        meta: VHostMeta,
+    ) -> Result<bool, StoreError> {
         let _admin = lock(&self.admin);
-        if self.vhost(name).is_some() {
+        if let Some(broker) = self.vhost(name) {
+            // As RabbitMQ: an existing vhost takes the description and tags, and keeps
+            // the default queue type it was made with.
+            broker.set_meta(VHostMeta {
+                default_queue_type: broker.meta().default_queue_type,
+                ..meta
+            });
+            self.save_access()?;
             return Ok(true);
         }
-        self.open_vhost(name)?;
+        self.open_vhost(name)?.set_meta(meta);
         write(&self.users).grant(creator, name, Permissions::all());
         self.save_access()?;
         Ok(false)

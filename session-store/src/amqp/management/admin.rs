@@ -21,6 +21,7 @@ use crate::amqp::node::{NODE_NAME, Node};
 use crate::amqp::permissions::{Permissions, TopicPermission};
 use crate::amqp::store::StoreError;
 use crate::amqp::users::{Hashing, PasswordHash, User};
+use crate::amqp::vhost_meta::VHostMeta;
 
 /// `PUT /api/users/{name}`: `tags` (a comma-separated string or a list) and `password`
 /// or `password_hash` (with `hashing_algorithm`); neither makes a user who cannot log in
@@ -78,20 +79,29 @@ pub async fn delete_user(
     Ok(deleted_or_not(deleted))
 }
 
-/// `PUT /api/vhosts/{name}`: creates it, giving the caller every permission there.
+/// `PUT /api/vhosts/{name}`: creates it, giving the caller every permission there, with
+/// the body's `description`, `tags` and `defaultqueuetype`; on an existing vhost, sets
+/// its description and tags.
 pub async fn put_vhost(
     State(node): State<Arc<Node>>,
     axum::Extension(caller): Caller,
     Path(name): Path<String>,
+    raw: Bytes,
 ) -> Result<Response, ApiError> {
     administrator(&caller)?;
+    let body = if raw.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        object(&raw)?
+    };
+    let meta = VHostMeta::from_fields(&body).map_err(|e| bad(&e))?;
     // connection.open names a vhost in a short string; the data directory in a file name.
     if name.len() > 255 || !node.vhost_name_fits(&name) {
         return Err(bad(
             "vhost name too long: at most 255 bytes, and 255 in the data directory once percent-encoded",
         ));
     }
-    let existed = blocking(move || node.add_vhost(&name, &caller.name)).await?;
+    let existed = blocking(move || node.add_vhost(&name, &caller.name, meta)).await?;
     Ok(created_or_not(existed))
 }
 

@@ -152,17 +152,15 @@ pub fn vhost(node: &Node, vhost: &Broker, depths: &Depths) -> Value {
     let info = vhost.info();
     let mut out = json!({
         "name": info.name,
-        "description": "",
-        "tags": [],
-        "metadata": {"description": "", "tags": []},
-        // RabbitMQ's word for a vhost without a default queue type.
-        "default_queue_type": "undefined",
         "tracing": false,
         "messages": info.messages_ready + info.messages_unacknowledged,
         "messages_ready": info.messages_ready,
         "messages_unacknowledged": info.messages_unacknowledged,
         "message_stats": message_stats(&info.stats, &node.vhost_rates(&info.name), &[]),
     });
+    if let Value::Object(fields) = &mut out {
+        fields.extend(vhost.meta().json_fields());
+    }
     depth_details(&mut out, depths.vhost(&info.name));
     out
 }
@@ -511,7 +509,7 @@ pub fn definitions(node: &Node) -> Value {
     let vhosts: Vec<Value> = node
         .vhosts()
         .iter()
-        .map(|v| json!({"name": v.name()}))
+        .map(|v| definitions::vhost_json(v.name(), &v.meta()))
         .collect();
     json!({
         "rabbit_version": MANAGEMENT_VERSION,
