@@ -92,7 +92,8 @@ pub struct Definitions {
     pub policies: Vec<(String, Policy)>,
     /// Global parameters (`cluster_name`, ...), set over the node's.
     pub globals: Globals,
-    /// The file's vhosts' descriptions, tags and default queue types, by name.
+    /// The descriptions, tags and default queue types of the file's vhosts that carry
+    /// them, by name.
     pub vhost_meta: BTreeMap<String, VHostMeta>,
     /// What the file holds that this broker does not apply (runtime parameters), one
     /// line each, so that the start can say so instead of the broker
@@ -235,7 +236,12 @@ impl Definitions {
     /// `existing` ones.
     fn from_file(file: File, vhosts: Vec<String>, existing: &[String]) -> Result<Self, ParseError> {
         let mut d = Definitions::empty();
-        for v in file.vhosts.iter().flatten() {
+        for v in file
+            .vhosts
+            .iter()
+            .flatten()
+            .filter(|v| VHostMeta::carried_by(&v.rest))
+        {
             let meta = VHostMeta::from_fields(&v.rest)
                 .map_err(|e| invalid(format!("vhost '{}': {e}", v.name)))?;
             d.vhost_meta.insert(v.name.clone(), meta);

@@ -498,18 +498,22 @@ impl Node {
         {
             let _admin = lock(&self.admin);
             for name in &d.vhosts {
-                let meta = d.vhost_meta.get(name).cloned().unwrap_or_default();
+                let meta = d.vhost_meta.get(name).cloned();
                 match self.vhost(name) {
                     None => {
-                        self.open_vhost(name)?.set_meta(meta);
+                        self.open_vhost(name)?.set_meta(meta.unwrap_or_default());
                         write(&self.users).grant(creator, name, Permissions::all());
                     }
                     // As RabbitMQ's import: an existing vhost takes the file's
                     // description and tags, and keeps its default queue type.
-                    Some(broker) => broker.set_meta(VHostMeta {
-                        default_queue_type: broker.meta().default_queue_type,
-                        ..meta
-                    }),
+                    Some(broker) => {
+                        if let Some(meta) = meta {
+                            broker.set_meta(VHostMeta {
+                                default_queue_type: broker.meta().default_queue_type,
+                                ..meta
+                            });
+                        }
+                    }
                 }
             }
             write(&self.users).merge(&d.users);

@@ -52,6 +52,20 @@ impl VHostMeta {
         })
     }
 
+    /// Whether these fields of a vhost say anything about its metadata (a file that
+    /// names a vhost alone leaves an existing one's as it is).
+    pub fn carried_by(fields: &Map<String, Value>) -> bool {
+        [
+            "description",
+            "tags",
+            "metadata",
+            "defaultqueuetype",
+            "default_queue_type",
+        ]
+        .iter()
+        .any(|k| fields.contains_key(*k))
+    }
+
     /// The fields a vhost lists them in, as RabbitMQ 3.10 shows them: at the top and in
     /// `metadata`; a vhost without a default queue type shows `"undefined"`.
     pub fn json_fields(&self) -> Map<String, Value> {
@@ -119,7 +133,11 @@ mod tests {
         assert_eq!(api, Ok(expected.clone()));
         let exported = json!({"name": "v", "metadata": {"description": "orders", "tags": ["a", "b"],
                                                        "default_queue_type": "quorum"}});
+        assert!(VHostMeta::carried_by(exported.as_object().expect("object")));
         assert_eq!(meta(exported), Ok(expected.clone()));
+        // RabbitMQ 3.10's own exports name a vhost and its limits only.
+        let bare = json!({"name": "v", "limits": []});
+        assert!(!VHostMeta::carried_by(bare.as_object().expect("object")));
         assert_eq!(meta(json!({})), Ok(VHostMeta::default()));
         assert!(meta(json!({"defaultqueuetype": "stream"})).is_err());
         let shown = expected.json_fields();

@@ -16,7 +16,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-/// The largest answer reshaped; a larger one passes as it is.
+/// The largest answer reshaped (far above any listing's size); a larger one is a 500
+/// that says so, as its body is spent by then.
 const MAX_BODY: usize = 256 << 20;
 /// RabbitMQ's default and largest page sizes.
 const PAGE_SIZE: usize = 100;
