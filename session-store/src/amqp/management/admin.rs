@@ -81,7 +81,7 @@ pub async fn delete_user(
 
 /// `PUT /api/vhosts/{name}`: creates it, giving the caller every permission there, with
 /// the body's `description`, `tags` and `defaultqueuetype`; on an existing vhost, sets
-/// its description and tags.
+/// its description and tags. `"tracing": true` is refused (there is no firehose).
 pub async fn put_vhost(
     State(node): State<Arc<Node>>,
     axum::Extension(caller): Caller,
@@ -95,6 +95,15 @@ pub async fn put_vhost(
         object(&raw)?
     };
     let meta = VHostMeta::from_fields(&body).map_err(|e| bad(&e))?;
+    // RabbitMQ's firehose copies every message to `amq.rabbitmq.trace`; this broker
+    // does not, so asking for it is refused rather than quietly ignored.
+    if matches!(body.get("tracing"), Some(Value::Bool(true)))
+        || body.get("tracing").and_then(Value::as_str) == Some("true")
+    {
+        return Err(bad(
+            "tracing is not available: this broker does not copy messages to amq.rabbitmq.trace",
+        ));
+    }
     // connection.open names a vhost in a short string; the data directory in a file name.
     if name.len() > 255 || !node.vhost_name_fits(&name) {
         return Err(bad(
