@@ -1152,42 +1152,6 @@ async fn writes_declare_bind_publish_get_and_delete_as_rabbitmq_answers() {
     assert_eq!(del("/api/queues/%2F/wq").await, 404);
 }
 
-/// A vhost asked to trace (RabbitMQ's firehose) is refused with the reason, and not
-/// made: this broker copies nothing to `amq.rabbitmq.trace`, and a silent "yes" would
-/// leave an operator waiting for traces. Without tracing it is made.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_vhost_that_asks_for_tracing_is_refused() {
-    let r = running().await;
-    let guest = ("guest", "guest");
-    for tracing in [r#"{"tracing": true}"#, r#"{"tracing": "true"}"#] {
-        let (status, _, body) = send(
-            &r,
-            reqwest::Method::PUT,
-            "/api/vhosts/traced",
-            guest,
-            Some(tracing),
-        )
-        .await;
-        assert_eq!(status, 400, "{tracing}: {body}");
-        assert!(
-            body["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("amq.rabbitmq.trace")),
-            "{body}"
-        );
-    }
-    assert_eq!(status_and_json(&r, "/api/vhosts/traced").await.0, 404);
-    let (status, _, _) = send(
-        &r,
-        reqwest::Method::PUT,
-        "/api/vhosts/traced",
-        guest,
-        Some(r#"{"tracing": false}"#),
-    )
-    .await;
-    assert_eq!(status, 201);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_refuse_names_longer_than_amqp_allows() {
     let r = running().await;

@@ -181,6 +181,7 @@ managed_conformance!(
     churn_and_channel_metrics,
     listing_parameters,
     vhost_metadata,
+    firehose_tracing,
 );
 
 async fn on_managed_rabbitmq<F, Fut>(name: &str, scenario: F)
@@ -7435,6 +7436,145 @@ async fn vhost_metadata(url: String, api_base: String, _metrics: String) {
         (&json!("orders, v2"), &json!(["billing"]), &json!("quorum")),
         "{shown}"
     );
+    close(conn).await;
+    assert_eq!(api(&api_base, Method::DELETE, &path, None).await.0, 204);
+}
+
+/// The value of a trace copy's header, if it has one.
+fn trace_header<'a>(d: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
+    d.properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+}
+
+/// RabbitMQ's firehose, turned on for a vhost through the API (`"tracing": true`): a
+/// message published there is copied to `amq.rabbitmq.trace` as `publish.EXCHANGE` and
+/// its delivery as `deliver.QUEUE`, each with the body and RabbitMQ's headers (where it
+/// came from and went, the publisher's properties, the connection, channel and user);
+/// turned off, nothing more is copied.
+async fn firehose_tracing(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+    let (vhost, v) = add_vhost(&api_base, "traced").await;
+    let path = format!("/api/vhosts/{v}");
+    let on = json!({"tracing": true});
+    assert_eq!(api(&api_base, Method::PUT, &path, Some(on)).await.0, 204);
+    let (_, shown) = api(&api_base, Method::GET, &path, None).await;
+    assert_eq!(shown["tracing"], true, "{shown}");
+
+    let conn = connect(&url.replace("/%2f", &format!("/{v}"))).await;
+    let ch = confirmed(&conn).await;
+    plain_queue(&ch, "traces").await;
+    step(
+        "queue.bind",
+        ch.queue_bind(
+            "traces".into(),
+            "amq.rabbitmq.trace".into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("bind the trace queue");
+    plain_queue(&ch, "work").await;
+    let mut headers = FieldTable::default();
+    headers.insert("k".into(), lstr("v"));
+    let properties = BasicProperties::default()
+        .with_content_type("text/plain".into())
+        .with_headers(headers);
+    let confirm = step(
+        "publish",
+        ch.basic_publish(
+            "".into(),
+            "work".into(),
+            BasicPublishOptions::default(),
+            b"hello",
+            properties,
+        ),
+    )
+    .await
+    .expect("publish");
+    step("confirm", confirm).await.expect("confirm");
+    let got = step(
+        "basic.get",
+        ch.basic_get("work".into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("basic.get");
+    assert!(got.is_some_and(|m| m.delivery.data == b"hello"));
+
+    // The copies, in order: the publish, then the delivery.
+    let mut copies = Vec::new();
+    let deadline = Instant::now() + STEP;
+    while copies.len() < 2 {
+        let got = step(
+            "basic.get traces",
+            ch.basic_get("traces".into(), BasicGetOptions { no_ack: true }),
+        )
+        .await
+        .expect("basic.get traces");
+        match got {
+            Some(m) => copies.push(m.delivery),
+            None => {
+                assert!(Instant::now() < deadline, "{} copies", copies.len());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let (published, deliver) = (&copies[0], &copies[1]);
+    assert_eq!(
+        (published.routing_key.as_str(), deliver.routing_key.as_str()),
+        ("publish.", "deliver.work")
+    );
+    for copy in [published, deliver] {
+        assert_eq!(copy.exchange.as_str(), "amq.rabbitmq.trace");
+        assert_eq!(copy.data, b"hello");
+        assert_eq!(trace_header(copy, "exchange_name"), Some(&lstr("")));
+        assert_eq!(trace_header(copy, "vhost"), Some(&lstr(&vhost)));
+        assert_eq!(trace_header(copy, "user"), Some(&lstr("guest")));
+        assert_eq!(
+            trace_header(copy, "channel"),
+            Some(&AMQPValue::LongInt(1)),
+            "{copy:?}"
+        );
+        let Some(AMQPValue::FieldArray(keys)) = trace_header(copy, "routing_keys") else {
+            panic!("no routing_keys in {copy:?}");
+        };
+        assert_eq!(keys.as_slice(), [lstr("work")]);
+        let Some(AMQPValue::FieldTable(props)) = trace_header(copy, "properties") else {
+            panic!("no properties in {copy:?}");
+        };
+        assert_eq!(props.inner().get("content_type"), Some(&lstr("text/plain")));
+        let Some(AMQPValue::FieldTable(given)) = props.inner().get("headers") else {
+            panic!("no headers in the properties of {copy:?}");
+        };
+        assert_eq!(given.inner().get("k"), Some(&lstr("v")));
+        assert!(
+            matches!(trace_header(copy, "connection"), Some(AMQPValue::LongString(c)) if c.to_string().contains(" -> ")),
+            "{copy:?}"
+        );
+        assert!(matches!(
+            trace_header(copy, "node"),
+            Some(AMQPValue::LongString(_))
+        ));
+    }
+    let Some(AMQPValue::FieldArray(routed)) = trace_header(published, "routed_queues") else {
+        panic!("no routed_queues in {published:?}");
+    };
+    assert_eq!(routed.as_slice(), [lstr("work")]);
+    assert_eq!(
+        trace_header(deliver, "redelivered"),
+        Some(&AMQPValue::LongInt(0))
+    );
+
+    // Off again: nothing more is copied.
+    let off = json!({"tracing": false});
+    assert_eq!(api(&api_base, Method::PUT, &path, Some(off)).await.0, 204);
+    publish(&ch, "", "work", b"quiet").await;
+    assert_eq!(drain(&ch, "work").await, ["quiet"]);
+    assert!(drain(&ch, "traces").await.is_empty());
     close(conn).await;
     assert_eq!(api(&api_base, Method::DELETE, &path, None).await.0, 204);
 }

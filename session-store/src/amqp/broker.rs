@@ -44,6 +44,7 @@ use super::queue_args::{
 use super::reply_to::{self, Replies, ReplyConsumer};
 use super::stats::MessageStats;
 use super::store::{self, BindingRecord, Journal, Record};
+use super::trace;
 use super::vhost_meta::VHostMeta;
 
 /// Identifies a client connection inside the broker.
@@ -58,6 +59,9 @@ pub struct ConnHandle {
     /// The client advertised consumer_cancel_notify: without it, RabbitMQ drops a
     /// consumer whose queue went away without a word.
     pub cancel_notify: bool,
+    /// The connection's name and user, for the copies tracing makes.
+    pub name: Arc<str>,
+    pub user: Arc<str>,
 }
 
 /// A virtual host: its own namespace of exchanges and queues.
@@ -72,6 +76,8 @@ pub struct VHost {
     journal: Option<Journal>,
     /// Description, tags and default queue type.
     pub(super) meta: VHostMeta,
+    /// Whether messages are copied to `amq.rabbitmq.trace` (see [`trace`]).
+    tracing: bool,
 }
 
 impl VHost {
@@ -88,8 +94,8 @@ impl VHost {
         ] {
             exchanges.insert(n.to_string(), Exchange::new(n, kind));
         }
-        // RabbitMQ's firehose tracer publishes here; clients may bind but not publish.
-        // Nothing is traced: the exchange exists so that code declaring or binding it works.
+        // The firehose publishes here while the vhost traces (see `trace`); clients may
+        // bind but not publish.
         let mut trace = Exchange::new("amq.rabbitmq.trace", ExchangeKind::Topic);
         trace.internal = true;
         exchanges.insert(trace.name.clone(), trace);
@@ -101,6 +107,7 @@ impl VHost {
             operator_policies: Policies::default(),
             journal: None,
             meta: VHostMeta::default(),
+            tracing: false,
         }
     }
 
@@ -265,6 +272,18 @@ struct Core {
     memory: Arc<AtomicU64>,
     /// The node's churn counters.
     churn: Arc<Churn>,
+    /// Deliveries to copy to the trace exchange once their dispatch is done.
+    taps: Vec<Tap>,
+}
+
+/// A delivery to copy, while tracing is on.
+#[derive(Debug)]
+struct Tap {
+    message: Arc<Message>,
+    queue: Arc<str>,
+    redelivered: bool,
+    conn: ConnId,
+    channel: u16,
 }
 
 /// What basic.get hands back.
@@ -333,6 +352,7 @@ impl Broker {
                 retired: MessageStats::default(),
                 memory: memory.counter(),
                 churn,
+                taps: Vec::new(),
             }),
             memory,
             confirms: AtomicU64::new(0),
@@ -419,6 +439,15 @@ impl Broker {
 
     pub fn set_meta(&self, meta: VHostMeta) {
         self.lock().vhost.meta = meta;
+    }
+
+    /// Whether messages are copied to `amq.rabbitmq.trace`.
+    pub fn tracing(&self) -> bool {
+        self.lock().vhost.tracing
+    }
+
+    pub fn set_tracing(&self, on: bool) {
+        self.lock().vhost.tracing = on;
     }
 
     pub fn open_channel(&self, conn: ConnId, channel: u16) {
@@ -916,9 +945,15 @@ impl Broker {
         check_publish(&self.lock().vhost, exchange)
     }
 
-    /// Routes a message to its queues and delivers what it can. From here on its body
-    /// counts towards the memory watermark for as long as anything holds it.
-    pub fn publish(&self, mut message: Message) -> Result<Published, AmqpError> {
+    /// Routes a message to its queues and delivers what it can; `from` is the client's
+    /// connection and channel (none for the management API's publishes), for tracing.
+    /// From here on its body counts towards the memory watermark for as long as
+    /// anything holds it.
+    pub fn publish(
+        &self,
+        mut message: Message,
+        from: Option<(ConnId, u16)>,
+    ) -> Result<Published, AmqpError> {
         let mut core = self.lock();
         let core = &mut *core;
         check_publish(&core.vhost, message.exchange.as_str())?;
@@ -941,13 +976,29 @@ impl Broker {
             });
         }
         let headers = message.properties().headers().as_ref();
-        let targets = if cc.is_empty() {
-            let key = [message.routing_key.as_str()];
-            core.vhost.route(message.exchange.as_str(), &key, headers)
+        // One key needs no list: most publishes name no CC.
+        let (single, with_cc);
+        let keys: &[&str] = if cc.is_empty() {
+            single = [message.routing_key.as_str()];
+            &single
         } else {
-            let keys = routing_keys(&message, &cc);
-            core.vhost.route(message.exchange.as_str(), &keys, headers)
+            with_cc = routing_keys(&message, &cc);
+            &with_cc
         };
+        let targets = core.vhost.route(message.exchange.as_str(), keys, headers);
+        if core.vhost.tracing
+            && !trace::is_copy(&message)
+            && let Some((conn, channel)) = from
+            && let Some(handle) = core.connections.get(&conn)
+        {
+            let by = trace::Party {
+                connection: &handle.name,
+                channel,
+                user: &handle.user,
+            };
+            let copy = trace::published(&message, keys, &targets, &core.vhost.name, by);
+            route_copy(core, copy);
+        }
         core.published += 1;
         if targets.is_empty() {
             core.unroutable += 1;
@@ -1258,6 +1309,15 @@ impl Broker {
         let message_count = q.message_count();
         let queue_name = q.name.clone();
         let outgoing = q.outgoing(&m, true);
+        if core.vhost.tracing && !trace::is_copy(&m.message) {
+            core.taps.push(Tap {
+                message: m.message.clone(),
+                queue: queue_name.clone(),
+                redelivered: m.redelivered,
+                conn,
+                channel,
+            });
+        }
         dead_letter_all(core, dead);
         self.memory.check();
         let Some(state) = core.channels.get_mut(&(conn, channel)) else {
@@ -1280,6 +1340,7 @@ impl Broker {
                 },
             );
         }
+        copy_deliveries(core);
         Ok(Some(result))
     }
 
@@ -1601,13 +1662,15 @@ fn enqueue_all(
                 }
             }
         }
-        dispatch(q, &mut core.channels, &core.connections, dead);
+        let taps = core.vhost.tracing.then_some(&mut core.taps);
+        dispatch(q, &mut core.channels, &core.connections, dead, taps);
         // Only what no consumer took counts against a drop-head limit.
         let dropped = q.trim();
         dead.extend(dead_letters(q, dropped, Reason::MaxLen));
         let expired = q.drop_expired(now);
         dead.extend(dead_letters(q, expired, Reason::Expired));
     }
+    copy_deliveries(core);
     (rejected, logged.map(|(_, seq)| seq))
 }
 
@@ -1699,8 +1762,48 @@ fn dispatch_queue(core: &mut Core, name: &str) {
     expire_queue(core, name, Instant::now());
     if let Some(q) = core.vhost.queues.get_mut(name) {
         let mut dead = Vec::new();
-        dispatch(q, &mut core.channels, &core.connections, &mut dead);
+        let taps = core.vhost.tracing.then_some(&mut core.taps);
+        dispatch(q, &mut core.channels, &core.connections, &mut dead, taps);
         dead_letter_all(core, dead);
+        copy_deliveries(core);
+    }
+}
+
+/// Routes a trace copy through `amq.rabbitmq.trace` to the queues bound there.
+fn route_copy(core: &mut Core, mut copy: Message) {
+    copy.charge(&core.memory);
+    let key = [copy.routing_key.as_str()];
+    let targets = core.vhost.route(trace::EXCHANGE, &key, None);
+    if targets.is_empty() {
+        return;
+    }
+    let mut dead = Vec::new();
+    enqueue_all(core, Arc::new(copy), &targets, &mut dead);
+    dead_letter_all(core, dead);
+}
+
+/// Copies the deliveries a dispatch recorded to the trace exchange.
+fn copy_deliveries(core: &mut Core) {
+    if core.taps.is_empty() {
+        return;
+    }
+    for tap in std::mem::take(&mut core.taps) {
+        let Some(handle) = core.connections.get(&tap.conn) else {
+            continue;
+        };
+        let to = trace::Party {
+            connection: &handle.name,
+            channel: tap.channel,
+            user: &handle.user,
+        };
+        let copy = trace::delivered(
+            &tap.message,
+            &tap.queue,
+            tap.redelivered,
+            &core.vhost.name,
+            to,
+        );
+        route_copy(core, copy);
     }
 }
 
@@ -1797,6 +1900,7 @@ fn dispatch(
     channels: &mut HashMap<(ConnId, u16), ChannelState>,
     connections: &HashMap<ConnId, ConnHandle>,
     dead: &mut Vec<Dead>,
+    mut taps: Option<&mut Vec<Tap>>,
 ) {
     let now = Instant::now();
     let quorum = q.args.kind == QueueType::Quorum;
@@ -1882,6 +1986,17 @@ fn dispatch(
             message: outgoing,
         });
         q.stats.delivered(false, c.no_ack, m.redelivered);
+        if let Some(taps) = taps.as_deref_mut()
+            && !trace::is_copy(&m.message)
+        {
+            taps.push(Tap {
+                message: m.message.clone(),
+                queue: q.name.clone(),
+                redelivered: m.redelivered,
+                conn: c.conn,
+                channel: c.channel,
+            });
+        }
         if !c.no_ack {
             c.unacked += 1;
             state.consumer_unacked += 1;

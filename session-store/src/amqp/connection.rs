@@ -35,7 +35,7 @@ use super::error::{AmqpError, ErrorKind, code, short};
 use super::exchange::{Destination, ExchangeKind};
 use super::handshake::{FRAME_MIN_SIZE, HandshakeEnd, Opened, Tuned, handshake};
 use super::names;
-use super::node::{ConnInfo, ForceClose, Node, now_millis};
+use super::node::{ConnInfo, ForceClose, Node, connection_name, now_millis};
 use super::permissions::{Perm, Permissions, Resource, TopicPermission};
 use super::queue::Message;
 use super::queue_args::parse_expiration;
@@ -93,6 +93,8 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                     tx: tx.clone(),
                     congested,
                     cancel_notify: tuned.cancel_notify,
+                    name: connection_name(peer, local).into(),
+                    user: user.name.as_str().into(),
                 },
             );
             let _ = vhost.set(broker.clone());
@@ -1271,7 +1273,7 @@ impl Conn {
             copy.strip_bcc();
             Arc::new(copy)
         });
-        let published = self.broker.publish(message)?;
+        let published = self.broker.publish(message, Some((self.id, ch)))?;
         if let (false, Some(message)) = (published.routed, returned) {
             let ret = basic::Return {
                 reply_code: code::NO_ROUTE,

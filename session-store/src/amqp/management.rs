@@ -873,12 +873,15 @@ fn round_trip(v: &Broker) -> Result<(), String> {
     };
     v.queue_declare(INTERNAL_CONN, &declare, None, |_| Ok(()))
         .map_err(|e| e.text)?;
-    v.publish(Message::new(
-        "".into(),
-        ALIVENESS_QUEUE.into(),
-        AMQPProperties::default(),
-        Bytes::from_static(b"test_message"),
-    ))
+    v.publish(
+        Message::new(
+            "".into(),
+            ALIVENESS_QUEUE.into(),
+            AMQPProperties::default(),
+            Bytes::from_static(b"test_message"),
+        ),
+        None,
+    )
     .map_err(|e| e.text)?;
     v.open_channel(INTERNAL_CONN, 0);
     let got = v.get(INTERNAL_CONN, 0, ALIVENESS_QUEUE, true);

@@ -40,6 +40,7 @@ mod reply_to;
 mod runtime;
 mod stats;
 mod store;
+mod trace;
 mod trim;
 mod tx;
 pub mod users;

@@ -99,9 +99,14 @@ impl ForceClose {
 impl ConnInfo {
     /// RabbitMQ's connection name: `peer -> local`.
     pub fn name(&self) -> String {
-        let addr = |a: Option<SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
-        format!("{} -> {}", addr(self.peer), addr(self.local))
+        connection_name(self.peer, self.local)
     }
+}
+
+/// RabbitMQ's name of a connection from `peer` to `local`: `peer -> local`.
+pub fn connection_name(peer: Option<SocketAddr>, local: Option<SocketAddr>) -> String {
+    let addr = |a: Option<SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
+    format!("{} -> {}", addr(peer), addr(local))
 }
 
 /// The vhosts, users, connections and rates of one broker.

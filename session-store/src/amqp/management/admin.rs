@@ -81,7 +81,7 @@ pub async fn delete_user(
 
 /// `PUT /api/vhosts/{name}`: creates it, giving the caller every permission there, with
 /// the body's `description`, `tags` and `defaultqueuetype`; on an existing vhost, sets
-/// its description and tags. `"tracing": true` is refused (there is no firehose).
+/// its description and tags; `tracing` turns RabbitMQ's firehose on or off.
 pub async fn put_vhost(
     State(node): State<Arc<Node>>,
     axum::Extension(caller): Caller,
@@ -95,22 +95,24 @@ pub async fn put_vhost(
         object(&raw)?
     };
     let meta = VHostMeta::from_fields(&body).map_err(|e| bad(&e))?;
-    // RabbitMQ's firehose copies every message to `amq.rabbitmq.trace`; this broker
-    // does not, so asking for it is refused rather than quietly ignored.
-    if matches!(body.get("tracing"), Some(Value::Bool(true)))
-        || body.get("tracing").and_then(Value::as_str) == Some("true")
-    {
-        return Err(bad(
-            "tracing is not available: this broker does not copy messages to amq.rabbitmq.trace",
-        ));
-    }
+    // RabbitMQ's firehose: absent leaves it as it is.
+    let tracing = match body.get("tracing") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(on)) => Some(*on),
+        Some(Value::String(s)) if s == "true" || s == "false" => Some(s == "true"),
+        Some(_) => return Err(bad("tracing must be true or false")),
+    };
     // connection.open names a vhost in a short string; the data directory in a file name.
     if name.len() > 255 || !node.vhost_name_fits(&name) {
         return Err(bad(
             "vhost name too long: at most 255 bytes, and 255 in the data directory once percent-encoded",
         ));
     }
-    let existed = blocking(move || node.add_vhost(&name, &caller.name, meta)).await?;
+    let (made, adding) = (name.clone(), node.clone());
+    let existed = blocking(move || adding.add_vhost(&made, &caller.name, meta)).await?;
+    if let (Some(on), Some(vhost)) = (tracing, node.vhost(&name)) {
+        vhost.set_tracing(on);
+    }
     Ok(created_or_not(existed))
 }
 

@@ -152,7 +152,7 @@ pub fn vhost(node: &Node, vhost: &Broker, depths: &Depths) -> Value {
     let info = vhost.info();
     let mut out = json!({
         "name": info.name,
-        "tracing": false,
+        "tracing": vhost.tracing(),
         "messages": info.messages_ready + info.messages_unacknowledged,
         "messages_ready": info.messages_ready,
         "messages_unacknowledged": info.messages_unacknowledged,

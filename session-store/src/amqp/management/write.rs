@@ -564,7 +564,7 @@ pub async fn publish(
         properties,
         payload,
     );
-    let published = broker.publish(message).map_err(amqp_refusal)?;
+    let published = broker.publish(message, None).map_err(amqp_refusal)?;
     Ok(axum::Json(json!({"routed": published.routed})).into_response())
 }
 
