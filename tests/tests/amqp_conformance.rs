@@ -9400,6 +9400,17 @@ async fn runtime_parameters(_url: String, api_base: String, _metrics: String) {
             bad_request("Validation failed\n\ncomponent federation-upstream not found\n")
         )
     );
+    // An operator policy set as a parameter names its priority.
+    let unprioritised = format!("/api/parameters/operator_policy/{v}/{}", uniq("x"));
+    let body = json!({"value": {"pattern": "^x", "definition": {"max-length": 1}}});
+    let (status, refusal) = api(&api_base, Method::PUT, &unprioritised, Some(body)).await;
+    assert_eq!(status, 400, "{refusal}");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Validation failed\n\nKey \"priority\" not found in ")),
+        "{refusal}"
+    );
     let as_policy = format!("/api/parameters/policy/{v}/x");
     let body = json!({"value": {"pattern": "^x", "definition": {"max-length": 1}}});
     assert_eq!(

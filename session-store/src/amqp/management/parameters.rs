@@ -146,7 +146,18 @@ pub async fn put(
         return Err(bad("[{key_missing,value}]"));
     };
     match component.as_str() {
-        OPERATOR_POLICY => policies::apply(&broker, Kind::Operator, &name, value).await,
+        OPERATOR_POLICY => {
+            // As a runtime parameter an operator policy names every key, as RabbitMQ
+            // validates it; `/api/operator-policies` fills in a missing priority.
+            for key in ["pattern", "definition", "priority"] {
+                if value.get(key).is_none() {
+                    return Err(bad(&format!(
+                        "Validation failed\n\nKey \"{key}\" not found in {name}\n"
+                    )));
+                }
+            }
+            policies::apply(&broker, Kind::Operator, &name, value).await
+        }
         VHOST_LIMITS => {
             let limits = vhost_limits(&name, value)?;
             let had = blocking(move || node.replace_vhost_limits(&vhost, limits)).await?;
