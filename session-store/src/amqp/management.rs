@@ -442,6 +442,18 @@ async fn auth_settings() -> axum::Json<Value> {
     axum::Json(json!({"enable_uaa": false, "uaa_client_id": "", "uaa_location": ""}))
 }
 
+/// RabbitMQ's refusal of a node's figures to a user without the `monitoring` tag, or
+/// its 404 for a node that is not this one.
+fn refuse_node_view(user: &User, node: &str) -> Option<Response> {
+    if !monitor(user) {
+        Some(not_authorized("Not monitor user"))
+    } else if node != json::NODE {
+        Some(not_found())
+    } else {
+        None
+    }
+}
+
 /// `GET /api/auth/attempts/{node}` (monitors): logins tried per protocol since the start
 /// or the last reset.
 async fn auth_attempts(
@@ -449,11 +461,8 @@ async fn auth_attempts(
     axum::Extension(user): Caller,
     Path(name): Path<String>,
 ) -> Response {
-    if !monitor(&user) {
-        return not_authorized("Not monitor user");
-    }
-    if name != json::NODE {
-        return not_found();
+    if let Some(refusal) = refuse_node_view(&user, &name) {
+        return refusal;
     }
     let counts: Vec<Value> = node
         .auth_attempts()
@@ -477,11 +486,8 @@ async fn auth_attempts_by_source(
     axum::Extension(user): Caller,
     Path(name): Path<String>,
 ) -> Response {
-    if !monitor(&user) {
-        return not_authorized("Not monitor user");
-    }
-    if name != json::NODE {
-        return not_found();
+    if let Some(refusal) = refuse_node_view(&user, &name) {
+        return refusal;
     }
     axum::Json(json!([])).into_response()
 }
@@ -492,11 +498,8 @@ async fn reset_auth_attempts(
     axum::Extension(user): Caller,
     Path(name): Path<String>,
 ) -> Response {
-    if !monitor(&user) {
-        return not_authorized("Not monitor user");
-    }
-    if name != json::NODE {
-        return not_found();
+    if let Some(refusal) = refuse_node_view(&user, &name) {
+        return refusal;
     }
     node.auth_attempts().reset();
     StatusCode::NO_CONTENT.into_response()

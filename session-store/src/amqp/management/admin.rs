@@ -6,6 +6,7 @@
 //! for a change or a delete, 404 for nothing to delete. Changes are kept in the data
 //! directory (see `access`) and answered once they are on disk.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -214,9 +215,10 @@ pub async fn users_without_permissions(
 ) -> Result<Response, ApiError> {
     administrator(&caller)?;
     let users = node.users();
+    let granted: HashSet<&str> = users.grants().map(|(name, _, _)| name).collect();
     let mut list: Vec<&Arc<User>> = users
         .all()
-        .filter(|u| !users.grants().any(|(name, _, _)| name == u.name))
+        .filter(|u| !granted.contains(u.name.as_str()))
         .collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
     let listed: Vec<Value> = list
