@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::amqp::{AmqpConfig, Definitions, DefinitionsError, Node};
+use crate::amqp::{
+    AmqpConfig, CertLogin, Definitions, DefinitionsError, Node, Tls, TlsConfig, TlsListener,
+};
 use crate::config::Config;
 
 /// Where the management API listens unless told otherwise.
@@ -111,6 +113,61 @@ pub struct Args {
     #[arg(long, env = "STORE_AMQP_NO_PERSIST")]
     pub amqp_no_persist: bool,
 
+    /// Address of the broker's TLS listener (amqps, RabbitMQ's `listeners.ssl`), served
+    /// when --amqp-tls-cert and --amqp-tls-key are given. Port 0 picks a free port; the
+    /// log line `amqps listening on ADDR` names it.
+    #[arg(long, env = "STORE_AMQPS_BIND", default_value = "127.0.0.1:5674")]
+    pub amqps_bind: String,
+
+    /// PEM file with the amqps listener's certificate, then any intermediates.
+    #[arg(
+        long,
+        env = "STORE_AMQP_TLS_CERT",
+        value_name = "FILE",
+        requires = "amqp_tls_key"
+    )]
+    pub amqp_tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --amqp-tls-cert.
+    #[arg(
+        long,
+        env = "STORE_AMQP_TLS_KEY",
+        value_name = "FILE",
+        requires = "amqp_tls_cert"
+    )]
+    pub amqp_tls_key: Option<PathBuf>,
+
+    /// PEM file with the CAs that sign client certificates: amqps clients are asked for
+    /// one and a certificate they present must verify (RabbitMQ's `verify_peer`).
+    #[arg(
+        long,
+        env = "STORE_AMQP_TLS_CA",
+        value_name = "FILE",
+        requires = "amqp_tls_cert"
+    )]
+    pub amqp_tls_ca: Option<PathBuf>,
+
+    /// Refuse amqps clients without a certificate --amqp-tls-ca signed (RabbitMQ's
+    /// `fail_if_no_peer_cert`).
+    #[arg(
+        long,
+        env = "STORE_AMQP_TLS_REQUIRE_CLIENT_CERT",
+        requires = "amqp_tls_ca"
+    )]
+    pub amqp_tls_require_client_cert: bool,
+
+    /// Let amqps clients whose certificate --amqp-tls-ca verified log in with SASL
+    /// EXTERNAL, without a password, as the user the certificate names: its whole subject
+    /// (`O=…,CN=…`, as the management API shows it) or its common name. RabbitMQ's
+    /// rabbitmq_auth_mechanism_ssl with `ssl_cert_login_from`. Off by default.
+    #[arg(
+        long,
+        env = "STORE_AMQP_TLS_CERT_LOGIN",
+        value_name = "FROM",
+        requires = "amqp_tls_ca"
+    )]
+    pub amqp_tls_cert_login: Option<CertLogin>,
+
     /// Do not run the AMQP broker; serve RESP only.
     #[arg(long, env = "STORE_NO_AMQP")]
     pub no_amqp: bool,
@@ -135,6 +192,16 @@ impl Args {
         }
     }
 
+    /// The amqps listener's TLS files, when a certificate and key are given.
+    pub fn tls_config(&self) -> Option<TlsConfig> {
+        Some(TlsConfig {
+            cert: self.amqp_tls_cert.clone()?,
+            key: self.amqp_tls_key.clone()?,
+            ca: self.amqp_tls_ca.clone(),
+            require_client_cert: self.amqp_tls_require_client_cert,
+        })
+    }
+
     /// The broker's users and vhosts: the definitions file, plus each --amqp-user; the
     /// default guest account only when neither is given.
     pub fn amqp_definitions(&self) -> Result<Definitions, DefinitionsError> {
@@ -157,6 +224,12 @@ impl std::fmt::Debug for Args {
             .field("bind", &self.bind)
             .field("amqp_bind", &(!self.no_amqp).then_some(&self.amqp_bind))
             .field("amqp_definitions", &self.amqp_definitions)
+            .field(
+                "amqps_bind",
+                &(!self.no_amqp && self.amqp_tls_cert.is_some()).then_some(&self.amqps_bind),
+            )
+            .field("amqp_tls_cert", &self.amqp_tls_cert)
+            .field("amqp_tls_ca", &self.amqp_tls_ca)
             .field(
                 "amqp_threads",
                 &(!self.no_amqp).then_some(self.amqp_threads),
@@ -201,6 +274,7 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
                 .amqp_memory_high_watermark
                 .unwrap_or_else(crate::amqp::default_watermark),
             data_dir: (!args.amqp_no_persist).then(|| args.amqp_data_dir.clone()),
+            cert_login: args.amqp_tls_cert_login,
             ..AmqpConfig::default()
         };
         Some(Node::open(config).await?)
@@ -220,6 +294,19 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
                 args.amqp_bind
             )
         })?)
+    };
+    let tls_listener = match (&node, args.tls_config()) {
+        (Some(_), Some(config)) => {
+            let tls = Tls::load(&config).context("cannot serve amqps")?;
+            let listener = TcpListener::bind(&args.amqps_bind).await.with_context(|| {
+                format!(
+                    "cannot listen for amqps on {}; is another broker using it? Choose another address with --amqps-bind (or STORE_AMQPS_BIND)",
+                    args.amqps_bind
+                )
+            })?;
+            Some(TlsListener { listener, tls })
+        }
+        _ => None,
     };
     let management_listener = match &args.amqp_management_bind {
         _ if node.is_none() || args.no_amqp_management => None,
@@ -249,9 +336,18 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
                 Ok(addr) => info!("amqp listening on {addr}"),
                 Err(e) => warn!("cannot read the AMQP listener's address: {e}"),
             }
-            crate::amqp::serve_on_own_threads(listener, node, args.amqp_threads, stop.clone())
-                .await
-                .context("cannot start the AMQP broker's threads")?;
+            if let Some(Ok(addr)) = tls_listener.as_ref().map(|t| t.listener.local_addr()) {
+                info!("amqps listening on {addr}");
+            }
+            crate::amqp::serve_on_own_threads(
+                listener,
+                tls_listener,
+                node,
+                args.amqp_threads,
+                stop.clone(),
+            )
+            .await
+            .context("cannot start the AMQP broker's threads")?;
         }
         Ok::<_, anyhow::Error>(())
     };

@@ -3,6 +3,7 @@
 //! deadline instead of sleeping.
 
 pub mod rabbit;
+pub mod tls;
 pub mod topology;
 
 use std::collections::VecDeque;

@@ -32,6 +32,9 @@ pub struct RabbitMq {
     /// plugin, on `prometheus_port`).
     management_port: Option<u16>,
     prometheus_port: Option<u16>,
+    /// The amqps listener's port, enabled with the management plugin and serving the
+    /// certificates of [`crate::tls::pki`].
+    tls_port: Option<u16>,
     dist_port: u16,
     epmd_port: u16,
     dir: PathBuf,
@@ -48,6 +51,13 @@ impl RabbitMq {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`
     pub fn url(&self) -> String {
         amqp_url(self.port)
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:<port>/%2f`, when the node was started with
+    /// [`start_rabbitmq_with_management`].
+    pub fn amqps_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("amqps://guest:guest@127.0.0.1:{port}/%2f"))
     }
 
     /// `http://127.0.0.1:<port>` of the management API, when the node was started with
@@ -125,7 +135,7 @@ impl RabbitMq {
                 self.port
             );
         }
-        for port in [self.management_port, self.prometheus_port]
+        for port in [self.management_port, self.prometheus_port, self.tls_port]
             .into_iter()
             .flatten()
         {
@@ -181,11 +191,14 @@ fn start(management: bool) -> Option<RabbitMq> {
     let management_port = management.then(free_port);
     let prometheus_port = management.then(free_port);
     let plugin_ports = management_port.zip(prometheus_port);
-    write_config(&dir, port, plugin_ports).expect("write the RabbitMQ node's configuration");
+    let tls_port = management.then(free_port);
+    write_config(&dir, port, plugin_ports, tls_port)
+        .expect("write the RabbitMQ node's configuration");
     let mut rabbit = RabbitMq {
         port,
         management_port,
         prometheus_port,
+        tls_port,
         dist_port: free_port(),
         epmd_port: free_port(),
         dir,
@@ -367,21 +380,50 @@ fn wait_amqp_ready(url: &str, timeout: Duration) -> Result<(), String> {
     })
 }
 
-/// `plugins`: the management and Prometheus plugins' ports, when they are to run.
-fn write_config(dir: &Path, port: u16, plugins: Option<(u16, u16)>) -> std::io::Result<()> {
+/// `plugins`: the management and Prometheus plugins' ports, when they are to run (with
+/// the EXTERNAL mechanism's plugin); `tls`: the amqps listener's, with the test
+/// certificates, asking clients for a certificate, verifying one they present and letting
+/// it log in with EXTERNAL as the user its common name names.
+fn write_config(
+    dir: &Path,
+    port: u16,
+    plugins: Option<(u16, u16)>,
+    tls: Option<u16>,
+) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     for sub in ["mnesia", "log", "home"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
     let (plugins, listener) = match plugins {
         Some((m, p)) => (
-            "[rabbitmq_management,rabbitmq_prometheus].\n",
+            "[rabbitmq_management,rabbitmq_prometheus,rabbitmq_auth_mechanism_ssl].\n",
             format!(
                 "management.tcp.port = {m}\nmanagement.tcp.ip = 127.0.0.1\n\
                  prometheus.tcp.port = {p}\nprometheus.tcp.ip = 127.0.0.1\n"
             ),
         ),
         None => ("[].\n", String::new()),
+    };
+    let tls = match tls {
+        Some(tls) => {
+            let pki = crate::tls::pki();
+            format!(
+                "listeners.ssl.default = 127.0.0.1:{tls}\n\
+                 auth_mechanisms.1 = PLAIN\n\
+                 auth_mechanisms.2 = AMQPLAIN\n\
+                 auth_mechanisms.3 = EXTERNAL\n\
+                 ssl_cert_login_from = common_name\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display()
+            )
+        }
+        None => String::new(),
     };
     std::fs::write(dir.join("enabled_plugins"), plugins)?;
     std::fs::write(
@@ -391,7 +433,7 @@ fn write_config(dir: &Path, port: u16, plugins: Option<(u16, u16)>) -> std::io::
              loopback_users.guest = true\n\
              log.console = false\n\
              log.file.level = warning\n\
-             {listener}"
+             {listener}{tls}"
         ),
     )?;
     std::fs::write(dir.join("rabbitmq-env.conf"), "")?;
@@ -409,6 +451,7 @@ fn remove_stale_dirs() {
         let Some(rest) = name.to_str().and_then(|n| {
             n.strip_prefix("e2e-rabbit-")
                 .or_else(|| n.strip_prefix("e2e-amqp-"))
+                .or_else(|| n.strip_prefix("e2e-tls-"))
         }) else {
             continue;
         };
@@ -450,6 +493,44 @@ pub fn start_embedded() -> (Proc, u16) {
 /// listener binds port 0 and the ports are read from the log, so none can be taken by
 /// another process first.
 pub fn start_embedded_with_management() -> (Proc, u16, u16) {
+    let (proc, port, management, _) = start_embedded_with(&[]);
+    (proc, port, management)
+}
+
+/// [`start_embedded_with_management`], also serving amqps with the certificates of
+/// [`crate::tls::pki`] as the RabbitMQ node does: asking clients for a certificate,
+/// verifying one they present, and letting it log in with SASL EXTERNAL as the user its
+/// common name names. Returns the amqps port last.
+pub fn start_embedded_with_tls() -> (Proc, u16, u16, u16) {
+    start_embedded_with_tls_and(&[])
+}
+
+/// [`start_embedded_with_tls`] with `extra` flags.
+pub fn start_embedded_with_tls_and(extra: &[&str]) -> (Proc, u16, u16, u16) {
+    let pki = crate::tls::pki();
+    let mut tls = vec![
+        "--amqps-bind".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--amqp-tls-cert".to_string(),
+        pki.server_cert.display().to_string(),
+        "--amqp-tls-key".to_string(),
+        pki.server_key.display().to_string(),
+        "--amqp-tls-ca".to_string(),
+        pki.ca.display().to_string(),
+        "--amqp-tls-cert-login".to_string(),
+        "common-name".to_string(),
+    ];
+    tls.extend(extra.iter().map(|s| s.to_string()));
+    let (proc, port, management, tls) = start_embedded_with(&tls);
+    (
+        proc,
+        port,
+        management,
+        tls.expect("the amqps listener's address"),
+    )
+}
+
+fn start_embedded_with(extra: &[String]) -> (Proc, u16, u16, Option<u16>) {
     static STARTED: AtomicUsize = AtomicUsize::new(0);
     remove_stale_dirs();
     // Its own empty data directory, so durable queues of earlier runs cannot leak in.
@@ -468,10 +549,12 @@ pub fn start_embedded_with_management() -> (Proc, u16, u16) {
         "--amqp-management-bind".to_string(),
         "127.0.0.1:0".to_string(),
     ];
+    let args = [args.as_slice(), extra].concat();
     let mut proc = Proc::spawn("session-store", &bin("session-store"), &args, &[]);
     // Logged once each listener is bound and listening.
     let start = Duration::from_secs(20);
     let port = proc.logged_addr("amqp listening", start).port();
+    let tls = (!extra.is_empty()).then(|| proc.logged_addr("amqps listening", start).port());
     let management = proc.logged_addr("amqp management listening", start).port();
-    (proc, port, management)
+    (proc, port, management, tls)
 }

@@ -32,6 +32,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+#[path = "amqp_conformance/tls.rs"]
+mod tls;
+
 /// Bound on any single network step.
 const STEP: Duration = Duration::from_secs(5);
 /// Bound on a whole scenario.
@@ -3628,6 +3631,16 @@ async fn python_script(
     script: &'static str,
     limit: Duration,
 ) -> Option<(bool, String)> {
+    python_script_with(vec![url], module, script, limit).await
+}
+
+/// [`python_script`] with `args` in place of the URL.
+async fn python_script_with(
+    args: Vec<String>,
+    module: &'static str,
+    script: &'static str,
+    limit: Duration,
+) -> Option<(bool, String)> {
     let script = format!("{}/amqp_py/{script}", env!("CARGO_MANIFEST_DIR"));
     let Some(python) = which("python3") else {
         assert!(!engines_required(), "python3 is required in CI");
@@ -3650,7 +3663,10 @@ async fn python_script(
     }
     let prefix = uniq(module);
     let out = tokio::task::spawn_blocking(move || {
-        run_with_timeout(&python, &[&script, &url, &prefix], limit)
+        let mut argv = vec![script.as_str()];
+        argv.extend(args.iter().map(String::as_str));
+        argv.push(&prefix);
+        run_with_timeout(&python, &argv, limit)
     })
     .await
     .expect("run the python script");

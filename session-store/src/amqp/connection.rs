@@ -10,6 +10,7 @@
 //! may thus overtake each other, which AMQP allows (each acks one delivery tag).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -21,10 +22,10 @@ use amq_protocol::protocol::{
 use amq_protocol::types::{FieldTable, ShortString};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -40,6 +41,7 @@ use super::permissions::{Perm, Permissions, Resource, TopicPermission};
 use super::queue::Message;
 use super::queue_args::parse_expiration;
 use super::reply_to;
+use super::tls::TlsInfo;
 use super::tx::{BufferedPublish, Mode};
 use super::users::User;
 
@@ -58,12 +60,40 @@ const WRITER_TIMEOUT: Duration = Duration::from_secs(2);
 /// counts as gone: two heartbeat intervals.
 const SILENT_TICKS: u32 = 4;
 
-/// Serves one client until it leaves, errs or the broker shuts down.
+/// Serves one plain TCP client until it leaves, errs or the broker shuts down.
 pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) {
     let peer = socket.peer_addr().ok();
     let local = socket.local_addr().ok();
     let _ = socket.set_nodelay(true);
+    // Owned halves: reader and writer share no lock on the plain path.
     let (read, write) = socket.into_split();
+    serve_halves(read, write, (peer, local, None), node, stop).await;
+}
+
+/// Serves one TLS client whose handshake is done, as [`serve`] does a plain one.
+pub async fn serve_tls(socket: TlsStream<TcpStream>, node: Arc<Node>, stop: CancellationToken) {
+    let (tcp, session) = socket.get_ref();
+    let peer = tcp.peer_addr().ok();
+    let local = tcp.local_addr().ok();
+    let _ = tcp.set_nodelay(true);
+    let tls = Arc::new(TlsInfo::of(session));
+    let (read, write) = tokio::io::split(socket);
+    serve_halves(read, write, (peer, local, Some(tls)), node, stop).await;
+}
+
+/// The client's address, ours, and its TLS session if it has one.
+type Endpoints = (Option<SocketAddr>, Option<SocketAddr>, Option<Arc<TlsInfo>>);
+
+async fn serve_halves<R, W>(
+    read: R,
+    write: W,
+    (peer, local, tls): Endpoints,
+    node: Arc<Node>,
+    stop: CancellationToken,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let congested = Arc::new(AtomicBool::new(false));
     let id = node.next_conn_id();
@@ -78,7 +108,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
         config.frame_max,
     ));
     let mut frames = FramedRead::new(read, AmqpCodec::new(FRAME_MIN_SIZE));
-    match handshake(&mut frames, &tx, &node, peer).await {
+    match handshake(&mut frames, &tx, &node, peer, tls.as_deref()).await {
         Ok(Opened {
             tuned,
             user,
@@ -86,6 +116,7 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
             permissions,
             client_properties,
             client_name,
+            mechanism,
         }) => {
             broker.register_connection(
                 id,
@@ -109,6 +140,8 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
                 connected_at: now_millis(),
                 client_properties,
                 client_name,
+                mechanism,
+                tls,
                 channel_max: tuned.channel_max,
                 frame_max: tuned.frame_max,
                 heartbeat: tuned.heartbeat,
@@ -152,8 +185,8 @@ pub async fn serve(socket: TcpStream, node: Arc<Node>, stop: CancellationToken) 
 
 /// Writes what `rx` brings; once the connection has opened `vhost`, tells its broker
 /// when a congested queue has drained.
-async fn write_loop(
-    write: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    write: W,
     mut rx: mpsc::Receiver<Outbound>,
     vhost: Arc<OnceLock<Arc<Broker>>>,
     id: ConnId,

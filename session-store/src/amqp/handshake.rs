@@ -13,7 +13,7 @@ use futures::StreamExt as _;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::AmqpConfig;
 use super::auth_attempts::Protocol;
@@ -22,6 +22,7 @@ use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, code};
 use super::node::Node;
 use super::permissions::Permissions;
+use super::tls::{CertLogin, TlsInfo};
 use super::users::{User, Users};
 
 /// How long a client has to complete the handshake (RabbitMQ's `handshake_timeout`).
@@ -58,6 +59,8 @@ pub struct Opened {
     pub client_properties: FieldTable,
     /// The client's `connection_name` property, if any: a name its user chose.
     pub client_name: Option<String>,
+    /// The SASL mechanism the client logged in with.
+    pub mechanism: &'static str,
 }
 
 /// Why a handshake did not end with an open connection.
@@ -90,9 +93,10 @@ pub async fn handshake<R: AsyncRead + Unpin>(
     tx: &mpsc::Sender<Outbound>,
     node: &Node,
     peer: Option<SocketAddr>,
+    tls: Option<&TlsInfo>,
 ) -> Result<Opened, HandshakeEnd> {
     let run = async {
-        match steps(frames, tx, node, peer).await {
+        match steps(frames, tx, node, peer, tls).await {
             Ok(opened) => Ok(opened),
             Err(Stop::End(end)) => Err(end),
             Err(Stop::Silent(reason)) => {
@@ -112,6 +116,7 @@ async fn steps<R: AsyncRead + Unpin>(
     tx: &mpsc::Sender<Outbound>,
     node: &Node,
     peer: Option<SocketAddr>,
+    tls: Option<&TlsInfo>,
 ) -> Result<Opened, Stop> {
     let config = node.config();
     match next(frames).await? {
@@ -122,16 +127,30 @@ async fn steps<R: AsyncRead + Unpin>(
         }
         _ => return Err(HandshakeEnd::Gone.into()),
     }
+    let external = External::of(config.cert_login, tls);
+    if let (
+        External::Refused,
+        Some(TlsInfo {
+            peer_cert: Some(cert),
+            ..
+        }),
+    ) = (&external, tls)
+    {
+        debug!(?peer, subject = %cert.subject, "certificate names no login: EXTERNAL not offered");
+    }
     send(
         tx,
-        connection::AMQPMethod::Start(start(&node.cluster_name())),
+        connection::AMQPMethod::Start(start(
+            &node.cluster_name(),
+            matches!(external, External::As(_)),
+        )),
     )
     .await;
     let start_ok = match expect(frames, tx).await? {
         connection::AMQPMethod::StartOk(s) => s,
         other => return Err(unexpected(&other)),
     };
-    let login = authenticate(&start_ok, &node.users(), peer);
+    let login = authenticate(&start_ok, &node.users(), peer, &external);
     // As RabbitMQ counts them: an unknown mechanism is no attempt at a password.
     match &login {
         Ok(_) => node.auth_attempts().succeeded(Protocol::Amqp091),
@@ -208,6 +227,11 @@ async fn steps<R: AsyncRead + Unpin>(
         vhost,
         permissions,
         client_name: property("connection_name"),
+        mechanism: match start_ok.mechanism.as_str() {
+            "AMQPLAIN" => "AMQPLAIN",
+            "EXTERNAL" => "EXTERNAL",
+            _ => "PLAIN",
+        },
         client_properties: start_ok.client_properties,
     })
 }
@@ -334,7 +358,7 @@ async fn expect<R: AsyncRead + Unpin>(
     }
 }
 
-fn start(cluster_name: &str) -> connection::Start {
+fn start(cluster_name: &str, external: bool) -> connection::Start {
     let mut capabilities = FieldTable::default();
     for cap in [
         "publisher_confirms",
@@ -368,7 +392,12 @@ fn start(cluster_name: &str) -> connection::Start {
         version_major: 0,
         version_minor: 9,
         server_properties: props,
-        mechanisms: "PLAIN AMQPLAIN".into(),
+        mechanisms: if external {
+            "PLAIN AMQPLAIN EXTERNAL"
+        } else {
+            "PLAIN AMQPLAIN"
+        }
+        .into(),
         locales: "en_US".into(),
     }
 }
@@ -383,12 +412,25 @@ fn authenticate(
     start_ok: &connection::StartOk,
     users: &Users,
     peer: Option<SocketAddr>,
+    external: &External,
 ) -> Result<Arc<User>, AmqpError> {
     let mechanism = start_ok.mechanism.as_str();
-    let credentials = match mechanism {
-        "PLAIN" => plain(start_ok.response.as_bytes()),
-        "AMQPLAIN" => amqplain(start_ok.response.as_bytes()),
-        other => {
+    let refused = || {
+        AmqpError::connection(
+            code::ACCESS_REFUSED,
+            format!(
+                "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            ),
+        )
+    };
+    let credentials = match (mechanism, external) {
+        ("PLAIN", _) => plain(start_ok.response.as_bytes()),
+        ("AMQPLAIN", _) => amqplain(start_ok.response.as_bytes()),
+        ("EXTERNAL", External::As(name)) => {
+            return users.login_external(name, peer).ok_or_else(refused);
+        }
+        ("EXTERNAL", External::Refused) => return Err(refused()),
+        (other, _) => {
             return Err(AmqpError::connection(
                 code::COMMAND_INVALID,
                 format!("COMMAND_INVALID - unknown authentication mechanism '{other}'"),
@@ -401,14 +443,31 @@ fn authenticate(
             format!("SYNTAX_ERROR - malformed {mechanism} response"),
         ));
     };
-    match users.login(&user, &pass, peer) {
-        Some(user) => Ok(user),
-        None => Err(AmqpError::connection(
-            code::ACCESS_REFUSED,
-            format!(
-                "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            ),
-        )),
+    users.login(&user, &pass, peer).ok_or_else(refused)
+}
+
+/// Where SASL EXTERNAL stands for one connection, as RabbitMQ's
+/// rabbitmq_auth_mechanism_ssl decides it.
+#[derive(Debug)]
+enum External {
+    /// Not enabled, or not a TLS connection: an unknown mechanism.
+    Unknown,
+    /// Enabled on a TLS connection without a certificate that names a user: not offered,
+    /// and refused if chosen anyway.
+    Refused,
+    /// Offered: the client logs in, with no password, as the user its certificate names.
+    As(String),
+}
+
+impl External {
+    fn of(from: Option<CertLogin>, tls: Option<&TlsInfo>) -> External {
+        let (Some(from), Some(tls)) = (from, tls) else {
+            return External::Unknown;
+        };
+        match tls.peer_cert.as_ref().and_then(|c| c.login_name(from)) {
+            Some(name) => External::As(name),
+            None => External::Refused,
+        }
     }
 }
 
@@ -471,13 +530,46 @@ mod tests {
         };
         let local = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
         let remote = Some(SocketAddr::from(([10, 0, 0, 1], 1)));
-        assert!(authenticate(&start_ok, &users, local).is_ok());
+        assert!(authenticate(&start_ok, &users, local, &External::Unknown).is_ok());
         assert_eq!(
-            authenticate(&start_ok, &users, remote)
+            authenticate(&start_ok, &users, remote, &External::Unknown)
                 .map(|u| u.name.clone())
                 .map_err(|e| e.code),
             Err(code::ACCESS_REFUSED)
         );
+    }
+
+    #[test]
+    fn external_logs_in_as_the_certificate_names_only_where_offered() {
+        let users = AmqpConfig::default().definitions.users;
+        let start_ok = connection::StartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "EXTERNAL".into(),
+            response: "".into(),
+            locale: "en_US".into(),
+        };
+        let local = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let remote = Some(SocketAddr::from(([10, 0, 0, 1], 1)));
+        let code = |external: External, peer| {
+            authenticate(&start_ok, &users, peer, &external)
+                .map(|u| u.name.clone())
+                .map_err(|e| e.code)
+        };
+        assert_eq!(
+            code(External::As("guest".into()), local),
+            Ok("guest".into())
+        );
+        // guest stays loopback-only, and unknown users are refused.
+        assert_eq!(
+            code(External::As("guest".into()), remote),
+            Err(code::ACCESS_REFUSED)
+        );
+        assert_eq!(
+            code(External::As("nobody".into()), local),
+            Err(code::ACCESS_REFUSED)
+        );
+        assert_eq!(code(External::Refused, local), Err(code::ACCESS_REFUSED));
+        assert_eq!(code(External::Unknown, local), Err(code::COMMAND_INVALID));
     }
 
     #[test]

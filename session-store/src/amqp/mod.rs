@@ -40,6 +40,7 @@ mod reply_to;
 mod runtime;
 mod stats;
 mod store;
+pub mod tls;
 mod trace;
 mod trim;
 mod tx;
@@ -51,6 +52,7 @@ pub use flow::default_watermark;
 pub use node::{Node, NodeError};
 pub use runtime::serve_on_own_threads;
 pub use store::StoreError;
+pub use tls::{CertLogin, Tls, TlsConfig, TlsError};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -66,6 +68,9 @@ use tracing::{info, warn};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound of the pause after a failed accept.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a client has to finish its TLS handshake (RabbitMQ's
+/// `ssl_handshake_timeout`).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often expired messages and unused `x-expires` queues are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 /// How often message counters are sampled for rates (RabbitMQ's management plugin
@@ -93,6 +98,9 @@ pub struct AmqpConfig {
     /// Where durable exchanges, queues, bindings and persistent messages are kept, one
     /// subdirectory per vhost; none keeps everything in memory only.
     pub data_dir: Option<PathBuf>,
+    /// Whether TLS clients with a verified certificate may log in with SASL EXTERNAL as
+    /// the user their certificate names, and which part names it.
+    pub cert_login: Option<CertLogin>,
 }
 
 impl Default for AmqpConfig {
@@ -105,6 +113,7 @@ impl Default for AmqpConfig {
             max_connections: 10_000,
             memory_high_watermark: default_watermark(),
             data_dir: None,
+            cert_login: None,
         }
     }
 }
@@ -128,6 +137,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("max_connections", &self.max_connections)
             .field("memory_high_watermark", &self.memory_high_watermark)
             .field("data_dir", &self.data_dir)
+            .field("cert_login", &self.cert_login)
             .finish()
     }
 }
@@ -148,40 +158,88 @@ pub async fn run(
 /// (at most 5 s) for the connections to end. Last, the vhosts' journals write out what
 /// they hold and stop.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+    serve_with_tls(listener, None, node, shutdown).await;
+}
+
+/// The amqps listener and the TLS its connections are wrapped in.
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub tls: Tls,
+}
+
+/// [`serve`], also serving TLS clients on `tls`; both listeners count towards
+/// `max_connections`.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    tls: Option<TlsListener>,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()>,
+) {
     if let Ok(addr) = listener.local_addr() {
         node.add_listener("amqp", addr);
+    }
+    if let Some(t) = &tls
+        && let Ok(addr) = t.listener.local_addr()
+    {
+        node.add_listener("amqp/ssl", addr);
+        node.set_tls_listener(addr, t.tls.files.clone());
     }
     let config = node.config();
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let stop = CancellationToken::new();
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let accept = async {
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let socket = match listener.accept().await {
-                Ok((socket, _)) => socket,
-                Err(e) => {
-                    warn!("amqp accept failed: {e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(10);
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                warn!(
-                    "amqp connection refused: {} connections open",
-                    config.max_connections
-                );
-                continue;
-            };
+    let plain = accept_each(
+        &listener,
+        "amqp",
+        &limit,
+        config.max_connections,
+        |socket, permit| {
             let (node, stop, done) = (node.clone(), stop.clone(), done_tx.clone());
             tokio::spawn(async move {
                 connection::serve(socket, node, stop).await;
                 drop(permit);
                 drop(done);
             });
-        }
+        },
+    );
+    let secure = async {
+        let Some(TlsListener { listener, tls }) = &tls else {
+            return std::future::pending().await;
+        };
+        accept_each(
+            listener,
+            "amqps",
+            &limit,
+            config.max_connections,
+            |socket, permit| {
+                let (node, stop, done) = (node.clone(), stop.clone(), done_tx.clone());
+                let acceptor = tls.acceptor.clone();
+                tokio::spawn(async move {
+                    let peer = socket.peer_addr().ok();
+                    // The AMQP handshake's own timeout starts once TLS is up.
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket));
+                    let stream = tokio::select! {
+                        accepted = handshake => accepted,
+                        () = stop.cancelled() => return,
+                    };
+                    match stream {
+                        Ok(Ok(stream)) => connection::serve_tls(stream, node, stop).await,
+                        Ok(Err(e)) => info!(?peer, "amqps: TLS handshake failed: {e}"),
+                        Err(_) => info!(
+                            ?peer,
+                            "amqps: TLS handshake not done in {TLS_HANDSHAKE_TIMEOUT:?}; closed"
+                        ),
+                    }
+                    drop(permit);
+                    drop(done);
+                });
+            },
+        )
+        .await
+    };
+    let accept = async {
+        tokio::join!(plain, secure);
     };
     let sweep = async {
         let mut every = tokio::time::interval(SWEEP_INTERVAL);
@@ -218,4 +276,33 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
     let closing = node.clone();
     // A panicked writer has already been reported by `close_journals`.
     let _ = tokio::task::spawn_blocking(move || closing.close_journals()).await;
+}
+
+/// Accepts on `listener` for ever, handing each socket on with its connection-limit
+/// permit; a socket over the limit is closed at once.
+async fn accept_each(
+    listener: &TcpListener,
+    protocol: &str,
+    limit: &Arc<Semaphore>,
+    max: usize,
+    mut serve: impl FnMut(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit),
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                warn!("{protocol} accept failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!("{protocol} connection refused: {max} connections open");
+            continue;
+        };
+        serve(socket, permit);
+    }
 }

@@ -29,6 +29,7 @@ use super::limits::Limits;
 use super::permissions::{Permissions, TopicPermission};
 use super::stats::{MessageStats, Rates, Sampler};
 use super::store::{self, DataDir, Journal, StoreError};
+use super::tls::{CertFiles, TlsInfo};
 use super::users::{User, Users};
 use super::vhost_meta::VHostMeta;
 
@@ -59,6 +60,10 @@ pub struct ConnInfo {
     pub client_properties: FieldTable,
     /// The client's `connection_name` property (RabbitMQ's `user_provided_name`).
     pub client_name: Option<String>,
+    /// The SASL mechanism it logged in with.
+    pub mechanism: &'static str,
+    /// The TLS session, for a client of the amqps listener.
+    pub tls: Option<Arc<TlsInfo>>,
     pub channel_max: u16,
     pub frame_max: u32,
     pub heartbeat: u16,
@@ -133,6 +138,8 @@ pub struct Node {
     rates: Mutex<Sampler>,
     /// The addresses its servers listen on, by protocol (`amqp`, `http`), as they bound.
     listeners: Mutex<Vec<(&'static str, SocketAddr)>>,
+    /// The amqps listener's address and certificate files, for the expiry check.
+    tls_listener: Mutex<Option<(SocketAddr, CertFiles)>>,
     started: Instant,
     /// Logins tried, per protocol.
     auth_attempts: AuthAttempts,
@@ -173,6 +180,7 @@ impl Node {
             connections: Mutex::new(BTreeMap::new()),
             rates: Mutex::new(Sampler::default()),
             listeners: Mutex::new(Vec::new()),
+            tls_listener: Mutex::new(None),
             started: Instant::now(),
             auth_attempts: AuthAttempts::default(),
             churn: Arc::default(),
@@ -786,6 +794,21 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((protocol, addr));
+    }
+
+    pub fn set_tls_listener(&self, addr: SocketAddr, files: CertFiles) {
+        *self
+            .tls_listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((addr, files));
+    }
+
+    /// The amqps listener's address and certificate files, when it serves.
+    pub fn tls_listener(&self) -> Option<(SocketAddr, CertFiles)> {
+        self.tls_listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {

@@ -18,18 +18,23 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{Node, serve};
+use super::{Node, TlsListener, serve_with_tls};
 
-/// Runs [`serve`] on a runtime of `threads` threads of its own until `stop` is cancelled,
+/// Runs [`serve_with_tls`] on a runtime of `threads` threads of its own until `stop` is cancelled,
 /// and returns once it has shut down. Fails only if the threads cannot start.
 pub async fn serve_on_own_threads(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     node: Arc<Node>,
     threads: NonZeroUsize,
     stop: CancellationToken,
 ) -> io::Result<()> {
     // A socket belongs to the runtime that registered it: hand it over unregistered.
     let listener = listener.into_std()?;
+    let tls = match tls {
+        Some(TlsListener { listener, tls }) => Some((listener.into_std()?, tls)),
+        None => None,
+    };
     let runtime = match threads.get() {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
@@ -46,8 +51,16 @@ pub async fn serve_on_own_threads(
         .name("amqp".into())
         .spawn(move || {
             let served = runtime.block_on(async move {
-                serve(
+                let tls = match tls {
+                    Some((listener, tls)) => Some(TlsListener {
+                        listener: TcpListener::from_std(listener)?,
+                        tls,
+                    }),
+                    None => None,
+                };
+                serve_with_tls(
                     TcpListener::from_std(listener)?,
+                    tls,
                     node,
                     stop.cancelled_owned(),
                 )

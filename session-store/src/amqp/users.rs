@@ -376,6 +376,14 @@ impl Users {
         let allowed_from = loopback || !self.loopback_only.iter().any(|u| u == name);
         (allowed_from && found.password.verify(password)).then(|| found.clone())
     }
+
+    /// SASL EXTERNAL: the user a verified client certificate names, with no password;
+    /// loopback-only users (guest) still only from loopback.
+    pub fn login_external(&self, name: &str, peer: Option<SocketAddr>) -> Option<Arc<User>> {
+        let found = self.users.get(name)?;
+        let loopback = peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
+        (loopback || !self.loopback_only.iter().any(|u| u == name)).then(|| found.clone())
+    }
 }
 
 fn set_limits(all: &mut HashMap<String, Limits>, name: &str, limits: Limits) {

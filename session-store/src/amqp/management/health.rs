@@ -1,7 +1,7 @@
 //! The health checks Kubernetes probes and monitors call, answered as RabbitMQ's are:
 //! `{"status":"ok"}`, or HTTP 503 with `"status":"failed"`, the reason and what the check
-//! found. This node is a cluster of one and serves no TLS, so the checks about quorum,
-//! mirrors and certificates pass as RabbitMQ's do on such a node.
+//! found. This node is a cluster of one, so the checks about quorum and mirrors pass as
+//! RabbitMQ's do on such a node.
 
 use std::sync::Arc;
 
@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use super::json::NODE;
 use super::{memory_alarm, not_found};
-use crate::amqp::node::Node;
+use crate::amqp::node::{Node, now_millis};
+use crate::amqp::tls;
 
 /// A health check that passed.
 pub async fn status_ok() -> axum::Json<Value> {
@@ -119,9 +120,13 @@ pub async fn single_node() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok", "reason": "single node cluster"}))
 }
 
-/// `/api/health/checks/certificate-expiration/{within}/{unit}`: no listener serves TLS,
-/// so no certificate expires; the period is still checked as RabbitMQ checks it.
-pub async fn certificate_expiration(Path((within, unit)): Path<(String, String)>) -> Response {
+/// `/api/health/checks/certificate-expiration/{within}/{unit}`: fails, naming the
+/// listener and the dates, when a certificate of the amqps listener (its own, or a CA it
+/// checks clients against) expires within the period, as RabbitMQ's does.
+pub async fn certificate_expiration(
+    State(node): State<Arc<Node>>,
+    Path((within, unit)): Path<(String, String)>,
+) -> Response {
     let bad = |reason: &str| {
         (
             StatusCode::BAD_REQUEST,
@@ -129,11 +134,44 @@ pub async fn certificate_expiration(Path((within, unit)): Path<(String, String)>
         )
             .into_response()
     };
-    if within.parse::<i64>().is_err() {
+    let Ok(within) = within.parse::<i64>() else {
         return bad("Invalid expiration value.");
-    }
-    if !["days", "weeks", "months", "years"].contains(&unit.to_lowercase().as_str()) {
+    };
+    let unit = unit.to_lowercase();
+    if !["days", "weeks", "months", "years"].contains(&unit.as_str()) {
         return bad("Time unit not recognised. Supported units: days, weeks, months, years.");
     }
-    axum::Json(json!({"status": "ok"})).into_response()
+    let Some((addr, files)) = node.tls_listener() else {
+        return status_ok().await.into_response();
+    };
+    let now = i64::try_from(now_millis() / 1000).unwrap_or(i64::MAX);
+    // Past the calendar's reach every certificate expires within the period.
+    let deadline = tls::later_by(now, within, &unit).unwrap_or(i64::MAX);
+    let expiring = |dates: &[i64]| -> Vec<String> {
+        dates
+            .iter()
+            .filter(|&&at| at < deadline)
+            .map(|&at| tls::erlang_datetime(at))
+            .collect()
+    };
+    let (own, cas) = (
+        expiring(&files.certfile_expiry),
+        expiring(&files.cacertfile_expiry),
+    );
+    if own.is_empty() && cas.is_empty() {
+        return status_ok().await.into_response();
+    }
+    let mut listener = json!({
+        "node": NODE,
+        "protocol": "amqp/ssl",
+        "interface": addr.ip().to_string(),
+        "port": addr.port(),
+        "certfile": files.certfile.display().to_string(),
+        "certfile_expires_on": own,
+    });
+    if let Some(ca) = &files.cacertfile {
+        listener["cacertfile"] = json!(ca.display().to_string());
+        listener["cacertfile_expires_on"] = json!(cas);
+    }
+    check_failed("Certificates expiring", json!({"expired": [listener]}))
 }

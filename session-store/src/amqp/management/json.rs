@@ -16,6 +16,7 @@ use crate::amqp::definitions;
 use crate::amqp::node::{ConnInfo, NODE_NAME, Node};
 use crate::amqp::policy::{self, Kind};
 use crate::amqp::stats::{DepthRates, MessageStats, Rates};
+use crate::amqp::tls::TlsInfo;
 use crate::amqp::users::{User, Users};
 
 /// The management API version whose shapes these follow; also the `rabbitmq_version`
@@ -203,8 +204,9 @@ pub fn connections(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
                 "frame_max": c.frame_max,
                 "timeout": c.heartbeat,
                 "connected_at": c.connected_at,
-                "ssl": false,
+                "auth_mechanism": c.mechanism,
             });
+            tls_fields(&mut out, c.tls.as_deref());
             // RabbitMQ lists the name a client gave only when it gave one.
             if let Some(name) = &c.client_name {
                 out["user_provided_name"] = json!(name);
@@ -213,6 +215,20 @@ pub fn connections(node: &Node, vhosts: &[Arc<Broker>]) -> Value {
             out
         })
         .collect()
+}
+
+/// RabbitMQ's `ssl*` and `peer_cert_*` fields: empty strings on a plain connection.
+fn tls_fields(out: &mut Value, tls: Option<&TlsInfo>) {
+    let cert = tls.and_then(|t| t.peer_cert.as_ref());
+    let text = |s: Option<&String>| json!(s.map_or("", String::as_str));
+    out["ssl"] = json!(tls.is_some());
+    out["ssl_protocol"] = text(tls.map(|t| &t.protocol));
+    out["ssl_key_exchange"] = text(tls.map(|t| &t.key_exchange));
+    out["ssl_cipher"] = text(tls.map(|t| &t.cipher));
+    out["ssl_hash"] = text(tls.map(|t| &t.hash));
+    out["peer_cert_subject"] = text(cert.map(|c| &c.subject));
+    out["peer_cert_issuer"] = text(cert.map(|c| &c.issuer));
+    out["peer_cert_validity"] = text(cert.map(|c| &c.validity));
 }
 
 /// The node's connections by id, to name the channels and consumers on them.
