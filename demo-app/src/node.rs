@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -49,6 +50,30 @@ pub struct NodeArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5673/%2f"
     )]
     pub events_url: String,
+
+    /// For an amqps:// --events-url: a PEM file of CAs to trust besides the system's
+    /// (which SSL_CERT_FILE can also name).
+    #[arg(long, env = "EVENTS_TLS_CA", value_name = "FILE")]
+    pub events_tls_ca: Option<PathBuf>,
+
+    /// For an amqps:// --events-url: a PEM client certificate to present, for brokers
+    /// that require one (with `?auth_mechanism=external` in the URL, it is the login).
+    #[arg(
+        long,
+        env = "EVENTS_TLS_CERT",
+        value_name = "FILE",
+        requires = "events_tls_key"
+    )]
+    pub events_tls_cert: Option<PathBuf>,
+
+    /// The PKCS#8 PEM private key of --events-tls-cert.
+    #[arg(
+        long,
+        env = "EVENTS_TLS_KEY",
+        value_name = "FILE",
+        requires = "events_tls_cert"
+    )]
+    pub events_tls_key: Option<PathBuf>,
 
     /// Run `shared` mode without a near-cache: every request reads the store.
     #[arg(long, env = "NO_NEAR_CACHE")]

@@ -1,6 +1,7 @@
 //! Builds the node's [`SessionLayer`] from its flags: which of the three modes, and for
 //! each the keys, store and broker it needs.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
-use session_layer::events::BusConfig;
+use session_layer::events::{BusConfig, OwnedIdentity, OwnedTLSConfig};
 use session_layer::jwt::{JwtCodec, JwtKey, JwtKeys};
 use session_layer::store::redact_url;
 use session_layer::{
@@ -86,7 +87,10 @@ pub fn build(args: &NodeArgs) -> anyhow::Result<Built> {
             let keys = cookie_keys(args)?;
             let cached = Arc::new(CachedStore::start(
                 store()?,
-                BusConfig::new(args.events_url.clone()),
+                BusConfig {
+                    tls: events_tls(args)?,
+                    ..BusConfig::new(args.events_url.clone())
+                },
                 args.near_cache_max_age,
                 &keys,
             ));
@@ -134,6 +138,30 @@ fn config(args: &NodeArgs) -> SessionConfig {
         },
         ..SessionConfig::default()
     }
+}
+
+/// The event bus's TLS files, read once at start so that a wrong path fails it.
+fn events_tls(args: &NodeArgs) -> anyhow::Result<OwnedTLSConfig> {
+    let read = |path: &PathBuf, flag: &str| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {} given with {flag}", path.display()))
+    };
+    let ca = args
+        .events_tls_ca
+        .as_ref()
+        .map(|p| read(p, "--events-tls-ca"))
+        .transpose()?;
+    let identity = match (&args.events_tls_cert, &args.events_tls_key) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read(cert, "--events-tls-cert")?.into_bytes(),
+            key: read(key, "--events-tls-key")?.into_bytes(),
+        }),
+        _ => None,
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain: ca,
+    })
 }
 
 fn cookie_keys(args: &NodeArgs) -> anyhow::Result<CookieKeys> {

@@ -933,3 +933,104 @@ async fn a_full_outbox_refuses_newer_events() {
     })
     .await;
 }
+
+/// A CA and a server certificate for 127.0.0.1 it signed, as PEM files in `dir`; returns
+/// the CA's PEM and the certificate and key paths.
+fn certificates(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&key, &*ca)
+        .expect("sign");
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_path, server.pem()).expect("write the certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+    (ca.pem(), cert_path, key_path)
+}
+
+/// Over amqps, with the broker's CA given to the bus, events reach every node as over
+/// plain AMQP; a bus that trusts another CA never subscribes, so it never takes events
+/// from a broker it cannot authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_travel_over_amqps_and_an_untrusted_broker_is_never_used() {
+    use session_layer::events::OwnedTLSConfig;
+    use session_store::amqp::{Node, Tls, TlsConfig, TlsListener, serve_with_tls};
+    bounded(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (ca_pem, cert, key) = certificates(dir.path());
+        let other = tempfile::tempdir().expect("temp dir");
+        let (other_ca_pem, _, _) = certificates(other.path());
+        let tls = Tls::load(&TlsConfig {
+            cert,
+            key,
+            ca: None,
+            require_client_cert: false,
+        })
+        .expect("load the certificate");
+        let plain = bind(0).await;
+        let secure = bind(0).await;
+        let port = secure.local_addr().expect("address").port();
+        let node = Node::open(AmqpConfig::default())
+            .await
+            .expect("broker node");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let broker = tokio::spawn(serve_with_tls(
+            plain,
+            Some(TlsListener {
+                listener: secure,
+                tls,
+            }),
+            node,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let url = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
+        let trusting = |ca: &str| BusConfig {
+            tls: OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(ca.to_string()),
+            },
+            ..config(url.clone())
+        };
+        let recorders: Vec<Arc<Recorder>> = (0..3).map(|_| Arc::default()).collect();
+        let a = Bus::start(trusting(&ca_pem), recorders[0].clone());
+        let b = Bus::start(trusting(&ca_pem), recorders[1].clone());
+        let stranger = Bus::start(trusting(&other_ca_pem), recorders[2].clone());
+        until("both trusting buses subscribed", || {
+            a.is_subscribed() && b.is_subscribed()
+        })
+        .await;
+        let sent: Vec<Event> = (0..50).map(event).collect();
+        for e in &sent {
+            a.publish(e).await.expect("publish over amqps");
+        }
+        until("50 events at both", || {
+            recorders[0].events().len() >= 50 && recorders[1].events().len() >= 50
+        })
+        .await;
+        assert_eq!(recorders[1].events(), sent);
+        // It has been retrying all along (every 20–200 ms); give it a while longer.
+        let watch_until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < watch_until {
+            assert!(
+                !stranger.is_subscribed(),
+                "subscribed to an untrusted broker"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(recorders[2].events().is_empty());
+        assert_eq!(recorders[2].subscribes(), 0);
+        for bus in [&a, &b, &stranger] {
+            bus.close().await;
+        }
+        recorders[0].check_protocol("a");
+        let _ = stop.send(());
+        step("broker shutdown", broker).await.expect("broker task");
+    })
+    .await;
+}

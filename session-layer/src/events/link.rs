@@ -257,7 +257,14 @@ async fn connect(shared: &Shared) -> Result<Session, String> {
     uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT);
     let name = format!("session-layer events (pid {})", std::process::id());
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let conn = step("connect", Connection::connect_uri(uri, props)).await?;
+    let runtime =
+        lapin::runtime::default_runtime().map_err(|e| format!("AMQP client runtime: {e}"))?;
+    let tls = shared.config.tls.clone();
+    let conn = step(
+        "connect",
+        Connection::connect_uri_with_config(uri, props, tls, runtime),
+    )
+    .await?;
     let events = Box::pin(conn.events_listener());
     match subscribe(shared, &conn).await {
         Ok((consuming, consumer, publishing, queue)) => Ok(Session {

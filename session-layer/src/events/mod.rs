@@ -39,6 +39,9 @@ use tokio::task::JoinHandle;
 
 use crate::Record;
 
+/// lapin's TLS settings, as [`BusConfig::tls`] takes them.
+pub use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+
 /// How long [`Bus::close`] waits for the task to close its connection before aborting it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most events in one message.
@@ -314,6 +317,10 @@ pub struct BusConfig {
     /// Events kept for publishing after a reconnect; more are refused. Also how many may
     /// wait for the publisher task before publishers wait for room.
     pub outbox_capacity: usize,
+    /// For an `amqps://` URL: CAs to trust beyond the system's (PEM) and a client
+    /// certificate to present (for brokers that require one, or log clients in by it with
+    /// `?auth_mechanism=external`).
+    pub tls: OwnedTLSConfig,
 }
 
 impl BusConfig {
@@ -326,6 +333,7 @@ impl BusConfig {
             backoff_max: Duration::from_secs(5),
             confirm_timeout: Duration::from_secs(1),
             outbox_capacity: 10_000,
+            tls: OwnedTLSConfig::default(),
         }
     }
 }
