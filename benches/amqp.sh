@@ -20,6 +20,8 @@
 #   ACK_WINDOW=1   acks a manually acking consumer keeps in flight (1: each ack awaited)
 #   BUILD=0        use the release binaries already built instead of running cargo build
 #   STORE_AMQP_THREADS=1   the broker's threads (session-store's --amqp-threads)
+#   TLS=0          1: clients connect over amqps (RabbitMQ's listeners.ssl, our --amqps-bind)
+#                  with a throwaway CA and certificate made by openssl for this run
 set -euo pipefail
 # stop_pid, wait_port, start_rabbit
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -32,6 +34,8 @@ SCENARIOS="${SCENARIOS:-transient ack confirm-persistent fanout3 latency}"
 SETTLE="${SETTLE:-10}"
 PUBLISHERS="${PUBLISHERS:-1}"
 ACK_WINDOW="${ACK_WINDOW:-1}"
+TLS="${TLS:-0}"
+[[ "$TLS" =~ ^[01]$ ]] || { echo "TLS must be 0 or 1" >&2; exit 2; }
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "REPS must be a positive integer" >&2; exit 2; }
 [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || { echo "SECONDS must be a positive integer" >&2; exit 2; }
 [[ "$PUBLISHERS" =~ ^[1-9][0-9]*$ ]] || { echo "PUBLISHERS must be a positive integer" >&2; exit 2; }
@@ -73,28 +77,50 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Four distinct free loopback ports: RabbitMQ AMQP, its distribution port, epmd, ours.
-read -r RABBIT_PORT DIST_PORT EPMD_PORT OURS_PORT < <(python3 -c '
+# Six distinct free loopback ports: RabbitMQ AMQP, its distribution port, epmd, ours, and
+# both brokers' amqps listeners.
+read -r RABBIT_PORT DIST_PORT EPMD_PORT OURS_PORT RABBIT_TLS_PORT OURS_TLS_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
 ')
 
+OURS_TLS=() SCHEME=amqp RABBIT_URL_PORT=$RABBIT_PORT OURS_URL_PORT=$OURS_PORT BENCH_TLS=()
+if [ "$TLS" = 1 ]; then
+  command -v openssl > /dev/null || { echo "TLS=1 needs openssl" >&2; exit 2; }
+  T="$TMP/tls" && mkdir -p "$T"
+  ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=amqp bench CA" -keyout "$T/ca.key" \
+    -out "$T/ca.pem" 2> /dev/null
+  openssl req "${ec[@]}" -subj "/CN=127.0.0.1" -keyout "$T/server.key" -out "$T/server.csr" 2> /dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$T/ext"
+  openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial \
+    -days 2 -extfile "$T/ext" -out "$T/server.pem" 2> /dev/null
+  RABBIT_EXTRA_CONF="listeners.ssl.default = 127.0.0.1:$RABBIT_TLS_PORT
+ssl_options.certfile = $T/server.pem
+ssl_options.keyfile = $T/server.key"
+  OURS_TLS=(--amqps-bind "127.0.0.1:$OURS_TLS_PORT" --amqp-tls-cert "$T/server.pem" --amqp-tls-key "$T/server.key")
+  SCHEME=amqps RABBIT_URL_PORT=$RABBIT_TLS_PORT OURS_URL_PORT=$OURS_TLS_PORT
+  BENCH_TLS=(--tls-ca "$T/ca.pem")
+fi
+
 start_rabbit
+[ "$TLS" = 0 ] || wait_port "$RABBIT_TLS_PORT" "$RABBIT_PID" 60 rabbitmq-server "$R/stdout.log"
 
 echo "starting session-store (AMQP on 127.0.0.1:$OURS_PORT) ..." >&2
 setsid "$STORE" --bind 127.0.0.1:0 --amqp-bind "127.0.0.1:$OURS_PORT" --amqp-data-dir "$TMP/ours-data" \
-  > "$TMP/ours.log" 2>&1 < /dev/null &
+  "${OURS_TLS[@]}" > "$TMP/ours.log" 2>&1 < /dev/null &
 OURS_PID=$!
 wait_port "$OURS_PORT" "$OURS_PID" 30 session-store "$TMP/ours.log"
+[ "$TLS" = 0 ] || wait_port "$OURS_TLS_PORT" "$OURS_PID" 30 session-store "$TMP/ours.log"
 echo "letting RabbitMQ settle for $SETTLE s ..." >&2
 sleep "$SETTLE"
 
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 {
-  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" PUBLISHERS=$PUBLISHERS ACK_WINDOW=$ACK_WINDOW STORE_AMQP_THREADS=${STORE_AMQP_THREADS:-1} $(nproc) CPUs"
+  echo "# $(date -Is) REPS=$REPS SECONDS=$SECS SCENARIOS=\"$SCENARIOS\" PUBLISHERS=$PUBLISHERS ACK_WINDOW=$ACK_WINDOW STORE_AMQP_THREADS=${STORE_AMQP_THREADS:-1} TLS=$TLS $(nproc) CPUs"
   echo "# rabbitmq $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?'), ours $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- session-store 2>/dev/null || echo '+dirty')"
   echo "target=rabbit start_rss_mb=$(rss_mb "$RABBIT_PID")"
   echo "target=ours start_rss_mb=$(rss_mb "$OURS_PID")"
@@ -106,8 +132,8 @@ run_one() { # TARGET PORT PID SCENARIO REP
   if ! kill -0 "$3" 2>/dev/null; then
     line="scenario=$4 error=\"broker process $3 is not running\""
   else
-    line=$(timeout $((SECS + 90)) "$BENCH" amqp --url "amqp://guest:guest@127.0.0.1:$2/%2f" \
-      --scenario "$4" --seconds "$SECS" --broker-pid "$3" \
+    line=$(timeout $((SECS + 90)) "$BENCH" amqp --url "$SCHEME://guest:guest@127.0.0.1:$2/%2f" \
+      --scenario "$4" --seconds "$SECS" --broker-pid "$3" "${BENCH_TLS[@]}" \
       --publishers "$PUBLISHERS" --ack-window "$ACK_WINDOW" | tail -1) || true
     [ -n "$line" ] || line="scenario=$4 error=\"bench printed nothing (exit or timeout)\""
   fi
@@ -122,18 +148,18 @@ run_floor() { # REP: the machine's wake-up latency at the same rate, no broker i
 }
 for rep in $(seq 1 "$REPS"); do
   for s in $SCENARIOS; do
-    run_one rabbit "$RABBIT_PORT" "$RABBIT_PID" "$s" "$rep"
-    run_one ours "$OURS_PORT" "$OURS_PID" "$s" "$rep"
+    run_one rabbit "$RABBIT_URL_PORT" "$RABBIT_PID" "$s" "$rep"
+    run_one ours "$OURS_URL_PORT" "$OURS_PID" "$s" "$rep"
     [ "$s" != latency ] || run_floor "$rep"
   done
 done
 
 echo "raw results: $RESULTS" >&2
-python3 - "$RESULTS" "$SCENARIOS" "$REPS" "$PUBLISHERS" "$ACK_WINDOW" <<'PY'
+python3 - "$RESULTS" "$SCENARIOS" "$REPS" "$PUBLISHERS" "$ACK_WINDOW" "$TLS" <<'PY'
 import shlex, statistics, sys
 
 path, scenarios, reps = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
-publishers, ack_window = int(sys.argv[4]), int(sys.argv[5])
+publishers, ack_window, tls = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 runs, errors, start_rss = {}, [], {}
 for line in open(path):
     if line.startswith("#"):
@@ -191,7 +217,8 @@ print(f"Broker RSS right after start: RabbitMQ {start_rss.get('rabbit', '?')} MB
       "confirmed/s for confirm-persistent and deliveries/s otherwise; CPU is the broker's "
       "utime+stime over the measured window per counted message. "
       f"{publishers} publishing task(s) in the throughput scenarios; manual-ack consumers "
-      f"keep up to {ack_window} ack(s) in flight.")
+      f"keep up to {ack_window} ack(s) in flight."
+      + (" Every client connected over amqps (TLS)." if tls else ""))
 if errors:
     print()
     print("Failed runs (n/a above):")

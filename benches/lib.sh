@@ -22,7 +22,8 @@ wait_port() { # PORT PID SECONDS NAME LOG
 # A private RabbitMQ node on RABBIT_PORT (with DIST_PORT, EPMD_PORT) under $TMP/rabbit: our
 # own epmd (foreground, so its PID is ours to stop), then the node with `detached` set,
 # which makes the start script exec the VM, so $! is the broker process. Needs EPMD and
-# RABBITMQ_SERVER; sets EPMD_PID and RABBIT_PID.
+# RABBITMQ_SERVER; sets EPMD_PID and RABBIT_PID. RABBIT_EXTRA_CONF, if set, is appended to
+# its rabbitmq.conf.
 start_rabbit() {
   R="$TMP/rabbit"
   mkdir -p "$R"/{mnesia,log,home}
@@ -32,6 +33,7 @@ listeners.tcp.default = 127.0.0.1:$RABBIT_PORT
 loopback_users.guest = true
 log.console = false
 log.file.level = warning
+${RABBIT_EXTRA_CONF:-}
 CONF
   : > "$R/rabbitmq-env.conf"
   setsid "$EPMD" -port "$EPMD_PORT" -address 127.0.0.1 > "$TMP/epmd.log" 2>&1 < /dev/null &

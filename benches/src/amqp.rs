@@ -7,7 +7,7 @@
 //! stdout (`scenario=NAME error="..."` when it failed); progress goes to stderr.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
@@ -18,6 +18,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::task::JoinHandle;
@@ -92,7 +93,15 @@ pub struct Args {
     /// from an ack at once, which a larger window mirrors.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
     ack_window: u16,
+
+    /// PEM file of the CA that signed the broker's certificate, for an amqps:// --url.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
+
+/// The TLS settings every connection of this run uses (set once from --tls-ca): one
+/// process measures one broker, and the scenarios pass URLs around, not settings.
+static TLS: OnceLock<OwnedTLSConfig> = OnceLock::new();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ScenarioArg {
@@ -149,6 +158,14 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if args.window == 0 || args.prefetch == 0 {
         bail!("--window and --prefetch must be at least 1");
+    }
+    if let Some(path) = &args.tls_ca {
+        let ca = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --tls-ca {}", path.display()))?;
+        let _ = TLS.set(OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(ca),
+        });
     }
     let probe = args.broker_pid.map(Probe::new).transpose()?;
     let scenarios: Vec<Scenario> = match args.scenario {
@@ -471,7 +488,10 @@ impl Clients {
 
 async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+    let tls = TLS.get().cloned().unwrap_or_default();
+    let runtime = lapin::runtime::default_runtime()?;
+    let connect = Connection::connect_with_config(url, props, tls, runtime);
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| anyhow!("no AMQP handshake within {CONNECT_TIMEOUT:?}"))
         .and_then(|r| r.map_err(anyhow::Error::from))

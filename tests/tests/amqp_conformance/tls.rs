@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::{
-    RABBIT, SCENARIO, STEP, api, connection_path, expect_code, expect_text, python_script_with,
-    run_with_timeout, step, uniq,
+    RABBIT, SCENARIO, STEP, api, channel, connection_path, declare_queue, expect_code, expect_text,
+    python_script_with, run_with_timeout, step, uniq,
 };
 
 /// Where a TLS scenario finds its broker.
@@ -140,28 +140,14 @@ async fn amqps_clients(t: Target) {
     let conn = connect_tls(&t.amqps, &given, tls_config(false))
         .await
         .expect("amqps connect");
-    let ch = step("channel.open", conn.create_channel())
-        .await
-        .expect("channel.open");
+    let ch = channel(&conn).await;
     step(
         "confirm.select",
         ch.confirm_select(ConfirmSelectOptions::default()),
     )
     .await
     .expect("confirm.select");
-    let q = step(
-        "queue.declare",
-        ch.queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("queue.declare");
+    let q = exclusive_queue(&ch).await;
     // Across TLS records (16 KiB) and AMQP frames (128 KiB).
     let bodies: Vec<Vec<u8>> = [0usize, 1, 1000, 16_385, 300_000, 7]
         .iter()
@@ -308,6 +294,15 @@ async fn amqps_clients(t: Target) {
     }
 }
 
+/// A server-named queue of this connection's.
+async fn exclusive_queue(ch: &lapin::Channel) -> lapin::Queue {
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    declare_queue(ch, "", exclusive, FieldTable::default()).await
+}
+
 fn port_of(url: &str) -> u16 {
     url.rsplit_once(':')
         .and_then(|(_, rest)| rest.split('/').next())
@@ -374,22 +369,8 @@ async fn amqps_refusals(t: Target) {
     let conn = connect_tls(&t.amqps, &uniq("after"), tls_config(false))
         .await
         .expect("amqps connect after the refusals");
-    let ch = step("channel.open", conn.create_channel())
-        .await
-        .expect("channel.open");
-    step(
-        "queue.declare",
-        ch.queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("queue.declare after the refusals");
+    let ch = channel(&conn).await;
+    exclusive_queue(&ch).await;
     let _ = step("connection.close", conn.close(200, "bye".into())).await;
 }
 
@@ -417,22 +398,8 @@ async fn external_login(t: Target) {
     let conn = connect_tls(&external(&t.amqps), &given, tls_config(true))
         .await
         .expect("EXTERNAL login with a client certificate");
-    let ch = step("channel.open", conn.create_channel())
-        .await
-        .expect("channel.open");
-    step(
-        "queue.declare",
-        ch.queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("queue.declare as the certificate's user");
+    let ch = channel(&conn).await;
+    exclusive_queue(&ch).await;
     let listed = connection_path(&t.api, &given).await;
     let (_, one) = api(&t.api, Method::GET, &listed, None).await;
     assert_eq!(
@@ -502,9 +469,7 @@ async fn client_certificates_can_be_required() {
     let conn = connect_tls(&url, &uniq("cert"), tls_config(true))
         .await
         .expect("amqps connect with a client certificate");
-    step("channel.open", conn.create_channel())
-        .await
-        .expect("channel.open");
+    exclusive_queue(&channel(&conn).await).await;
     drop(proc);
 }
 
