@@ -97,6 +97,19 @@ pub struct Args {
     #[arg(long, env = "STORE_AMQP_MANAGEMENT_BIND", value_name = "ADDR")]
     pub amqp_management_bind: Option<String>,
 
+    /// Also serve the management API over HTTPS on this address (RabbitMQ's
+    /// `management.ssl`), with --amqp-tls-cert and --amqp-tls-key; no client certificate
+    /// is asked for. Port 0 picks a free port; the log line
+    /// `amqp management https listening on ADDR` names it.
+    #[arg(
+        long,
+        env = "STORE_AMQP_MANAGEMENT_TLS_BIND",
+        value_name = "ADDR",
+        requires = "amqp_tls_cert",
+        conflicts_with = "no_amqp_management"
+    )]
+    pub amqp_management_tls_bind: Option<String>,
+
     /// Do not serve the management HTTP API.
     #[arg(long, env = "STORE_NO_AMQP_MANAGEMENT")]
     pub no_amqp_management: bool,
@@ -308,6 +321,17 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
         }
         _ => None,
     };
+    let https_listener = match (&tls_listener, &args.amqp_management_tls_bind) {
+        (Some(tls), Some(addr)) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot listen for the management API over HTTPS on {addr}; choose another address with --amqp-management-tls-bind (or STORE_AMQP_MANAGEMENT_TLS_BIND)"
+                )
+            })?;
+            Some((listener, tls.tls.https.clone()))
+        }
+        _ => None,
+    };
     let management_listener = match &args.amqp_management_bind {
         _ if node.is_none() || args.no_amqp_management => None,
         Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
@@ -325,6 +349,11 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
             }
         },
     };
+    if management_listener.is_none() && https_listener.is_some() {
+        warn!(
+            "amqp management API not served over HTTPS either: it is served only beside its HTTP listener"
+        );
+    }
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
@@ -357,7 +386,16 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
                 Ok(addr) => info!("amqp management listening on {addr}"),
                 Err(e) => warn!("cannot read the management listener's address: {e}"),
             }
-            crate::amqp::management::serve(listener, node, stop.clone().cancelled_owned()).await;
+            if let Some(Ok(addr)) = https_listener.as_ref().map(|(l, _)| l.local_addr()) {
+                info!("amqp management https listening on {addr}");
+            }
+            crate::amqp::management::serve_with_https(
+                listener,
+                https_listener,
+                node,
+                stop.clone().cancelled_owned(),
+            )
+            .await;
         }
     };
     let signal = async {

@@ -35,6 +35,8 @@ pub struct RabbitMq {
     /// The amqps listener's port, enabled with the management plugin and serving the
     /// certificates of [`crate::tls::pki`].
     tls_port: Option<u16>,
+    /// The management API's HTTPS port, beside its HTTP one, with the same certificates.
+    https_port: Option<u16>,
     dist_port: u16,
     epmd_port: u16,
     dir: PathBuf,
@@ -58,6 +60,13 @@ impl RabbitMq {
     pub fn amqps_url(&self) -> Option<String> {
         self.tls_port
             .map(|port| format!("amqps://guest:guest@127.0.0.1:{port}/%2f"))
+    }
+
+    /// `https://127.0.0.1:<port>` of the management API over TLS, when the node was
+    /// started with [`start_rabbitmq_with_management`].
+    pub fn management_https_url(&self) -> Option<String> {
+        self.https_port
+            .map(|port| format!("https://127.0.0.1:{port}"))
     }
 
     /// `http://127.0.0.1:<port>` of the management API, when the node was started with
@@ -135,9 +144,14 @@ impl RabbitMq {
                 self.port
             );
         }
-        for port in [self.management_port, self.prometheus_port, self.tls_port]
-            .into_iter()
-            .flatten()
+        for port in [
+            self.management_port,
+            self.prometheus_port,
+            self.tls_port,
+            self.https_port,
+        ]
+        .into_iter()
+        .flatten()
         {
             wait_port(port, START_TIMEOUT);
         }
@@ -192,13 +206,15 @@ fn start(management: bool) -> Option<RabbitMq> {
     let prometheus_port = management.then(free_port);
     let plugin_ports = management_port.zip(prometheus_port);
     let tls_port = management.then(free_port);
-    write_config(&dir, port, plugin_ports, tls_port)
+    let https_port = management.then(free_port);
+    write_config(&dir, port, plugin_ports, tls_port.zip(https_port))
         .expect("write the RabbitMQ node's configuration");
     let mut rabbit = RabbitMq {
         port,
         management_port,
         prometheus_port,
         tls_port,
+        https_port,
         dist_port: free_port(),
         epmd_port: free_port(),
         dir,
@@ -388,7 +404,7 @@ fn write_config(
     dir: &Path,
     port: u16,
     plugins: Option<(u16, u16)>,
-    tls: Option<u16>,
+    tls: Option<(u16, u16)>,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     for sub in ["mnesia", "log", "home"] {
@@ -405,22 +421,28 @@ fn write_config(
         None => ("[].\n", String::new()),
     };
     let tls = match tls {
-        Some(tls) => {
+        Some((tls, https)) => {
             let pki = crate::tls::pki();
+            let (ca, cert, key) = (
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display(),
+            );
             format!(
                 "listeners.ssl.default = 127.0.0.1:{tls}\n\
                  auth_mechanisms.1 = PLAIN\n\
                  auth_mechanisms.2 = AMQPLAIN\n\
                  auth_mechanisms.3 = EXTERNAL\n\
                  ssl_cert_login_from = common_name\n\
-                 ssl_options.cacertfile = {}\n\
-                 ssl_options.certfile = {}\n\
-                 ssl_options.keyfile = {}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
                  ssl_options.verify = verify_peer\n\
-                 ssl_options.fail_if_no_peer_cert = false\n",
-                pki.ca.display(),
-                pki.server_cert.display(),
-                pki.server_key.display()
+                 ssl_options.fail_if_no_peer_cert = false\n\
+                 management.ssl.port = {https}\n\
+                 management.ssl.ip = 127.0.0.1\n\
+                 management.ssl.certfile = {cert}\n\
+                 management.ssl.keyfile = {key}\n"
             )
         }
         None => String::new(),
@@ -500,15 +522,26 @@ pub fn start_embedded_with_management() -> (Proc, u16, u16) {
 /// [`start_embedded_with_management`], also serving amqps with the certificates of
 /// [`crate::tls::pki`] as the RabbitMQ node does: asking clients for a certificate,
 /// verifying one they present, and letting it log in with SASL EXTERNAL as the user its
-/// common name names. Returns the amqps port last.
-pub fn start_embedded_with_tls() -> (Proc, u16, u16, u16) {
+/// common name names; and the management API over HTTPS too.
+pub fn start_embedded_with_tls() -> (Proc, TlsPorts) {
     start_embedded_with_tls_and(&[])
 }
 
+/// The loopback ports of an embedded broker started with TLS.
+pub struct TlsPorts {
+    pub amqp: u16,
+    pub amqps: u16,
+    pub management: u16,
+    /// The management API over HTTPS.
+    pub https: u16,
+}
+
 /// [`start_embedded_with_tls`] with `extra` flags.
-pub fn start_embedded_with_tls_and(extra: &[&str]) -> (Proc, u16, u16, u16) {
+pub fn start_embedded_with_tls_and(extra: &[&str]) -> (Proc, TlsPorts) {
     let pki = crate::tls::pki();
     let mut tls = vec![
+        "--amqp-management-tls-bind".to_string(),
+        "127.0.0.1:0".to_string(),
         "--amqps-bind".to_string(),
         "127.0.0.1:0".to_string(),
         "--amqp-tls-cert".to_string(),
@@ -521,13 +554,17 @@ pub fn start_embedded_with_tls_and(extra: &[&str]) -> (Proc, u16, u16, u16) {
         "common-name".to_string(),
     ];
     tls.extend(extra.iter().map(|s| s.to_string()));
-    let (proc, port, management, tls) = start_embedded_with(&tls);
-    (
-        proc,
-        port,
+    let (mut proc, amqp, management, amqps) = start_embedded_with(&tls);
+    let https = proc
+        .logged_addr("amqp management https listening", Duration::from_secs(20))
+        .port();
+    let ports = TlsPorts {
+        amqp,
+        amqps: amqps.expect("the amqps listener's address"),
         management,
-        tls.expect("the amqps listener's address"),
-    )
+        https,
+    };
+    (proc, ports)
 }
 
 fn start_embedded_with(extra: &[String]) -> (Proc, u16, u16, Option<u16>) {

@@ -12,6 +12,7 @@ mod admin;
 mod connections;
 mod depths;
 mod health;
+mod https;
 mod import;
 mod json;
 mod limits;
@@ -30,10 +31,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::serve::ListenerExt as _;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use amq_protocol::protocol::basic::AMQPProperties;
@@ -41,6 +45,7 @@ use amq_protocol::protocol::queue as amqp_queue;
 use amq_protocol::types::FieldTable;
 
 use self::depths::Depths;
+use self::https::HttpsListener;
 use super::auth_attempts::Protocol;
 use super::broker::{Broker, ConnId};
 use super::node::Node;
@@ -56,11 +61,55 @@ pub async fn serve(
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    serve_with_https(listener, None, node, shutdown).await;
+}
+
+/// [`serve`], also serving the API over HTTPS on `https` (RabbitMQ's `management.ssl`),
+/// with the same routes and samples.
+pub async fn serve_with_https(
+    listener: TcpListener,
+    https: Option<(TcpListener, TlsAcceptor)>,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     if let Ok(addr) = listener.local_addr() {
         node.add_listener("http", addr);
     }
+    let https = match https {
+        Some((listener, acceptor)) => match HttpsListener::new(listener, acceptor) {
+            Ok(https) => {
+                node.add_listener("https", https.local());
+                Some(https)
+            }
+            Err(e) => {
+                warn!("amqp management API not served over HTTPS: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let depths = Arc::new(Depths::default());
-    let app = app(node.clone(), depths.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let router = app(node.clone(), depths.clone());
+    let stop = CancellationToken::new();
+    let plain = axum::serve(
+        listener,
+        router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let secure = async {
+        let Some(https) = https else {
+            return Ok(());
+        };
+        // Tapped, so that the client's address reaches handlers as over plain HTTP.
+        axum::serve(
+            https.tap_io(|_| {}),
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .await
+    };
     let sampling = async {
         let mut every = tokio::time::interval(depths::INTERVAL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -69,13 +118,23 @@ pub async fn serve(
             depths.sample(&node);
         }
     };
-    tokio::select! {
-        served = axum::serve(listener, app).with_graceful_shutdown(shutdown) => {
-            if let Err(e) = served {
-                warn!("amqp management server failed: {e}");
+    let served = async {
+        let (plain, secure) = tokio::join!(plain.into_future(), secure);
+        for (scheme, result) in [("http", plain), ("https", secure)] {
+            if let Err(e) = result {
+                warn!("amqp management server ({scheme}) failed: {e}");
             }
         }
+    };
+    let trigger = async {
+        shutdown.await;
+        stop.cancel();
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = served => {}
         () = sampling => {}
+        () = trigger => {}
     }
 }
 

@@ -54,6 +54,9 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct Tls {
     pub acceptor: TlsAcceptor,
+    /// The same certificate for the management API over HTTPS, with no client
+    /// certificates asked for.
+    pub https: TlsAcceptor,
     pub files: CertFiles,
 }
 
@@ -99,7 +102,8 @@ impl Tls {
                 for cert in cas {
                     roots.add(cert)?;
                 }
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
                 let verifier = if config.require_client_cert {
                     verifier
                 } else {
@@ -112,9 +116,16 @@ impl Tls {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let server = builder.with_single_cert(chain, key)?;
+        let server = builder.with_single_cert(chain.clone(), key.clone_key())?;
+        // Browsers are not asked for a certificate: the API has its own logins.
+        let mut https = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        https.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
+            https: TlsAcceptor::from(Arc::new(https)),
             files,
         })
     }

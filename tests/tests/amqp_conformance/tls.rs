@@ -31,6 +31,8 @@ struct Target {
     amqp: String,
     amqps: String,
     api: String,
+    /// The management API over HTTPS.
+    https_api: String,
 }
 
 macro_rules! tls_conformance {
@@ -48,7 +50,13 @@ macro_rules! tls_conformance {
     )*};
 }
 
-tls_conformance!(amqps_clients, amqps_refusals, pika_over_tls, external_login);
+tls_conformance!(
+    amqps_clients,
+    amqps_refusals,
+    pika_over_tls,
+    external_login,
+    management_over_https
+);
 
 async fn on_rabbitmq<F, Fut>(name: &str, scenario: F)
 where
@@ -62,6 +70,7 @@ where
             api: r
                 .management_url()
                 .expect("the node runs the management plugin"),
+            https_api: r.management_https_url().expect("the node serves HTTPS"),
         })
     })
     .await
@@ -80,13 +89,14 @@ where
     F: FnOnce(Target) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let (proc, port, api, tls) = tokio::task::spawn_blocking(start_embedded_with_tls)
+    let (proc, ports) = tokio::task::spawn_blocking(start_embedded_with_tls)
         .await
         .expect("start session-store");
     let target = Target {
-        amqp: amqp_url(port),
-        amqps: format!("amqps://guest:guest@127.0.0.1:{tls}/%2f"),
-        api: format!("http://127.0.0.1:{api}"),
+        amqp: amqp_url(ports.amqp),
+        amqps: format!("amqps://guest:guest@127.0.0.1:{}/%2f", ports.amqps),
+        api: format!("http://127.0.0.1:{}", ports.management),
+        https_api: format!("https://127.0.0.1:{}", ports.https),
     };
     timeout(SCENARIO, scenario(target))
         .await
@@ -437,6 +447,106 @@ async fn external_login(t: Target) {
     );
 }
 
+/// `GET base + path` over HTTPS as guest, trusting only `ca` (PEM): the status and the
+/// JSON body, or why the request failed. (hyper over tokio-rustls: the tests' reqwest is
+/// built without TLS.)
+async fn https_get(ca: &str, base: &str, path: &str) -> Result<(u16, serde_json::Value), String> {
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::TokioIo;
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a CA certificate");
+    }
+    let config = ClientConfig::builder_with_provider(ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let addr = base.trim_start_matches("https://").to_string();
+    let request = async move {
+        let tcp = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("127.0.0.1").expect("an IP server name");
+        let tls = TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = hyper::Request::get(path)
+            .header("host", addr.as_str())
+            .header("authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((
+            status,
+            serde_json::from_slice(&body.to_bytes()).unwrap_or_default(),
+        ))
+    };
+    timeout(STEP, request)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// The management API over HTTPS (RabbitMQ's `management.ssl`), beside its HTTP listener:
+/// the same answers to a client that trusts the CA, the listener in the overview and its
+/// protocol check; a client that trusts another CA, or speaks plain HTTP to the port,
+/// gets nothing.
+async fn management_over_https(t: Target) {
+    let pki = pki();
+    let https_port = port_of(&t.https_api);
+    let (status, overview) = https_get(&pki.ca_pem, &t.https_api, "/api/overview")
+        .await
+        .expect("GET /api/overview over HTTPS");
+    assert_eq!(status, 200, "{overview}");
+    let listed = overview["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|l| l["protocol"] == "https" && l["port"] == https_port);
+    assert!(listed, "{:#}", overview["listeners"]);
+    // The same API as over HTTP.
+    let (_, over_http) = api(&t.api, Method::GET, "/api/whoami", None).await;
+    let whoami = https_get(&pki.ca_pem, &t.https_api, "/api/whoami").await;
+    assert_eq!(whoami, Ok((200, over_http)));
+    let check = "/api/health/checks/protocol-listener/https";
+    assert_eq!(
+        https_get(&pki.ca_pem, &t.https_api, check).await,
+        Ok((200, json!({"status": "ok", "protocol": "https"})))
+    );
+    let refused = https_get(&pki.other_ca_pem, &t.https_api, "/api/overview").await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("UnknownIssuer")),
+        "{refused:?}"
+    );
+    let plain = t.https_api.replacen("https://", "http://", 1);
+    let request = reqwest::Client::new()
+        .get(format!("{plain}/api/overview"))
+        .basic_auth("guest", Some("guest"))
+        .send();
+    let answered = step("plain HTTP to the HTTPS port", request).await;
+    assert!(answered.is_err(), "plain HTTP answered: {answered:?}");
+    // And the plain HTTP listener still serves.
+    assert_eq!(api(&t.api, Method::GET, "/api/overview", None).await.0, 200);
+}
+
 /// pika over Python's own TLS stack: bodies of every size, a client certificate, a client
 /// that trusts another CA and a plain client on the TLS port refused.
 async fn pika_over_tls(t: Target) {
@@ -458,12 +568,12 @@ async fn pika_over_tls(t: Target) {
 /// one with a certificate the CA signed is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_can_be_required() {
-    let (proc, _, _, tls) = tokio::task::spawn_blocking(|| {
+    let (proc, ports) = tokio::task::spawn_blocking(|| {
         start_embedded_with_tls_and(&["--amqp-tls-require-client-cert"])
     })
     .await
     .expect("start session-store");
-    let url = format!("amqps://guest:guest@127.0.0.1:{tls}/%2f");
+    let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", ports.amqps);
     let refused = connect_tls(&url, &uniq("nocert"), tls_config(false)).await;
     assert!(refused.is_err(), "served a client without a certificate");
     let conn = connect_tls(&url, &uniq("cert"), tls_config(true))
