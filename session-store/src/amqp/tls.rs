@@ -1,8 +1,10 @@
 //! TLS for AMQP clients (amqps), as RabbitMQ's `listeners.ssl` serves it: a listener of
 //! its own whose connections are wrapped in rustls before the same AMQP code serves them.
 //! Client certificates are verified against a CA when one is given, and can be required
-//! (RabbitMQ's `verify_peer` with `fail_if_no_peer_cert`). What the management API shows
-//! of a TLS connection is named as RabbitMQ names it.
+//! (RabbitMQ's `verify_peer` with `fail_if_no_peer_cert`), and can name the user a client
+//! logs in as with SASL EXTERNAL. What the management API shows of a TLS connection is
+//! named as RabbitMQ names it; the API itself can be served over HTTPS with the same
+//! certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,7 +102,10 @@ impl Tls {
                 let cas = read_certs(path, "the client CA", "--amqp-tls-ca")?;
                 files.cacertfile_expiry = expiry(&cas);
                 for cert in cas {
-                    roots.add(cert)?;
+                    roots.add(cert).map_err(|e| TlsError::Verifier {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
