@@ -399,7 +399,8 @@ fn wait_amqp_ready(url: &str, timeout: Duration) -> Result<(), String> {
 /// `plugins`: the management and Prometheus plugins' ports, when they are to run (with
 /// the EXTERNAL mechanism's plugin); `tls`: the amqps listener's, with the test
 /// certificates, asking clients for a certificate, verifying one they present and letting
-/// it log in with EXTERNAL as the user its common name names.
+/// it log in with EXTERNAL as the user its common name names; and the management API's
+/// HTTPS port, with the same certificate.
 fn write_config(
     dir: &Path,
     port: u16,

@@ -203,8 +203,7 @@ async fn amqps_clients(t: Target) {
         assert_eq!(&delivery.data, body);
     }
 
-    let path = connection_path(&t.api, &given).await;
-    let (_, one) = api(&t.api, Method::GET, &path, None).await;
+    let one = listing(&t.api, &given).await;
     assert_eq!(one["ssl"], true, "{one}");
     assert_eq!(
         tls_view(&one),
@@ -216,8 +215,7 @@ async fn amqps_clients(t: Target) {
     let certified = connect_tls(&t.amqps, &with_cert, tls_config(true))
         .await
         .expect("amqps connect with a client certificate");
-    let path = connection_path(&t.api, &with_cert).await;
-    let (_, one) = api(&t.api, Method::GET, &path, None).await;
+    let one = listing(&t.api, &with_cert).await;
     assert_eq!(
         tls_view(&one),
         [
@@ -238,8 +236,7 @@ async fn amqps_clients(t: Target) {
     let plain_conn = step("connect", Connection::connect(&t.amqp, properties))
         .await
         .expect("connect");
-    let path = connection_path(&t.api, &plain).await;
-    let (_, one) = api(&t.api, Method::GET, &path, None).await;
+    let one = listing(&t.api, &plain).await;
     assert_eq!(one["ssl"], false, "{one}");
     assert_eq!(
         tls_view(&one),
@@ -302,6 +299,14 @@ async fn amqps_clients(t: Target) {
     for c in [conn, certified, plain_conn] {
         let _ = step("connection.close", c.close(200, "bye".into())).await;
     }
+}
+
+/// The management API's listing of the connection its client named `given`, once listed.
+async fn listing(api_base: &str, given: &str) -> serde_json::Value {
+    let path = connection_path(api_base, given).await;
+    let (status, one) = api(api_base, Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{path}: {one}");
+    one
 }
 
 /// A server-named queue of this connection's.
@@ -410,8 +415,7 @@ async fn external_login(t: Target) {
         .expect("EXTERNAL login with a client certificate");
     let ch = channel(&conn).await;
     exclusive_queue(&ch).await;
-    let listed = connection_path(&t.api, &given).await;
-    let (_, one) = api(&t.api, Method::GET, &listed, None).await;
+    let one = listing(&t.api, &given).await;
     assert_eq!(
         (one["user"].as_str(), one["auth_mechanism"].as_str()),
         (Some(user), Some("EXTERNAL")),
