@@ -51,8 +51,8 @@ pub struct NodeArgs {
     )]
     pub events_url: String,
 
-    /// For an amqps:// --events-url: a PEM file of CAs to trust besides the system's
-    /// (which SSL_CERT_FILE can also name).
+    /// For an amqps:// --events-url: a PEM file of CAs to trust besides the public root
+    /// CAs (Mozilla's, built in).
     #[arg(long, env = "EVENTS_TLS_CA", value_name = "FILE")]
     pub events_tls_ca: Option<PathBuf>,
 

@@ -317,7 +317,7 @@ pub struct BusConfig {
     /// Events kept for publishing after a reconnect; more are refused. Also how many may
     /// wait for the publisher task before publishers wait for room.
     pub outbox_capacity: usize,
-    /// For an `amqps://` URL: CAs to trust beyond the system's (PEM) and a client
+    /// For an `amqps://` URL: CAs to trust beyond Mozilla's public roots (PEM) and a client
     /// certificate to present (for brokers that require one, or log clients in by it with
     /// `?auth_mechanism=external`).
     pub tls: OwnedTLSConfig,
