@@ -44,6 +44,7 @@ use super::queue_args::{
 use super::reply_to::{self, Replies, ReplyConsumer};
 use super::stats::MessageStats;
 use super::store::{self, BindingRecord, Journal, Record};
+use super::stream::{self, Start, Stream};
 use super::trace;
 use super::vhost_meta::VHostMeta;
 
@@ -788,14 +789,14 @@ impl Broker {
             )));
         }
         let args = QueueArgs::parse(&d.arguments, &name, &vhost.name)?;
-        if args.kind == QueueType::Quorum {
-            check_quorum_declare(d, requested, &vhost.name)?;
-            if args.overflow == Overflow::RejectPublishDlx {
-                tracing::warn!(
-                    queue = %name, vhost = %vhost.name,
-                    "x-overflow reject-publish-dlx is not a quorum queue's: it drops the head"
-                );
-            }
+        if args.kind.replicated() {
+            check_replicated_declare(d, requested, &vhost.name, args.kind)?;
+        }
+        if args.kind == QueueType::Quorum && args.overflow == Overflow::RejectPublishDlx {
+            tracing::warn!(
+                queue = %name, vhost = %vhost.name,
+                "x-overflow reject-publish-dlx is not a quorum queue's: it drops the head"
+            );
         }
         let owner = d.exclusive.then_some(conn);
         let mut q = Queue::new(
@@ -889,7 +890,14 @@ impl Broker {
     }
 
     pub fn queue_purge(&self, conn: ConnId, name: &str) -> Result<u32, AmqpError> {
-        let purged = self.lock().vhost.usable_queue(name, conn)?.purge();
+        let mut core = self.lock();
+        let vhost_name = core.vhost.name.clone();
+        let q = core.vhost.usable_queue(name, conn)?;
+        if q.stream.is_some() {
+            return Err(not_for_streams("queue.purge", name, &vhost_name));
+        }
+        let purged = q.purge();
+        drop(core);
         self.memory.check();
         Ok(purged)
     }
@@ -923,18 +931,24 @@ impl Broker {
                 ));
             }
         }
-        if d.if_unused && !q.consumers.is_empty() {
+        // A stream takes no notice of either flag, as RabbitMQ 3.10's.
+        let stream = q.stream.is_some();
+        if d.if_unused && !stream && !q.consumers.is_empty() {
             return Err(AmqpError::precondition(format_args!(
                 "queue '{name}' in vhost '{vhost_name}' in use"
             )));
         }
-        if d.if_empty && !q.is_empty() {
+        if d.if_empty && !stream && !q.is_empty() {
             return Err(AmqpError::precondition(format_args!(
                 "queue '{name}' in vhost '{vhost_name}' not empty"
             )));
         }
-        let deleted = delete_queue_for(&mut core, name, Some(conn));
+        let mut deleted = delete_queue_for(&mut core, name, Some(conn));
         drop(core);
+        if stream {
+            // RabbitMQ reports no messages for a stream it deletes.
+            deleted.0 = 0;
+        }
         self.memory.check();
         Ok(deleted)
     }
@@ -1024,9 +1038,15 @@ impl Broker {
         let mut core = self.lock();
         let core = &mut *core;
         let now = Instant::now();
+        let now_ms = store::unix_ms(SystemTime::now());
         let names: Vec<String> = core.vhost.queues.keys().cloned().collect();
         for name in names {
             expire_queue(core, &name, now);
+            if let Some(q) = core.vhost.queues.get_mut(&name)
+                && q.args.max_age.is_some()
+            {
+                q.retain(now_ms);
+            }
             if core
                 .vhost
                 .queues
@@ -1090,9 +1110,13 @@ impl Broker {
                 ),
             ));
         }
+        let reads_from = match &q.stream {
+            Some(stream) => Some(stream_start(stream, c, state, &q.name, &vhost_name)?),
+            None => None,
+        };
         let priority = consumer_priority(&c.arguments, c.queue.as_str(), &vhost_name)?;
-        // Stream offsets are for stream queues, which are not served here.
-        if c.arguments.inner().contains_key("x-stream-offset") {
+        // Stream offsets are for stream queues.
+        if reads_from.is_none() && c.arguments.inner().contains_key(stream::OFFSET_HEADER) {
             return Err(AmqpError::precondition(format_args!(
                 "invalid arg 'x-stream-offset' for queue '{}' in vhost '{vhost_name}' of queue type {}",
                 q.name,
@@ -1120,6 +1144,7 @@ impl Broker {
             priority,
             unacked: 0,
             active: false,
+            reads_from,
         });
         q.had_consumers = true;
         q.last_used = Instant::now();
@@ -1254,6 +1279,20 @@ impl Broker {
             Some(true) => Settle::Requeue,
             Some(false) => Settle::Discard,
         };
+        if how != Settle::Ack
+            && let Some(q) = settled.iter().find_map(|(_, u)| {
+                core.vhost
+                    .queues
+                    .get(&*u.queue)
+                    .filter(|q| q.stream.is_some())
+            })
+        {
+            return Err(not_for_streams(
+                "basic.nack and basic.reject",
+                &q.name,
+                &core.vhost.name,
+            ));
+        }
         if state.tx {
             state.tx_settled.push((settled, how));
             return Ok(());
@@ -1284,6 +1323,9 @@ impl Broker {
         let mut core = self.lock();
         let core = &mut *core;
         let q = core.vhost.usable_queue(queue, conn)?;
+        if q.stream.is_some() {
+            return Err(not_for_streams("basic.get", queue, &core.vhost.name));
+        }
         if q.args.kind == QueueType::Quorum && q.args.single_active_consumer {
             let name = q.name.clone();
             return Err(AmqpError::channel(
@@ -1369,8 +1411,11 @@ impl Broker {
 /// queue, but a cancelled one until its deliveries are settled, and each basic.get
 /// whose message is not yet settled.
 fn reported_consumers(q: &Queue, channels: &HashMap<(ConnId, u16), ChannelState>) -> u32 {
-    if q.args.kind != QueueType::Quorum {
-        return q.consumer_count();
+    match q.args.kind {
+        QueueType::Classic => return q.consumer_count(),
+        // A stream's consumers read it on their own; RabbitMQ counts none.
+        QueueType::Stream => return 0,
+        QueueType::Quorum => {}
     }
     let mut count = if q.args.single_active_consumer {
         q.consumers.len().min(1)
@@ -1402,12 +1447,17 @@ fn reported_consumers(q: &Queue, channels: &HashMap<(ConnId, u16), ChannelState>
     u32::try_from(count + cancelled.len()).unwrap_or(u32::MAX)
 }
 
-/// What RabbitMQ refuses when a quorum queue is created, in its order.
-fn check_quorum_declare(d: &queue::Declare, name: &str, vhost: &str) -> Result<(), AmqpError> {
+/// What RabbitMQ refuses when a quorum queue or a stream is created, in its order.
+fn check_replicated_declare(
+    d: &queue::Declare,
+    name: &str,
+    vhost: &str,
+    kind: QueueType,
+) -> Result<(), AmqpError> {
     if name.is_empty() {
         return Err(AmqpError::precondition(format_args!(
             "Cannot declare a server-named queue for type {}",
-            QueueType::Quorum.module()
+            kind.module()
         )));
     }
     let invalid = [
@@ -1651,7 +1701,7 @@ fn enqueue_all(
         dead.extend(dead_letters(q, expired, Reason::Expired));
         // Only the queues the record names keep the message on disk.
         let stored = logged
-            .filter(|_| persistent || q.args.kind == QueueType::Quorum)
+            .filter(|_| persistent || q.args.kind.replicated())
             .map(|(id, _)| id);
         match q.enqueue(message.clone(), now, stored) {
             Admission::Accepted => q.stats.publish += 1,
@@ -1675,7 +1725,8 @@ fn enqueue_all(
 }
 
 /// Logs a persistent message bound for durable queues, and any message bound for quorum
-/// queues (which, as in RabbitMQ, keep every message whatever its delivery mode); returns
+/// queues and streams (which, as in RabbitMQ, keep every message whatever its delivery
+/// mode); returns
 /// its id and the record's sequence number. Transient messages into classic queues and
 /// non-durable queues cost nothing here.
 fn log_publish(vhost: &VHost, message: &Arc<Message>, targets: &[String]) -> Option<(u64, u64)> {
@@ -1684,7 +1735,7 @@ fn log_publish(vhost: &VHost, message: &Arc<Message>, targets: &[String]) -> Opt
     let queues: Vec<Arc<str>> = targets
         .iter()
         .filter_map(|t| vhost.queues.get(t))
-        .filter(|q| q.journal.is_some() && (persistent || q.args.kind == QueueType::Quorum))
+        .filter(|q| q.journal.is_some() && (persistent || q.args.kind.replicated()))
         .map(|q| q.name.clone())
         .collect();
     if queues.is_empty() {
@@ -1902,6 +1953,10 @@ fn dispatch(
     dead: &mut Vec<Dead>,
     mut taps: Option<&mut Vec<Tap>>,
 ) {
+    if q.stream.is_some() {
+        dispatch_stream(q, channels, connections, taps);
+        return;
+    }
     let now = Instant::now();
     let quorum = q.args.kind == QueueType::Quorum;
     // Without differing `x-priority`s the first consumer with room will do, and the
@@ -2011,6 +2066,157 @@ fn dispatch(
         }
         q.cursor = (i + 1) % n;
     }
+}
+
+/// Hands a stream's messages to its consumers, each from its own offset, one message per
+/// consumer in turn while any has credit (its prefetch less what it has not acked) and
+/// something left to read. A delivery carries its offset in the `x-stream-offset` header.
+fn dispatch_stream(
+    q: &mut Queue,
+    channels: &mut HashMap<(ConnId, u16), ChannelState>,
+    connections: &HashMap<ConnId, ConnHandle>,
+    mut taps: Option<&mut Vec<Tap>>,
+) {
+    let Some(stream) = &q.stream else {
+        return;
+    };
+    let (first, next) = (stream.first(), stream.next());
+    let mut progress = true;
+    while progress {
+        progress = false;
+        for c in &mut q.consumers {
+            let Some(offset) = c.reads_from.map(|o| o.max(first)) else {
+                continue;
+            };
+            if !c.active || offset >= next || c.unacked >= u32::from(c.prefetch) {
+                continue;
+            }
+            let key = (c.conn, c.channel);
+            let (Some(handle), Some(state)) = (connections.get(&key.0), channels.get_mut(&key))
+            else {
+                continue;
+            };
+            if handle.congested.load(Ordering::Acquire) {
+                continue;
+            }
+            let permit = match handle.tx.try_reserve() {
+                Ok(permit) => permit,
+                Err(TrySendError::Full(())) => {
+                    handle.congested.store(true, Ordering::Release);
+                    continue;
+                }
+                Err(TrySendError::Closed(())) => {
+                    c.active = false;
+                    continue;
+                }
+            };
+            let Some(entry) = q.stream.as_ref().and_then(|s| s.get(offset)) else {
+                continue;
+            };
+            state.next_tag += 1;
+            permit.send(Outbound::Content {
+                channel: c.channel,
+                method: AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: c.tag.clone(),
+                    delivery_tag: state.next_tag,
+                    redelivered: false,
+                    exchange: entry.message.exchange.clone(),
+                    routing_key: entry.message.routing_key.clone(),
+                })),
+                message: with_offset(&entry.message, offset),
+            });
+            q.stats.delivered(false, false, false);
+            if let Some(taps) = taps.as_deref_mut()
+                && !trace::is_copy(&entry.message)
+            {
+                taps.push(Tap {
+                    message: entry.message.clone(),
+                    queue: q.name.clone(),
+                    redelivered: false,
+                    conn: c.conn,
+                    channel: c.channel,
+                });
+            }
+            c.reads_from = Some(offset + 1);
+            c.unacked += 1;
+            state.consumer_unacked += 1;
+            // Nothing to journal or give back: the message stays in the stream.
+            state.unacked.insert(
+                state.next_tag,
+                Unacked {
+                    queue: q.name.clone(),
+                    consumer: Some(c.tag.clone()),
+                    message: QueuedMessage {
+                        seq: offset,
+                        message: entry.message.clone(),
+                        redelivered: false,
+                        returned: 0,
+                        expires_at: None,
+                        stored: None,
+                    },
+                },
+            );
+            progress = true;
+        }
+    }
+}
+
+/// A stream message as its consumers receive it: with its offset among its headers.
+fn with_offset(message: &Message, offset: u64) -> Arc<Message> {
+    let mut headers = message.properties().headers().clone().unwrap_or_default();
+    headers.insert(
+        stream::OFFSET_HEADER.into(),
+        AMQPValue::LongLongInt(i64::try_from(offset).unwrap_or(i64::MAX)),
+    );
+    Arc::new(Message::new(
+        message.exchange.clone(),
+        message.routing_key.clone(),
+        message.properties().clone().with_headers(headers),
+        message.body.clone(),
+    ))
+}
+
+/// Where a new consumer of `stream` starts, after RabbitMQ 3.10's checks in its order:
+/// only `x-stream-offset` among consumer arguments RabbitMQ knows, a prefetch set with
+/// basic.qos, manual acks, then the offset spec itself.
+fn stream_start(
+    stream: &Stream,
+    c: &basic::Consume,
+    state: &ChannelState,
+    queue: &str,
+    vhost: &str,
+) -> Result<u64, AmqpError> {
+    if c.arguments.inner().contains_key("x-priority") {
+        return Err(AmqpError::precondition(format_args!(
+            "invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}' of queue type {}",
+            QueueType::Stream.module()
+        )));
+    }
+    if state.consumer_prefetch == 0 {
+        return Err(AmqpError::precondition(format_args!(
+            "consumer prefetch count is not set for 'queue '{queue}' in vhost '{vhost}''"
+        )));
+    }
+    if c.no_ack {
+        return Err(not_for_streams("automatic acknowledgement", queue, vhost));
+    }
+    let start =
+        Start::parse(&c.arguments, store::unix_ms(SystemTime::now())).map_err(|reason| {
+            AmqpError::precondition(format_args!(
+                "invalid arg 'x-stream-offset' for queue '{queue}' in vhost '{vhost}': {reason}"
+            ))
+        })?;
+    Ok(stream.resolve(start))
+}
+
+/// 540 NOT_IMPLEMENTED, a connection error, for what a stream does not do.
+fn not_for_streams(what: &str, queue: &str, vhost: &str) -> AmqpError {
+    AmqpError::connection(
+        super::error::code::NOT_IMPLEMENTED,
+        format!(
+            "NOT_IMPLEMENTED - {what} not supported by stream queues queue '{queue}' in vhost '{vhost}'"
+        ),
+    )
 }
 
 /// Closes a channel's broker side: consumers go, unacked messages return.

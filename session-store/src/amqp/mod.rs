@@ -40,6 +40,7 @@ mod reply_to;
 mod runtime;
 mod stats;
 mod store;
+mod stream;
 pub mod tls;
 mod trace;
 mod trim;

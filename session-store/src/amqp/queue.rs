@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
@@ -21,7 +21,8 @@ use super::policy::{Effect, Policy};
 use super::queue_args::{Overflow, QueueArgs, QueueType, parse_expiration};
 use super::ready::Ready;
 use super::stats::MessageStats;
-use super::store::{Journal, Record};
+use super::store::{Journal, Record, unix_ms};
+use super::stream::{self, Stream};
 
 /// A published message. Shared by every queue it was routed to, so a fanout to N queues
 /// stores one body, counted once towards the memory watermark.
@@ -176,6 +177,8 @@ pub struct Consumer {
     pub unacked: u32,
     /// False until consume-ok has been queued, so no delivery overtakes it.
     pub active: bool,
+    /// A stream consumer's next offset to read.
+    pub reads_from: Option<u64>,
 }
 
 /// A declared queue.
@@ -216,6 +219,8 @@ pub struct Queue {
     pub stats: MessageStats,
     /// Where a durable queue records the fate of its persistent messages.
     pub journal: Option<Journal>,
+    /// A stream queue's log; its `messages` stay empty.
+    pub stream: Option<Stream>,
 }
 
 impl Queue {
@@ -228,6 +233,7 @@ impl Queue {
         args: QueueArgs,
     ) -> Self {
         let messages = Ready::new(args.max_priority);
+        let stream = (args.kind == QueueType::Stream).then(Stream::default);
         Queue {
             name: Arc::from(name),
             durable,
@@ -249,6 +255,7 @@ impl Queue {
             last_used: Instant::now(),
             stats: MessageStats::default(),
             journal: None,
+            stream,
         }
     }
 
@@ -260,6 +267,10 @@ impl Queue {
         now: Instant,
         stored: Option<u64>,
     ) -> Admission {
+        if self.stream.is_some() {
+            self.append(message, unix_ms(SystemTime::now()), stored);
+            return Admission::Accepted;
+        }
         let own_ttl = message
             .properties
             .expiration()
@@ -290,6 +301,59 @@ impl Queue {
         self.messages.push_back(m);
         self.refuse_if_over();
         Admission::Accepted
+    }
+
+    /// Appends to a stream, then applies its retention if a segment was completed.
+    fn append(&mut self, message: Arc<Message>, published_ms: u64, stored: Option<u64>) {
+        let segment = self
+            .args
+            .max_segment_bytes
+            .unwrap_or(stream::DEFAULT_SEGMENT_BYTES);
+        let stored = stored.filter(|_| self.journal.is_some());
+        if let Some(s) = &mut self.stream
+            && s.append(message, published_ms, stored, segment)
+        {
+            self.retain(published_ms);
+        }
+    }
+
+    /// Drops what a stream's retention (`x-max-length-bytes`, `x-max-age`) no longer
+    /// keeps at `now_ms`; the journal learns the new first offset, so offsets survive a
+    /// restart.
+    pub fn retain(&mut self, now_ms: u64) {
+        let Some(s) = &mut self.stream else {
+            return;
+        };
+        let dropped = s.retain(self.args.max_length_bytes, self.args.max_age, now_ms);
+        if dropped.is_empty() {
+            return;
+        }
+        let first = s.first();
+        if let Some(journal) = &self.journal {
+            for id in dropped.iter().filter_map(|e| e.stored) {
+                journal.append(Record::Settle {
+                    queue: self.name.clone(),
+                    id,
+                });
+            }
+            journal.append(Record::StreamStart {
+                queue: self.name.clone(),
+                offset: first,
+            });
+        }
+    }
+
+    /// Puts back a stream recovered from the journal: its first offset, then its
+    /// messages in order.
+    pub fn restore_stream(
+        &mut self,
+        first: u64,
+        messages: impl IntoIterator<Item = (Arc<Message>, u64, u64)>,
+    ) {
+        self.stream = Some(Stream::starting_at(first));
+        for (message, id, published_ms) in messages {
+            self.append(message, published_ms, Some(id));
+        }
     }
 
     /// What the queue does when full: as its arguments and policy say, except that a
@@ -439,6 +503,10 @@ impl Queue {
     /// delivery limit: the caller settles and dead-letters it.
     #[must_use]
     pub fn requeue(&mut self, mut message: QueuedMessage, how: Return) -> Option<QueuedMessage> {
+        if self.stream.is_some() {
+            // It never left the stream.
+            return None;
+        }
         message.redelivered = true;
         message.returned = message.returned.saturating_add(1);
         if self.args.kind == QueueType::Quorum
@@ -458,7 +526,7 @@ impl Queue {
                 self.messages.insert_at(self.returns, message);
                 self.returns += 1;
             }
-            QueueType::Classic => self.messages.insert_in_place(message),
+            QueueType::Classic | QueueType::Stream => self.messages.insert_in_place(message),
         }
         self.refuse_if_over();
         None
@@ -486,16 +554,22 @@ impl Queue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
+        self.stream
+            .as_ref()
+            .map_or(self.messages.is_empty(), Stream::is_empty)
     }
 
     pub fn message_count(&self) -> u32 {
-        u32::try_from(self.messages.len()).unwrap_or(u32::MAX)
+        let len = self
+            .stream
+            .as_ref()
+            .map_or(self.messages.len(), Stream::len);
+        u32::try_from(len).unwrap_or(u32::MAX)
     }
 
-    /// Body bytes of the ready messages.
+    /// Body bytes of the ready messages (of a stream, of all it holds).
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.stream.as_ref().map_or(self.bytes, Stream::bytes)
     }
 
     pub fn consumer_count(&self) -> u32 {

@@ -9,6 +9,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::error::AmqpError;
 use super::policy::Effect;
+use super::stream::interval_ms;
 
 /// RabbitMQ's largest TTL or expiry, in milliseconds: ten years. (Celery's delayed
 /// delivery declares queues with TTLs past the 32-bit range.)
@@ -26,15 +27,17 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
-/// `x-queue-type`: what kind of queue RabbitMQ would make. Both are served by the same
-/// in-memory queue with an optional journal; a quorum queue adds RabbitMQ's rules for
-/// its kind (always durable, every message persisted, `x-delivery-limit`,
-/// `x-delivery-count` headers, no priorities or global QoS). Streams are refused.
+/// `x-queue-type`: what kind of queue RabbitMQ would make. Classic and quorum queues are
+/// served by the same in-memory queue with an optional journal; a quorum queue adds
+/// RabbitMQ's rules for its kind (always durable, every message persisted,
+/// `x-delivery-limit`, `x-delivery-count` headers, no priorities or global QoS). A
+/// stream keeps its messages in a log read by offset (see `stream`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueType {
     #[default]
     Classic,
     Quorum,
+    Stream,
 }
 
 impl QueueType {
@@ -43,6 +46,7 @@ impl QueueType {
         match self {
             QueueType::Classic => "rabbit_classic_queue",
             QueueType::Quorum => "rabbit_quorum_queue",
+            QueueType::Stream => "rabbit_stream_queue",
         }
     }
 
@@ -51,6 +55,7 @@ impl QueueType {
         match self {
             QueueType::Classic => "classic",
             QueueType::Quorum => "quorum",
+            QueueType::Stream => "stream",
         }
     }
 
@@ -77,7 +82,31 @@ impl QueueType {
                 "x-stream-max-segment-size-bytes",
                 "x-initial-cluster-size",
             ],
+            QueueType::Stream => &[
+                "x-max-length",
+                "x-message-ttl",
+                "x-dead-letter-exchange",
+                "x-dead-letter-routing-key",
+                "x-expires",
+                "x-overflow",
+                "x-max-priority",
+                "x-single-active-consumer",
+                "x-delivery-limit",
+                "x-dead-letter-strategy",
+                "x-queue-mode",
+                "x-queue-version",
+                "x-queue-master-locator",
+                "x-max-in-memory-length",
+                "x-max-in-memory-bytes",
+                "x-quorum-initial-group-size",
+            ],
         }
+    }
+
+    /// Whether the type is one of RabbitMQ's replicated ones, which must be durable,
+    /// named, neither exclusive nor auto-delete.
+    pub fn replicated(self) -> bool {
+        self != QueueType::Classic
     }
 }
 
@@ -106,6 +135,10 @@ pub struct QueueArgs {
     /// `x-delivery-limit` (quorum queues): a message given back more often than this is
     /// dead-lettered (or dropped) instead. Only an integer limits, as in RabbitMQ.
     pub delivery_limit: Option<i64>,
+    /// `x-max-age` (streams): segments whose newest message is older go.
+    pub max_age: Option<Duration>,
+    /// `x-stream-max-segment-size-bytes` (streams): what retention drops at once.
+    pub max_segment_bytes: Option<u64>,
 }
 
 impl QueueArgs {
@@ -122,8 +155,9 @@ impl QueueArgs {
             args.kind = match text(v).map_err(|r| fail("x-queue-type", r))?.as_str() {
                 "classic" => QueueType::Classic,
                 "quorum" => QueueType::Quorum,
-                // Streams (and anything else) are not served here: refused in RabbitMQ's
-                // words for an unknown type rather than quietly made a classic queue.
+                "stream" => QueueType::Stream,
+                // Anything else is refused in RabbitMQ's words for an unknown type rather
+                // than quietly made a classic queue.
                 other => {
                     return Err(fail(
                         "x-queue-type",
@@ -198,6 +232,18 @@ impl QueueArgs {
                 .and_then(non_negative)
                 .map_err(|r| fail("x-max-length-bytes", r))?;
             args.max_length_bytes = Some(n);
+        }
+        if let Some(v) = get("x-max-age") {
+            let ms = text(v)
+                .and_then(|t| interval_ms(&t).ok_or_else(|| "invalid_max_age".to_string()))
+                .map_err(|r| fail("x-max-age", r))?;
+            args.max_age = Some(Duration::from_millis(ms));
+        }
+        if let Some(v) = get("x-stream-max-segment-size-bytes") {
+            let n = integer(v)
+                .and_then(non_negative)
+                .map_err(|r| fail("x-stream-max-segment-size-bytes", r))?;
+            args.max_segment_bytes = Some(n);
         }
         if let Some(v) = get("x-max-priority") {
             let n = integer(v)
@@ -632,15 +678,51 @@ mod tests {
         assert_eq!(args.delivery_limit, None);
         let classic = QueueArgs::parse(&table(&[("x-queue-type", s("classic"))]), "q", "/");
         assert_eq!(classic.expect("classic").kind, QueueType::Classic);
-        // Streams are not served: refused, not quietly made classic.
-        let e = QueueArgs::parse(&table(&[("x-queue-type", s("stream"))]), "q", "/")
-            .expect_err("stream refused");
+        // An unknown type is refused, not quietly made classic.
+        let e = QueueArgs::parse(&table(&[("x-queue-type", s("log"))]), "q", "/")
+            .expect_err("unknown type refused");
         assert!(
             e.reply_text()
                 .as_str()
-                .ends_with("\"unsupported queue type 'stream'\""),
+                .ends_with("\"unsupported queue type 'log'\""),
             "{e:?}"
         );
+        let stream = |extra: &[(&str, AMQPValue)]| {
+            let mut entries = vec![("x-queue-type", s("stream"))];
+            entries.extend_from_slice(extra);
+            QueueArgs::parse(&table(&entries), "q", "/")
+        };
+        let args = stream(&[
+            ("x-max-age", s("7D")),
+            ("x-stream-max-segment-size-bytes", AMQPValue::LongInt(500)),
+            ("x-max-length-bytes", AMQPValue::LongInt(2000)),
+        ])
+        .expect("stream");
+        assert_eq!(args.kind, QueueType::Stream);
+        assert_eq!(args.max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(args.max_segment_bytes, Some(500));
+        assert_eq!(args.max_length_bytes, Some(2000));
+        for (key, value, reason) in [
+            (
+                "x-max-length",
+                AMQPValue::LongInt(1),
+                "of queue type rabbit_stream_queue",
+            ),
+            (
+                "x-message-ttl",
+                AMQPValue::LongInt(1),
+                "of queue type rabbit_stream_queue",
+            ),
+            (
+                "x-max-age",
+                AMQPValue::LongInt(5),
+                "{unacceptable_type,signedint}",
+            ),
+            ("x-max-age", s("0h"), "invalid_max_age"),
+        ] {
+            let e = stream(&[(key, value)]).expect_err(key);
+            assert!(e.reply_text().as_str().ends_with(reason), "{e:?}");
+        }
         let e = quorum(&[("x-queue-mode", s("lazy"))]).expect_err("x-queue-mode refused");
         assert!(
             e.reply_text()

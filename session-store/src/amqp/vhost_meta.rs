@@ -1,13 +1,14 @@
 //! A vhost's metadata, as RabbitMQ keeps it: a description and tags that tools label
 //! vhosts with, and a default queue type, which makes the queues clients declare there
-//! without `x-queue-type` queues of that type where they can be (a quorum queue must be
-//! durable, not exclusive and not auto-delete; other declarations stay classic). Set
+//! without `x-queue-type` queues of that type where they can be (a quorum queue or a
+//! stream must be durable, not exclusive and not auto-delete; other declarations stay
+//! classic). Set
 //! through the management API or a definitions file, kept with the users and vhosts.
 
 use serde_json::{Map, Value, json};
 
-/// The queue types a vhost may default to here (RabbitMQ's `stream` is not served).
-const QUEUE_TYPES: [&str; 2] = ["classic", "quorum"];
+/// The queue types a vhost may default to.
+const QUEUE_TYPES: [&str; 3] = ["classic", "quorum", "stream"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VHostMeta {
@@ -41,7 +42,7 @@ impl VHostMeta {
             Some(Value::String(t)) if QUEUE_TYPES.contains(&t.as_str()) => Some(t.clone()),
             Some(other) => {
                 return Err(format!(
-                    "invalid default queue type {other}: this broker has classic and quorum queues"
+                    "invalid default queue type {other}: this broker has classic, quorum and stream queues"
                 ));
             }
         };
@@ -93,7 +94,7 @@ impl VHostMeta {
         auto_delete: bool,
     ) -> Option<&str> {
         let t = self.default_queue_type.as_deref()?;
-        let fits = t != "quorum" || (durable && !exclusive && !auto_delete);
+        let fits = t == "classic" || (durable && !exclusive && !auto_delete);
         fits.then_some(t)
     }
 }
@@ -139,7 +140,10 @@ mod tests {
         let bare = json!({"name": "v", "limits": []});
         assert!(!VHostMeta::carried_by(bare.as_object().expect("object")));
         assert_eq!(meta(json!({})), Ok(VHostMeta::default()));
-        assert!(meta(json!({"defaultqueuetype": "stream"})).is_err());
+        assert!(meta(json!({"defaultqueuetype": "log"})).is_err());
+        let streams = meta(json!({"defaultqueuetype": "stream"})).expect("streams");
+        assert_eq!(streams.queue_type_for(true, false, false), Some("stream"));
+        assert_eq!(streams.queue_type_for(true, true, false), None, "exclusive");
         let shown = expected.json_fields();
         assert_eq!(shown["default_queue_type"], "quorum");
         assert_eq!(shown["metadata"]["tags"], json!(["a", "b"]));

@@ -75,6 +75,12 @@ pub enum Record {
     Purge {
         queue: Arc<str>,
     },
+    /// A stream's retention dropped its oldest messages: its first offset is now
+    /// `offset`, which offsets count on from after a restart.
+    StreamStart {
+        queue: Arc<str>,
+        offset: u64,
+    },
     /// A policy or operator policy set (or replaced), as its management API JSON.
     SetPolicy {
         kind: Kind,
@@ -116,6 +122,7 @@ const SET_POLICY: u8 = 12;
 const CLEAR_POLICY: u8 = 13;
 const SET_OPERATOR_POLICY: u8 = 14;
 const CLEAR_OPERATOR_POLICY: u8 = 15;
+const STREAM_START: u8 = 16;
 
 fn policy_kind(operator: bool) -> Kind {
     if operator {
@@ -241,6 +248,11 @@ impl Record {
                 out.push(PURGE);
                 put_str(out, queue);
             }
+            Record::StreamStart { queue, offset } => {
+                out.push(STREAM_START);
+                put_str(out, queue);
+                out.extend_from_slice(&offset.to_le_bytes());
+            }
             Record::SetPolicy { kind, name, json } => {
                 out.push(match kind {
                     Kind::Policy => SET_POLICY,
@@ -331,6 +343,10 @@ impl Record {
             }
             PURGE => Record::Purge {
                 queue: r.string()?.into(),
+            },
+            STREAM_START => Record::StreamStart {
+                queue: r.string()?.into(),
+                offset: r.u64()?,
             },
             tag @ (SET_POLICY | SET_OPERATOR_POLICY) => Record::SetPolicy {
                 kind: policy_kind(tag == SET_OPERATOR_POLICY),
@@ -534,6 +550,10 @@ mod tests {
                 id: u64::MAX,
             },
             Record::Purge { queue: "q".into() },
+            Record::StreamStart {
+                queue: "s".into(),
+                offset: 40,
+            },
             Record::SetPolicy {
                 kind: Kind::Policy,
                 name: "ttl".into(),

@@ -68,13 +68,22 @@ pub fn restore(vhost: &mut VHost, state: State, journal: &Journal) {
             vhost.operator_policies.for_queue(&name),
         );
         debug_assert!(none_yet.is_empty(), "an empty queue drops nothing");
-        for (id, delivered) in def.messages {
-            let Some(m) = messages.get(&id) else {
-                continue;
-            };
-            let age = Duration::from_millis(now_ms.saturating_sub(m.published_ms));
-            let published = now.checked_sub(age).unwrap_or(now);
-            q.restore(m.message.clone(), id, delivered, published);
+        if q.stream.is_some() {
+            let kept = def.messages.keys().filter_map(|id| {
+                let m = messages.get(id)?;
+                Some((m.message.clone(), *id, m.published_ms))
+            });
+            q.restore_stream(def.first_offset, kept);
+            q.retain(now_ms);
+        } else {
+            for (id, delivered) in def.messages {
+                let Some(m) = messages.get(&id) else {
+                    continue;
+                };
+                let age = Duration::from_millis(now_ms.saturating_sub(m.published_ms));
+                let published = now.checked_sub(age).unwrap_or(now);
+                q.restore(m.message.clone(), id, delivered, published);
+            }
         }
         vhost.queues.insert(name.to_string(), q);
     }

@@ -28,6 +28,8 @@ pub struct QueueDef {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     pub messages: BTreeMap<u64, bool>,
+    /// A stream's first offset: its first message's, the others following in order.
+    pub first_offset: u64,
 }
 
 /// A persistent message and how many durable queues still hold it.
@@ -95,6 +97,7 @@ impl State {
                     auto_delete: *auto_delete,
                     arguments: arguments.clone(),
                     messages: BTreeMap::new(),
+                    first_offset: 0,
                 });
             }
             Record::DeleteQueue { name } => {
@@ -167,6 +170,11 @@ impl State {
                     }
                 }
             }
+            Record::StreamStart { queue, offset } => {
+                if let Some(q) = self.queues.get_mut(queue) {
+                    q.first_offset = *offset;
+                }
+            }
             Record::SetPolicy { kind, name, json } => {
                 self.policies.insert((*kind, name.clone()), json.clone());
             }
@@ -220,6 +228,12 @@ impl State {
                 auto_delete: q.auto_delete,
                 arguments: q.arguments.clone(),
             });
+            if q.first_offset > 0 {
+                out.push(Record::StreamStart {
+                    queue: name.clone(),
+                    offset: q.first_offset,
+                });
+            }
         }
         out.extend(self.bindings.iter().cloned().map(Record::Bind));
         let mut holders: BTreeMap<u64, Vec<(Arc<str>, bool)>> = BTreeMap::new();
@@ -353,6 +367,10 @@ mod tests {
             queue("a"),
             queue("b"),
             queue("c"),
+            Record::StreamStart {
+                queue: "a".into(),
+                offset: 12,
+            },
             Record::Bind(binding),
             publish(1, &["a", "b"]),
             publish(2, &["a"]),
@@ -396,6 +414,10 @@ mod tests {
         );
         assert_eq!(rebuilt.exchanges, s.exchanges);
         assert_eq!(rebuilt.queues, s.queues);
+        assert_eq!(
+            rebuilt.queues["a"].first_offset, 12,
+            "a stream's first offset"
+        );
         assert_eq!(rebuilt.bindings, s.bindings);
         assert_eq!(rebuilt.messages.len(), 2, "message 3 went with queue c");
         assert_eq!(
