@@ -291,7 +291,8 @@ impl QueueArgs {
     /// These (declared) arguments under a policy's `effect`, with RabbitMQ's precedence:
     /// the smaller of two TTLs, expiries, lengths and delivery limits; the queue's own
     /// dead-letter exchange and routing key; its own overflow on a classic queue, the
-    /// policy's overflow and expiry on a quorum queue. `declared` is the declare's table,
+    /// policy's overflow and expiry on a quorum queue; a stream takes only the length in
+    /// bytes. `declared` is the declare's table,
     /// which tells an explicit `x-overflow` from the default.
     pub fn with_policy(&self, declared: &FieldTable, effect: Option<&Effect>) -> QueueArgs {
         let Some(e) = effect else {
@@ -304,6 +305,11 @@ impl QueueArgs {
         let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let quorum = self.kind == QueueType::Quorum;
         let mut args = self.clone();
+        if self.kind == QueueType::Stream {
+            // Of these keys only the length in bytes means something to a stream.
+            args.max_length_bytes = min(self.max_length_bytes, e.max_length_bytes);
+            return args;
+        }
         args.message_ttl = min(ms(self.message_ttl), e.message_ttl).map(Duration::from_millis);
         args.expires = if quorum && e.expires.is_some() {
             e.expires.map(Duration::from_millis)
@@ -661,6 +667,15 @@ mod tests {
         let merged = bare.with_policy(&FieldTable::default(), Some(&reject));
         assert_eq!(merged.overflow, Overflow::RejectPublish);
         assert_eq!(own.with_policy(&declared, None), own);
+        // A stream takes the length in bytes only: no TTL, expiry or dead-lettering.
+        let stream = QueueArgs {
+            kind: QueueType::Stream,
+            ..QueueArgs::default()
+        };
+        let merged = stream.with_policy(&FieldTable::default(), Some(&effect));
+        assert_eq!(merged.max_length_bytes, Some(64));
+        assert_eq!((merged.message_ttl, merged.expires), (None, None));
+        assert_eq!(merged.dead_letter_exchange, None);
     }
 
     #[test]
