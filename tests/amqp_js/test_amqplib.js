@@ -335,6 +335,26 @@ async function main() {
   await refused(conn, 'reply-to publish without a reply-to consumer', 406,
     c => (c.sendToQueue(rpc, Buffer.from('x'), { replyTo: REPLY_TO }), c.checkQueue(rpc)));
 
+  // A stream, read from its first offset, each delivery carrying its own; a consumer
+  // without a prefetch is refused.
+  const sq = n('stream');
+  await step('assertQueue stream', ch.assertQueue(sq, { durable: true, arguments: { 'x-queue-type': 'stream' } }));
+  for (const b of ['s0', 's1', 's2']) pub.sendToQueue(sq, Buffer.from(b));
+  await confirmed();
+  const sc = await openChannel(conn);
+  await step('prefetch', sc.prefetch(10));
+  const inSt = inbox();
+  await step('consume stream', sc.consume(sq, inSt.push, { noAck: false, arguments: { 'x-stream-offset': 'first' } }));
+  const read = [];
+  for (let i = 0; i < 3; i++) {
+    const d = await inSt.next(`stream delivery ${i}`);
+    read.push([d.content.toString(), d.properties.headers['x-stream-offset']]);
+    sc.ack(d);
+  }
+  check(same(read, [['s0', 0], ['s1', 1], ['s2', 2]]), `stream read ${show(read)}`);
+  await refused(conn, 'stream consumer without a prefetch', 406, c => c.consume(sq, () => {}, { noAck: false }));
+  await step('deleteQueue stream', ch.deleteQueue(sq));
+
   for (const name of Object.values(x)) await step('deleteExchange', ch.deleteExchange(name));
   ok = await step('deleteQueue', ch.deleteQueue(q));
   check(same(ok, { messageCount: 1 }), `deleteQueue ${show(ok)}`);

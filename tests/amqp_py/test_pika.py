@@ -98,6 +98,25 @@ def main():
         bodies.append(body.decode())
     check(bodies == ["logs.web.error", "audit", "audit.a.b"], f"topic routing delivered {bodies}")
 
+    # A stream: read from an offset, each delivery carrying its own.
+    sq = f"{prefix}.stream"
+    ch.queue_declare(queue=sq, durable=True, arguments={"x-queue-type": "stream"})
+    for i in range(3):
+        ch.basic_publish(exchange="", routing_key=sq, body=f"s{i}".encode())
+    sch = conn.channel()
+    sch.basic_qos(prefetch_count=10)
+    read = []
+    for method, props, body in sch.consume(sq, auto_ack=False, inactivity_timeout=5,
+                                           arguments={"x-stream-offset": 1}):
+        check(method is not None, f"stream consume timed out after {read}")
+        read.append((body, props.headers.get("x-stream-offset")))
+        sch.basic_ack(method.delivery_tag)
+        if len(read) == 2:
+            break
+    sch.cancel()
+    check(read == [(b"s1", 1), (b"s2", 2)], f"stream read from offset 1: {read}")
+    ch.queue_delete(queue=sq)
+
     # A channel error surfaces as ChannelClosedByBroker with RabbitMQ's code.
     ch2 = conn.channel()
     try:
