@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -1064,5 +1064,178 @@ async fn each_vhost_has_its_own_journal_and_defined_entities_are_journaled() {
     let (_conn, orders) = channel(&store.url_of("admin", "orders")).await;
     let got: Vec<String> = drain(&orders, "q").await.into_iter().map(|m| m.0).collect();
     assert_eq!(got, numbered("order-", 0..3));
+    store.stop().await;
+}
+
+fn stream_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    for (key, value) in extra {
+        args.insert((*key).into(), value.clone());
+    }
+    args
+}
+
+/// Reads stream `queue` from its first offset up to the message `last`, acking as it
+/// goes: (offset, body) in order.
+async fn read_stream(url: &str, queue: &str, last: &str) -> Vec<(i64, String)> {
+    let (conn, ch) = channel(url).await;
+    step(ch.basic_qos(100, BasicQosOptions::default()))
+        .await
+        .expect("basic.qos");
+    let mut from_first = FieldTable::default();
+    from_first.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = step(ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        from_first,
+    ))
+    .await
+    .expect("basic.consume");
+    let mut got = Vec::new();
+    for _ in 0..10_000 {
+        let d = step(consumer.next())
+            .await
+            .expect("consumer ended")
+            .expect("delivery");
+        let offset = match d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-stream-offset").cloned())
+        {
+            Some(AMQPValue::LongLongInt(n)) => n,
+            other => panic!("x-stream-offset {other:?}"),
+        };
+        let body = String::from_utf8_lossy(&d.data).into_owned();
+        step(d.acker.ack(BasicAckOptions::default()))
+            .await
+            .expect("ack");
+        let done = body == last;
+        got.push((offset, body));
+        if done {
+            step(conn.close(200, "bye".into())).await.expect("close");
+            return got;
+        }
+    }
+    panic!("{last:?} not in {queue} after 10000 messages");
+}
+
+/// A stream is a log on disk that keeps every confirmed message, transient or not: after
+/// a clean restart and after kill -9, a reader from the start gets the same messages under
+/// the same offsets, and new messages continue the numbering. What retention dropped
+/// stays dropped: the oldest offset left stays above 0, the offsets after it unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_keeps_its_offsets_through_a_restart_and_kill_9() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (data, log) = (tmp.path().join("data"), tmp.path().join("log"));
+    let mut store = Store::start(&data, &log).await;
+    let (conn, ch) = channel(&store.url()).await;
+    let plain = stream_args(&[]);
+    let trimmed = stream_args(&[
+        ("x-max-length-bytes", AMQPValue::LongInt(2000)),
+        ("x-stream-max-segment-size-bytes", AMQPValue::LongInt(500)),
+    ]);
+    declare(&ch, "log", true, plain.clone()).await;
+    declare(&ch, "trimmed", true, trimmed.clone()).await;
+    step(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .expect("confirm.select");
+    let mut log_expected = Vec::new();
+    for (offset, body) in (0..).zip(numbered("log-", 0..20)) {
+        publish_confirmed(&ch, "", "log", body.as_bytes(), false).await;
+        log_expected.push((offset, body));
+    }
+    // 40 messages of 100 bytes: twice the limit, in segments of a few messages each.
+    let padded = |i: usize| format!("{i:0>100}");
+    for i in 0..40 {
+        publish_confirmed(&ch, "", "trimmed", padded(i).as_bytes(), false).await;
+    }
+    step(conn.close(200, "bye".into())).await.expect("close");
+    assert_eq!(
+        read_stream(&store.url(), "log", "log-19").await,
+        log_expected
+    );
+    let mut trimmed_next = 40;
+    let deadline = Instant::now() + STEP;
+    let mut trimmed_seen = loop {
+        let got = read_stream(&store.url(), "trimmed", &padded(39)).await;
+        if got[0].0 > 0 {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention kept offset 0 of 4000 bytes limited to 2000"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    // What is left is the newest messages, in order, under increasing offsets.
+    let in_order = |got: &[(i64, String)], newest: usize| {
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "offsets {got:?}");
+        let oldest = newest + 1 - got.len();
+        let bodies: Vec<String> = got.iter().map(|(_, b)| b.clone()).collect();
+        let expected: Vec<String> = (oldest..=newest).map(padded).collect();
+        assert_eq!(bodies, expected);
+    };
+    in_order(&trimmed_seen, 39);
+
+    for how in ["a clean restart", "kill -9"] {
+        if how == "kill -9" {
+            store.kill9();
+        } else {
+            store.stop().await;
+        }
+        store = Store::start(&data, &log).await;
+        let url = store.url();
+        let (last_log, last_trimmed) = (
+            log_expected.last().expect("a message").1.clone(),
+            padded(trimmed_next - 1),
+        );
+        assert_eq!(
+            read_stream(&url, "log", &last_log).await,
+            log_expected,
+            "after {how}"
+        );
+        let got = read_stream(&url, "trimmed", &last_trimmed).await;
+        assert!(got[0].0 > 0, "after {how}, offset 0 is back: {got:?}");
+        assert!(
+            trimmed_seen.ends_with(&got),
+            "after {how}, {got:?} is not what was left before: {trimmed_seen:?}"
+        );
+
+        // The streams are still streams with their arguments, and number on.
+        let (conn, ch) = channel(&url).await;
+        declare(&ch, "log", true, plain.clone()).await;
+        declare(&ch, "trimmed", true, trimmed.clone()).await;
+        step(ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .expect("confirm.select");
+        let body = format!("log-{}", log_expected.len());
+        publish_confirmed(&ch, "", "log", body.as_bytes(), false).await;
+        log_expected.push((log_expected.len() as i64, body.clone()));
+        publish_confirmed(&ch, "", "trimmed", padded(trimmed_next).as_bytes(), false).await;
+        step(conn.close(200, "bye".into())).await.expect("close");
+        assert_eq!(
+            read_stream(&url, "log", &body).await,
+            log_expected,
+            "published after {how}"
+        );
+        let highest = got.last().expect("a message").0;
+        trimmed_seen = read_stream(&url, "trimmed", &padded(trimmed_next)).await;
+        assert_eq!(
+            trimmed_seen.last(),
+            Some(&(highest + 1, padded(trimmed_next))),
+            "published after {how}, next to offset {highest}"
+        );
+        in_order(&trimmed_seen, trimmed_next);
+        trimmed_next += 1;
+    }
     store.stop().await;
 }

@@ -32,6 +32,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+#[path = "amqp_conformance/streams.rs"]
+mod streams;
 #[path = "amqp_conformance/tls.rs"]
 mod tls;
 
@@ -60,6 +62,8 @@ macro_rules! conformance {
         }
     )*};
 }
+// By path, for the modules declared above it (`super::conformance!`).
+use conformance;
 
 conformance!(
     handshake_and_capabilities,

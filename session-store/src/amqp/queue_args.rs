@@ -388,6 +388,14 @@ const EQUIVALENCE_KEYS: &[&str] = &[
     "x-queue-master-locator",
 ];
 
+/// The arguments RabbitMQ also compares when a stream is declared again.
+const STREAM_EQUIVALENCE_KEYS: &[&str] = &[
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
+];
+
 /// RabbitMQ's check that a redeclaration asks for the same queue: each argument that
 /// matters must be absent from both or equal in value (integers of any width compare
 /// as numbers). A queue declared without `x-queue-type` is a classic one, so leaving
@@ -403,10 +411,15 @@ pub fn check_equivalent(
             .get("x-queue-type")
             .is_none_or(|v| text(v).is_ok_and(|t| t == "classic"))
     };
+    let stream = current
+        .inner()
+        .get("x-queue-type")
+        .is_some_and(|v| text(v).is_ok_and(|t| t == "stream"));
     let keys: Vec<&str> = EQUIVALENCE_KEYS
         .iter()
         .copied()
         .filter(|&k| k != "x-queue-type" || !(classic(received) && classic(current)))
+        .chain(STREAM_EQUIVALENCE_KEYS.iter().copied().filter(|_| stream))
         .collect();
     check_args_equivalent(
         received,
@@ -828,6 +841,16 @@ mod tests {
         );
         let other = table(&[("x-message-ttl", AMQPValue::LongInt(5))]);
         assert!(check_equivalent(&other, &current, "q", "/").is_err());
+        // A stream's retention settings count too, and only for a stream.
+        let stream = table(&[("x-queue-type", s("stream")), ("x-max-age", s("7D"))]);
+        let shorter = table(&[("x-queue-type", s("stream")), ("x-max-age", s("1D"))]);
+        let e = check_equivalent(&shorter, &stream, "s", "/").expect_err("differs");
+        assert_eq!(
+            e.text,
+            "PRECONDITION_FAILED - inequivalent arg 'x-max-age' for queue 's' in vhost '/': received '1D' but current is '7D'"
+        );
+        let aged = table(&[("x-max-age", s("1D"))]);
+        assert!(check_equivalent(&aged, &FieldTable::default(), "q", "/").is_ok());
     }
 
     #[test]

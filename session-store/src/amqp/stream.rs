@@ -233,7 +233,8 @@ impl Stream {
             Start::First => self.first,
             Start::Last => self.next().saturating_sub(1).max(self.first),
             Start::Next => self.next(),
-            Start::Offset(n) => n.clamp(self.first, self.next()),
+            // Past the end, the consumer waits for that offset, as RabbitMQ's does.
+            Start::Offset(n) => n.max(self.first),
             Start::Timestamp(ms) => self
                 .entries
                 .iter()
@@ -303,8 +304,8 @@ mod tests {
         assert_eq!(s.resolve(Start::Offset(1)), 1);
         assert_eq!(
             s.resolve(Start::Offset(99)),
-            3,
-            "past the end: the next one"
+            99,
+            "past the end: waits for it"
         );
         assert_eq!(s.resolve(Start::Timestamp(150)), 1);
         assert_eq!(s.resolve(Start::Timestamp(400)), 3);
