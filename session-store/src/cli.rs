@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::builder::RangedU64ValueParser;
@@ -71,6 +72,17 @@ pub struct Args {
     /// up, like RabbitMQ's memory high watermark. Default: 40% of physical memory.
     #[arg(long, env = "STORE_AMQP_MEMORY_HIGH_WATERMARK")]
     pub amqp_memory_high_watermark: Option<u64>,
+
+    /// Milliseconds a delivery may stay unacknowledged before its channel is closed with
+    /// 406 PRECONDITION_FAILED and its messages go back to their queues, as RabbitMQ's
+    /// `consumer_timeout` does (30 minutes by default there too); 0 turns it off.
+    #[arg(
+        long,
+        env = "STORE_AMQP_CONSUMER_TIMEOUT",
+        value_name = "MS",
+        default_value_t = 1_800_000
+    )]
+    pub amqp_consumer_timeout: u64,
 
     /// RabbitMQ definitions JSON (as `rabbitmqctl export_definitions` writes it) with the
     /// broker's users, vhosts and permissions, and exchanges, queues and bindings to
@@ -288,6 +300,8 @@ pub async fn serve(args: Args, shutdown: impl Future<Output = ()>) -> anyhow::Re
                 .unwrap_or_else(crate::amqp::default_watermark),
             data_dir: (!args.amqp_no_persist).then(|| args.amqp_data_dir.clone()),
             cert_login: args.amqp_tls_cert_login,
+            consumer_timeout: (args.amqp_consumer_timeout > 0)
+                .then(|| Duration::from_millis(args.amqp_consumer_timeout)),
             ..AmqpConfig::default()
         };
         Some(Node::open(config).await?)

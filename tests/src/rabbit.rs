@@ -178,16 +178,27 @@ pub fn amqp_url(port: u16) -> String {
 /// does not require the reference engines (see [`engines_required`]); panics when it is
 /// installed but does not come up.
 pub fn start_rabbitmq() -> Option<RabbitMq> {
-    start(false)
+    start(false, None)
 }
 
 /// [`start_rabbitmq`] with the management and Prometheus plugins listening on free
 /// loopback ports too, for scenarios that compare the HTTP API and metrics.
 pub fn start_rabbitmq_with_management() -> Option<RabbitMq> {
-    start(true)
+    start(true, None)
 }
 
-fn start(management: bool) -> Option<RabbitMq> {
+/// [`start_rabbitmq`] with a consumer timeout of `timeout_ms` (RabbitMQ's
+/// `consumer_timeout`), which its channels check every second (`channel_tick_interval`).
+pub fn start_rabbitmq_with_consumer_timeout(timeout_ms: u64) -> Option<RabbitMq> {
+    let advanced = format!(
+        "[{{rabbit, [{{consumer_timeout, {timeout_ms}}}, {{channel_tick_interval, 1000}}]}}].\n"
+    );
+    start(false, Some(advanced))
+}
+
+/// A node with the management plugins (and TLS listeners) or without, and the Erlang
+/// terms of `advanced.config`, if any.
+fn start(management: bool, advanced: Option<String>) -> Option<RabbitMq> {
     let epmd = crate::which("epmd");
     if !Path::new(RABBITMQ_SERVER).is_file() || epmd.is_none() {
         assert!(
@@ -208,6 +219,10 @@ fn start(management: bool) -> Option<RabbitMq> {
     let tls_port = management.then(free_port);
     let https_port = management.then(free_port);
     write_config(&dir, port, plugin_ports, tls_port.zip(https_port))
+        .and_then(|()| match &advanced {
+            Some(terms) => std::fs::write(dir.join("advanced.config"), terms),
+            None => Ok(()),
+        })
         .expect("write the RabbitMQ node's configuration");
     let mut rabbit = RabbitMq {
         port,
@@ -512,6 +527,13 @@ pub fn start_embedded() -> (Proc, u16) {
     (proc, port)
 }
 
+/// [`start_embedded`] with `extra` flags.
+pub fn start_embedded_with_args(extra: &[&str]) -> (Proc, u16) {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let (proc, port, _, _) = start_embedded_with(&extra);
+    (proc, port)
+}
+
 /// [`start_embedded`], also returning the loopback port of its management API. Every
 /// listener binds port 0 and the ports are read from the log, so none can be taken by
 /// another process first.
@@ -592,7 +614,10 @@ fn start_embedded_with(extra: &[String]) -> (Proc, u16, u16, Option<u16>) {
     // Logged once each listener is bound and listening.
     let start = Duration::from_secs(20);
     let port = proc.logged_addr("amqp listening", start).port();
-    let tls = (!extra.is_empty()).then(|| proc.logged_addr("amqps listening", start).port());
+    let tls = extra
+        .iter()
+        .any(|a| a == "--amqps-bind")
+        .then(|| proc.logged_addr("amqps listening", start).port());
     let management = proc.logged_addr("amqp management listening", start).port();
     (proc, port, management, tls)
 }

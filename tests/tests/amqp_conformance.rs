@@ -32,6 +32,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+#[path = "amqp_conformance/consumer_timeout.rs"]
+mod consumer_timeout;
 #[path = "amqp_conformance/streams.rs"]
 mod streams;
 #[path = "amqp_conformance/tls.rs"]

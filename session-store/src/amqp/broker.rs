@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{AMQPClass, basic, exchange, queue};
@@ -51,10 +51,41 @@ use super::vhost_meta::VHostMeta;
 /// Identifies a client connection inside the broker.
 pub type ConnId = u64;
 
+/// Channels whose oldest unacknowledged delivery waited longer than the consumer
+/// timeout, for their connection to close (with the timeout in ms), as RabbitMQ closes
+/// them: a consumer that hangs gives its messages back to the queue.
+#[derive(Debug, Default)]
+pub struct TimedOut {
+    channels: Mutex<Vec<(u16, u128)>>,
+    notify: tokio::sync::Notify,
+}
+
+impl TimedOut {
+    /// Waits until some channel timed out.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The channels that timed out since the last call, each with the timeout in ms.
+    pub fn take(&self) -> Vec<(u16, u128)> {
+        std::mem::take(&mut *self.channels.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn push(&self, channel: u16, timeout: Duration) {
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((channel, timeout.as_millis()));
+        self.notify.notify_one();
+    }
+}
+
 /// A connection as the broker core sees it: where its frames go.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub tx: mpsc::Sender<Outbound>,
+    /// Where the consumer timeout tells the connection to close a channel.
+    pub timed_out: Arc<TimedOut>,
     /// Set when its outbound queue was full; cleared by its writer before `resume`.
     pub congested: Arc<AtomicBool>,
     /// The client advertised consumer_cancel_notify: without it, RabbitMQ drops a
@@ -217,6 +248,8 @@ struct Unacked {
     queue: Arc<str>,
     consumer: Option<ShortString>,
     message: QueuedMessage,
+    /// When it was delivered, for the consumer timeout.
+    at: Instant,
 }
 
 /// What a settled delivery becomes: acked, put back, or discarded (dead-lettered when its
@@ -246,6 +279,8 @@ struct ChannelState {
     consumers: Vec<(String, ShortString)>,
     /// Its consumer of `amq.rabbitmq.reply-to`, if any.
     reply: Option<ReplyConsumer>,
+    /// Its connection was told to close it for the consumer timeout.
+    timed_out: bool,
 }
 
 impl ChannelState {
@@ -1033,11 +1068,16 @@ impl Broker {
         })
     }
 
-    /// Expires messages and deletes unused `x-expires` queues; run periodically.
-    pub fn tick(&self) {
+    /// Expires messages, deletes unused `x-expires` queues, applies streams' age limits
+    /// and has the channels with a delivery unacknowledged for longer than
+    /// `consumer_timeout` closed; run periodically.
+    pub fn tick(&self, consumer_timeout: Option<Duration>) {
         let mut core = self.lock();
         let core = &mut *core;
         let now = Instant::now();
+        if let Some(timeout) = consumer_timeout {
+            time_out_channels(core, now, timeout);
+        }
         let now_ms = store::unix_ms(SystemTime::now());
         let names: Vec<String> = core.vhost.queues.keys().cloned().collect();
         for name in names {
@@ -1379,6 +1419,7 @@ impl Broker {
                     queue: queue_name,
                     consumer: None,
                     message: m,
+                    at: Instant::now(),
                 },
             );
         }
@@ -2061,6 +2102,7 @@ fn dispatch(
                     queue: q.name.clone(),
                     consumer: Some(c.tag.clone()),
                     message: m,
+                    at: now,
                 },
             );
         }
@@ -2081,6 +2123,7 @@ fn dispatch_stream(
         return;
     };
     let (first, next) = (stream.first(), stream.next());
+    let now = Instant::now();
     let mut progress = true;
     while progress {
         progress = false;
@@ -2154,6 +2197,7 @@ fn dispatch_stream(
                         expires_at: None,
                         stored: None,
                     },
+                    at: now,
                 },
             );
             progress = true;
@@ -2217,6 +2261,24 @@ fn not_for_streams(what: &str, queue: &str, vhost: &str) -> AmqpError {
             "NOT_IMPLEMENTED - {what} not supported by stream queues queue '{queue}' in vhost '{vhost}'"
         ),
     )
+}
+
+/// Tells the connections of channels whose oldest unacknowledged delivery is older than
+/// `timeout` to close them, once each (RabbitMQ's `consumer_timeout`).
+fn time_out_channels(core: &mut Core, now: Instant, timeout: Duration) {
+    for (&(conn, channel), state) in &mut core.channels {
+        let late = state
+            .unacked
+            .first_key_value()
+            .is_some_and(|(_, u)| now.saturating_duration_since(u.at) >= timeout);
+        if late
+            && !state.timed_out
+            && let Some(handle) = core.connections.get(&conn)
+        {
+            state.timed_out = true;
+            handle.timed_out.push(channel, timeout);
+        }
+    }
 }
 
 /// Closes a channel's broker side: consumers go, unacked messages return.

@@ -30,7 +30,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::broker::{Broker, ConnHandle, ConnId, Published};
+use super::broker::{Broker, ConnHandle, ConnId, Published, TimedOut};
 use super::codec::{AmqpCodec, CodecError, Inbound, Outbound};
 use super::error::{AmqpError, ErrorKind, code, short};
 use super::exchange::{Destination, ExchangeKind};
@@ -118,10 +118,12 @@ async fn serve_halves<R, W>(
             client_name,
             mechanism,
         }) => {
+            let timed_out = Arc::new(TimedOut::default());
             broker.register_connection(
                 id,
                 ConnHandle {
                     tx: tx.clone(),
+                    timed_out: timed_out.clone(),
                     congested,
                     cancel_notify: tuned.cancel_notify,
                     name: connection_name(peer, local).into(),
@@ -162,6 +164,7 @@ async fn serve_halves<R, W>(
                 topics: Arc::default(),
                 node: node.clone(),
                 synced: broker.journal_synced(),
+                timed_out,
                 confirms: VecDeque::new(),
                 outbox: VecDeque::new(),
             };
@@ -292,6 +295,8 @@ struct Conn {
     node: Arc<Node>,
     /// How far the broker's journal is on disk; none when nothing persists.
     synced: Option<watch::Receiver<u64>>,
+    /// Where the broker names channels to close for the consumer timeout.
+    timed_out: Arc<TimedOut>,
     /// Confirms waiting for the journal, in journal order.
     confirms: VecDeque<WaitingConfirm>,
     /// Frames produced without awaiting (by the hot path, or to follow a reply), sent
@@ -314,6 +319,8 @@ struct WaitingConfirm {
 enum Event {
     Read(Result<Option<Inbound>, CodecError>),
     Synced,
+    /// Channels held a delivery past the consumer timeout.
+    TimedOut,
     Stop,
 }
 
@@ -393,6 +400,7 @@ impl Conn {
                     ))))
                 }
                 () = synced_past(&mut self.synced, waiting) => Event::Synced,
+                () = self.timed_out.notified() => Event::TimedOut,
                 () = stop.cancelled() => Event::Stop,
             };
             let next = match event {
@@ -402,6 +410,10 @@ impl Conn {
                 }
                 Event::Synced => {
                     self.send_synced_confirms().await;
+                    continue;
+                }
+                Event::TimedOut => {
+                    self.close_timed_out().await;
                     continue;
                 }
                 Event::Stop => {
@@ -710,6 +722,20 @@ impl Conn {
         match self.apply(ch, &m).await {
             Ok(()) => Ok(()),
             Err(e) => self.fail(ch, e.during(&m)).await,
+        }
+    }
+
+    /// Closes the channels the consumer timeout named, with RabbitMQ's words.
+    async fn close_timed_out(&mut self) {
+        for (ch, ms) in self.timed_out.take() {
+            if self.channels.get(&ch).is_none_or(|c| c.closing) {
+                continue;
+            }
+            let e = AmqpError::precondition(format_args!(
+                "delivery acknowledgement on channel {ch} timed out. Timeout value used: {ms} ms. This timeout value can be configured, see consumers doc guide to learn more"
+            ));
+            // A channel error only closes the channel: nothing to pass up.
+            let _ = self.fail(ch, e).await;
         }
     }
 

@@ -74,6 +74,9 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often expired messages and unused `x-expires` queues are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+
+/// RabbitMQ 3.10's default `consumer_timeout`: 30 minutes.
+pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often message counters are sampled for rates (RabbitMQ's management plugin
 /// samples every 5 s).
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
@@ -102,6 +105,9 @@ pub struct AmqpConfig {
     /// Whether TLS clients with a verified certificate may log in with SASL EXTERNAL as
     /// the user their certificate names, and which part names it.
     pub cert_login: Option<CertLogin>,
+    /// How long a delivery may stay unacknowledged before its channel is closed with
+    /// 406 and its messages go back (RabbitMQ's `consumer_timeout`); none: forever.
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for AmqpConfig {
@@ -115,6 +121,7 @@ impl Default for AmqpConfig {
             memory_high_watermark: default_watermark(),
             data_dir: None,
             cert_login: None,
+            consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
         }
     }
 }
@@ -139,6 +146,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("memory_high_watermark", &self.memory_high_watermark)
             .field("data_dir", &self.data_dir)
             .field("cert_login", &self.cert_login)
+            .field("consumer_timeout", &self.consumer_timeout)
             .finish()
     }
 }

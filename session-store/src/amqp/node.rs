@@ -833,10 +833,11 @@ impl Node {
         self.conns().values().cloned().collect()
     }
 
-    /// Expires messages and unused queues in every vhost.
+    /// Expires messages and unused queues in every vhost, and has channels closed that
+    /// hold a delivery unacknowledged past the consumer timeout.
     pub fn tick(&self) {
         for broker in self.vhosts() {
-            broker.tick();
+            broker.tick(self.config.consumer_timeout);
         }
     }
 
