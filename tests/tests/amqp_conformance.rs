@@ -34,6 +34,8 @@ use tokio::time::timeout;
 
 #[path = "amqp_conformance/consumer_timeout.rs"]
 mod consumer_timeout;
+#[path = "amqp_conformance/node_views.rs"]
+mod node_views;
 #[path = "amqp_conformance/streams.rs"]
 mod streams;
 #[path = "amqp_conformance/tls.rs"]
@@ -170,6 +172,8 @@ macro_rules! managed_conformance {
         }
     )*};
 }
+// By path, for the modules declared above it (`super::managed_conformance!`).
+use managed_conformance;
 
 managed_conformance!(
     policies,

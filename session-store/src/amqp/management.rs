@@ -11,11 +11,13 @@
 mod admin;
 mod connections;
 mod depths;
+mod feature_flags;
 mod health;
 mod https;
 mod import;
 mod json;
 mod limits;
+mod memory;
 mod metrics;
 mod parameters;
 mod policies;
@@ -296,6 +298,16 @@ fn app(node: Arc<Node>, depths: Arc<Depths>) -> Router {
         )
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node_named))
+        .route("/api/nodes/{name}/memory", get(node_memory))
+        .route(
+            "/api/nodes/{name}/memory/relative",
+            get(node_memory_relative),
+        )
+        .route("/api/feature-flags", get(feature_flags::all))
+        .route(
+            "/api/feature-flags/{name}/enable",
+            put(feature_flags::enable),
+        )
         .route("/api/parameters", get(parameters::all))
         .route("/api/parameters/{component}", get(parameters::of_component))
         .route(
@@ -604,6 +616,39 @@ async fn node_named(
         }
         _ => not_found(),
     }
+}
+
+/// `/api/nodes/NODE/memory`, for monitors.
+async fn node_memory(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    node_breakdown(&node, &user, &name, memory::absolute)
+}
+
+/// `/api/nodes/NODE/memory/relative`, for monitors.
+async fn node_memory_relative(
+    State(node): State<Arc<Node>>,
+    axum::Extension(user): Caller,
+    Path(name): Path<String>,
+) -> Response {
+    node_breakdown(&node, &user, &name, memory::relative)
+}
+
+fn node_breakdown(
+    node: &Node,
+    user: &User,
+    name: &str,
+    breakdown: fn(u64, u64) -> Value,
+) -> Response {
+    if !monitor(user) {
+        return not_authorized("Not monitor user");
+    }
+    if name != json::NODE {
+        return not_found();
+    }
+    axum::Json(breakdown(json::resident_bytes(), node.held_bytes())).into_response()
 }
 
 async fn whoami(axum::Extension(user): Caller) -> axum::Json<Value> {

@@ -739,6 +739,12 @@ impl Node {
         &self.config
     }
 
+    /// Bytes of message bodies held (queued, on their way to consumers, or awaiting
+    /// acks): what the memory watermark counts.
+    pub fn held_bytes(&self) -> u64 {
+        self.memory.used()
+    }
+
     /// The users and their permissions as they are now.
     pub fn users(&self) -> RwLockReadGuard<'_, Users> {
         read(&self.users)
