@@ -14,7 +14,7 @@
 # Environment:
 #   REPS=3         rounds per scenario and broker
 #   SECONDS=10     measured seconds per run (plus 1 s warm-up)
-#   SCENARIOS="transient ack confirm-persistent fanout3 latency"
+#   SCENARIOS="transient ack confirm-persistent fanout3 latency"   (also: stream)
 #   SETTLE=10      seconds to let a freshly booted RabbitMQ go idle before measuring
 #   PUBLISHERS=1   publishing tasks (own channels, one connection) in the throughput scenarios
 #   ACK_WINDOW=1   acks a manually acking consumer keeps in flight (1: each ack awaited)
@@ -42,7 +42,7 @@ TLS="${TLS:-0}"
 [[ "$ACK_WINDOW" =~ ^[1-9][0-9]*$ ]] || { echo "ACK_WINDOW must be a positive integer" >&2; exit 2; }
 for s in $SCENARIOS; do
   case "$s" in
-    transient | ack | confirm-persistent | fanout3 | latency) ;;
+    transient | ack | confirm-persistent | fanout3 | latency | stream) ;;
     *) echo "unknown scenario '$s' in SCENARIOS" >&2; exit 2 ;;
   esac
 done

@@ -1767,9 +1767,8 @@ fn enqueue_all(
 
 /// Logs a persistent message bound for durable queues, and any message bound for quorum
 /// queues and streams (which, as in RabbitMQ, keep every message whatever its delivery
-/// mode); returns
-/// its id and the record's sequence number. Transient messages into classic queues and
-/// non-durable queues cost nothing here.
+/// mode); returns its id and the record's sequence number. Transient messages into
+/// classic queues and non-durable queues cost nothing here.
 fn log_publish(vhost: &VHost, message: &Arc<Message>, targets: &[String]) -> Option<(u64, u64)> {
     let journal = vhost.journal.as_ref()?;
     let persistent = *message.properties().delivery_mode() == Some(PERSISTENT);

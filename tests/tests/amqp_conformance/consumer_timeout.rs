@@ -150,6 +150,11 @@ async fn late_acks_close_the_channel(url: String) {
     };
     assert_eq!(get(slow_q.clone()).await, Some(("held".into(), true)));
     assert_eq!(get(slow_q.clone()).await, Some(("waiting".into(), false)));
+    // The queues go after the connection, so that no consumer is cancelled while lapin
+    // closes it.
+    close(conn).await;
+    let conn = connect(&url).await;
+    let admin = channel(&conn).await;
     for q in [&slow_q, &fast_q] {
         step(
             "queue.delete",

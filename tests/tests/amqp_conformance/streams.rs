@@ -110,14 +110,22 @@ async fn ack(ch: &Channel, tag: u64, multiple: bool) {
         .expect("basic.ack");
 }
 
-async fn delete(conn: &Connection, queue: &str) {
-    let ch = channel(conn).await;
-    step(
-        &format!("queue.delete {queue}"),
-        ch.queue_delete(queue.into(), QueueDeleteOptions::default()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("queue.delete {queue}: {e}"));
+/// Ends a scenario: closes `conn`, then deletes `queues` from a fresh connection. Deleting
+/// first would cancel `conn`'s consumers from the broker's side while lapin closes the
+/// connection, a race in which lapin's close can miss its close-ok.
+async fn finish(conn: Connection, url: &str, queues: &[&str]) {
+    close(conn).await;
+    let conn = connect(url).await;
+    let ch = channel(&conn).await;
+    for queue in queues {
+        step(
+            &format!("queue.delete {queue}"),
+            ch.queue_delete((*queue).into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue.delete {queue}: {e}"));
+    }
+    close(conn).await;
 }
 
 /// Durable, named, and only the arguments a log has: limits that drop or refuse single
@@ -304,9 +312,7 @@ async fn stream_declaration_rules(url: String) {
         )
         .await;
     }
-    delete(&conn, &plain).await;
-    delete(&conn, &q).await;
-    close(conn).await;
+    finish(conn, &url, &[&plain, &q]).await;
 }
 
 /// What a log cannot do: take a message away (basic.get, purge, reject, nack),
@@ -484,8 +490,7 @@ async fn stream_operations_refused(url: String) {
     assert_eq!((body(&d), offset_of(&d)), ("kept".into(), 0));
     ack(&rch, d.delivery_tag, false).await;
     nothing_more(&mut consumer).await;
-    delete(&conn, &q).await;
-    close(conn).await;
+    finish(conn, &url, &[&q]).await;
 }
 
 /// Each value of `x-stream-offset` picks where a consumer starts; every delivery says its
@@ -578,8 +583,7 @@ async fn stream_offsets(url: String) {
         ack(&ch, 8 - from as u64, true).await;
     }
     drop(only_new);
-    delete(&conn, &q).await;
-    close(conn).await;
+    finish(conn, &url, &[&q]).await;
 }
 
 /// A consumer gets at most its prefetch of unacked messages; acks make room and take
@@ -648,8 +652,7 @@ async fn stream_consumers_read_independently(url: String) {
     nothing_more(&mut a).await;
     ack(&ach, 10, true).await;
     expect_offsets("the first reader, at the end", &mut a, 10..=10, 11, &sent).await;
-    delete(&conn, &q).await;
-    close(conn).await;
+    finish(conn, &url, &[&q]).await;
 }
 
 /// `x-max-length-bytes` drops the oldest segments of the log: a reader from "first" then
@@ -710,6 +713,5 @@ async fn stream_retention(url: String) {
     }
     nothing_more(&mut consumer).await;
     ack(&ch, (sent.len() - oldest) as u64, true).await;
-    delete(&conn, &q).await;
-    close(conn).await;
+    finish(conn, &url, &[&q]).await;
 }
