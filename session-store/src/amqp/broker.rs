@@ -2044,16 +2044,8 @@ fn dispatch(
         let Some(handle) = connections.get(&key.0) else {
             return;
         };
-        let permit = match handle.tx.try_reserve() {
-            Ok(permit) => permit,
-            Err(TrySendError::Full(())) => {
-                handle.congested.store(true, Ordering::Release);
-                continue;
-            }
-            Err(TrySendError::Closed(())) => {
-                q.consumers[i].active = false;
-                continue;
-            }
+        let Some(permit) = reserve(handle, &mut q.consumers[i].active) else {
+            continue;
         };
         if !channels.contains_key(&key) {
             return;
@@ -2141,16 +2133,8 @@ fn dispatch_stream(
             if handle.congested.load(Ordering::Acquire) {
                 continue;
             }
-            let permit = match handle.tx.try_reserve() {
-                Ok(permit) => permit,
-                Err(TrySendError::Full(())) => {
-                    handle.congested.store(true, Ordering::Release);
-                    continue;
-                }
-                Err(TrySendError::Closed(())) => {
-                    c.active = false;
-                    continue;
-                }
+            let Some(permit) = reserve(handle, &mut c.active) else {
+                continue;
             };
             let Some(entry) = q.stream.as_ref().and_then(|s| s.get(offset)) else {
                 continue;
@@ -2200,6 +2184,23 @@ fn dispatch_stream(
                 },
             );
             progress = true;
+        }
+    }
+}
+
+/// A place for one delivery in a consumer's connection's outbound queue. None when the
+/// queue is full (the connection is marked congested, and resumes dispatch once its
+/// writer drained it) or gone (the consumer is marked inactive).
+fn reserve<'a>(handle: &'a ConnHandle, active: &mut bool) -> Option<mpsc::Permit<'a, Outbound>> {
+    match handle.tx.try_reserve() {
+        Ok(permit) => Some(permit),
+        Err(TrySendError::Full(())) => {
+            handle.congested.store(true, Ordering::Release);
+            None
+        }
+        Err(TrySendError::Closed(())) => {
+            *active = false;
+            None
         }
     }
 }

@@ -545,7 +545,8 @@ fn unacceptable(v: &AMQPValue) -> String {
     format!("{{unacceptable_type,{}}}", type_name(v))
 }
 
-fn int(v: &AMQPValue) -> Result<i64, String> {
+/// An integer of any AMQP width; RabbitMQ's reason for another type.
+pub(super) fn int(v: &AMQPValue) -> Result<i64, String> {
     match v {
         AMQPValue::ShortShortInt(n) => Ok(i64::from(*n)),
         AMQPValue::ShortShortUInt(n) => Ok(i64::from(*n)),

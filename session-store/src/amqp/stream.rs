@@ -16,7 +16,7 @@ use std::time::Duration;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::queue::Message;
-use super::queue_args::type_name;
+use super::queue_args::int;
 
 /// RabbitMQ's default segment size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 500_000_000;
@@ -84,24 +84,8 @@ impl Start {
                     .ok_or_else(|| format!("invalid offset spec '{other}'")),
             },
             AMQPValue::Timestamp(secs) => Ok(Start::Timestamp(secs.saturating_mul(1000))),
-            other => match integer(other) {
-                Some(n) => Ok(u64::try_from(n).map_or(Start::First, Start::Offset)),
-                None => Err(format!("{{unacceptable_type,{}}}", type_name(other))),
-            },
+            other => int(other).map(|n| u64::try_from(n).map_or(Start::First, Start::Offset)),
         }
-    }
-}
-
-fn integer(v: &AMQPValue) -> Option<i64> {
-    match v {
-        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongLongInt(n) => Some(*n),
-        _ => None,
     }
 }
 
