@@ -34,14 +34,12 @@ const INERT_KEYS: &[&str] = &[
     "ha-promote-on-shutdown",
     "ha-sync-batch-size",
     "ha-sync-mode",
-    "max-age",
     "max-in-memory-bytes",
     "max-in-memory-length",
     "queue-leader-locator",
     "queue-master-locator",
     "queue-mode",
     "queue-version",
-    "stream-max-segment-size-bytes",
 ];
 
 /// The keys an operator policy may set (RabbitMQ's `operator_policy_validator`s); each
@@ -95,6 +93,10 @@ pub struct Effect {
     pub dead_letter_routing_key: Option<String>,
     pub delivery_limit: Option<u64>,
     pub alternate_exchange: Option<String>,
+    /// `max-age` (streams), in ms.
+    pub max_age: Option<u64>,
+    /// `stream-max-segment-size-bytes` (streams).
+    pub max_segment_bytes: Option<u64>,
 }
 
 impl Effect {
@@ -334,6 +336,13 @@ fn effect(kind: Kind, definition: &Map<String, Value>) -> Result<Effect, String>
                 e.dead_letter_routing_key = Some(text("dead letter routing key")?);
             }
             "alternate-exchange" => e.alternate_exchange = Some(text("alternate exchange name")?),
+            "max-age" => {
+                let age = v.as_str().and_then(super::stream::interval_ms);
+                e.max_age = Some(age.ok_or_else(|| bad("max age"))?);
+            }
+            "stream-max-segment-size-bytes" => {
+                e.max_segment_bytes = Some(count(0, "segment size")?);
+            }
             "max-in-memory-length" | "max-in-memory-bytes" => {
                 count(0, "maximum memory in bytes")?;
             }
@@ -371,6 +380,8 @@ fn is_effective(key: &str) -> bool {
             | "dead-letter-exchange"
             | "dead-letter-routing-key"
             | "alternate-exchange"
+            | "max-age"
+            | "stream-max-segment-size-bytes"
     )
 }
 

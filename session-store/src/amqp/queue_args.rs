@@ -291,8 +291,8 @@ impl QueueArgs {
     /// These (declared) arguments under a policy's `effect`, with RabbitMQ's precedence:
     /// the smaller of two TTLs, expiries, lengths and delivery limits; the queue's own
     /// dead-letter exchange and routing key; its own overflow on a classic queue, the
-    /// policy's overflow and expiry on a quorum queue; a stream takes only the length in
-    /// bytes. `declared` is the declare's table,
+    /// policy's overflow and expiry on a quorum queue; a stream takes only its retention
+    /// settings. `declared` is the declare's table,
     /// which tells an explicit `x-overflow` from the default.
     pub fn with_policy(&self, declared: &FieldTable, effect: Option<&Effect>) -> QueueArgs {
         let Some(e) = effect else {
@@ -306,8 +306,11 @@ impl QueueArgs {
         let quorum = self.kind == QueueType::Quorum;
         let mut args = self.clone();
         if self.kind == QueueType::Stream {
-            // Of these keys only the length in bytes means something to a stream.
+            // A stream's retention, the smaller of the queue's and the policy's, as
+            // RabbitMQ's; the other keys mean nothing to a stream.
             args.max_length_bytes = min(self.max_length_bytes, e.max_length_bytes);
+            args.max_age = min(ms(self.max_age), e.max_age).map(Duration::from_millis);
+            args.max_segment_bytes = min(self.max_segment_bytes, e.max_segment_bytes);
             return args;
         }
         args.message_ttl = min(ms(self.message_ttl), e.message_ttl).map(Duration::from_millis);
@@ -686,8 +689,15 @@ mod tests {
             kind: QueueType::Stream,
             ..QueueArgs::default()
         };
-        let merged = stream.with_policy(&FieldTable::default(), Some(&effect));
+        let retention = Effect {
+            max_age: Some(3_600_000),
+            max_segment_bytes: Some(1000),
+            ..effect.clone()
+        };
+        let merged = stream.with_policy(&FieldTable::default(), Some(&retention));
         assert_eq!(merged.max_length_bytes, Some(64));
+        assert_eq!(merged.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(merged.max_segment_bytes, Some(1000));
         assert_eq!((merged.message_ttl, merged.expires), (None, None));
         assert_eq!(merged.dead_letter_exchange, None);
     }

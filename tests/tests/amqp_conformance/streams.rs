@@ -16,9 +16,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
 
 use super::{
-    STEP, args, bind, body, broker_closed, channel, close, confirmed, connect, declare_exchange,
-    declare_queue, durable, exclusive_consume, expect_code, expect_text, header, lstr, next,
-    nothing_more, on_embedded, on_rabbitmq, publish_acked, publish_props, step, try_declare, uniq,
+    STEP, api, args, bind, body, broker_closed, channel, close, confirmed, connect,
+    declare_exchange, declare_queue, durable, exclusive_consume, expect_code, expect_text, header,
+    lstr, next, nothing_more, on_embedded, on_managed_embedded, on_managed_rabbitmq, on_rabbitmq,
+    publish_acked, publish_props, step, try_declare, uniq,
 };
 
 super::conformance!(
@@ -28,6 +29,8 @@ super::conformance!(
     stream_consumers_read_independently,
     stream_retention,
 );
+
+super::managed_conformance!(stream_retention_by_policy);
 
 /// Declaration arguments of a stream queue.
 fn stream(extra: &[(&str, AMQPValue)]) -> FieldTable {
@@ -713,5 +716,67 @@ async fn stream_retention(url: String) {
     }
     nothing_more(&mut consumer).await;
     ack(&ch, (sent.len() - oldest) as u64, true).await;
+    finish(conn, &url, &[&q]).await;
+}
+
+/// A policy's `max-age` applies to a stream declared without one: once its oldest
+/// segments are older than that, the next segment the stream starts drops them.
+async fn stream_retention_by_policy(url: String, api_base: String, _metrics: String) {
+    use reqwest::Method;
+    use serde_json::json;
+
+    let conn = connect(&url).await;
+    let q = uniq("s-aged");
+    let pch = confirmed(&conn).await;
+    declare_queue(
+        &pch,
+        &q,
+        durable(),
+        stream(&[("x-stream-max-segment-size-bytes", AMQPValue::LongInt(500))]),
+    )
+    .await;
+    let policy = format!("/api/policies/%2F/{q}");
+    let definition = json!({"pattern": format!("^{q}$"), "apply-to": "queues",
+                            "definition": {"max-age": "1s"}});
+    let (status, answer) = api(&api_base, Method::PUT, &policy, Some(definition)).await;
+    assert!(status == 201 || status == 204, "{status} {answer}");
+    let publish = |range: std::ops::Range<usize>| {
+        let pch = pch.clone();
+        let q = q.clone();
+        async move {
+            for i in range {
+                let text = format!("{i:0>100}");
+                assert!(publish_acked(&pch, &q, text.as_bytes()).await, "nacked");
+            }
+        }
+    };
+    publish(0..10).await;
+    // Age is the point here: the first messages must be older than the policy's second
+    // before newer segments are written.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    publish(10..20).await;
+
+    let newest = format!("{:0>100}", 19);
+    let deadline = Instant::now() + STEP;
+    loop {
+        let (ch, mut consumer) = reader(&conn, &q, Some(lstr("first")), 100).await;
+        let d = next(&mut consumer).await;
+        if offset_of(&d) > 0 {
+            // What is left runs on to the newest.
+            let mut last = d;
+            while body(&last) != newest {
+                last = next(&mut consumer).await;
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offset 0 still in the stream {STEP:?} after its messages aged past the policy's max-age"
+        );
+        let _ = step("channel.close", ch.close(200, "again".into())).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = api(&api_base, Method::DELETE, &policy, None).await;
+    assert_eq!(status, 204, "delete the policy");
     finish(conn, &url, &[&q]).await;
 }
