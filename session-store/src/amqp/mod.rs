@@ -74,7 +74,6 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often expired messages and unused `x-expires` queues are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
-
 /// RabbitMQ 3.10's default `consumer_timeout`: 30 minutes.
 pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often message counters are sampled for rates (RabbitMQ's management plugin

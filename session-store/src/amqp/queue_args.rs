@@ -292,8 +292,8 @@ impl QueueArgs {
     /// the smaller of two TTLs, expiries, lengths and delivery limits; the queue's own
     /// dead-letter exchange and routing key; its own overflow on a classic queue, the
     /// policy's overflow and expiry on a quorum queue; a stream takes only its retention
-    /// settings. `declared` is the declare's table,
-    /// which tells an explicit `x-overflow` from the default.
+    /// settings. `declared` is the declare's table, which tells an explicit `x-overflow`
+    /// from the default.
     pub fn with_policy(&self, declared: &FieldTable, effect: Option<&Effect>) -> QueueArgs {
         let Some(e) = effect else {
             return self.clone();
