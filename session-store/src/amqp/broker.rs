@@ -1969,15 +1969,9 @@ fn deliver_reply(core: &mut Core, suffix: &str, message: Arc<Message>) {
     };
     let deliver = Outbound::Content {
         channel,
-        method: AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-            consumer_tag: reply.tag.clone(),
-            // The tag the channel's next delivery will have, not taken: replies need no
-            // ack, and RabbitMQ 3.x gives them all the same one.
-            delivery_tag: state.next_tag + 1,
-            redelivered: false,
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-        })),
+        // The tag the channel's next delivery will have, not taken: replies need no ack,
+        // and RabbitMQ 3.x gives them all the same one.
+        method: deliver(&reply.tag, state.next_tag + 1, false, &message),
         message,
     };
     reply.send(handle, deliver);
@@ -2063,13 +2057,7 @@ fn dispatch(
         state.next_tag += 1;
         permit.send(Outbound::Content {
             channel: c.channel,
-            method: AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                consumer_tag: c.tag.clone(),
-                delivery_tag: state.next_tag,
-                redelivered: m.redelivered,
-                exchange: m.message.exchange.clone(),
-                routing_key: m.message.routing_key.clone(),
-            })),
+            method: deliver(&c.tag, state.next_tag, m.redelivered, &m.message),
             message: outgoing,
         });
         q.stats.delivered(false, c.no_ack, m.redelivered);
@@ -2142,13 +2130,7 @@ fn dispatch_stream(
             state.next_tag += 1;
             permit.send(Outbound::Content {
                 channel: c.channel,
-                method: AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: c.tag.clone(),
-                    delivery_tag: state.next_tag,
-                    redelivered: false,
-                    exchange: entry.message.exchange.clone(),
-                    routing_key: entry.message.routing_key.clone(),
-                })),
+                method: deliver(&c.tag, state.next_tag, false, &entry.message),
                 message: with_offset(&entry.message, offset),
             });
             q.stats.delivered(false, false, false);
@@ -2186,6 +2168,22 @@ fn dispatch_stream(
             progress = true;
         }
     }
+}
+
+/// basic.deliver of `message` to the consumer `tag`.
+fn deliver(
+    tag: &ShortString,
+    delivery_tag: u64,
+    redelivered: bool,
+    message: &Message,
+) -> AMQPClass {
+    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+        consumer_tag: tag.clone(),
+        delivery_tag,
+        redelivered,
+        exchange: message.exchange.clone(),
+        routing_key: message.routing_key.clone(),
+    }))
 }
 
 /// A place for one delivery in a consumer's connection's outbound queue. None when the
