@@ -1342,6 +1342,26 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether basic.recover may go ahead: not on a channel holding deliveries from a
+    /// stream, which keeps every message and cannot take one back (RabbitMQ 3.10.8's
+    /// channel crashes there with 541; this broker refuses as it refuses nack and reject).
+    pub fn check_recover(&self, conn: ConnId, channel: u16) -> Result<(), AmqpError> {
+        let core = self.lock();
+        let Some(state) = core.channels.get(&(conn, channel)) else {
+            return Ok(());
+        };
+        let streamed = state.unacked.values().find_map(|u| {
+            core.vhost
+                .queues
+                .get(&*u.queue)
+                .filter(|q| q.stream.is_some())
+        });
+        match streamed {
+            Some(q) => Err(not_for_streams("basic.recover", &q.name, &core.vhost.name)),
+            None => Ok(()),
+        }
+    }
+
     /// basic.recover: every unacknowledged delivery of the channel goes back.
     pub fn recover(&self, conn: ConnId, channel: u16) {
         let mut core = self.lock();

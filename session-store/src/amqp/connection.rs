@@ -957,6 +957,7 @@ impl Conn {
                     ));
                 }
                 basic::AMQPMethod::Recover(_) => {
+                    broker.check_recover(id, ch)?;
                     // recover-ok goes out before the redeliveries, as RabbitMQ sends it:
                     // clients (lapin among them) drop deliveries buffered before recover-ok.
                     let ok = AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {}));
@@ -965,6 +966,7 @@ impl Conn {
                     None
                 }
                 basic::AMQPMethod::RecoverAsync(_) => {
+                    broker.check_recover(id, ch)?;
                     broker.recover(id, ch);
                     None
                 }

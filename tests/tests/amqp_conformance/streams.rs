@@ -9,8 +9,8 @@ use futures::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicQosOptions, BasicRejectOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
+    BasicQosOptions, BasicRecoverOptions, BasicRejectOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer, ExchangeKind};
@@ -19,7 +19,7 @@ use super::{
     STEP, api, args, bind, body, broker_closed, channel, close, confirmed, connect,
     declare_exchange, declare_queue, durable, exclusive_consume, expect_code, expect_text, header,
     lstr, next, nothing_more, on_embedded, on_managed_embedded, on_managed_rabbitmq, on_rabbitmq,
-    publish_acked, publish_props, step, try_declare, uniq,
+    publish_acked, publish_props, reply_code, step, try_declare, uniq,
 };
 
 super::conformance!(
@@ -453,6 +453,38 @@ async fn stream_operations_refused(url: String) {
             "PRECONDITION_FAILED - invalid arg 'x-priority' for queue '{q}' in vhost '/' of queue type rabbit_stream_queue"
         ),
     );
+
+    // basic.recover cannot give a stream's deliveries back either: RabbitMQ 3.10.8's
+    // channel crashes on it (541 INTERNAL_ERROR), this broker refuses it (540) as it
+    // refuses nack and reject. Either way the connection goes, nothing redelivered.
+    {
+        let other = connect(&url).await;
+        let mut events = Box::pin(other.events_listener());
+        let (och, mut consumer) = reader(&other, &q, Some(lstr("first")), 10).await;
+        let d = next(&mut consumer).await;
+        assert_eq!(
+            (body(&d), offset_of(&d)),
+            ("kept".into(), 0),
+            "before basic.recover"
+        );
+        let _ = och
+            .basic_recover(BasicRecoverOptions { requeue: true })
+            .await;
+        let e = broker_closed(&mut events).await;
+        let code = reply_code(&e);
+        assert!(
+            matches!(code, Some(540 | 541)),
+            "basic.recover on a stream's delivery: {e}"
+        );
+        if code == Some(540) {
+            expect_text(
+                &e,
+                &format!(
+                    "NOT_IMPLEMENTED - basic.recover not supported by stream queues queue '{q}' in vhost '/'"
+                ),
+            );
+        }
+    }
 
     // Giving a delivery back, either way, closes the connection.
     for (what, nack, requeue) in [
