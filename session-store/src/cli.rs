@@ -67,9 +67,10 @@ pub struct Args {
     #[arg(long, env = "STORE_AMQP_BIND", default_value = "127.0.0.1:5673")]
     pub amqp_bind: String,
 
-    /// Bytes of AMQP message bodies held (queued, being delivered or awaiting acks) above
-    /// which publishing connections are blocked (connection.blocked) until consumers catch
-    /// up, like RabbitMQ's memory high watermark. Default: 40% of physical memory.
+    /// Bytes of AMQP messages held (queued, being delivered or awaiting acks: bodies,
+    /// properties and 512 bytes of bookkeeping each) above which publishing connections
+    /// are blocked (connection.blocked) until consumers catch up, like RabbitMQ's memory
+    /// high watermark. Default: 40% of physical memory.
     #[arg(long, env = "STORE_AMQP_MEMORY_HIGH_WATERMARK")]
     pub amqp_memory_high_watermark: Option<u64>,
 

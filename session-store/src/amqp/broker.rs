@@ -1142,13 +1142,7 @@ impl Broker {
         let tag = consumer_tag(state, &c.consumer_tag)?;
         let q = core.vhost.usable_queue(c.queue.as_str(), conn)?;
         if q.args.kind == QueueType::Quorum && state.channel_prefetch > 0 {
-            return Err(AmqpError::connection(
-                super::error::code::NOT_IMPLEMENTED,
-                format!(
-                    "NOT_IMPLEMENTED - queue '{}' in vhost '{vhost_name}' does not support global qos",
-                    q.name
-                ),
-            ));
+            return Err(no_global_qos(&q.name, &vhost_name));
         }
         let reads_from = match &q.stream {
             Some(stream) => Some(stream_start(stream, c, state, &q.name, &vhost_name)?),
@@ -1298,29 +1292,20 @@ impl Broker {
         let Some(state) = core.channels.get_mut(&(conn, channel)) else {
             return Ok(());
         };
-        let settled: Vec<(u64, Unacked)> = if multiple {
-            if tag != 0 && !state.unacked.contains_key(&tag) {
-                return Err(unknown_tag(tag));
-            }
-            let keep = if tag == 0 {
-                BTreeMap::new()
-            } else {
-                state.unacked.split_off(&(tag + 1))
-            };
-            std::mem::replace(&mut state.unacked, keep)
-                .into_iter()
-                .collect()
-        } else {
-            let u = state.unacked.remove(&tag).ok_or_else(|| unknown_tag(tag))?;
-            vec![(tag, u)]
-        };
+        if (tag != 0 || !multiple) && !state.unacked.contains_key(&tag) {
+            return Err(unknown_tag(tag));
+        }
         let how = match reject {
             None => Settle::Ack,
             Some(true) => Settle::Requeue,
             Some(false) => Settle::Discard,
         };
+        // Refused before anything is taken: the connection closes on this error, and
+        // what stays unacked is requeued then.
+        let upto = if multiple && tag == 0 { u64::MAX } else { tag };
+        let from = if multiple { 0 } else { tag };
         if how != Settle::Ack
-            && let Some(q) = settled.iter().find_map(|(_, u)| {
+            && let Some(q) = state.unacked.range(from..=upto).find_map(|(_, u)| {
                 core.vhost
                     .queues
                     .get(&*u.queue)
@@ -1333,6 +1318,23 @@ impl Broker {
                 &core.vhost.name,
             ));
         }
+        let settled: Vec<(u64, Unacked)> = if multiple {
+            let keep = if tag == 0 {
+                BTreeMap::new()
+            } else {
+                state.unacked.split_off(&(tag + 1))
+            };
+            std::mem::replace(&mut state.unacked, keep)
+                .into_iter()
+                .collect()
+        } else {
+            state
+                .unacked
+                .remove(&tag)
+                .into_iter()
+                .map(|u| (tag, u))
+                .collect()
+        };
         if state.tx {
             state.tx_settled.push((settled, how));
             return Ok(());
@@ -1340,6 +1342,15 @@ impl Broker {
         settle(core, conn, channel, settled, how);
         self.memory.check();
         Ok(())
+    }
+
+    /// Whether the channel the consumer timeout named is still the one it timed out:
+    /// the client may have closed it and opened another under the same number since.
+    pub fn timed_out(&self, conn: ConnId, channel: u16) -> bool {
+        self.lock()
+            .channels
+            .get(&(conn, channel))
+            .is_some_and(|state| state.timed_out)
     }
 
     /// Whether basic.recover may go ahead: not on a channel holding deliveries from a
@@ -1362,15 +1373,27 @@ impl Broker {
         }
     }
 
-    /// basic.recover: every unacknowledged delivery of the channel goes back.
+    /// basic.recover: every unacknowledged delivery of the channel goes back, but those
+    /// from a stream, which may have arrived since [`Broker::check_recover`] (recover-ok
+    /// is sent in between): they stay the client's to ack.
     pub fn recover(&self, conn: ConnId, channel: u16) {
         let mut core = self.lock();
         let core = &mut *core;
         let Some(state) = core.channels.get_mut(&(conn, channel)) else {
             return;
         };
-        let all = std::mem::take(&mut state.unacked).into_iter().collect();
-        settle(core, conn, channel, all, Settle::Requeue);
+        let queues = &core.vhost.queues;
+        let (streamed, back): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut state.unacked)
+            .into_iter()
+            .partition(|(_, u)| queues.get(&*u.queue).is_some_and(|q| q.stream.is_some()));
+        state.unacked = streamed;
+        settle(
+            core,
+            conn,
+            channel,
+            back.into_iter().collect(),
+            Settle::Requeue,
+        );
     }
 
     pub fn get(
@@ -2248,9 +2271,22 @@ fn stream_start(
     queue: &str,
     vhost: &str,
 ) -> Result<u64, AmqpError> {
-    if c.arguments.inner().contains_key("x-priority") {
+    // In RabbitMQ's order: the offset, the consumer arguments a stream has no use for,
+    // the prefetch, automatic acks, a channel-wide prefetch.
+    let start =
+        Start::parse(&c.arguments, store::unix_ms(SystemTime::now())).map_err(|reason| {
+            AmqpError::precondition(format_args!(
+                "invalid arg 'x-stream-offset' for queue '{queue}' in vhost '{vhost}': {reason}"
+            ))
+        })?;
+    if let Some(key) = c
+        .arguments
+        .inner()
+        .keys()
+        .find(|k| matches!(k.as_str(), "x-priority" | "x-cancel-on-ha-failover"))
+    {
         return Err(AmqpError::precondition(format_args!(
-            "invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}' of queue type {}",
+            "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type {}",
             QueueType::Stream.module()
         )));
     }
@@ -2262,13 +2298,18 @@ fn stream_start(
     if c.no_ack {
         return Err(not_for_streams("automatic acknowledgement", queue, vhost));
     }
-    let start =
-        Start::parse(&c.arguments, store::unix_ms(SystemTime::now())).map_err(|reason| {
-            AmqpError::precondition(format_args!(
-                "invalid arg 'x-stream-offset' for queue '{queue}' in vhost '{vhost}': {reason}"
-            ))
-        })?;
+    if state.channel_prefetch > 0 {
+        return Err(no_global_qos(queue, vhost));
+    }
     Ok(stream.resolve(start))
+}
+
+/// 540 NOT_IMPLEMENTED: quorum queues and streams have no channel-wide prefetch.
+fn no_global_qos(queue: &str, vhost: &str) -> AmqpError {
+    AmqpError::connection(
+        super::error::code::NOT_IMPLEMENTED,
+        format!("NOT_IMPLEMENTED - queue '{queue}' in vhost '{vhost}' does not support global qos"),
+    )
 }
 
 /// 540 NOT_IMPLEMENTED, a connection error, for what a stream does not do.

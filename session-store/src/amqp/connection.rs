@@ -728,7 +728,9 @@ impl Conn {
     /// Closes the channels the consumer timeout named, with RabbitMQ's words.
     async fn close_timed_out(&mut self) {
         for (ch, ms) in self.timed_out.take() {
-            if self.channels.get(&ch).is_none_or(|c| c.closing) {
+            if self.channels.get(&ch).is_none_or(|c| c.closing)
+                || !self.broker.timed_out(self.id, ch)
+            {
                 continue;
             }
             let e = AmqpError::precondition(format_args!(

@@ -1,11 +1,11 @@
 //! Memory-based flow control, after RabbitMQ's memory high watermark: when the bytes of
-//! message bodies the broker holds pass the watermark the alarm goes on, and connections
-//! that publish are told with connection.blocked and not read from until it goes off
-//! again, so a fast publisher cannot grow the broker without bound while consumers catch
-//! up.
+//! the messages the broker holds (their bodies, properties and the broker's bookkeeping
+//! for each) pass the watermark the alarm goes on, and connections that publish are told
+//! with connection.blocked and not read from until it goes off again, so a fast
+//! publisher cannot grow the broker without bound while consumers catch up.
 //!
-//! A body is charged once, when its message is made (published, dead-lettered, recovered
-//! from disk), and released when the last reference to the message goes: a message held
+//! A message is charged once, when it is made (published, dead-lettered, recovered from
+//! disk), and released when the last reference to the message goes: a message held
 //! by several queues, waiting in a connection's outbound queue, delivered and awaiting
 //! its ack, or kept by the journal's writer counts exactly as long as it takes memory.
 //! The alarm itself is re-evaluated by broker operations and the periodic sweep.

@@ -94,7 +94,7 @@ pub struct AmqpConfig {
     pub heartbeat: u16,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
-    /// Bytes of message bodies held (queued, on their way to consumers, or awaiting acks)
+    /// Bytes of messages held (queued, on their way to consumers, or awaiting acks)
     /// above which publishers are blocked (RabbitMQ's memory high watermark); by default
     /// 40 % of physical memory.
     pub memory_high_watermark: u64,

@@ -739,8 +739,8 @@ impl Node {
         &self.config
     }
 
-    /// Bytes of message bodies held (queued, on their way to consumers, or awaiting
-    /// acks): what the memory watermark counts.
+    /// Bytes of the messages held (queued, on their way to consumers, or awaiting acks):
+    /// what the memory watermark counts.
     pub fn held_bytes(&self) -> u64 {
         self.memory.used()
     }

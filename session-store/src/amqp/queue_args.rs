@@ -544,7 +544,7 @@ pub fn type_name(v: &AMQPValue) -> &'static str {
     }
 }
 
-fn unacceptable(v: &AMQPValue) -> String {
+pub(super) fn unacceptable(v: &AMQPValue) -> String {
     format!("{{unacceptable_type,{}}}", type_name(v))
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::queue::Message;
-use super::queue_args::int;
+use super::queue_args::{int, unacceptable};
 
 /// RabbitMQ's default segment size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 500_000_000;
@@ -31,8 +31,6 @@ pub struct Entry {
     pub message: Arc<Message>,
     /// Publish time in ms since the epoch: what timestamp offsets and `x-max-age` compare.
     pub published_ms: u64,
-    /// Its id in the journal.
-    pub stored: Option<u64>,
 }
 
 /// A run of consecutive entries that retention drops together.
@@ -74,15 +72,26 @@ impl Start {
         let Some(value) = arguments.inner().get(OFFSET_HEADER) else {
             return Ok(Start::Next);
         };
+        let named = |name: &[u8]| match name {
+            b"first" => Some(Start::First),
+            b"last" => Some(Start::Last),
+            b"next" => Some(Start::Next),
+            _ => None,
+        };
         match value {
-            AMQPValue::LongString(s) => match String::from_utf8_lossy(s.as_bytes()).as_ref() {
-                "first" => Ok(Start::First),
-                "last" => Ok(Start::Last),
-                "next" => Ok(Start::Next),
-                other => interval_ms(other)
-                    .map(|back| Start::Timestamp(now_ms.saturating_sub(back)))
-                    .ok_or_else(|| format!("invalid offset spec '{other}'")),
-            },
+            AMQPValue::LongString(s) => named(s.as_bytes()).map_or_else(
+                || {
+                    let text = String::from_utf8_lossy(s.as_bytes());
+                    interval_ms(&text)
+                        .map(|back| Start::Timestamp(now_ms.saturating_sub(back)))
+                        .ok_or_else(|| {
+                            format!("{{invalid_stream_offset_arg,{{longstr,<<\"{text}\">>}}}}")
+                        })
+                },
+                Ok,
+            ),
+            // RabbitMQ reads the names whatever the field type (pika sends bytes as `x`).
+            AMQPValue::ByteArray(b) => named(b.as_slice()).ok_or_else(|| unacceptable(value)),
             AMQPValue::Timestamp(secs) => Ok(Start::Timestamp(secs.saturating_mul(1000))),
             other => int(other).map(|n| u64::try_from(n).map_or(Start::First, Start::Offset)),
         }
@@ -93,7 +102,12 @@ impl Start {
 /// (365 days), `M` (30 days), `D`, `h`, `m` or `s`; in ms.
 pub fn interval_ms(text: &str) -> Option<u64> {
     let unit = text.chars().last()?;
-    let count: u64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Any count is a count (RabbitMQ's integers have no bound): a huge one saturates.
+    let count: u64 = digits.parse().unwrap_or(u64::MAX);
     let second = 1000;
     let day = 24 * 3600 * second;
     let ms = match unit {
@@ -148,17 +162,11 @@ impl Stream {
 
     /// Appends a message; returns whether it began a new segment, the moment RabbitMQ
     /// applies retention.
-    pub fn append(
-        &mut self,
-        message: Arc<Message>,
-        published_ms: u64,
-        stored: Option<u64>,
-        segment_bytes: u64,
-    ) -> bool {
+    pub fn append(&mut self, message: Arc<Message>, published_ms: u64, segment_bytes: u64) -> bool {
         let offset = self.next();
-        let size = message.body.len() as u64;
+        let size = message.content_bytes();
         let rolled = match self.segments.back_mut() {
-            Some(s) if s.bytes == 0 || s.bytes + size <= segment_bytes => {
+            Some(s) if s.bytes + size <= segment_bytes => {
                 s.bytes += size;
                 s.newest_ms = published_ms;
                 false
@@ -177,7 +185,6 @@ impl Stream {
             offset,
             message,
             published_ms,
-            stored,
         });
         rolled
     }
@@ -265,8 +272,23 @@ mod tests {
             spec(AMQPValue::LongString("1h".into())),
             Ok(Start::Timestamp(10_000_000 - 3_600_000))
         );
-        assert!(spec(AMQPValue::LongString("bogus".into())).is_err());
+        assert_eq!(
+            spec(AMQPValue::LongString("2".into())),
+            Err("{invalid_stream_offset_arg,{longstr,<<\"2\">>}}".into())
+        );
         assert!(spec(AMQPValue::Double(1.5)).is_err());
+        assert_eq!(
+            spec(AMQPValue::ByteArray(b"first".to_vec().into())),
+            Ok(Start::First)
+        );
+        assert!(spec(AMQPValue::ByteArray(b"5".to_vec().into())).is_err());
+        assert_eq!(
+            spec(AMQPValue::LongString("99999999999999999999s".into())),
+            Ok(Start::Timestamp(0)),
+            "further back than the epoch: the first"
+        );
+        assert_eq!(interval_ms("+5s"), None);
+        assert_eq!(interval_ms("1.5h"), None);
         assert_eq!(interval_ms("7D"), Some(7 * 86_400_000));
         assert_eq!(interval_ms("1Y"), Some(365 * 86_400_000));
         assert_eq!(interval_ms("0s"), None, "RabbitMQ wants a positive count");
@@ -279,7 +301,7 @@ mod tests {
         let mut s = Stream::default();
         assert_eq!(s.resolve(Start::Last), 0, "empty: the next message");
         for ms in [100, 200, 300] {
-            s.append(message(1), ms, None, DEFAULT_SEGMENT_BYTES);
+            s.append(message(1), ms, DEFAULT_SEGMENT_BYTES);
         }
         assert_eq!((s.first(), s.next(), s.len()), (0, 3, 3));
         assert_eq!(s.resolve(Start::First), 0);
@@ -301,12 +323,15 @@ mod tests {
     fn retention_drops_whole_old_segments_never_the_newest() {
         let mut s = Stream::starting_at(10);
         let mut rolls = 0;
+        // 100 bytes of body and 2 of property flags.
+        let each = message(100).content_bytes();
+        assert_eq!(each, 102);
         for i in 0..10u64 {
-            if s.append(message(100), i, Some(i), 250) {
+            if s.append(message(100), i, 250) {
                 rolls += 1;
             }
         }
-        // Segments of two 100-byte messages: [10,11] [12,13] … [18,19].
+        // Segments of two messages: [10,11] [12,13] … [18,19].
         assert_eq!(rolls, 4);
         assert!(
             s.retain(None, None, 0).is_empty(),
@@ -315,7 +340,7 @@ mod tests {
         let dropped = s.retain(Some(450), None, 0);
         let offsets: Vec<u64> = dropped.iter().map(|e| e.offset).collect();
         assert_eq!(offsets, (10..16).collect::<Vec<_>>());
-        assert_eq!((s.first(), s.bytes()), (16, 400));
+        assert_eq!((s.first(), s.bytes()), (16, 4 * each));
         assert_eq!(
             s.resolve(Start::Offset(3)),
             16,
@@ -325,5 +350,15 @@ mod tests {
         assert_eq!(old.len(), 2, "all but the newest segment are too old");
         assert_eq!((s.first(), s.next()), (18, 20));
         assert!(s.retain(Some(0), Some(Duration::ZERO), 1000).is_empty());
+    }
+
+    #[test]
+    fn empty_bodies_fill_segments_too() {
+        let mut s = Stream::default();
+        let rolls = (0..100u64).filter(|&i| s.append(message(0), i, 20)).count();
+        // Two bytes of property flags each: segments of ten.
+        assert_eq!(rolls, 9);
+        assert_eq!(s.retain(Some(40), None, 0).len(), 80);
+        assert_eq!((s.first(), s.next()), (80, 100));
     }
 }

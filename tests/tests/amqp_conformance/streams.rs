@@ -19,7 +19,7 @@ use super::{
     STEP, api, args, bind, body, broker_closed, channel, close, confirmed, connect,
     declare_exchange, declare_queue, durable, exclusive_consume, expect_code, expect_text, header,
     lstr, next, nothing_more, on_embedded, on_managed_embedded, on_managed_rabbitmq, on_rabbitmq,
-    publish_acked, publish_props, reply_code, step, try_declare, uniq,
+    publish_acked, publish_props, ready_count, reply_code, step, try_declare, uniq,
 };
 
 super::conformance!(
@@ -454,6 +454,125 @@ async fn stream_operations_refused(url: String) {
         ),
     );
 
+    // The checks come in RabbitMQ's order: the offset first (before the prefetch, a
+    // consumer priority or automatic acks), then the arguments a stream has no use for,
+    // then the prefetch, automatic acks and a channel-wide prefetch.
+    let bad_offset = format!(
+        "PRECONDITION_FAILED - invalid arg 'x-stream-offset' for queue '{q}' in vhost '/': {{invalid_stream_offset_arg,{{longstr,<<\"2\">>}}}}"
+    );
+    let failover = format!(
+        "PRECONDITION_FAILED - invalid arg 'x-cancel-on-ha-failover' for queue '{q}' in vhost '/' of queue type rabbit_stream_queue"
+    );
+    let two = ("x-stream-offset", lstr("2"));
+    for (what, prefetch, no_ack, arguments, code, text) in [
+        (
+            "offset '2'",
+            true,
+            false,
+            vec![two.clone()],
+            406,
+            &bad_offset,
+        ),
+        (
+            "offset '2', no prefetch",
+            false,
+            false,
+            vec![two.clone()],
+            406,
+            &bad_offset,
+        ),
+        (
+            "offset '2', no-ack",
+            true,
+            true,
+            vec![two.clone()],
+            406,
+            &bad_offset,
+        ),
+        (
+            "offset '2', x-priority",
+            true,
+            false,
+            vec![two.clone(), ("x-priority", AMQPValue::LongInt(1))],
+            406,
+            &bad_offset,
+        ),
+        (
+            "x-cancel-on-ha-failover",
+            true,
+            false,
+            vec![("x-cancel-on-ha-failover", AMQPValue::Boolean(true))],
+            406,
+            &failover,
+        ),
+    ] {
+        let other = connect(&url).await;
+        let och = channel(&other).await;
+        if prefetch {
+            step("basic.qos", och.basic_qos(10, BasicQosOptions::default()))
+                .await
+                .expect("basic.qos");
+        }
+        let e = expect_code(
+            what,
+            step(
+                "basic.consume",
+                och.basic_consume(
+                    q.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack,
+                        ..Default::default()
+                    },
+                    args(&arguments),
+                ),
+            )
+            .await
+            .map(|c| c.tag()),
+            code,
+        );
+        expect_text(&e, text);
+        close(other).await;
+    }
+    {
+        // A channel-wide prefetch in force beside the consumer's: 540.
+        let other = connect(&url).await;
+        let och = channel(&other).await;
+        for global in [false, true] {
+            step("basic.qos", och.basic_qos(10, BasicQosOptions { global }))
+                .await
+                .expect("basic.qos");
+        }
+        let e = expect_code(
+            "basic.consume under a global prefetch",
+            step(
+                "basic.consume",
+                och.basic_consume(
+                    q.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    args(&[("x-stream-offset", lstr("first"))]),
+                ),
+            )
+            .await
+            .map(|c| c.tag()),
+            540,
+        );
+        expect_text(
+            &e,
+            &format!("NOT_IMPLEMENTED - queue '{q}' in vhost '/' does not support global qos"),
+        );
+    }
+    {
+        // The names of the offsets as bytes (type `x`, as pika sends a Python bytes).
+        let other = connect(&url).await;
+        let first = AMQPValue::ByteArray(b"first".to_vec().into());
+        let (_och, mut consumer) = reader(&other, &q, Some(first), 10).await;
+        let d = next(&mut consumer).await;
+        assert_eq!((body(&d), offset_of(&d)), ("kept".into(), 0), "b\"first\"");
+        close(other).await;
+    }
+
     // basic.recover cannot give a stream's deliveries back either: RabbitMQ 3.10.8's
     // channel crashes on it (541 INTERNAL_ERROR), this broker refuses it (540) as it
     // refuses nack and reject. Either way the connection goes, nothing redelivered.
@@ -519,13 +638,66 @@ async fn stream_operations_refused(url: String) {
         );
     }
 
+    // A nack that also covers a classic queue's delivery is refused all the same, and
+    // takes nothing with it: the classic message is back once the connection is gone.
+    let classic = uniq("s-classic");
+    let cch = confirmed(&conn).await;
+    declare_queue(&cch, &classic, QueueDeclareOptions::default(), args(&[])).await;
+    assert!(publish_acked(&cch, &classic, b"classic").await, "nacked");
+    {
+        let other = connect(&url).await;
+        let mut events = Box::pin(other.events_listener());
+        let (och, mut from_classic) = reader(&other, &classic, None, 10).await;
+        let d = next(&mut from_classic).await;
+        assert_eq!((body(&d), d.delivery_tag), ("classic".into(), 1));
+        let mut from_stream = step(
+            "basic.consume",
+            och.basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                args(&[("x-stream-offset", lstr("first"))]),
+            ),
+        )
+        .await
+        .expect("basic.consume");
+        let d = next(&mut from_stream).await;
+        assert_eq!((body(&d), d.delivery_tag), ("kept".into(), 2));
+        let multiple = true;
+        step(
+            "basic.nack multiple",
+            och.basic_nack(
+                2,
+                BasicNackOptions {
+                    multiple,
+                    requeue: true,
+                },
+            ),
+        )
+        .await
+        .expect("send basic.nack");
+        expect_code(
+            "basic.nack over both queues",
+            Err::<(), _>(broker_closed(&mut events).await),
+            540,
+        );
+    }
+    let deadline = Instant::now() + STEP;
+    while ready_count(&conn, &classic).await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the classic queue's message did not come back within {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The message is still there for a consumer that acks.
     let (rch, mut consumer) = reader(&conn, &q, Some(lstr("first")), 10).await;
     let d = next(&mut consumer).await;
     assert_eq!((body(&d), offset_of(&d)), ("kept".into(), 0));
     ack(&rch, d.delivery_tag, false).await;
     nothing_more(&mut consumer).await;
-    finish(conn, &url, &[&q]).await;
+    finish(conn, &url, &[&q, &classic]).await;
 }
 
 /// Each value of `x-stream-offset` picks where a consumer starts; every delivery says its

@@ -1,7 +1,8 @@
 //! `/api/nodes/NODE/memory`: the node's memory breakdown under the categories of
 //! RabbitMQ's, which tools and the management UI chart. This process has none of the
-//! Erlang VM's processes, tables or code areas: message bodies held (queued, on their way
-//! or awaiting acks) show as `binary`, as RabbitMQ counts them, and the rest of the
+//! Erlang VM's processes, tables or code areas: the messages held (queued, on their way
+//! or awaiting acks, as the memory watermark counts them) show as `binary`, as RabbitMQ
+//! counts message bodies, and the rest of the
 //! resident memory as `other_system`; every other category is 0.
 
 use serde_json::{Map, Value, json};
@@ -33,7 +34,7 @@ const CATEGORIES: [&str; 23] = [
     "other_system",
 ];
 
-/// Bytes by category, of `resident` bytes of which `held` are message bodies.
+/// Bytes by category, of `resident` bytes of which `held` are messages.
 fn bytes(resident: u64, held: u64) -> Vec<(&'static str, u64)> {
     let binary = held.min(resident);
     CATEGORIES

@@ -203,7 +203,7 @@ fn collect(node: &Node, per_queue: bool, m: &mut Metrics) {
     );
     m.gauge(
         "rabbitmq_resident_memory_limit_bytes",
-        "Memory high watermark in bytes (of message bodies held, here)",
+        "Memory high watermark in bytes (of messages held, here)",
         &[],
         limit,
     );

@@ -75,9 +75,17 @@ pub enum Record {
     Purge {
         queue: Arc<str>,
     },
-    /// A stream's retention dropped its oldest messages: its first offset is now
-    /// `offset`, which offsets count on from after a restart.
+    /// A stream's first offset, which offsets count on from after a restart: written in
+    /// a snapshot before the stream's messages (and, by earlier versions, after the
+    /// Settle records of what retention dropped).
     StreamStart {
+        queue: Arc<str>,
+        offset: u64,
+    },
+    /// A stream's retention dropped its oldest messages: it now starts at `offset`, and
+    /// the messages it held below that are gone. One record, so that a crash cannot keep
+    /// half of the change and shift every offset after it.
+    StreamTrim {
         queue: Arc<str>,
         offset: u64,
     },
@@ -123,6 +131,7 @@ const CLEAR_POLICY: u8 = 13;
 const SET_OPERATOR_POLICY: u8 = 14;
 const CLEAR_OPERATOR_POLICY: u8 = 15;
 const STREAM_START: u8 = 16;
+const STREAM_TRIM: u8 = 17;
 
 fn policy_kind(operator: bool) -> Kind {
     if operator {
@@ -248,8 +257,12 @@ impl Record {
                 out.push(PURGE);
                 put_str(out, queue);
             }
-            Record::StreamStart { queue, offset } => {
-                out.push(STREAM_START);
+            Record::StreamStart { queue, offset } | Record::StreamTrim { queue, offset } => {
+                out.push(if matches!(self, Record::StreamStart { .. }) {
+                    STREAM_START
+                } else {
+                    STREAM_TRIM
+                });
                 put_str(out, queue);
                 out.extend_from_slice(&offset.to_le_bytes());
             }
@@ -345,6 +358,10 @@ impl Record {
                 queue: r.string()?.into(),
             },
             STREAM_START => Record::StreamStart {
+                queue: r.string()?.into(),
+                offset: r.u64()?,
+            },
+            STREAM_TRIM => Record::StreamTrim {
                 queue: r.string()?.into(),
                 offset: r.u64()?,
             },
@@ -553,6 +570,10 @@ mod tests {
             Record::StreamStart {
                 queue: "s".into(),
                 offset: 40,
+            },
+            Record::StreamTrim {
+                queue: "s".into(),
+                offset: 52,
             },
             Record::SetPolicy {
                 kind: Kind::Policy,

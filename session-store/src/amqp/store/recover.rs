@@ -71,7 +71,7 @@ pub fn restore(vhost: &mut VHost, state: State, journal: &Journal) {
         if q.stream.is_some() {
             let kept = def.messages.keys().filter_map(|id| {
                 let m = messages.get(id)?;
-                Some((m.message.clone(), *id, m.published_ms))
+                Some((m.message.clone(), m.published_ms))
             });
             q.restore_stream(def.first_offset, kept);
             q.retain(now_ms);

@@ -175,6 +175,22 @@ impl State {
                     q.first_offset = *offset;
                 }
             }
+            Record::StreamTrim { queue, offset } => {
+                let mut dropped = Vec::new();
+                if let Some(q) = self.queues.get_mut(queue) {
+                    // A stream's messages are in offset order by id.
+                    while q.first_offset < *offset
+                        && let Some((id, _)) = q.messages.pop_first()
+                    {
+                        dropped.push(id);
+                        q.first_offset += 1;
+                    }
+                    q.first_offset = q.first_offset.max(*offset);
+                }
+                for id in dropped {
+                    self.release(id);
+                }
+            }
             Record::SetPolicy { kind, name, json } => {
                 self.policies.insert((*kind, name.clone()), json.clone());
             }
@@ -336,6 +352,43 @@ mod tests {
         assert_eq!(ids, vec![2, 4]);
         assert_eq!(s.max_id, 4);
         assert_eq!(s.live_bytes(), 200 + 2 * ENTITY_BYTES);
+    }
+
+    #[test]
+    fn a_stream_trim_drops_the_oldest_messages_and_moves_the_first_offset() {
+        let mut records = vec![
+            queue("s"),
+            queue("c"),
+            Record::StreamStart {
+                queue: "s".into(),
+                offset: 10,
+            },
+        ];
+        records.extend((1..=5).map(|id| publish(id, &["s", "c"])));
+        // Offsets 10..=14; the stream now starts at 13, so ids 1 to 3 go from it.
+        records.push(Record::StreamTrim {
+            queue: "s".into(),
+            offset: 13,
+        });
+        let s = replay(&records);
+        assert_eq!(s.queues["s"].first_offset, 13);
+        assert_eq!(
+            s.queues["s"].messages.keys().copied().collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        assert_eq!(s.messages.len(), 5, "queue c still holds all five");
+
+        // Trimmed past everything held: the stream is empty and starts at the offset.
+        let mut records = records.clone();
+        records.push(Record::StreamTrim {
+            queue: "s".into(),
+            offset: 20,
+        });
+        records.push(Record::Purge { queue: "c".into() });
+        let s = replay(&records);
+        assert!(s.queues["s"].messages.is_empty());
+        assert_eq!(s.queues["s"].first_offset, 20);
+        assert!(s.messages.is_empty(), "nothing is left holding a message");
     }
 
     #[test]
