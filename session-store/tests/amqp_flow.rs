@@ -65,19 +65,24 @@ async fn publish(ch: &Channel, queue: &str, size: usize) {
     .expect("publish");
 }
 
-#[tokio::test]
-async fn publishers_are_blocked_above_the_memory_watermark() {
+/// A broker with this memory watermark, on a free port; it runs until the sender drops.
+async fn broker(watermark: u64) -> (String, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let (_stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = oneshot::channel::<()>();
     let config = AmqpConfig {
-        memory_high_watermark: WATERMARK,
+        memory_high_watermark: watermark,
         ..AmqpConfig::default()
     };
     tokio::spawn(run(listener, config, async {
         let _ = stopped.await;
     }));
-    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    (format!("amqp://guest:guest@127.0.0.1:{port}/%2f"), stop)
+}
+
+#[tokio::test]
+async fn publishers_are_blocked_above_the_memory_watermark() {
+    let (url, _stop) = broker(WATERMARK).await;
     let (consumer_conn, consumer) = open(&url).await;
     let (publisher_conn, publisher) = open(&url).await;
     step(consumer.queue_declare(
@@ -125,4 +130,33 @@ async fn publishers_are_blocked_above_the_memory_watermark() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the publish held while blocked never arrived");
+}
+
+/// Empty bodies still take memory: the watermark counts each message's properties and
+/// the broker's bookkeeping too, so a flood of them is held back like large ones.
+#[tokio::test]
+async fn empty_messages_count_towards_the_watermark() {
+    const SENT: u32 = 400;
+    let (url, _stop) = broker(64 * 1024).await;
+    let (_consumer_conn, consumer) = open(&url).await;
+    let (publisher_conn, publisher) = open(&url).await;
+    step(consumer.queue_declare(
+        "empty".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .expect("declare");
+    let flood = tokio::spawn(async move {
+        for _ in 0..SENT {
+            publish(&publisher, "empty", 0).await;
+        }
+    });
+    until("connection.blocked", || publisher_conn.status().blocked()).await;
+    let held = ready(&consumer, "empty").await;
+    assert!(
+        (64..SENT).contains(&held),
+        "{held} empty messages held when blocked at 64 KiB"
+    );
+    flood.abort();
 }
