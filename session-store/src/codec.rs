@@ -202,7 +202,8 @@ impl Encoder<Reply> for RespCodec {
     }
 }
 
-/// One inline command: a line up to `\n` (with or without `\r`), split on whitespace.
+/// One inline command: a line up to `\n` (with or without `\r`), split into words as
+/// Redis splits it (see [`split_args`]).
 fn decode_inline(src: &mut BytesMut) -> Result<Step, CodecError> {
     let window = &src[..src.len().min(MAX_LINE)];
     let Some(newline) = window.iter().position(|&b| b == b'\n') else {
@@ -212,17 +213,99 @@ fn decode_inline(src: &mut BytesMut) -> Result<Step, CodecError> {
             Ok(Step::NeedMore)
         };
     };
-    let line = src.split_to(newline + 1).freeze();
-    let args: Vec<Bytes> = line[..newline]
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|word| !word.is_empty())
-        .map(|word| line.slice_ref(word))
-        .collect();
+    let line = src.split_to(newline + 1);
+    let line = line[..newline]
+        .strip_suffix(b"\r")
+        .unwrap_or(&line[..newline]);
+    let args = split_args(line).ok_or_else(|| protocol("unbalanced quotes in request"))?;
     Ok(if args.is_empty() {
         Step::Empty
     } else {
-        Step::Request(args)
+        Step::Request(args.into_iter().map(Bytes::from).collect())
     })
+}
+
+/// Splits an inline command line by Redis' rules (its `sdssplitargs`): words separated
+/// by blanks; "double quotes" with the escapes `\n \r \t \b \a \xHH` and `\` before
+/// any other byte; 'single quotes' with only `\'`; a quote may open inside a word, and a
+/// closing quote must be followed by a blank or the end. `None` for unbalanced quotes.
+/// Written here because these are Redis' own rules: quoting crates such as `shlex` or
+/// `shell-words` follow a shell's, which differ on escapes and on closing quotes.
+fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let blank = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let closes = |next: Option<&u8>| next.is_none_or(|&b| blank(b));
+    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16));
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while line.get(i).is_some_and(|&b| blank(b)) {
+            i += 1;
+        }
+        if i == line.len() {
+            return Some(args);
+        }
+        let mut word = Vec::new();
+        let (mut double, mut single) = (false, false);
+        loop {
+            let c = line.get(i).copied();
+            if double {
+                match c {
+                    None => return None,
+                    Some(b'\\') if line.get(i + 1) == Some(&b'x') => {
+                        if let (Some(high), Some(low)) =
+                            (hex(line.get(i + 2)), hex(line.get(i + 3)))
+                        {
+                            word.push((high * 16 + low) as u8);
+                            i += 4;
+                            continue;
+                        }
+                        i += 1;
+                        word.push(b'x');
+                    }
+                    Some(b'\\') if i + 1 < line.len() => {
+                        i += 1;
+                        word.push(match line[i] {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                    }
+                    Some(b'"') if closes(line.get(i + 1)) => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'"') => return None,
+                    Some(other) => word.push(other),
+                }
+            } else if single {
+                match c {
+                    None => return None,
+                    Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                        i += 1;
+                        word.push(b'\'');
+                    }
+                    Some(b'\'') if closes(line.get(i + 1)) => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\'') => return None,
+                    Some(other) => word.push(other),
+                }
+            } else {
+                match c {
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
+                    Some(b'"') => double = true,
+                    Some(b'\'') => single = true,
+                    Some(other) => word.push(other),
+                }
+            }
+            i += 1;
+        }
+        args.push(word);
+    }
 }
 
 /// The CRLF-terminated line starting at `start`, and where the next one starts.
@@ -321,6 +404,31 @@ mod tests {
         );
         let mut buf = BytesMut::from(&b"PING"[..]);
         assert!(codec().decode(&mut buf).ok().flatten().is_none());
+    }
+
+    #[test]
+    fn inline_quotes_as_redis_reads_them() {
+        let split = |line: &[u8]| split_args(line).map(|words| words.join(&b'|'));
+        assert_eq!(split(b"set k \"a b\""), Some(b"set|k|a b".to_vec()));
+        assert_eq!(split(b"set k 'a b'"), Some(b"set|k|a b".to_vec()));
+        assert_eq!(
+            split(br#"set k "a\x41\n\q\"""#),
+            Some(b"set|k|aA\nq\"".to_vec())
+        );
+        assert_eq!(split(br"set k 'it\'s'"), Some(b"set|k|it's".to_vec()));
+        assert_eq!(split(b"set k \"\""), Some(b"set|k|".to_vec()));
+        assert_eq!(
+            split(b"a\"b c\"d"),
+            None,
+            "a closing quote needs a blank after it"
+        );
+        assert_eq!(split(b"ab\"c d\" e"), Some(b"abc d|e".to_vec()));
+        assert_eq!(split(b"set k \"abc"), None);
+        assert_eq!(split(b"set k 'abc"), None);
+        assert_eq!(split(b"echo\x0chello"), Some(b"echo\x0chello".to_vec()));
+        assert_eq!(split(b" \t"), Some(Vec::new()));
+        let got = decode_all(&mut codec(), b"set k \"abc\r\n");
+        assert_eq!(protocol_error(got), "unbalanced quotes in request");
     }
 
     #[test]

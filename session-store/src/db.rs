@@ -306,14 +306,28 @@ impl Keyspace {
         deadline: Deadline,
         condition: ExpireCondition,
     ) -> bool {
-        let Some(entry) = self.live(key, Instant::now()) else {
+        let now = Instant::now();
+        let Some(entry) = self.live(key, now) else {
             return false;
         };
-        let current = entry.deadline.map(Deadline::At);
+        // GT and LT compare whole Unix milliseconds, as Redis keeps deadlines: one set in
+        // the same millisecond is the same deadline.
+        let wall = unix_now_millis();
+        let ms = |deadline: Deadline| match deadline {
+            Deadline::Passed => i64::MIN,
+            Deadline::At(at) if at >= now => {
+                wall.saturating_add(i64::try_from((at - now).as_millis()).unwrap_or(i64::MAX))
+            }
+            Deadline::At(at) => {
+                wall.saturating_sub(i64::try_from((now - at).as_millis()).unwrap_or(i64::MAX))
+            }
+        };
+        let current = entry.deadline.map(|at| ms(Deadline::At(at)));
+        let new = ms(deadline);
         let refused = (condition.nx && current.is_some())
             || (condition.xx && current.is_none())
-            || (condition.gt && current.is_none_or(|current| deadline <= current))
-            || (condition.lt && current.is_some_and(|current| deadline >= current));
+            || (condition.gt && current.is_none_or(|current| new <= current))
+            || (condition.lt && current.is_some_and(|current| new >= current));
         if refused {
             return false;
         }

@@ -39,6 +39,8 @@ pub enum CommandError {
     UnrecognizedOption(String),
     #[error("ERR DB index is out of range")]
     DbIndexOutOfRange,
+    #[error("ERR value is out of range, value must between -2147483648 and 2147483647")]
+    NotAnInt,
     #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
     BadClientName,
     #[error("ERR Protocol version is not an integer or out of range")]

@@ -183,6 +183,63 @@ impl Raw {
     }
 }
 
+/// Inline commands (typed into `nc` or telnet) with Redis' quoting, and what each
+/// server then holds; an unbalanced quote is a protocol error that closes the connection.
+async fn inline_quoting(server: &Server) -> Vec<String> {
+    let name = server.name;
+    let mut raw = Raw::connect(server.port).await;
+    let mut seen = Vec::new();
+    for line in [
+        "set k \"a b\"\r\n",
+        "get k\r\n",
+        "set k 'it\\'s'\r\n",
+        "get k\r\n",
+        "set k \"a\\x41\\n\"\r\n",
+        "get k\r\n",
+        "set k \"\"\r\n",
+        "get k\r\n",
+    ] {
+        step(raw.stream.get_mut().write_all(line.as_bytes()))
+            .await
+            .expect("raw write");
+        seen.push(raw.reply().await);
+    }
+    step(raw.stream.get_mut().write_all(b"set k \"abc\r\n"))
+        .await
+        .expect("raw write");
+    seen.push(raw.reply().await);
+    let mut rest = Vec::new();
+    let read = step(raw.stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "{name}: connection still open after unbalanced quotes: {rest:?}"
+    );
+    seen
+}
+
+#[tokio::test]
+async fn inline_commands_quote_like_redis() {
+    let store = start_store(None);
+    let ours = inline_quoting(&store).await;
+    assert_eq!(
+        ours,
+        [
+            "+OK\r\n",
+            "$3\r\na b\r\n",
+            "+OK\r\n",
+            "$4\r\nit's\r\n",
+            "+OK\r\n",
+            "$3\r\naA\n\r\n",
+            "+OK\r\n",
+            "$0\r\n\r\n",
+            "-ERR Protocol error: unbalanced quotes in request\r\n",
+        ]
+    );
+    if let Some(redis) = start_redis(None).await {
+        assert_eq!(inline_quoting(&redis).await, ours);
+    }
+}
+
 /// The common scenario; the expected values are Redis' own, so passing on both servers
 /// means answering alike.
 async fn basics(server: &Server) {
@@ -476,6 +533,13 @@ const ONE_LINE_REPLIES: &[&[&str]] = &[
     &["SET", "k", "v", "PX", "10", "EX", "10"],
     &["SET", "k", "v", "KEEPTTL", "EX", "10"],
     &["SET", "k", "v", "EX"],
+    &["SET", "k", "v", "EX", "10", "EX", "20"],
+    &["TTL", "k"],
+    &["SET", "k", "v", "PX", "10", "PX", "x"],
+    &["SET", "k", "v", "EX", "10", "PXAT", "10"],
+    &["SELECT", "99999999999"],
+    &["COMMAND", "NOPE"],
+    &["CLIENT", "GETNAME", "x"],
     &["SET", "s", "abc"],
     &["INCR", "s"],
     &["INCRBY", "n", "x"],
@@ -728,6 +792,21 @@ const TRANSACTIONS: &[(usize, &[&str], &str)] = &[
         A,
         &["NOPE", "x"],
         "-ERR unknown command 'NOPE', with args beginning with: 'x' \r\n",
+    ),
+    (A, &["EXEC"], EXECABORT),
+    // So does an unknown subcommand, or one with the wrong number of arguments.
+    (A, &["MULTI"], "+OK\r\n"),
+    (
+        A,
+        &["CLIENT", "FOO"],
+        "-ERR unknown subcommand 'FOO'. Try CLIENT HELP.\r\n",
+    ),
+    (A, &["EXEC"], EXECABORT),
+    (A, &["MULTI"], "+OK\r\n"),
+    (
+        A,
+        &["CLIENT", "SETNAME"],
+        "-ERR wrong number of arguments for 'client|setname' command\r\n",
     ),
     (A, &["EXEC"], EXECABORT),
     (A, &["MULTI"], "+OK\r\n"),

@@ -27,8 +27,10 @@ pub(super) fn echo(p: &mut Parse, _ctx: &mut Context<'_>) -> Result<BytesFrame, 
 /// Only database 0 exists: sessions need one keyspace, and a store shared by many apps
 /// is better split by key prefix than by a number nobody can read.
 pub(super) fn select(p: &mut Parse, _ctx: &mut Context<'_>) -> Result<BytesFrame, CommandError> {
+    // Redis reads the index as an int before it looks for the database.
     match p.integer()? {
         0 => Ok(ok()),
+        n if i32::try_from(n).is_err() => Err(CommandError::NotAnInt),
         _ => Err(CommandError::DbIndexOutOfRange),
     }
 }

@@ -62,6 +62,19 @@ struct Spec {
     /// Allowed before authentication.
     no_auth: bool,
     handler: Handler,
+    /// A container command's subcommands, checked before it runs or is queued.
+    subcommands: Option<&'static Subcommands>,
+}
+
+/// The subcommands of a container command such as CLIENT: Redis 7 looks each one up, with
+/// its own arity, before running or queuing the command, so an unknown subcommand inside
+/// MULTI aborts the transaction.
+struct Subcommands {
+    /// As Redis writes it in "Try CLIENT HELP.".
+    command: &'static str,
+    /// Each subcommand as Redis names it in errors (`client|setname`) with its arity,
+    /// counting both words.
+    table: &'static [(&'static str, i32)],
 }
 
 const fn spec(name: &'static str, arity: i32, run: Run) -> Spec {
@@ -70,8 +83,37 @@ const fn spec(name: &'static str, arity: i32, run: Run) -> Spec {
         arity,
         no_auth: false,
         handler: Handler::Run(run),
+        subcommands: None,
     }
 }
+
+/// A container command and its subcommands.
+const fn container(name: &'static str, run: Run, subcommands: &'static Subcommands) -> Spec {
+    Spec {
+        subcommands: Some(subcommands),
+        ..spec(name, -2, run)
+    }
+}
+
+const CLIENT: Subcommands = Subcommands {
+    command: "CLIENT",
+    table: &[
+        ("client|setname", 3),
+        ("client|getname", 2),
+        ("client|id", 2),
+        ("client|setinfo", 4),
+        ("client|help", 2),
+    ],
+};
+
+const COMMAND: Subcommands = Subcommands {
+    command: "COMMAND",
+    table: &[
+        ("command|count", 2),
+        ("command|docs", -2),
+        ("command|help", 2),
+    ],
+};
 
 /// A command that is not queued inside MULTI.
 const fn now(name: &'static str, arity: i32, run: Run) -> Spec {
@@ -103,11 +145,14 @@ const COMMANDS: &[Spec] = &[
     spec("flushdb", -1, server::flush),
     spec("flushall", -1, server::flush),
     spec("info", -1, server::info),
-    spec("command", -1, server::command),
+    Spec {
+        arity: -1,
+        ..container("command", server::command, &COMMAND)
+    },
     spec("ping", -1, connection::ping),
     spec("echo", 2, connection::echo),
     spec("select", 2, connection::select),
-    spec("client", -2, client::client),
+    container("client", client::client, &CLIENT),
     now("multi", 1, transaction::multi),
     now("discard", 1, transaction::discard),
     now("watch", -2, transaction::watch),
@@ -117,6 +162,7 @@ const COMMANDS: &[Spec] = &[
         arity: 1,
         no_auth: false,
         handler: Handler::Exec,
+        subcommands: None,
     },
     Spec {
         no_auth: true,
@@ -131,6 +177,7 @@ const COMMANDS: &[Spec] = &[
         arity: -1,
         no_auth: true,
         handler: Handler::Quit,
+        subcommands: None,
     },
     // An HTTP request sent to the store arrives as inline commands `POST ...` and
     // `Host: ...`. Redis closes such connections at once (cross-protocol scripting
@@ -140,12 +187,14 @@ const COMMANDS: &[Spec] = &[
         arity: -1,
         no_auth: true,
         handler: Handler::Drop,
+        subcommands: None,
     },
     Spec {
         name: "host:",
         arity: -1,
         no_auth: true,
         handler: Handler::Drop,
+        subcommands: None,
     },
 ];
 
@@ -189,6 +238,15 @@ fn reply(result: Result<BytesFrame, CommandError>) -> Outcome {
     Outcome::Reply(result.unwrap_or_else(|e| error(&e)).into())
 }
 
+/// The commands this server runs, for `COMMAND COUNT` (not the names it only recognises
+/// to drop the connection).
+fn command_count() -> usize {
+    COMMANDS
+        .iter()
+        .filter(|spec| !matches!(spec.handler, Handler::Drop))
+        .count()
+}
+
 fn lookup(args: &[Bytes], authenticated: bool) -> Result<&'static Spec, CommandError> {
     let name = args
         .first()
@@ -199,8 +257,23 @@ fn lookup(args: &[Bytes], authenticated: bool) -> Result<&'static Spec, CommandE
         .find(|spec| spec.name.as_bytes() == name)
         .ok_or_else(|| unknown_command(args))?;
     let argc = i32::try_from(args.len()).unwrap_or(i32::MAX);
-    if (spec.arity > 0 && argc != spec.arity) || argc < -spec.arity {
+    let arity_fits = |arity: i32| (arity > 0 && argc == arity) || (arity < 0 && argc >= -arity);
+    if !arity_fits(spec.arity) {
         return Err(CommandError::WrongArity(spec.name));
+    }
+    if let (Some(subcommands), Some(sub)) = (spec.subcommands, args.get(1)) {
+        let sub_lower = sub.to_ascii_lowercase();
+        let (name, arity) = subcommands
+            .table
+            .iter()
+            .find(|(name, _)| name.split('|').nth(1).map(str::as_bytes) == Some(&sub_lower[..]))
+            .ok_or_else(|| CommandError::UnknownSubcommand {
+                command: subcommands.command,
+                sub: clip(sub, 128),
+            })?;
+        if !arity_fits(*arity) {
+            return Err(CommandError::WrongArity(name));
+        }
     }
     if !authenticated && !spec.no_auth {
         return Err(CommandError::NoAuth);
@@ -222,9 +295,11 @@ fn unknown_command(args: &[Bytes]) -> CommandError {
     CommandError::UnknownCommand { name, args: quoted }
 }
 
-/// At most `max` bytes of `b` as text, for error messages.
+/// At most `max` bytes of `b` as text, for error messages; like Redis' `%.128s`, it stops
+/// at a NUL byte.
 fn clip(b: &[u8], max: usize) -> String {
-    String::from_utf8_lossy(&b[..b.len().min(max)]).into_owned()
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len()).min(max);
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
 /// An error reply. Line breaks would end the reply early, so they become spaces, as in

@@ -108,19 +108,33 @@ fn write_section(out: &mut String, section: &str, ctx: &Context<'_>) {
     }
 }
 
-/// Introspection is not implemented: `COMMAND` and `COMMAND DOCS` answer with empty
-/// lists, which clients such as redis-cli take as "no hints" and carry on.
+/// `COMMAND COUNT` and `HELP`; the rest of introspection is not implemented: `COMMAND`
+/// and `COMMAND DOCS` answer with empty lists, which clients such as redis-cli take as
+/// "no hints" and carry on. Subcommands were checked before this runs.
 pub(super) fn command(p: &mut Parse, _ctx: &mut Context<'_>) -> Result<BytesFrame, CommandError> {
     let Some(sub) = p.next() else {
         return Ok(BytesFrame::Array(Vec::new()));
     };
-    match option(&sub).as_str() {
-        "DOCS" => Ok(BytesFrame::Array(Vec::new())),
-        _ => Err(CommandError::UnknownSubcommand {
-            command: "COMMAND",
-            sub: String::from_utf8_lossy(&sub).into_owned(),
-        }),
-    }
+    Ok(match option(&sub).as_str() {
+        "COUNT" => integer(super::command_count()),
+        "HELP" => BytesFrame::Array(
+            [
+                "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "(no subcommand)",
+                "    Return an empty list: this server does not describe its commands.",
+                "COUNT",
+                "    Return the total number of commands in this server.",
+                "DOCS [<command-name> ...]",
+                "    Return an empty list.",
+                "HELP",
+                "    Print this help.",
+            ]
+            .into_iter()
+            .map(|line| BytesFrame::SimpleString(line.into()))
+            .collect(),
+        ),
+        _ => BytesFrame::Array(Vec::new()),
+    })
 }
 
 #[cfg(test)]

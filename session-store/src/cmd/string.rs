@@ -55,7 +55,7 @@ pub(super) fn set(p: &mut Parse, ctx: &mut Context<'_>) -> Result<BytesFrame, Co
             }
             "GET" => get = true,
             "KEEPTTL" if expire.is_none() => keep_ttl = true,
-            "EX" | "PX" | "EXAT" | "PXAT" if !keep_ttl && expire.is_none() => {
+            "EX" | "PX" | "EXAT" | "PXAT" if !keep_ttl => {
                 let unit = if opt.starts_with('E') {
                     Unit::Seconds
                 } else {
@@ -66,6 +66,14 @@ pub(super) fn set(p: &mut Parse, ctx: &mut Context<'_>) -> Result<BytesFrame, Co
                 } else {
                     Base::Relative
                 };
+                // The same option again is accepted and the last value wins, as in
+                // Redis; two different ones are a syntax error.
+                if expire
+                    .as_ref()
+                    .is_some_and(|(u, b, _)| (*u, *b) != (unit, base))
+                {
+                    return Err(CommandError::Syntax);
+                }
                 expire = Some((unit, base, p.bytes()?));
             }
             _ => return Err(CommandError::Syntax),
