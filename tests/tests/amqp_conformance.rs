@@ -2978,6 +2978,55 @@ async fn dead_letter_on_expiry(url: String) {
         assert_eq!(str_of(header(&d.properties, "x-first-death-queue")), "zz");
         assert!(header(&d.properties, "x-first-death-reason").is_none());
     }
+    // A cycle of expiries is cut even after an earlier rejection: rejected in r, the
+    // message expires in x, y and z in turn and is dropped on its way back to x.
+    let [r, x, y, z] = ["r", "x", "y", "z"].map(|n| uniq(&format!("dl-cycle-{n}")));
+    for (queue, ttl, next) in [
+        (&r, None, &x),
+        (&x, Some(100), &y),
+        (&y, Some(100), &z),
+        (&z, Some(100), &x),
+    ] {
+        let mut a = vec![
+            ("x-dead-letter-exchange", lstr("")),
+            ("x-dead-letter-routing-key", lstr(next)),
+        ];
+        a.extend(ttl.map(|ms| ("x-message-ttl", AMQPValue::LongInt(ms))));
+        declare_queue(&ch, queue, QueueDeclareOptions::default(), args(&a)).await;
+    }
+    publish(&ch, "", &r, b"round").await;
+    let m = get_eventually(&ch, &r).await;
+    step(
+        "basic.reject",
+        ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        ),
+    )
+    .await
+    .expect("basic.reject");
+    // Seen on its way round, then nowhere for ten rounds of looking (a loop would show
+    // it: it waits 100 ms in each queue).
+    let deadline = Instant::now() + STEP;
+    let mut empty_rounds = 0;
+    let mut seen = false;
+    while empty_rounds < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the message is still going round"
+        );
+        let mut held = 0;
+        for queue in [&x, &y, &z] {
+            held += ready_count(&conn, queue).await;
+        }
+        seen |= held > 0;
+        empty_rounds = if held == 0 && seen {
+            empty_rounds + 1
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
     close(conn).await;
 }
 
@@ -4732,6 +4781,66 @@ async fn quorum_queue_particulars(url: String) {
     for b in ["1", "2", "3"] {
         assert_eq!(body(&next(&mut c).await), b);
     }
+    // Placement and in-memory arguments have their values checked.
+    for (arg, value, reason) in [
+        (
+            "x-quorum-initial-group-size",
+            AMQPValue::LongInt(0),
+            "{value_zero,0}",
+        ),
+        (
+            "x-quorum-initial-group-size",
+            AMQPValue::LongInt(-1),
+            "{value_negative,-1}",
+        ),
+        (
+            "x-quorum-initial-group-size",
+            lstr("3"),
+            "\"expected integer, got longstr\"",
+        ),
+        (
+            "x-queue-leader-locator",
+            lstr("bogus"),
+            "invalid_queue_locator_arg",
+        ),
+        (
+            "x-queue-leader-locator",
+            AMQPValue::LongInt(1),
+            "{unacceptable_type,signedint}",
+        ),
+        (
+            "x-max-in-memory-length",
+            AMQPValue::LongInt(-1),
+            "{value_negative,-1}",
+        ),
+        (
+            "x-max-in-memory-bytes",
+            AMQPValue::LongInt(-1),
+            "{value_negative,-1}",
+        ),
+    ] {
+        let q = uniq("qq-bad-arg");
+        let e = expect_code(
+            arg,
+            try_declare(&conn, &q, durable(), quorum(&[(arg, value)])).await,
+            406,
+        );
+        expect_text(
+            &e,
+            &format!(
+                "PRECONDITION_FAILED - invalid arg '{arg}' for queue '{q}' in vhost '/': {reason}"
+            ),
+        );
+    }
+    let q = uniq("qq-placed");
+    let placed = quorum(&[
+        ("x-quorum-initial-group-size", AMQPValue::LongInt(3)),
+        ("x-queue-leader-locator", lstr("balanced")),
+        ("x-max-in-memory-length", AMQPValue::LongInt(0)),
+    ]);
+    try_declare(&conn, &q, durable(), placed)
+        .await
+        .expect("a quorum queue with placement arguments");
     close(conn).await;
 }
 
@@ -5177,6 +5286,50 @@ async fn sender_selected_distribution(url: String) {
     .await;
     assert_eq!(drain(&ch, &queues[0]).await, ["d"]);
     assert_eq!(drain(&ch, &queues[1]).await, ["d"]);
+
+    // Dead-lettered with its own keys, a message routes by its CC and BCC keys again.
+    let src = uniq("cc-src");
+    declare_queue(
+        &ch,
+        &src,
+        QueueDeclareOptions::default(),
+        args(&[("x-dead-letter-exchange", lstr(&x))]),
+    )
+    .await;
+    let both = args(&[("CC", array(&["k1"])), ("BCC", array(&["k2"]))]);
+    publish_props(
+        &ch,
+        "",
+        &src,
+        b"dead",
+        BasicProperties::default().with_headers(both),
+    )
+    .await;
+    let m = get_eventually(&ch, &src).await;
+    step(
+        "basic.reject",
+        ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        ),
+    )
+    .await
+    .expect("basic.reject");
+    for q in &queues[1..] {
+        let m = get_eventually(&ch, q).await;
+        assert_eq!(m.delivery.data, b"dead", "{q}");
+        assert!(header(&m.delivery.properties, "BCC").is_none(), "{q}: BCC");
+    }
+    assert!(
+        drain(&ch, &queues[0]).await.is_empty(),
+        "k0 was no key of it"
+    );
+    step(
+        "queue.delete",
+        ch.queue_delete(src.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("queue.delete");
 
     let mut events = Box::pin(conn.events_listener());
     let bad = channel(&conn).await;

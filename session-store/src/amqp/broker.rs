@@ -767,7 +767,11 @@ impl Broker {
         let vhost = &mut core.vhost;
         if d.passive {
             let q = vhost.usable_queue(requested, conn)?;
-            q.last_used = now;
+            // A classic queue's process renews its lease when asked for its counts; a
+            // quorum queue's state machine does not (RabbitMQ 3.10).
+            if q.args.kind != QueueType::Quorum {
+                q.last_used = now;
+            }
             let consumers = reported_consumers(q, &core.channels);
             return Ok((q.name.to_string(), q.message_count(), consumers));
         }
@@ -1861,9 +1865,10 @@ fn dead_letter_all(core: &mut Core, dead: Vec<Dead>) {
         let mut letter =
             dead_letter::dead_letter(&d.message, d.reason, &d.queue, &target, now_secs);
         letter.charge(&core.memory);
-        // The letter's CC keys are still its keys here, unless its routing key was
-        // replaced; a bad CC header routes by the key alone.
-        let cc = routing_headers(letter.properties()).unwrap_or_default();
+        // The letter's CC and BCC keys are still its keys here, unless its routing key
+        // was replaced; a bad CC header routes by the key alone.
+        let mut cc = routing_headers(letter.properties()).unwrap_or_default();
+        cc.extend_from_slice(letter.bcc());
         let keys = routing_keys(&letter, &cc);
         let targets: Vec<String> = core
             .vhost

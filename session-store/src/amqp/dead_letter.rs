@@ -70,12 +70,17 @@ pub fn dead_letter(
     let routing_key = target
         .routing_key
         .map_or_else(|| message.routing_key.clone(), ShortString::from);
-    Message::new(
+    let letter = Message::new(
         target.exchange.into(),
         routing_key,
         without_expiration(message.properties()).with_headers(headers),
         message.body.clone(),
-    )
+    );
+    // With its own keys, the letter routes by its BCC keys too; a new key replaces them.
+    match target.routing_key {
+        None => letter.with_bcc(message.bcc()),
+        Some(_) => letter,
+    }
 }
 
 /// Adds a death to `x-death`: the entry for the same queue and reason counts one more and
@@ -142,9 +147,11 @@ fn update_x_death(
     );
 }
 
-/// RabbitMQ's cycle rule: a message that died automatically (expired, maxlen) in `queue`
-/// before, with no rejection anywhere in its history, is dropped rather than
-/// dead-lettered into `queue` again, which would loop forever.
+/// RabbitMQ's cycle rule: a message that died in `queue` before is dropped rather than
+/// dead-lettered into `queue` again, which would loop forever, when every death since
+/// then (newest first, down to and including its last death in `queue`) was automatic
+/// (expired, maxlen, delivery_limit). A rejection in that stretch breaks the rule; one
+/// before it does not.
 pub fn is_cycle(message: &Message, queue: &str) -> bool {
     let Some(AMQPValue::FieldArray(deaths)) = message
         .properties()
@@ -154,14 +161,18 @@ pub fn is_cycle(message: &Message, queue: &str) -> bool {
     else {
         return false;
     };
-    let tables = || {
-        deaths.as_slice().iter().filter_map(|d| match d {
-            AMQPValue::FieldTable(t) => Some(t),
-            _ => None,
-        })
-    };
-    tables().any(|t| text(t.inner().get("queue")) == Some(queue))
-        && !tables().any(|t| text(t.inner().get("reason")) == Some("rejected"))
+    for death in deaths.as_slice() {
+        let AMQPValue::FieldTable(t) = death else {
+            return false;
+        };
+        if text(t.inner().get("reason")) == Some("rejected") {
+            return false;
+        }
+        if text(t.inner().get("queue")) == Some(queue) {
+            return true;
+        }
+    }
+    false
 }
 
 fn long(s: &str) -> AMQPValue {
@@ -294,6 +305,18 @@ mod tests {
         let h = thrice.properties().headers().clone().unwrap_or_default();
         assert_eq!(text(h.inner().get("x-first-death-queue")), Some("a"));
         assert!(!is_cycle(&thrice, "a"), "a rejection breaks the cycle rule");
+    }
+
+    #[test]
+    fn a_rejection_before_the_cycle_does_not_break_it() {
+        // Rejected in r, then expired in x, y and z, on its way back to x.
+        let mut m = dead_letter(&message(None), Reason::Rejected, "r", &DLX, 1);
+        for queue in ["x", "y", "z"] {
+            m = dead_letter(&m, Reason::Expired, queue, &DLX, 2);
+        }
+        assert!(is_cycle(&m, "x"), "x, y and z expired: a loop");
+        assert!(!is_cycle(&m, "r"), "the way back to r passes a rejection");
+        assert!(!is_cycle(&m, "elsewhere"));
     }
 
     #[test]

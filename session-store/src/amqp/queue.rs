@@ -35,6 +35,9 @@ pub struct Message {
     /// The properties as the publisher encoded them, while they are unchanged.
     raw_properties: Option<Bytes>,
     pub body: Bytes,
+    /// The keys of the `BCC` header taken off at publish: the message still routes by
+    /// them when it is dead-lettered with its own keys, as RabbitMQ's keeps them.
+    bcc: Option<Box<[String]>>,
     /// The body's bytes in the memory watermark, released with the message.
     charge: Charge,
 }
@@ -53,8 +56,19 @@ impl Message {
             properties,
             raw_properties: None,
             body,
+            bcc: None,
             charge: Charge::default(),
         }
+    }
+
+    /// The same message, routed by these `BCC` keys too when dead-lettered.
+    pub fn with_bcc(mut self, bcc: &[String]) -> Self {
+        self.bcc = (!bcc.is_empty()).then(|| bcc.into());
+        self
+    }
+
+    pub fn bcc(&self) -> &[String] {
+        self.bcc.as_deref().unwrap_or_default()
     }
 
     /// The same message, its properties delivered as `raw` (their encoding by the
@@ -75,8 +89,26 @@ impl Message {
     }
 
     /// Drops the `BCC` header, which the message routes by and no one may see: not its
-    /// consumers, nor a publisher it is returned to.
+    /// consumers, nor a publisher it is returned to. Its keys are kept aside.
     pub fn strip_bcc(&mut self) {
+        if let Some(AMQPValue::FieldArray(keys)) = self
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("BCC"))
+        {
+            let keys: Vec<String> = keys
+                .as_slice()
+                .iter()
+                .filter_map(|v| match v {
+                    AMQPValue::LongString(s) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.bcc = (!keys.is_empty()).then(|| keys.into());
+        }
         if self
             .properties
             .headers()

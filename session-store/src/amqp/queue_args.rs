@@ -245,6 +245,40 @@ impl QueueArgs {
                 .map_err(|r| fail("x-stream-max-segment-size-bytes", r))?;
             args.max_segment_bytes = Some(n);
         }
+        // Placement and in-memory limits have no effect on one node, but their values are
+        // checked as RabbitMQ checks them.
+        for key in ["x-quorum-initial-group-size", "x-initial-cluster-size"] {
+            if let Some(v) = get(key) {
+                integer(v)
+                    .and_then(non_negative)
+                    .and_then(|n| match n {
+                        0 => Err("{value_zero,0}".to_string()),
+                        n => Ok(n),
+                    })
+                    .map_err(|r| fail(key, r))?;
+            }
+        }
+        for key in ["x-max-in-memory-length", "x-max-in-memory-bytes"] {
+            if let Some(v) = get(key) {
+                integer(v)
+                    .and_then(non_negative)
+                    .map_err(|r| fail(key, r))?;
+            }
+        }
+        if let Some(v) = get("x-queue-leader-locator") {
+            let AMQPValue::LongString(locator) = v else {
+                return Err(fail("x-queue-leader-locator", unacceptable(v)));
+            };
+            if !matches!(
+                locator.as_bytes(),
+                b"client-local" | b"balanced" | b"random" | b"least-leaders"
+            ) {
+                return Err(fail(
+                    "x-queue-leader-locator",
+                    "invalid_queue_locator_arg".into(),
+                ));
+            }
+        }
         if let Some(v) = get("x-max-priority") {
             let n = integer(v)
                 .and_then(non_negative)
