@@ -58,18 +58,24 @@ async fn reader(
         Some(v) => args(&[("x-stream-offset", v.clone())]),
         None => FieldTable::default(),
     };
-    let consumer = step(
+    let consumer = try_consume(&ch, queue, BasicConsumeOptions::default(), arguments)
+        .await
+        .unwrap_or_else(|e| panic!("basic.consume {queue} from {offset:?}: {e}"));
+    (ch, consumer)
+}
+
+/// basic.consume of `queue` on `ch`, its result kept for the refusals checked here.
+async fn try_consume(
+    ch: &Channel,
+    queue: &str,
+    options: BasicConsumeOptions,
+    arguments: FieldTable,
+) -> Result<Consumer, lapin::Error> {
+    step(
         "basic.consume",
-        ch.basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            arguments,
-        ),
+        ch.basic_consume(queue.into(), "".into(), options, arguments),
     )
     .await
-    .unwrap_or_else(|e| panic!("basic.consume {queue} from {offset:?}: {e}"));
-    (ch, consumer)
 }
 
 /// The `x-stream-offset` header every stream delivery carries, a long (64-bit) integer.
@@ -374,17 +380,14 @@ async fn stream_operations_refused(url: String) {
         .expect("basic.qos");
     let e = expect_code(
         "basic.consume no-ack",
-        step(
-            "basic.consume",
-            och.basic_consume(
-                q.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                args(&[("x-stream-offset", lstr("first"))]),
-            ),
+        try_consume(
+            &och,
+            &q,
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            args(&[("x-stream-offset", lstr("first"))]),
         )
         .await
         .map(|c| c.tag()),
@@ -413,14 +416,11 @@ async fn stream_operations_refused(url: String) {
         }
         let e = expect_code(
             &format!("basic.consume with global prefetch {global:?}"),
-            step(
-                "basic.consume",
-                ch.basic_consume(
-                    q.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    args(&[("x-stream-offset", lstr("first"))]),
-                ),
+            try_consume(
+                &ch,
+                &q,
+                BasicConsumeOptions::default(),
+                args(&[("x-stream-offset", lstr("first"))]),
             )
             .await
             .map(|c| c.tag()),
@@ -434,14 +434,11 @@ async fn stream_operations_refused(url: String) {
         .expect("basic.qos");
     let e = expect_code(
         "basic.consume x-priority",
-        step(
-            "basic.consume",
-            ch.basic_consume(
-                q.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                args(&[("x-priority", AMQPValue::LongInt(5))]),
-            ),
+        try_consume(
+            &ch,
+            &q,
+            BasicConsumeOptions::default(),
+            args(&[("x-priority", AMQPValue::LongInt(5))]),
         )
         .await
         .map(|c| c.tag()),
@@ -515,17 +512,14 @@ async fn stream_operations_refused(url: String) {
         }
         let e = expect_code(
             what,
-            step(
-                "basic.consume",
-                och.basic_consume(
-                    q.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack,
-                        ..Default::default()
-                    },
-                    args(&arguments),
-                ),
+            try_consume(
+                &och,
+                &q,
+                BasicConsumeOptions {
+                    no_ack,
+                    ..Default::default()
+                },
+                args(&arguments),
             )
             .await
             .map(|c| c.tag()),
@@ -545,14 +539,11 @@ async fn stream_operations_refused(url: String) {
         }
         let e = expect_code(
             "basic.consume under a global prefetch",
-            step(
-                "basic.consume",
-                och.basic_consume(
-                    q.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    args(&[("x-stream-offset", lstr("first"))]),
-                ),
+            try_consume(
+                &och,
+                &q,
+                BasicConsumeOptions::default(),
+                args(&[("x-stream-offset", lstr("first"))]),
             )
             .await
             .map(|c| c.tag()),
@@ -650,14 +641,11 @@ async fn stream_operations_refused(url: String) {
         let (och, mut from_classic) = reader(&other, &classic, None, 10).await;
         let d = next(&mut from_classic).await;
         assert_eq!((body(&d), d.delivery_tag), ("classic".into(), 1));
-        let mut from_stream = step(
-            "basic.consume",
-            och.basic_consume(
-                q.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                args(&[("x-stream-offset", lstr("first"))]),
-            ),
+        let mut from_stream = try_consume(
+            &och,
+            &q,
+            BasicConsumeOptions::default(),
+            args(&[("x-stream-offset", lstr("first"))]),
         )
         .await
         .expect("basic.consume");
