@@ -43,6 +43,7 @@ pub const MIN_COOKIE_KEY_LEN: usize = 16;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_RETRIES: u32 = 2;
 const DEFAULT_HEALTH_PATH: &str = "/healthz";
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -315,10 +316,17 @@ pub struct Settings {
     #[serde(with = "duration_text")]
     pub connect_timeout: Option<Duration>,
 
-    /// Answer 504 when a backend sends no response headers within this [default: 30s].
+    /// Answer 504 when a backend sends no response headers within this, and cut a
+    /// response whose body then stalls this long [default: 30s].
     #[arg(long, env = "LB_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(with = "duration_text")]
     pub upstream_timeout: Option<Duration>,
+
+    /// Close a client connection whose request headers, or small request body, take
+    /// longer than this to arrive (408 for the body) [default: 30s].
+    #[arg(long, env = "LB_CLIENT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub client_timeout: Option<Duration>,
 
     /// Other backends to try when connecting fails (the request never left the LB) [default: 2].
     #[arg(long, env = "LB_RETRIES", value_name = "N")]
@@ -382,6 +390,7 @@ impl Settings {
             backend_header: over.backend_header.or(self.backend_header),
             connect_timeout: over.connect_timeout.or(self.connect_timeout),
             upstream_timeout: over.upstream_timeout.or(self.upstream_timeout),
+            client_timeout: over.client_timeout.or(self.client_timeout),
             retries: over.retries.or(self.retries),
             health_path: over.health_path.or(self.health_path),
             health_interval: over.health_interval.or(self.health_interval),
@@ -422,8 +431,11 @@ pub struct Config {
     pub backend_header: Option<HeaderName>,
     /// A connect slower than this fails and is retried elsewhere.
     pub connect_timeout: Duration,
-    /// Longest wait for a backend's response headers before answering 504.
+    /// Longest wait for a backend's response headers before answering 504, and longest
+    /// silence within a response body.
     pub upstream_timeout: Duration,
+    /// Longest wait for a client's request headers, or for a small request body.
+    pub client_timeout: Duration,
     /// How many other backends a request may be retried on after a connect failure.
     pub retries: u32,
     pub health: HealthConfig,
@@ -499,6 +511,10 @@ impl Config {
                 settings
                     .upstream_timeout
                     .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            )?,
+            client_timeout: positive(
+                "--client-timeout",
+                settings.client_timeout.unwrap_or(DEFAULT_CLIENT_TIMEOUT),
             )?,
             retries: settings.retries.unwrap_or(DEFAULT_RETRIES),
             health,

@@ -47,6 +47,8 @@ pub enum ErrorKind {
     Timeout { backend: String, timeout: Duration },
     #[error("bad request: {reason}")]
     BadRequest { reason: String },
+    #[error("the request body did not arrive within {timeout:?}")]
+    ClientTimeout { timeout: Duration },
     #[error("{what} is not supported by this reverse proxy")]
     Unsupported { what: String },
 }
@@ -58,13 +60,20 @@ pub struct ProxyError {
     pub kind: ErrorKind,
     /// True only when nothing was sent upstream.
     pub retryable: bool,
+    /// The backend closed a pooled connection as the request went out on it (hyper's
+    /// incomplete message): an idempotent request may go again on a fresh connection.
+    pub stale_connection: bool,
 }
 
 impl ProxyError {
     /// An error of `kind`; retryable exactly when it is a connect failure.
     pub fn new(kind: ErrorKind) -> Self {
         let retryable = matches!(kind, ErrorKind::Connect { .. });
-        ProxyError { kind, retryable }
+        ProxyError {
+            kind,
+            retryable,
+            stale_connection: false,
+        }
     }
 
     /// The final form of a retryable error whose request could not be replayed.
@@ -76,6 +85,7 @@ impl ProxyError {
             kind => ProxyError {
                 kind,
                 retryable: false,
+                stale_connection: false,
             },
         }
     }
@@ -91,6 +101,7 @@ impl ProxyError {
             kind => ProxyError {
                 kind,
                 retryable: false,
+                stale_connection: false,
             },
         }
     }
@@ -99,7 +110,9 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self.kind {
             ErrorKind::NoHealthyBackend { .. } => Side::Internal,
-            ErrorKind::BadRequest { .. } | ErrorKind::Unsupported { .. } => Side::Downstream,
+            ErrorKind::BadRequest { .. }
+            | ErrorKind::ClientTimeout { .. }
+            | ErrorKind::Unsupported { .. } => Side::Downstream,
             ErrorKind::Connect { .. }
             | ErrorKind::GaveUp { .. }
             | ErrorKind::NotReplayable { .. }
@@ -114,6 +127,7 @@ impl ProxyError {
             ErrorKind::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ErrorKind::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::Connect { .. }
             | ErrorKind::GaveUp { .. }

@@ -1,30 +1,41 @@
 //! The request path, as a few phases in the spirit of pingora's `ProxyHttp`:
 //!
-//! 1. `request_filter`: refuse `CONNECT`, read and remove the affinity cookie;
+//! 1. `request_filter`: refuse `CONNECT` and ambiguous targets (no Host, two Hosts, an
+//!    invalid one, an authority-form target), read and remove the affinity cookie;
 //! 2. `upstream_request_filter`: `X-Forwarded-*`, hop-by-hop headers;
-//! 3. `read_body`: keep a small body for replay, stream any other;
+//! 3. `read_body`: keep a small body for replay (within `--client-timeout`), stream any
+//!    other;
 //! 4. `forward`: `select_upstream` (the pinned backend if it is up, else the
 //!    [`Selector`]'s choice), send with the pooled client, and on a connect failure mark
-//!    the backend down and retry on the next candidate if the body can be replayed;
-//! 5. `response_filter`: hop-by-hop headers, backend header, affinity cookie.
+//!    the backend down and retry on the next candidate if the body can be replayed; an
+//!    idempotent request whose pooled connection the backend had just closed is sent once
+//!    more on a fresh one;
+//! 5. `response_filter`: framing, hop-by-hop headers, backend header, affinity cookie.
 //!
 //! Bodies stream both ways. The one exception is a small request body (a known length of
-//! at most 64 KiB), which is read first so it can be sent again to another backend.
+//! at most 64 KiB), which is read first so it can be sent again to another backend. A
+//! response body that stalls for `--upstream-timeout` is cut off, and a request body the
+//! client garbles is answered as the client's error (400), not the backend's.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_TYPE, HOST, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, FORWARDED, HOST, SET_COOKIE,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
 use http::uri::{self, Scheme, Uri};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -34,11 +45,14 @@ use tracing::{debug, warn};
 use crate::affinity::CookieAffinity;
 use crate::backend::{Backend, Backends};
 use crate::config::Config;
-use crate::error::{ErrorKind, ProxyError, describe};
+use crate::error::{ErrorKind, ProxyError, Side, describe};
 use crate::select::{Selector, selector};
 
+/// What a body's failure is, whichever side's body it was.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Body type of every response the proxy produces, streamed or generated.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Largest request body kept in memory so it can be replayed on another backend.
 const MAX_REPLAYABLE_BODY: u64 = 64 * 1024;
@@ -59,6 +73,21 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Headers a client's `Connection` list may not remove: what routes and frames the
+/// request, its credentials, and what proxies before this one added. RFC 9110 lets a
+/// sender name any header there; HAProxy and nginx honour none of these, and a client
+/// that could strip them could hide itself or drop a trusted proxy's additions.
+const NEVER_HOP_BY_HOP: [HeaderName; 8] = [
+    HOST,
+    CONTENT_LENGTH,
+    AUTHORIZATION,
+    COOKIE,
+    FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+];
+
 /// The reverse proxy: shared by all connections, one [`Proxy::handle`] call per request.
 pub struct Proxy {
     backends: Arc<Backends>,
@@ -66,6 +95,7 @@ pub struct Proxy {
     affinity: Option<CookieAffinity>,
     backend_header: Option<HeaderName>,
     upstream_timeout: Duration,
+    client_timeout: Duration,
     retries: u32,
     client: Client<HttpConnector, ProxyBody>,
 }
@@ -80,7 +110,11 @@ struct Ctx {
 /// A request body, either kept for replay or streamed through once.
 enum RequestBody {
     Replayable(Bytes),
-    Streamed(Option<Incoming>),
+    Streamed {
+        body: Option<Incoming>,
+        /// Set when reading the body from the client failed.
+        failed: Arc<AtomicBool>,
+    },
 }
 
 impl RequestBody {
@@ -88,8 +122,17 @@ impl RequestBody {
     fn next(&mut self) -> Option<ProxyBody> {
         match self {
             RequestBody::Replayable(bytes) => Some(full(bytes.clone())),
-            RequestBody::Streamed(body) => body.take().map(BodyExt::boxed),
+            RequestBody::Streamed { body, failed } => body.take().map(|inner| {
+                let failed = Arc::clone(failed);
+                ClientBody { inner, failed }.boxed()
+            }),
         }
+    }
+
+    /// Whether reading the streamed body from the client failed (malformed chunks, cut
+    /// short): then the failed request is the client's doing, not the backend's.
+    fn client_failed(&self) -> bool {
+        matches!(self, RequestBody::Streamed { failed, .. } if failed.load(Ordering::Relaxed))
     }
 
     fn replayable(&self) -> bool {
@@ -113,6 +156,7 @@ impl Proxy {
             affinity: config.affinity.clone(),
             backend_header: config.backend_header.clone(),
             upstream_timeout: config.upstream_timeout,
+            client_timeout: config.client_timeout,
             retries: config.retries,
             client,
         }
@@ -160,7 +204,7 @@ impl Proxy {
     ) -> Result<(usize, Response<Incoming>), ProxyError> {
         self.request_filter(ctx, parts)?;
         upstream_request_filter(parts, ctx.peer);
-        let body = read_body(body).await?;
+        let body = read_body(body, self.client_timeout).await?;
         self.forward(ctx, parts, body).await
     }
 
@@ -171,6 +215,7 @@ impl Proxy {
                 what: "CONNECT".to_string(),
             }));
         }
+        check_target(parts)?;
         if let Some(affinity) = &self.affinity {
             ctx.pinned = affinity
                 .take(&mut parts.headers)
@@ -226,7 +271,24 @@ impl Proxy {
                     break 'attempts;
                 };
                 tried.push(index);
-                match self.attempt(parts, backend, attempt_body).await {
+                let mut outcome = self.attempt(parts, backend, attempt_body).await;
+                // The backend closed a pooled connection as the request went out on it:
+                // an idempotent request goes once more, on a fresh connection, as nginx's
+                // `proxy_next_upstream error` does.
+                if let Err(err) = &outcome
+                    && err.stale_connection
+                    && parts.method.is_idempotent()
+                    && let Some(again) = body.next()
+                {
+                    debug!("{err}; sending again on a fresh connection");
+                    outcome = self.attempt(parts, backend, again).await;
+                }
+                if outcome.is_err() && body.client_failed() {
+                    return Err(ProxyError::new(ErrorKind::BadRequest {
+                        reason: "the request body was malformed or cut short".to_string(),
+                    }));
+                }
+                match outcome {
                     Ok(response) => return Ok((index, response)),
                     Err(err) if !err.retryable => return Err(err),
                     Err(err) if !body.replayable() => return Err(err.not_replayable()),
@@ -255,6 +317,14 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let request = upstream_request(parts, backend, body)?;
         let error = match timeout(self.upstream_timeout, self.client.request(request)).await {
+            Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                // The client's Upgrade was not passed on, so nothing was agreed: relaying
+                // the switch would leave the client with a connection in no protocol.
+                return Err(ProxyError::new(ErrorKind::Upstream {
+                    backend: backend.id.clone(),
+                    reason: "it switched protocols unasked".to_string(),
+                }));
+            }
             Ok(Ok(response)) => return Ok(response),
             Ok(Err(error)) => error,
             Err(_) => {
@@ -266,10 +336,15 @@ impl Proxy {
         };
         let reason = describe(&error);
         if !error.is_connect() {
-            return Err(ProxyError::new(ErrorKind::Upstream {
+            let stale = std::error::Error::source(&error)
+                .and_then(|e| e.downcast_ref::<hyper::Error>())
+                .is_some_and(hyper::Error::is_incomplete_message);
+            let mut err = ProxyError::new(ErrorKind::Upstream {
                 backend: backend.id.clone(),
                 reason,
-            }));
+            });
+            err.stale_connection = stale;
+            return Err(err);
         }
         if backend.mark_down() {
             warn!(
@@ -291,6 +366,7 @@ impl Proxy {
         response: Response<Incoming>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
+        response_framing(&mut parts.headers);
         strip_hop_by_hop(&mut parts.headers);
         if let Some(backend) = self.backends.all().get(index) {
             if let Some(name) = &self.backend_header
@@ -305,7 +381,150 @@ impl Proxy {
                 parts.headers.append(SET_COOKIE, cookie);
             }
         }
+        let body = IdleTimeout {
+            inner: body,
+            idle: self.upstream_timeout,
+            sleep: Box::pin(tokio::time::sleep(self.upstream_timeout)),
+        };
         Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Refuses a request whose target is ambiguous, as HAProxy and nginx do (RFC 9112 §3.2):
+/// two Host headers, an invalid one, none in HTTP/1.1, or an authority-form target on a
+/// method other than CONNECT. An absolute-form target's authority replaces the Host.
+fn check_target(parts: &mut Parts) -> Result<(), ProxyError> {
+    let bad = |reason: &str| {
+        Err(ProxyError::new(ErrorKind::BadRequest {
+            reason: reason.to_string(),
+        }))
+    };
+    if parts.uri.scheme().is_none() && parts.uri.authority().is_some() {
+        return bad("an authority-form target is only for CONNECT");
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return bad("more than one Host header");
+    }
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(HOST, value);
+        }
+        return Ok(());
+    }
+    match host {
+        None if parts.version == Version::HTTP_11 => bad("no Host header"),
+        Some(value)
+            if value
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse::<uri::Authority>().ok())
+                .is_none_or(|a| a.as_str().contains('@')) =>
+        {
+            bad("an invalid Host header")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A response that names both a Transfer-Encoding and a Content-Length was framed by the
+/// former (RFC 9112 §6.3), and this proxy re-frames it: the length goes. Repeated equal
+/// lengths (`5, 5`) become one.
+fn response_framing(headers: &mut HeaderMap) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+        return;
+    }
+    let lengths: Vec<String> = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .collect();
+    if lengths.len() > 1
+        && lengths.iter().all(|l| *l == lengths[0])
+        && let Ok(one) = HeaderValue::from_str(&lengths[0])
+    {
+        headers.insert(CONTENT_LENGTH, one);
+    }
+}
+
+/// A streamed request body that remembers whether reading it from the client failed.
+struct ClientBody {
+    inner: Incoming,
+    failed: Arc<AtomicBool>,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.failed.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            other => other.map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that fails once the backend has sent nothing for `idle`, so that a
+/// backend stalled mid-response cannot hold the client's connection (HAProxy's `timeout
+/// server`); the client sees the response cut short.
+struct IdleTimeout {
+    inner: Incoming,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.sleep.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "the backend sent nothing for {:?} in the middle of a response",
+                    this.idle
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -339,7 +558,8 @@ fn upstream_request_filter(parts: &mut Parts, peer: SocketAddr) {
     };
 }
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
+/// Removes hop-by-hop headers, including any the `Connection` header names but those in
+/// [`NEVER_HOP_BY_HOP`].
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -348,21 +568,29 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    let listed = listed
+        .iter()
+        .filter(|name| !NEVER_HOP_BY_HOP.contains(name));
+    for name in listed.chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
 }
 
-/// Phase 3: reads a small body of known length into memory; anything else streams.
-async fn read_body(body: Incoming) -> Result<RequestBody, ProxyError> {
+/// Phase 3: reads a small body of known length into memory, within `limit` (a client
+/// that trickles it gets a 408); anything else streams.
+async fn read_body(body: Incoming, limit: Duration) -> Result<RequestBody, ProxyError> {
     match body.size_hint().exact() {
-        Some(len) if len <= MAX_REPLAYABLE_BODY => match body.collect().await {
-            Ok(collected) => Ok(RequestBody::Replayable(collected.to_bytes())),
-            Err(e) => Err(ProxyError::new(ErrorKind::BadRequest {
+        Some(len) if len <= MAX_REPLAYABLE_BODY => match timeout(limit, body.collect()).await {
+            Ok(Ok(collected)) => Ok(RequestBody::Replayable(collected.to_bytes())),
+            Ok(Err(e)) => Err(ProxyError::new(ErrorKind::BadRequest {
                 reason: format!("could not read the request body: {}", describe(&e)),
             })),
+            Err(_) => Err(ProxyError::new(ErrorKind::ClientTimeout { timeout: limit })),
         },
-        _ => Ok(RequestBody::Streamed(Some(body))),
+        _ => Ok(RequestBody::Streamed {
+            body: Some(body),
+            failed: Arc::default(),
+        }),
     }
 }
 
@@ -402,10 +630,16 @@ fn full(bytes: Bytes) -> ProxyBody {
 fn error_response(err: &ProxyError) -> Response<ProxyBody> {
     let mut response = Response::new(full(Bytes::from(err.body())));
     *response.status_mut() = err.status();
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // After a request it could not make sense of, a client's next bytes cannot be
+    // trusted to start a request either: the connection closes, as in HAProxy and nginx.
+    if err.side() == Side::Downstream {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -431,10 +665,11 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_lists_are_stripped() {
+    fn hop_by_hop_headers_and_the_ones_connection_lists_are_stripped_but_not_end_to_end_ones() {
         let mut map = headers(&[
             ("connection", "keep-alive, X-Secret-Hop"),
-            ("connection", "x-other"),
+            ("connection", "x-other, Cookie, Host"),
+            ("host", "shop.example"),
             ("x-secret-hop", "1"),
             ("x-other", "2"),
             ("keep-alive", "timeout=5"),
@@ -447,7 +682,20 @@ mod tests {
             ("cookie", "a=1"),
         ]);
         strip_hop_by_hop(&mut map);
-        assert_eq!(names(&map), ["accept", "cookie"]);
+        assert_eq!(names(&map), ["accept", "cookie", "host"]);
+    }
+
+    #[test]
+    fn a_response_framed_twice_keeps_the_chunked_framing() {
+        let mut map = headers(&[("content-length", "3"), ("transfer-encoding", "chunked")]);
+        response_framing(&mut map);
+        assert_eq!(names(&map), ["transfer-encoding"]);
+        let mut map = headers(&[("content-length", "5, 5")]);
+        response_framing(&mut map);
+        assert_eq!(
+            map.get("content-length").map(HeaderValue::as_bytes),
+            Some(&b"5"[..])
+        );
     }
 
     #[test]

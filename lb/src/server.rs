@@ -63,7 +63,10 @@ pub async fn run(
     );
 
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.client_timeout)
+        .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);

@@ -970,3 +970,148 @@ fn a_taken_listen_port_is_a_clear_error() {
     assert!(stderr.contains("--listen"), "suggests --listen: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Ambiguous requests and misbehaving peers, as HAProxy and nginx handle them
+
+/// Sends `request` as raw bytes on a new connection to `port` and returns everything that
+/// comes back until the LB closes the connection (each request here asks it to, or is
+/// one it closes on); bounded, so a hang fails.
+async fn raw_exchange(port: u16, request: &[u8], pause: Option<Duration>) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the lb");
+    stream.write_all(request).await.expect("write the request");
+    if let Some(pause) = pause {
+        tokio::time::sleep(pause).await;
+    }
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("the lb neither answered nor closed within 10 s")
+        .expect("read the reply");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// A backend that answers every request, health checks included, with `response` and
+/// then keeps the connection open without a word more, or closes it.
+async fn raw_backend(response: &'static [u8], hold: bool) -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let _ = stream.write_all(response).await;
+            if hold {
+                held.push(stream);
+            }
+        }
+    });
+    (format!("raw=http://127.0.0.1:{port}"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_targets_are_refused_and_end_to_end_headers_kept() {
+    bounded(async {
+        let backend = TestBackend::start("a").await;
+        let lb = Lb::start(&[backend.spec()], &[]).await;
+        for (what, request) in [
+            (
+                "two Host headers",
+                "GET /echo HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+            ),
+            ("no Host header", "GET /echo HTTP/1.1\r\n\r\n"),
+            (
+                "an invalid Host",
+                "GET /echo HTTP/1.1\r\nHost: a b/c\r\nConnection: close\r\n\r\n",
+            ),
+            (
+                "an authority-form target",
+                "GET abs.example:80 HTTP/1.1\r\nHost: abs.example\r\n\r\n",
+            ),
+        ] {
+            let reply = raw_exchange(lb.port, request.as_bytes(), None).await;
+            assert!(reply.starts_with("HTTP/1.1 400 "), "{what}: {reply}");
+            assert!(!reply.contains("\"backend\""), "{what} reached a backend");
+        }
+
+        // Connection cannot name what routes the request or what it carries for it.
+        let request = "GET /echo HTTP/1.1\r\nHost: t.example\r\nCookie: c=1\r\n\
+                       Authorization: Basic eDp5\r\nConnection: close, Host, Cookie, Authorization\r\n\r\n";
+        let reply = raw_exchange(lb.port, request.as_bytes(), None).await;
+        assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+        for kept in ["\"host\":[\"t.example\"]", "\"cookie\":[\"c=1\"]", "\"authorization\""] {
+            assert!(reply.contains(kept), "{kept} missing: {reply}");
+        }
+
+        // An absolute-form target's authority is the host (RFC 9112 §3.2.2).
+        let request =
+            "GET http://abs.example/echo HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n";
+        let reply = raw_exchange(lb.port, request.as_bytes(), None).await;
+        assert!(reply.contains("\"host\":[\"abs.example\"]"), "{reply}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_or_garbled_request_body_is_the_clients_error() {
+    bounded(async {
+        let backend = TestBackend::start("a").await;
+        let lb = Lb::start(&[backend.spec()], &["--client-timeout", "500ms"]).await;
+        // 10 of 100 bytes, then nothing.
+        let request = b"POST /echo HTTP/1.1\r\nHost: t.example\r\nContent-Length: 100\r\n\r\n0123456789";
+        let reply = raw_exchange(lb.port, request, None).await;
+        assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+
+        // A chunk size that is no hexadecimal number: 400, not the backend's 502.
+        let request = b"POST /echo HTTP/1.1\r\nHost: t.example\r\nTransfer-Encoding: chunked\r\n\r\n5g\r\nhello\r\n0\r\n\r\n";
+        let reply = raw_exchange(lb.port, request, None).await;
+        assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_backends_do_not_reach_the_client_as_they_are() {
+    bounded(async {
+        let quiet = ["--health-interval", "1h", "--upstream-timeout", "500ms"];
+        // Both framings: the chunked one wins and the length goes.
+        let (spec, _task) = raw_backend(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            true,
+        )
+        .await;
+        let lb = Lb::start(&[spec], &quiet).await;
+        let seen = send(client().get(lb.url("/"))).await;
+        assert_eq!((seen.status, seen.text.as_str()), (StatusCode::OK, "hello"));
+
+        // A switch of protocols nobody asked for: 502.
+        let (spec, _task) = raw_backend(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", true).await;
+        let lb = Lb::start(&[spec], &quiet).await;
+        let seen = send(client().get(lb.url("/"))).await;
+        assert_eq!(seen.status, StatusCode::BAD_GATEWAY, "{}", seen.text);
+
+        // Headers and 10 of 100 bytes, then silence: the client's response is cut off
+        // once the backend has been silent for --upstream-timeout.
+        let (spec, _task) =
+            raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", true).await;
+        let lb = Lb::start(&[spec], &quiet).await;
+        let reply = raw_exchange(
+            lb.port,
+            b"GET / HTTP/1.1\r\nHost: t.example\r\n\r\n",
+            None,
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+        assert!(reply.ends_with("0123456789"), "{reply}");
+    })
+    .await;
+}
