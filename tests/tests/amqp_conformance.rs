@@ -1610,6 +1610,74 @@ async fn exchange_to_exchange_binding(url: String) {
     )
     .await;
     expect_code("auto-delete exchange after its last unbind", r, 404);
+
+    // Deleted so, it is no destination any more: an auto-delete exchange bound only to
+    // it goes too.
+    let ch = confirmed(&conn).await;
+    let (outer, inner) = (uniq("ad-outer"), uniq("ad-inner"));
+    declare_exchange(&ch, &outer, ExchangeKind::Fanout).await;
+    declare_exchange(&ch, &inner, ExchangeKind::Fanout).await;
+    step(
+        "exchange.bind",
+        ch.exchange_bind(
+            inner.as_str().into(),
+            outer.as_str().into(),
+            "".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange.bind");
+    bind(&ch, &q, &inner, "", FieldTable::default()).await;
+    step(
+        "queue.unbind",
+        ch.queue_unbind(
+            q.as_str().into(),
+            inner.as_str().into(),
+            "".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.unbind");
+    let r = step(
+        "passive declare of the outer exchange",
+        ch.exchange_declare(
+            outer.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    expect_code("an auto-delete exchange whose only binding went", r, 404);
+
+    // queue.bind naming neither a queue nor a key binds the channel's last declared
+    // queue by its own name.
+    let ch = confirmed(&conn).await;
+    let x = uniq("shortcut-x");
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    let named = uniq("shortcut-q");
+    plain_queue(&ch, &named).await;
+    step(
+        "queue.bind with no queue and no key",
+        ch.queue_bind(
+            "".into(),
+            x.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.bind");
+    publish(&ch, &x, &named, b"by its name").await;
+    publish(&ch, &x, "", b"by no key").await;
+    assert_eq!(drain(&ch, &named).await, ["by its name"]);
     close(conn).await;
 }
 

@@ -697,10 +697,15 @@ impl Broker {
                 }
             });
         }
-        if emptied == Some(true) {
-            vhost.log(|| Record::DeleteExchange {
-                name: source.to_string(),
-            });
+        if let Some(durable) = emptied {
+            if durable {
+                vhost.log(|| Record::DeleteExchange {
+                    name: source.to_string(),
+                });
+            }
+            // Gone, it is no destination either: exchanges bound to it lose those
+            // bindings, and go too if they were auto-delete and had no other.
+            remove_bindings_to(vhost, &Destination::Exchange(source.to_string()));
         }
         Ok(())
     }

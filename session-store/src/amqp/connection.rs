@@ -1060,22 +1060,24 @@ impl Conn {
                 (d.nowait, queue::AMQPMethod::DeclareOk(ok))
             }
             queue::AMQPMethod::Bind(b) => {
-                let dest = Destination::Queue(self.queue_name(ch, &b.queue)?);
+                let queue = self.queue_name(ch, &b.queue)?;
+                let key = shortcut_key(&b.queue, &b.routing_key, &queue);
                 self.change_binding(
                     b.exchange.as_str(),
-                    dest,
-                    b.routing_key.as_str(),
+                    Destination::Queue(queue.clone()),
+                    key,
                     &b.arguments,
                     false,
                 )?;
                 (b.nowait, queue::AMQPMethod::BindOk(queue::BindOk {}))
             }
             queue::AMQPMethod::Unbind(b) => {
-                let dest = Destination::Queue(self.queue_name(ch, &b.queue)?);
+                let queue = self.queue_name(ch, &b.queue)?;
+                let key = shortcut_key(&b.queue, &b.routing_key, &queue);
                 self.change_binding(
                     b.exchange.as_str(),
-                    dest,
-                    b.routing_key.as_str(),
+                    Destination::Queue(queue.clone()),
+                    key,
                     &b.arguments,
                     true,
                 )?;
@@ -1568,4 +1570,14 @@ fn unimplemented_method() -> AmqpError {
         code::COMMAND_INVALID,
         "COMMAND_INVALID - unimplemented method",
     )
+}
+
+/// The routing key of queue.bind and queue.unbind: with neither a queue nor a key named,
+/// RabbitMQ binds the channel's last declared queue by its own name.
+fn shortcut_key<'a>(queue: &ShortString, key: &'a ShortString, resolved: &'a str) -> &'a str {
+    if queue.as_str().is_empty() && key.as_str().is_empty() {
+        resolved
+    } else {
+        key.as_str()
+    }
 }

@@ -190,18 +190,31 @@ fn topic_words(key: &str) -> Vec<&str> {
 }
 
 /// Whether a topic pattern matches a key: `*` is exactly one word, `#` zero or more.
+///
+/// Filled in a row per pattern word (which prefixes of `words` the pattern so far
+/// matches), so any pattern costs at most pattern × key words steps: backtracking over
+/// patterns such as `#.*.#.*…` takes exponential time, and routing runs under the
+/// broker's lock, so one such binding would stall every connection.
 fn topic_matches(pattern: &[&str], words: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => words.is_empty(),
-        Some((&"#", rest)) => {
-            // Consecutive `#`s mean the same as one; skipping them keeps this linear-ish.
-            let rest_start = rest.iter().take_while(|w| **w == "#").count();
-            let rest = &rest[rest_start..];
-            (0..=words.len()).any(|skip| topic_matches(rest, &words[skip..]))
+    let mut reach = vec![false; words.len() + 1];
+    let mut next = vec![false; words.len() + 1];
+    reach[0] = true;
+    for &part in pattern {
+        next[0] = part == "#" && reach[0];
+        for j in 1..=words.len() {
+            next[j] = match part {
+                // Zero words (as far as the previous part reached) or one more.
+                "#" => reach[j] || next[j - 1],
+                "*" => reach[j - 1],
+                literal => reach[j - 1] && words[j - 1] == literal,
+            };
         }
-        Some((&"*", rest)) => !words.is_empty() && topic_matches(rest, &words[1..]),
-        Some((literal, rest)) => words.first() == Some(literal) && topic_matches(rest, &words[1..]),
+        std::mem::swap(&mut reach, &mut next);
+        if !reach.contains(&true) {
+            return false;
+        }
     }
+    reach[words.len()]
 }
 
 /// Equal as RabbitMQ's headers exchange compares, with Erlang's `==` on the decoded
@@ -329,6 +342,16 @@ mod tests {
         assert!(!matches("#.*", ""));
         assert!(matches("", ""));
         assert!(!matches("", "a"));
+    }
+
+    #[test]
+    fn many_hashes_cost_pattern_times_key_words() {
+        // Backtracking tries about 60^12 ways to split this key before it gives up.
+        let pattern = format!("{}z", "#.*.".repeat(12));
+        let key = ["a"; 60].join(".");
+        assert!(!matches(&pattern, &key));
+        assert!(matches(&pattern, &format!("{key}.z")));
+        assert!(!matches(&pattern, &["a"; 11].join(".")));
     }
 
     fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
