@@ -5295,6 +5295,11 @@ async fn alternate_exchange(url: String) {
             "PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for exchange '{x}' in vhost '/': received 'elsewhere' but current is '{ae}'"
         ),
     );
+    // The same name as bytes (type `x`, as pika sends a Python bytes) is the same value.
+    let as_bytes = AMQPValue::ByteArray(ae.as_bytes().to_vec().into());
+    declare(x.clone(), args(&[("alternate-exchange", as_bytes)]))
+        .await
+        .expect("redeclared with the alternate's name as bytes");
     for q in [&caught, &bound] {
         step(
             "queue.delete",
@@ -5565,6 +5570,26 @@ async fn rabbitmq_particulars(url: String) {
         (
             AMQPValue::LongInt(1),
             "PRECONDITION_FAILED - Invalid x-match field type signedint (value 1); expected longstr",
+        ),
+        (
+            lstr("a\u{1}b"),
+            "PRECONDITION_FAILED - Invalid x-match field value <<97,1,98>>; expected all, any, all-with-x, or any-with-x",
+        ),
+        (
+            AMQPValue::ByteArray(b"any".to_vec().into()),
+            "PRECONDITION_FAILED - Invalid x-match field type binary (value <<\"any\">>); expected longstr",
+        ),
+        (
+            AMQPValue::Void,
+            "PRECONDITION_FAILED - Invalid x-match field type void (value undefined); expected longstr",
+        ),
+        (
+            AMQPValue::FieldTable(args(&[("a", AMQPValue::LongInt(1))])),
+            "PRECONDITION_FAILED - Invalid x-match field type table (value [{<<\"a\">>,signedint,1}]); expected longstr",
+        ),
+        (
+            AMQPValue::FieldArray(vec![AMQPValue::LongInt(1), lstr("x")].into()),
+            "PRECONDITION_FAILED - Invalid x-match field type array (value [{signedint,1},{longstr,<<\"x\">>}]); expected longstr",
         ),
     ] {
         let bch = channel(&conn).await;

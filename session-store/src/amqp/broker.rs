@@ -39,7 +39,7 @@ use super::policy::{Kind, Policies, Policy};
 use super::queue::{Admission, Consumer, Message, Queue, QueuedMessage, Return};
 use super::queue_args::{
     Overflow, QueueArgs, QueueType, check_args_equivalent, check_equivalent, consumer_priority,
-    display_value, type_name,
+    erlang_binary, erlang_term, type_name,
 };
 use super::reply_to::{self, Replies, ReplyConsumer};
 use super::stats::MessageStats;
@@ -1611,18 +1611,14 @@ fn check_x_match(arguments: &FieldTable) -> Result<(), AmqpError> {
         Some(AMQPValue::LongString(s)) => match s.as_bytes() {
             b"all" | b"any" | b"all-with-x" | b"any-with-x" => Ok(()),
             other => Err(AmqpError::precondition(format_args!(
-                "Invalid x-match field value <<{}>>; expected all, any, all-with-x, or any-with-x",
-                if other.is_empty() {
-                    String::new()
-                } else {
-                    format!("{:?}", String::from_utf8_lossy(other))
-                }
+                "Invalid x-match field value {}; expected all, any, all-with-x, or any-with-x",
+                erlang_binary(other)
             ))),
         },
         Some(other) => Err(AmqpError::precondition(format_args!(
             "Invalid x-match field type {} (value {}); expected longstr",
             type_name(other),
-            display_value(other)
+            erlang_term(other)
         ))),
     }
 }

@@ -503,21 +503,102 @@ pub fn check_args_equivalent(
 
 /// Equal as RabbitMQ compares arguments: integers of any width by value.
 fn same_value(a: &AMQPValue, b: &AMQPValue) -> bool {
+    if let (Some(x), Some(y)) = (binary(a), binary(b)) {
+        return x == y;
+    }
     match (int(a), int(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
     }
 }
 
-/// A value as RabbitMQ prints it in errors: numbers and strings plainly.
+/// The bytes of a value Erlang decodes to a binary: short and long strings, byte arrays.
+fn binary(v: &AMQPValue) -> Option<&[u8]> {
+    match v {
+        AMQPValue::LongString(s) => Some(s.as_bytes()),
+        AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
+        AMQPValue::ByteArray(b) => Some(b.as_slice()),
+        _ => None,
+    }
+}
+
+/// A value as RabbitMQ prints it in errors (`~s`): strings and numbers plainly, anything
+/// else as the Erlang term it decodes to.
 pub fn display_value(v: &AMQPValue) -> String {
     match v {
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        AMQPValue::ShortString(s) => s.as_str().to_string(),
         AMQPValue::Boolean(b) => b.to_string(),
         AMQPValue::Double(f) => erlang_float(*f),
         AMQPValue::Float(f) => erlang_float(f64::from(*f)),
-        other => int(other).map_or_else(|_| format!("{other:?}"), |n| n.to_string()),
+        other => match (binary(other), int(other)) {
+            (Some(bytes), _) => String::from_utf8_lossy(bytes).into_owned(),
+            (None, Ok(n)) => n.to_string(),
+            (None, Err(_)) => erlang_term(other),
+        },
+    }
+}
+
+/// A value as Erlang's `~p` prints what RabbitMQ decodes it to: binaries as `<<"text">>`
+/// (or their byte values when not printable), tables as `[{<<"key">>,type,value}]`,
+/// arrays as `[{type,value}]`, void as `undefined`, a decimal as `{scale,value}`.
+pub fn erlang_term(v: &AMQPValue) -> String {
+    let typed = |v: &AMQPValue| format!("{},{}", type_name(v), erlang_term(v));
+    match v {
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::Double(f) => erlang_float(*f),
+        AMQPValue::Float(f) => erlang_float(f64::from(*f)),
+        AMQPValue::Void => "undefined".to_string(),
+        AMQPValue::DecimalValue(d) => format!("{{{},{}}}", d.scale, d.value),
+        AMQPValue::FieldTable(t) => {
+            let entries: Vec<String> = t
+                .inner()
+                .iter()
+                .map(|(k, v)| format!("{{{},{}}}", erlang_binary(k.as_str().as_bytes()), typed(v)))
+                .collect();
+            format!("[{}]", entries.join(","))
+        }
+        AMQPValue::FieldArray(a) => {
+            let items: Vec<String> = a
+                .as_slice()
+                .iter()
+                .map(|v| format!("{{{}}}", typed(v)))
+                .collect();
+            format!("[{}]", items.join(","))
+        }
+        other => match (binary(other), int(other)) {
+            (Some(bytes), _) => erlang_binary(bytes),
+            (None, Ok(n)) => n.to_string(),
+            (None, Err(_)) => type_name(other).to_string(),
+        },
+    }
+}
+
+/// A binary as `~p` prints it: `<<"text">>` when every byte is printable ASCII (or one
+/// of the escapes Erlang writes), else the byte values, `<<97,1,98>>`.
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    let escape = |b: u8| match b {
+        b'\n' => Some("\\n"),
+        b'\r' => Some("\\r"),
+        b'\t' => Some("\\t"),
+        0x0b => Some("\\v"),
+        0x08 => Some("\\b"),
+        0x0c => Some("\\f"),
+        0x1b => Some("\\e"),
+        b'"' => Some("\\\""),
+        b'\\' => Some("\\\\"),
+        _ => None,
+    };
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) || escape(b).is_some())
+    {
+        let text: String = bytes
+            .iter()
+            .map(|&b| escape(b).map_or_else(|| char::from(b).to_string(), str::to_string))
+            .collect();
+        format!("<<\"{text}\">>")
+    } else {
+        let values: Vec<String> = bytes.iter().map(u8::to_string).collect();
+        format!("<<{}>>", values.join(","))
     }
 }
 
