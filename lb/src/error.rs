@@ -49,6 +49,8 @@ pub enum ErrorKind {
     BadRequest { reason: String },
     #[error("the request body did not arrive within {timeout:?}")]
     ClientTimeout { timeout: Duration },
+    #[error("the request line and headers take more than {limit} bytes")]
+    HeadTooLarge { limit: usize },
     #[error("{what} is not supported by this reverse proxy")]
     Unsupported { what: String },
 }
@@ -112,6 +114,7 @@ impl ProxyError {
             ErrorKind::NoHealthyBackend { .. } => Side::Internal,
             ErrorKind::BadRequest { .. }
             | ErrorKind::ClientTimeout { .. }
+            | ErrorKind::HeadTooLarge { .. }
             | ErrorKind::Unsupported { .. } => Side::Downstream,
             ErrorKind::Connect { .. }
             | ErrorKind::GaveUp { .. }
@@ -128,6 +131,7 @@ impl ProxyError {
             ErrorKind::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ErrorKind::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::Connect { .. }
             | ErrorKind::GaveUp { .. }

@@ -54,6 +54,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of every response the proxy produces, streamed or generated.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
+/// Largest request head (request line and headers) taken, 431 above it: room for large
+/// cookies (HAProxy stops at 16 KB, nginx at 32 KB).
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 /// Largest request body kept in memory so it can be replayed on another backend.
 const MAX_REPLAYABLE_BODY: u64 = 64 * 1024;
 /// Idle upstream connections are closed after this, below common backend keep-alive limits.
@@ -390,15 +394,29 @@ impl Proxy {
     }
 }
 
-/// Refuses a request whose target is ambiguous, as HAProxy and nginx do (RFC 9112 §3.2):
-/// two Host headers, an invalid one, none in HTTP/1.1, or an authority-form target on a
-/// method other than CONNECT. An absolute-form target's authority replaces the Host.
+/// Refuses a request whose head is over [`MAX_REQUEST_HEAD`], or whose target is
+/// ambiguous, as HAProxy and nginx do (RFC 9112 §3.2): two Host headers, an invalid one,
+/// none in HTTP/1.1, or an authority-form target on a method other than CONNECT. An
+/// absolute-form target's authority replaces the Host.
 fn check_target(parts: &mut Parts) -> Result<(), ProxyError> {
     let bad = |reason: &str| {
         Err(ProxyError::new(ErrorKind::BadRequest {
             reason: reason.to_string(),
         }))
     };
+    let target = parts.uri.authority().map_or(0, |a| a.as_str().len())
+        + parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let head = target
+        + parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head > MAX_REQUEST_HEAD {
+        return Err(ProxyError::new(ErrorKind::HeadTooLarge {
+            limit: MAX_REQUEST_HEAD,
+        }));
+    }
     if parts.uri.scheme().is_none() && parts.uri.authority().is_some() {
         return bad("an authority-form target is only for CONNECT");
     }
@@ -533,6 +551,9 @@ fn upstream_request_filter(parts: &mut Parts, peer: SocketAddr) {
     let headers = &mut parts.headers;
     // Strip first, so a client listing X-Forwarded-* in Connection only drops its own copy.
     strip_hop_by_hop(headers);
+    // The LB's own server answers `Expect: 100-continue` when it reads the body; the
+    // backend gets the body without being asked.
+    headers.remove(http::header::EXPECT);
     let client_ip = peer.ip().to_canonical().to_string();
     let mut forwarded_for: Vec<u8> = Vec::new();
     for previous in headers.get_all(&X_FORWARDED_FOR) {

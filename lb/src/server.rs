@@ -21,7 +21,12 @@ use tracing::{debug, info, warn};
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::health;
-use crate::proxy::Proxy;
+use crate::proxy::{MAX_REQUEST_HEAD, Proxy};
+
+/// hyper's read buffer per connection, roughly what a request head may take before it
+/// answers 431 by itself; the proxy checks the exact limit ([`crate::proxy::MAX_REQUEST_HEAD`]).
+/// hyper's default lets each connection hold about 400 KB.
+const READ_BUFFER: usize = 2 * MAX_REQUEST_HEAD;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -66,6 +71,7 @@ pub async fn run(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.client_timeout)
+        .max_buf_size(READ_BUFFER)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();

@@ -1052,6 +1052,21 @@ async fn ambiguous_targets_are_refused_and_end_to_end_headers_kept() {
             assert!(reply.contains(kept), "{kept} missing: {reply}");
         }
 
+        // A request head over 64 KiB is refused, not buffered.
+        let big = format!(
+            "GET /echo HTTP/1.1\r\nHost: t.example\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(70_000)
+        );
+        let reply = raw_exchange(lb.port, big.as_bytes(), None).await;
+        assert!(reply.starts_with("HTTP/1.1 431 "), "{}", &reply[..reply.len().min(200)]);
+
+        // The LB answers `Expect: 100-continue` itself; the backend is not asked.
+        let request = "POST /echo HTTP/1.1\r\nHost: t.example\r\nExpect: 100-continue\r\n\
+                       Content-Length: 2\r\nConnection: close\r\n\r\nhi";
+        let reply = raw_exchange(lb.port, request.as_bytes(), None).await;
+        assert!(reply.contains("\"body\":\"hi\""), "{reply}");
+        assert!(!reply.contains("\"expect\""), "{reply}");
+
         // An absolute-form target's authority is the host (RFC 9112 §3.2.2).
         let request =
             "GET http://abs.example/echo HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n";
