@@ -871,17 +871,21 @@ async fn stream_retention(url: String) {
         assert!(publish_acked(&pch, &q, text.as_bytes()).await, "nacked");
     }
 
-    // Old segments go once newer ones fill up, in RabbitMQ a moment after the write.
-    let deadline = Instant::now() + STEP;
+    // Old segments go once newer ones fill up, in RabbitMQ a moment after the write; on a
+    // loaded machine its first delivery to a new reader can take seconds, so a reader
+    // that gets nothing in time is replaced too.
+    let patience = 3 * STEP;
+    let deadline = Instant::now() + patience;
     let (ch, mut consumer, first) = loop {
         let (ch, mut consumer) = reader(&conn, &q, Some(lstr("first")), 100).await;
-        let d = next(&mut consumer).await;
-        if offset_of(&d) > 0 {
+        if let Ok(Some(Ok(d))) = tokio::time::timeout(STEP, consumer.next()).await
+            && offset_of(&d) > 0
+        {
             break (ch, consumer, d);
         }
         assert!(
             Instant::now() < deadline,
-            "offset 0 still in a stream of 4000 bytes limited to 2000 after {STEP:?}"
+            "offset 0 still in a stream of 4000 bytes limited to 2000 after {patience:?}"
         );
         let _ = step("channel.close", ch.close(200, "again".into())).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
