@@ -1678,6 +1678,28 @@ async fn exchange_to_exchange_binding(url: String) {
     publish(&ch, &x, &named, b"by its name").await;
     publish(&ch, &x, "", b"by no key").await;
     assert_eq!(drain(&ch, &named).await, ["by its name"]);
+
+    // CR and LF are taken out of the names in declarations and bindings.
+    let (x, q) = (uniq("crlf-x"), uniq("crlf-q"));
+    declare_exchange(&ch, &format!("{x}\r\n"), ExchangeKind::Direct).await;
+    let declared = declare_queue(
+        &ch,
+        &format!("{q}\n"),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await;
+    assert_eq!(declared.name().as_str(), q);
+    bind(
+        &ch,
+        &format!("{q}\r"),
+        &format!("{x}\n"),
+        "k",
+        FieldTable::default(),
+    )
+    .await;
+    publish(&ch, &x, "k", b"stripped").await;
+    assert_eq!(drain(&ch, &q).await, ["stripped"]);
     close(conn).await;
 }
 

@@ -984,6 +984,8 @@ impl Conn {
 
     fn exchange(&self, m: &exchange::AMQPMethod) -> Result<Option<AMQPClass>, AmqpError> {
         let broker = &self.broker;
+        let stripped = exchange_names_stripped(m);
+        let m = stripped.as_ref().unwrap_or(m);
         let (nowait, ok) = match m {
             exchange::AMQPMethod::Declare(d) => {
                 if !d.passive && !d.exchange.as_str().is_empty() {
@@ -1037,6 +1039,8 @@ impl Conn {
 
     fn queue(&mut self, ch: u16, m: &queue::AMQPMethod) -> Result<Option<AMQPClass>, AmqpError> {
         let broker = self.broker.clone();
+        let stripped = queue_names_stripped(m);
+        let m = stripped.as_ref().unwrap_or(m);
         let (nowait, ok) = match m {
             queue::AMQPMethod::Declare(d) => {
                 let max_queues = self.node.max_queues(broker.name());
@@ -1570,6 +1574,52 @@ fn unimplemented_method() -> AmqpError {
         code::COMMAND_INVALID,
         "COMMAND_INVALID - unimplemented method",
     )
+}
+
+/// A name without the CR and LF characters RabbitMQ strips from the names of exchange
+/// and queue methods (not from basic.publish's); `None` when it has none, the usual case.
+fn strip_cr_lf(name: &ShortString) -> Option<ShortString> {
+    let text = name.as_str();
+    text.contains(['\r', '\n'])
+        .then(|| text.replace(['\r', '\n'], "").into())
+}
+
+/// The method with CR and LF taken out of its exchange names, if it had any.
+fn exchange_names_stripped(m: &exchange::AMQPMethod) -> Option<exchange::AMQPMethod> {
+    let mut m = m.clone();
+    let names: Vec<&mut ShortString> = match &mut m {
+        exchange::AMQPMethod::Declare(d) => vec![&mut d.exchange],
+        exchange::AMQPMethod::Delete(d) => vec![&mut d.exchange],
+        exchange::AMQPMethod::Bind(b) => vec![&mut b.source, &mut b.destination],
+        exchange::AMQPMethod::Unbind(b) => vec![&mut b.source, &mut b.destination],
+        _ => return None,
+    };
+    strip_all(names).then_some(m)
+}
+
+/// The method with CR and LF taken out of its queue and exchange names, if it had any.
+fn queue_names_stripped(m: &queue::AMQPMethod) -> Option<queue::AMQPMethod> {
+    let mut m = m.clone();
+    let names: Vec<&mut ShortString> = match &mut m {
+        queue::AMQPMethod::Declare(d) => vec![&mut d.queue],
+        queue::AMQPMethod::Delete(d) => vec![&mut d.queue],
+        queue::AMQPMethod::Bind(b) => vec![&mut b.queue, &mut b.exchange],
+        queue::AMQPMethod::Unbind(b) => vec![&mut b.queue, &mut b.exchange],
+        _ => return None,
+    };
+    strip_all(names).then_some(m)
+}
+
+/// Strips each name; whether any changed.
+fn strip_all(names: Vec<&mut ShortString>) -> bool {
+    let mut changed = false;
+    for name in names {
+        if let Some(clean) = strip_cr_lf(name) {
+            *name = clean;
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// The routing key of queue.bind and queue.unbind: with neither a queue nor a key named,
