@@ -1130,3 +1130,68 @@ async fn misbehaving_backends_do_not_reach_the_client_as_they_are() {
     })
     .await;
 }
+
+/// A backend that answers the first request on each connection, keeps the connection
+/// open, and closes it on the second request without answering: what a backend whose
+/// keep-alive timeout fires as a request arrives looks like.
+async fn one_request_per_connection_backend() -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if answered {
+                            return;
+                        }
+                        answered = true;
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("once=http://127.0.0.1:{port}"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_connection_the_backend_just_closed_is_sent_again() {
+    bounded(async {
+        let (spec, _task) = one_request_per_connection_backend().await;
+        let lb = Lb::start(&[spec], &["--health-interval", "1h"]).await;
+        let client = client();
+        for round in 0..3 {
+            let seen = send(client.get(lb.url("/"))).await;
+            assert_eq!(
+                (seen.status, seen.text.as_str()),
+                (StatusCode::OK, "ok"),
+                "request {round}: the pooled connection was closed under it"
+            );
+        }
+        // A POST is not sent twice: the backend may have acted on it.
+        let seen = send(client.post(lb.url("/")).body("x")).await;
+        let again = send(client.post(lb.url("/")).body("x")).await;
+        assert!(
+            [seen.status, again.status].contains(&StatusCode::BAD_GATEWAY),
+            "{} / {}",
+            seen.status,
+            again.status
+        );
+    })
+    .await;
+}
