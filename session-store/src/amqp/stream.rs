@@ -16,7 +16,7 @@ use std::time::Duration;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use super::queue::Message;
-use super::queue_args::{int, unacceptable};
+use super::queue_args::{erlang_binary, int, unacceptable};
 
 /// RabbitMQ's default segment size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 500_000_000;
@@ -85,7 +85,8 @@ impl Start {
                     interval_ms(&text)
                         .map(|back| Start::Timestamp(now_ms.saturating_sub(back)))
                         .ok_or_else(|| {
-                            format!("{{invalid_stream_offset_arg,{{longstr,<<\"{text}\">>}}}}")
+                            let shown = erlang_binary(s.as_bytes());
+                            format!("{{invalid_stream_offset_arg,{{longstr,{shown}}}}}")
                         })
                 },
                 Ok,
